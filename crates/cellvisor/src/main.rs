@@ -1,0 +1,92 @@
+//! `cellvisor`: the command line. Container verbs follow the OCI runtime CLI as runc and crun
+//! spell it, so podman, containerd and Kubernetes can drive it.
+
+mod oci;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cellvisor",
+    version,
+    about = "Lightweight virtualization for devices: isolated container domains (an OCI runtime)"
+)]
+pub struct Cli {
+    /// Directory for container state
+    #[arg(long, global = true, default_value = "/run/cellvisor")]
+    pub root: PathBuf,
+    /// Also write errors to this file
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Format of --log: text or json
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: String,
+    /// Use systemd to manage cgroups (not supported: refused)
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+    /// More output (accepted for compatibility)
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    #[command(flatten)]
+    Oci(oci::OciCmd),
+}
+
+fn log_error(cli: &Cli, msg: &str) {
+    let Some(path) = &cli.log else { return };
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
+    let line = if cli.log_format == "json" {
+        serde_json::json!({"level": "error", "msg": msg, "time": container_time()}).to_string()
+    } else {
+        format!("error: {msg}")
+    };
+    let _ = writeln!(f, "{line}");
+}
+
+fn container_time() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = if cli.systemd_cgroup {
+        Err(anyhow::anyhow!(
+            "--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs (podman: --cgroup-manager=cgroupfs)"
+        ))
+    } else if cli.log_format != "text" && cli.log_format != "json" {
+        Err(anyhow::anyhow!(
+            "--log-format: {:?} is not text or json",
+            cli.log_format
+        ))
+    } else {
+        match &cli.cmd {
+            Cmd::Oci(c) => oci::run(&cli, c),
+        }
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            log_error(&cli, &msg);
+            eprintln!("cellvisor: {msg}");
+            std::process::exit(1);
+        }
+    }
+}

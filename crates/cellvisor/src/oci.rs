@@ -1,0 +1,371 @@
+//! The OCI runtime verbs (runc/crun-compatible flags) mapped onto the `container` crate.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context as _, Result};
+use clap::{Args, Subcommand};
+use container::runtime::{self, CreateOpts, ExecOpts};
+use container::state::Root;
+use oci_spec::runtime::Process;
+
+use crate::Cli;
+
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Path to the bundle (the directory holding config.json)
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket to send the pseudo-terminal master to (process.terminal: true)
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Write the container's host pid here
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Pass this many descriptors beyond stdio (3, 4, ...) to the container
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// Do not use pivot_root (for a root on ramfs)
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for compatibility: no session keyring is created
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Container id
+    pub id: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OciCmd {
+    /// Create a container: set it up and leave it waiting for `start`
+    Create(CreateArgs),
+    /// Start a created container's process
+    Start { id: String },
+    /// Create and start a container; wait for it unless --detach
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Return once the container has started
+        #[arg(short, long)]
+        detach: bool,
+        /// Accepted for compatibility
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print a container's state (OCI state JSON)
+    State { id: String },
+    /// Send a signal to a container (default SIGTERM)
+    Kill {
+        /// Signal every process of the container, not just its init
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container and everything it left behind
+    Delete {
+        /// Kill it first if it still runs
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers
+    List {
+        /// table or json
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only ids
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Processes of a container
+    Ps {
+        /// table or json
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+        /// Accepted for compatibility (options for ps)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Run another process in a running container
+    Exec(ExecArgs),
+    /// Freeze every process of a container
+    Pause { id: String },
+    /// Thaw a paused container
+    Resume { id: String },
+    /// Resource statistics of a container
+    Events {
+        /// Print statistics once and exit
+        #[arg(long)]
+        stats: bool,
+        /// Interval between statistics
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// What this runtime supports (OCI features JSON)
+    Features,
+    /// Write a default config.json into the bundle directory
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// A config for running without root (user namespace)
+        #[arg(long)]
+        rootless: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Working directory inside the container
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// NAME=value to add to the environment
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Allocate a pseudo-terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// uid[:gid]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Additional gids
+    #[arg(short = 'g', long)]
+    pub additional_gids: Vec<u32>,
+    /// A process.json describing the process (instead of the arguments)
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Return once the process has started
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Set no_new_privileges
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Add a capability (CAP_...)
+    #[arg(short, long)]
+    pub cap: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// Accepted for compatibility
+    #[arg(long)]
+    pub process_label: Option<String>,
+    /// Accepted for compatibility
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// Container id
+    pub id: String,
+    /// Command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn create_opts(a: &CreateArgs) -> CreateOpts {
+    CreateOpts {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        preserve_fds: a.preserve_fds,
+        no_pivot: a.no_pivot,
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("--interval: {s:?} is not a duration like 5s"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(anyhow!("--interval: unknown unit in {s:?}")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn exec_process(root: &Root, a: &ExecArgs) -> Result<Process> {
+    if let Some(p) = &a.process {
+        let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(serde_json::from_slice(&data)
+            .map_err(|e| anyhow!("invalid process {}: {e}", p.display()))?);
+    }
+    if a.command.is_empty() {
+        return Err(anyhow!("exec: a command (or --process) is required"));
+    }
+    let mut p = runtime::exec_process(root, &a.id)?;
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if !a.env.is_empty() {
+        let mut env = p.env().clone().unwrap_or_default();
+        for kv in &a.env {
+            let key = kv.split('=').next().unwrap_or("");
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        p.set_env(Some(env));
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse()?, g.parse()?),
+            None => (u.parse()?, 0),
+        };
+        p.user_mut().set_uid(uid);
+        p.user_mut().set_gid(gid);
+    }
+    if !a.additional_gids.is_empty() {
+        p.user_mut()
+            .set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        let add: oci_spec::runtime::Capabilities = a
+            .cap
+            .iter()
+            .map(|c| {
+                serde_json::from_value(serde_json::Value::String(c.clone()))
+                    .map_err(|_| anyhow!("unknown capability {c:?}"))
+            })
+            .collect::<Result<_>>()?;
+        let merge = |s: &Option<oci_spec::runtime::Capabilities>| {
+            let mut s = s.clone().unwrap_or_default();
+            s.extend(add.iter().copied());
+            Some(s)
+        };
+        caps.set_bounding(merge(caps.bounding()));
+        caps.set_effective(merge(caps.effective()));
+        caps.set_permitted(merge(caps.permitted()));
+        p.set_capabilities(Some(caps));
+    }
+    Ok(p)
+}
+
+pub fn run(cli: &Cli, cmd: &OciCmd) -> Result<i32> {
+    let root = Root(cli.root.clone());
+    match cmd {
+        OciCmd::Create(a) => {
+            runtime::create(&root, &create_opts(a)).map_err(chain)?;
+        }
+        OciCmd::Start { id } => runtime::start(&root, id).map_err(chain)?,
+        OciCmd::Run { create, detach, .. } => {
+            return runtime::run(&root, &create_opts(create), *detach).map_err(chain);
+        }
+        OciCmd::State { id } => print_json(&runtime::state(&root, id).map_err(chain)?)?,
+        OciCmd::Kill { all, id, signal } => {
+            let sig = runtime::parse_signal(signal).map_err(chain)?;
+            runtime::kill_container(&root, id, sig, *all).map_err(chain)?;
+        }
+        OciCmd::Delete { force, id } => runtime::delete(&root, id, *force).map_err(chain)?,
+        OciCmd::List { format, quiet } => {
+            let list = runtime::list(&root);
+            if *quiet {
+                for e in &list {
+                    println!("{}", e.id);
+                }
+            } else if format == "json" {
+                println!("{}", serde_json::to_string(&list)?);
+            } else if format == "table" {
+                println!(
+                    "{:<24} {:<8} {:<10} {:<40} {:<32} OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
+                for e in &list {
+                    println!(
+                        "{:<24} {:<8} {:<10} {:<40} {:<32} {}",
+                        e.id,
+                        e.pid,
+                        e.status,
+                        e.bundle.display(),
+                        e.created,
+                        e.owner
+                    );
+                }
+            } else {
+                return Err(anyhow!("--format: {format:?} is not table or json"));
+            }
+        }
+        OciCmd::Ps { format, id, .. } => {
+            let pids = runtime::ps(&root, id).map_err(chain)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("{:>8} CMD", "PID");
+                for p in pids {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    let cmd: String = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    println!("{p:>8} {}", cmd.trim());
+                }
+            }
+        }
+        OciCmd::Exec(a) => {
+            let process = exec_process(&root, a)?;
+            let o = ExecOpts {
+                id: a.id.clone(),
+                process,
+                console_socket: a.console_socket.clone(),
+                pid_file: a.pid_file.clone(),
+                detach: a.detach,
+                preserve_fds: a.preserve_fds,
+            };
+            return runtime::exec(&root, &o).map_err(chain);
+        }
+        OciCmd::Pause { id } => runtime::set_paused(&root, id, true).map_err(chain)?,
+        OciCmd::Resume { id } => runtime::set_paused(&root, id, false).map_err(chain)?,
+        OciCmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let every = parse_duration(interval)?;
+            loop {
+                match runtime::stats(&root, id) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) if !*stats && matches!(e, container::Error::BadState { .. }) => break,
+                    Err(e) => return Err(chain(e)),
+                }
+                if *stats {
+                    break;
+                }
+                std::thread::sleep(every);
+            }
+        }
+        OciCmd::Features => print_json(&runtime::features())?,
+        OciCmd::Spec { bundle, rootless } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(anyhow!("{} already exists", path.display()));
+            }
+            let text = serde_json::to_string_pretty(&runtime::default_spec(*rootless))?;
+            std::fs::write(&path, text + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(0)
+}
+
+/// The container error with its causes on one line.
+fn chain(e: container::Error) -> anyhow::Error {
+    anyhow!(e.chain())
+}

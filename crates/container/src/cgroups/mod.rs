@@ -1,0 +1,571 @@
+//! cgroups v1 and v2 behind one interface.
+//!
+//! [`Hierarchy`] describes what this machine mounts (v1 controllers, a unified v2 tree, or the
+//! hybrid of both, where v1 holds the controllers). [`plan`] turns OCI resources into the file
+//! writes of either version — pure and unit-tested — and [`Cgroup`] performs them, moves
+//! processes in, freezes, reads statistics and removes the directories.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::LinuxResources;
+use serde_json::{json, Value};
+
+use crate::config_err;
+use crate::error::{Context, Error, Result};
+use crate::util::write_file;
+
+pub mod plan;
+
+pub use plan::{validate, Version, Write};
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// A v1 hierarchy: its directory name, mount point, and mount options (controllers).
+    V1 {
+        name: String,
+        mount: PathBuf,
+        options: String,
+    },
+    /// The v2 unified hierarchy.
+    Unified(PathBuf),
+}
+
+const V1_CONTROLLERS: [&str; 13] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "hugetlb",
+    "rdma",
+];
+
+/// Read the cgroup mounts from a mountinfo text. In v2 ("unified") mode only the v2 tree is
+/// returned; otherwise the v1 controller hierarchies (a hybrid's v2 tree holds no controllers
+/// the runtime uses, and is left alone).
+pub fn hierarchies_from_mountinfo(text: &str) -> Vec<Hierarchy> {
+    let mut v1 = Vec::new();
+    let mut unified = None;
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mnt = pre.split(' ').nth(4).unwrap_or("");
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let opts = post.nth(1).unwrap_or("");
+        match fstype {
+            "cgroup2" if mnt == "/sys/fs/cgroup" => unified = Some(PathBuf::from(mnt)),
+            "cgroup" => {
+                let ctrls: Vec<&str> = opts
+                    .split(',')
+                    .filter(|o| V1_CONTROLLERS.contains(o))
+                    .collect();
+                if ctrls.is_empty() {
+                    continue;
+                }
+                let name = Path::new(mnt)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                v1.push(Hierarchy::V1 {
+                    name,
+                    mount: mnt.into(),
+                    options: ctrls.join(","),
+                });
+            }
+            _ => {}
+        }
+    }
+    match unified {
+        Some(u) => vec![Hierarchy::Unified(u)],
+        None => v1,
+    }
+}
+
+/// This machine's hierarchies.
+pub fn hierarchies() -> Result<Vec<Hierarchy>> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo")?;
+    let h = hierarchies_from_mountinfo(&text);
+    if h.is_empty() {
+        return Err(Error::Msg("no cgroup hierarchy is mounted".into()));
+    }
+    Ok(h)
+}
+
+/// A cgroupsPath must be a plain path: no `..`, no systemd `slice:prefix:name` form.
+pub fn validate_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if s.contains(':') {
+        return Err(config_err!(
+            "linux.cgroupsPath: {s:?} is in systemd form (slice:prefix:name); the systemd cgroup driver is not supported, use a plain path"
+        ));
+    }
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(config_err!(
+            "linux.cgroupsPath: {s:?} must not contain '..'"
+        ));
+    }
+    Ok(())
+}
+
+/// The cgroup of one container in every hierarchy.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    /// Path relative to each hierarchy's root, e.g. `/cellvisor/web`.
+    pub path: PathBuf,
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+impl Cgroup {
+    pub fn new(path: &Path, hierarchies: Vec<Hierarchy>) -> Self {
+        let path = Path::new("/").join(path);
+        Cgroup { path, hierarchies }
+    }
+
+    pub fn version(&self) -> Version {
+        match self.hierarchies.first() {
+            Some(Hierarchy::Unified(_)) => Version::V2,
+            _ => Version::V1,
+        }
+    }
+
+    fn rel(&self) -> &Path {
+        self.path.strip_prefix("/").unwrap_or(&self.path)
+    }
+
+    /// The container's directory in every hierarchy, with the hierarchy's controllers.
+    pub fn dirs(&self) -> Vec<(&str, PathBuf)> {
+        self.hierarchies
+            .iter()
+            .map(|h| match h {
+                Hierarchy::V1 { mount, options, .. } => (options.as_str(), mount.join(self.rel())),
+                Hierarchy::Unified(m) => ("", m.join(self.rel())),
+            })
+            .collect()
+    }
+
+    fn dir_of(&self, controller: &str) -> Option<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .find(|(opts, _)| controller.is_empty() || opts.split(',').any(|c| c == controller))
+            .map(|(_, d)| d)
+    }
+
+    /// Does the container's cgroup exist (in the first hierarchy)?
+    pub fn exists(&self) -> bool {
+        self.dirs().first().is_some_and(|(_, d)| d.is_dir())
+    }
+
+    /// Create the directories and apply `res`. On error, what was created is removed.
+    pub fn create(&self, res: Option<&LinuxResources>) -> Result<()> {
+        let r = self.try_create(res);
+        if r.is_err() {
+            let _ = self.remove();
+        }
+        r
+    }
+
+    fn try_create(&self, res: Option<&LinuxResources>) -> Result<()> {
+        let writes = match res {
+            Some(r) => plan::plan(r, self.version())?,
+            None => plan::default_device_writes(self.version()),
+        };
+        match self.version() {
+            Version::V1 => {
+                for h in &self.hierarchies {
+                    let Hierarchy::V1 { mount, options, .. } = h else {
+                        continue;
+                    };
+                    let dir = mount.join(self.rel());
+                    if dir.exists() {
+                        return Err(Error::Msg(format!(
+                            "cgroup {} already exists",
+                            dir.display()
+                        )));
+                    }
+                    mkdir_levels(mount, self.rel(), options.split(',').any(|c| c == "cpuset"))?;
+                }
+                for w in &writes {
+                    let dir = self.dir_of(w.controller).ok_or_else(|| {
+                        Error::Msg(format!(
+                            "cgroup controller {} is not mounted on this machine",
+                            w.controller
+                        ))
+                    })?;
+                    write_file(&dir.join(&w.file), &w.value)?;
+                }
+            }
+            Version::V2 => {
+                let Some(Hierarchy::Unified(root)) = self.hierarchies.first() else {
+                    unreachable!()
+                };
+                let dir = root.join(self.rel());
+                if dir.exists() {
+                    return Err(Error::Msg(format!(
+                        "cgroup {} already exists",
+                        dir.display()
+                    )));
+                }
+                enable_controllers(root, self.rel())?;
+                fs::create_dir_all(&dir).ctx(|| format!("creating cgroup {}", dir.display()))?;
+                for w in &writes {
+                    if w.file == "devices.bpf" {
+                        // The v2 device filter is an eBPF program; not loaded yet.
+                        continue;
+                    }
+                    write_file(&dir.join(&w.file), &w.value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Move `pid` into the container's cgroup in every hierarchy.
+    pub fn add(&self, pid: i32) -> Result<()> {
+        for (_, d) in self.dirs() {
+            write_file(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Processes in the cgroup (host pids).
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let dir = self
+            .dir_of(if self.version() == Version::V1 {
+                "pids"
+            } else {
+                ""
+            })
+            .or_else(|| self.dirs().first().map(|d| d.1.clone()))
+            .ok_or_else(|| Error::Msg("no cgroup hierarchy".into()))?;
+        let text = fs::read_to_string(dir.join("cgroup.procs"))
+            .ctx(|| format!("reading {}/cgroup.procs", dir.display()))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Freeze (`true`) or thaw every process of the container, and wait until it is done.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        match self.version() {
+            Version::V1 => {
+                let d = self.dir_of("freezer").ok_or_else(|| {
+                    Error::Msg("the freezer cgroup controller is not mounted".into())
+                })?;
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                for _ in 0..1000 {
+                    write_file(&d.join("freezer.state"), want)?;
+                    let now = fs::read_to_string(d.join("freezer.state")).unwrap_or_default();
+                    if now.trim() == want {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(Error::Msg(format!("cgroup did not become {want}")))
+            }
+            Version::V2 => {
+                let d = self.dir_of("").unwrap_or_default();
+                write_file(&d.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                for _ in 0..1000 {
+                    let ev = fs::read_to_string(d.join("cgroup.events")).unwrap_or_default();
+                    if ev.lines().any(|l| l == want) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(Error::Msg(format!("cgroup did not reach {want}")))
+            }
+        }
+    }
+
+    /// Is the container frozen?
+    pub fn is_frozen(&self) -> bool {
+        match self.version() {
+            Version::V1 => self
+                .dir_of("freezer")
+                .and_then(|d| fs::read_to_string(d.join("freezer.state")).ok())
+                .is_some_and(|s| s.trim() == "FROZEN"),
+            Version::V2 => self
+                .dir_of("")
+                .and_then(|d| fs::read_to_string(d.join("cgroup.freeze")).ok())
+                .is_some_and(|s| s.trim() == "1"),
+        }
+    }
+
+    /// Remove the container's directories. Processes still inside are killed first.
+    pub fn remove(&self) -> Result<()> {
+        let mut last = Ok(());
+        for (_, d) in self.dirs() {
+            if !d.exists() {
+                continue;
+            }
+            let mut tries = 0;
+            loop {
+                match fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                        tries += 1;
+                        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                                let _ = nix::sys::signal::kill(
+                                    nix::unistd::Pid::from_raw(p),
+                                    nix::sys::signal::Signal::SIGKILL,
+                                );
+                            }
+                        }
+                        if self.is_frozen() {
+                            let _ = self.freeze(false);
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => {
+                        last = Err(e).ctx(|| format!("removing cgroup {}", d.display()));
+                        break;
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    /// Resource usage, in the shape of `runc events --stats` data.
+    pub fn stats(&self) -> Value {
+        let read = |ctrl: &str, file: &str| -> Option<String> {
+            fs::read_to_string(self.dir_of(ctrl)?.join(file)).ok()
+        };
+        let num = |ctrl: &str, file: &str| -> Option<u64> {
+            read(ctrl, file).and_then(|s| s.trim().parse().ok())
+        };
+        let kv = |ctrl: &str, file: &str| -> BTreeMap<String, u64> {
+            read(ctrl, file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    Some((k.to_string(), v.trim().parse().ok()?))
+                })
+                .collect()
+        };
+        let pids = self.pids().map(|p| p.len()).unwrap_or(0);
+        match self.version() {
+            Version::V1 => {
+                let cpu = kv("cpuacct", "cpuacct.stat");
+                let hz = 100u64; // USER_HZ
+                json!({
+                    "cpu": {"usage": {
+                        "total": num("cpuacct", "cpuacct.usage").unwrap_or(0),
+                        "user": cpu.get("user").copied().unwrap_or(0) * 1_000_000_000 / hz,
+                        "kernel": cpu.get("system").copied().unwrap_or(0) * 1_000_000_000 / hz,
+                    },
+                    "throttling": kv("cpu", "cpu.stat")},
+                    "memory": {
+                        "usage": {
+                            "usage": num("memory", "memory.usage_in_bytes").unwrap_or(0),
+                            "max": num("memory", "memory.max_usage_in_bytes").unwrap_or(0),
+                            "limit": num("memory", "memory.limit_in_bytes").unwrap_or(0),
+                            "failcnt": num("memory", "memory.failcnt").unwrap_or(0),
+                        },
+                        "oom_kills": kv("memory", "memory.oom_control").get("oom_kill").copied().unwrap_or(0),
+                        "stats": kv("memory", "memory.stat"),
+                    },
+                    "pids": {"current": num("pids", "pids.current").unwrap_or(pids as u64),
+                             "limit": num("pids", "pids.max").unwrap_or(0)},
+                })
+            }
+            Version::V2 => {
+                let cpu = kv("", "cpu.stat");
+                let events = kv("", "memory.events");
+                json!({
+                    "cpu": {"usage": {
+                        "total": cpu.get("usage_usec").copied().unwrap_or(0) * 1000,
+                        "user": cpu.get("user_usec").copied().unwrap_or(0) * 1000,
+                        "kernel": cpu.get("system_usec").copied().unwrap_or(0) * 1000,
+                    }},
+                    "memory": {
+                        "usage": {
+                            "usage": num("", "memory.current").unwrap_or(0),
+                            "max": num("", "memory.peak").unwrap_or(0),
+                            "limit": num("", "memory.max").unwrap_or(u64::MAX),
+                        },
+                        "oom_kills": events.get("oom_kill").copied().unwrap_or(0),
+                        "stats": kv("", "memory.stat"),
+                    },
+                    "pids": {"current": num("", "pids.current").unwrap_or(pids as u64),
+                             "limit": num("", "pids.max").unwrap_or(0)},
+                })
+            }
+        }
+    }
+}
+
+/// Create `rel` under a v1 hierarchy level by level; cpuset levels inherit cpus and mems from
+/// their parent (a new cpuset cgroup is empty, and no process can join it until filled).
+fn mkdir_levels(mount: &Path, rel: &Path, cpuset: bool) -> Result<()> {
+    let mut cur = mount.to_path_buf();
+    for comp in rel.components() {
+        let parent = cur.clone();
+        cur.push(comp);
+        match fs::create_dir(&cur) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).ctx(|| format!("creating cgroup {}", cur.display())),
+        }
+        if cpuset {
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let mine = fs::read_to_string(cur.join(f)).unwrap_or_default();
+                if mine.trim().is_empty() {
+                    let theirs = fs::read_to_string(parent.join(f)).unwrap_or_default();
+                    write_file(&cur.join(f), theirs.trim())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In v2, a controller can be used in a cgroup only when every ancestor enables it for its
+/// children. Enable what the root offers, down to the container's parent.
+fn enable_controllers(root: &Path, rel: &Path) -> Result<()> {
+    let avail = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let want: Vec<String> = avail
+        .split_whitespace()
+        .filter(|c| ["cpu", "cpuset", "memory", "pids", "io", "hugetlb"].contains(c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    let mut cur = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, comp) in comps.iter().enumerate() {
+        if !want.is_empty() {
+            // Failing here (a controller busy in a "domain threaded" tree, say) only means
+            // that limit cannot be applied; the write of the limit itself reports it.
+            let _ = fs::write(cur.join("cgroup.subtree_control"), want.join(" "));
+        }
+        cur.push(comp);
+        if i + 1 < comps.len() {
+            match fs::create_dir(&cur) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx(|| format!("creating cgroup {}", cur.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/cpu rw,relatime shared:8 - cgroup cgroup rw,cpu
+27 25 0:25 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory
+28 25 0:26 / /sys/fs/cgroup/systemd rw,relatime shared:10 - cgroup cgroup rw,name=systemd
+29 25 0:27 / /sys/fs/cgroup/unified rw,relatime shared:11 - cgroup2 cgroup2 rw
+30 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct";
+
+    #[test]
+    fn hybrid_mountinfo_gives_v1_controllers() {
+        let h = hierarchies_from_mountinfo(HYBRID);
+        assert_eq!(h.len(), 3);
+        assert_eq!(
+            h[0],
+            Hierarchy::V1 {
+                name: "cpu".into(),
+                mount: "/sys/fs/cgroup/cpu".into(),
+                options: "cpu".into()
+            }
+        );
+        assert!(matches!(&h[2], Hierarchy::V1 { options, .. } if options == "cpu,cpuacct"));
+    }
+
+    #[test]
+    fn unified_mountinfo_gives_v2() {
+        let h = hierarchies_from_mountinfo(
+            "25 1 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate",
+        );
+        assert_eq!(h, vec![Hierarchy::Unified("/sys/fs/cgroup".into())]);
+    }
+
+    #[test]
+    fn systemd_paths_are_refused() {
+        assert!(validate_path(Path::new("system.slice:cellvisor:x")).is_err());
+        assert!(validate_path(Path::new("/a/../b")).is_err());
+        assert!(validate_path(Path::new("/cellvisor/x")).is_ok());
+    }
+
+    /// The v1 manager against a fake hierarchy in a temporary directory.
+    #[test]
+    fn v1_create_writes_limits_and_inherits_cpuset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut hs = Vec::new();
+        for c in ["cpuset", "memory", "pids", "devices", "cpu"] {
+            let m = tmp.path().join(c);
+            fs::create_dir(&m).unwrap();
+            hs.push(Hierarchy::V1 {
+                name: c.into(),
+                mount: m,
+                options: c.into(),
+            });
+        }
+        fs::write(tmp.path().join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
+        fs::write(tmp.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":10485760},"pids":{"limit":20},"cpu":{"shares":512}}"#,
+        )
+        .unwrap();
+        let cg = Cgroup::new(Path::new("cellvisor/t1"), hs);
+        cg.create(Some(&res)).unwrap();
+        let rd = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert_eq!(rd("memory/cellvisor/t1/memory.limit_in_bytes"), "10485760");
+        assert_eq!(rd("pids/cellvisor/t1/pids.max"), "20");
+        assert_eq!(rd("cpu/cellvisor/t1/cpu.shares"), "512");
+        assert_eq!(rd("cpuset/cellvisor/cpuset.cpus"), "0-1");
+        assert_eq!(rd("cpuset/cellvisor/t1/cpuset.mems"), "0");
+        assert_eq!(rd("devices/cellvisor/t1/devices.allow").is_empty(), false);
+        // Creating it again is refused.
+        assert!(cg.create(Some(&res)).is_err());
+    }
+
+    #[test]
+    fn v2_create_enables_controllers_and_writes_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("cgroup.controllers"),
+            "cpu memory pids io\n",
+        )
+        .unwrap();
+        let res: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":10485760,"swap":20971520},"pids":{"limit":20},"cpu":{"quota":50000,"period":100000}}"#,
+        )
+        .unwrap();
+        let cg = Cgroup::new(
+            Path::new("/cellvisor/t2"),
+            vec![Hierarchy::Unified(tmp.path().into())],
+        );
+        cg.create(Some(&res)).unwrap();
+        let rd = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert_eq!(rd("cgroup.subtree_control"), "+cpu +memory +pids +io");
+        assert_eq!(
+            rd("cellvisor/cgroup.subtree_control"),
+            "+cpu +memory +pids +io"
+        );
+        assert_eq!(rd("cellvisor/t2/memory.max"), "10485760");
+        assert_eq!(rd("cellvisor/t2/memory.swap.max"), "10485760");
+        assert_eq!(rd("cellvisor/t2/cpu.max"), "50000 100000");
+        assert_eq!(rd("cellvisor/t2/pids.max"), "20");
+    }
+}

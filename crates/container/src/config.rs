@@ -1,0 +1,372 @@
+//! Loading and validating a bundle's `config.json`: every check that can be made before any
+//! syscall, so a bad config is refused with one line and nothing is created.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+
+use crate::config_err;
+use crate::error::{Error, Result};
+use crate::namespaces::Namespaces;
+
+/// A loaded, validated config with its bundle and absolute rootfs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub spec: Spec,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub namespaces: Namespaces,
+}
+
+/// Parse JSON into a `Spec`, with the place of the error in the message.
+pub fn parse_spec(json: &[u8], what: &str) -> Result<Spec> {
+    serde_json::from_slice(json).map_err(|e| config_err!("{what}: {e}"))
+}
+
+/// Load `<bundle>/config.json`, validate it, and resolve the rootfs.
+pub fn load(bundle: &Path) -> Result<Config> {
+    let bundle = std::fs::canonicalize(bundle)
+        .map_err(|e| Error::Msg(format!("bundle {}: {e}", bundle.display())))?;
+    let path = bundle.join("config.json");
+    let json = std::fs::read(&path)
+        .map_err(|e| Error::Msg(format!("cannot read {}: {e}", path.display())))?;
+    let spec = parse_spec(&json, "config.json")?;
+    from_spec(spec, bundle)
+}
+
+/// Validate a parsed spec for the bundle directory `bundle`.
+pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
+    if !spec.version().starts_with("1.") {
+        return Err(config_err!(
+            "ociVersion {:?} is not supported (want 1.x)",
+            spec.version()
+        ));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| config_err!("root: missing"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    if !rootfs.is_dir() {
+        return Err(config_err!(
+            "root.path: rootfs {} does not exist or is not a directory",
+            rootfs.display()
+        ));
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| config_err!("process: missing"))?;
+    validate_process(process)?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| config_err!("linux: missing"))?;
+    let namespaces = Namespaces::from_spec(linux.namespaces().as_deref().unwrap_or_default())?;
+
+    // User namespace and id mappings.
+    let uid = linux.uid_mappings().as_deref().unwrap_or_default();
+    let gid = linux.gid_mappings().as_deref().unwrap_or_default();
+    if namespaces.creates(LinuxNamespaceType::User) {
+        validate_mappings("linux.uidMappings", uid)?;
+        validate_mappings("linux.gidMappings", gid)?;
+    } else if !uid.is_empty() || !gid.is_empty() {
+        return Err(config_err!(
+            "linux.uidMappings/gidMappings: given, but no new user namespace is requested"
+        ));
+    }
+
+    for (i, m) in spec
+        .mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if !m.destination().is_absolute() {
+            return Err(config_err!(
+                "mounts[{i}].destination: {:?} is not an absolute path",
+                m.destination()
+            ));
+        }
+        crate::mounts::MountOptions::parse(m.options().as_deref().unwrap_or_default())
+            .map_err(|e| config_err!("mounts[{i}].options: {e}"))?;
+        let typ = m.typ().as_deref().unwrap_or("bind");
+        let opts = m.options().as_deref().unwrap_or_default();
+        if (typ == "bind" || opts.iter().any(|o| o == "bind" || o == "rbind"))
+            && m.source().is_none()
+        {
+            return Err(config_err!("mounts[{i}]: a bind mount needs a source"));
+        }
+    }
+
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
+        && !namespaces.creates(LinuxNamespaceType::Uts)
+    {
+        return Err(config_err!(
+            "hostname: cannot set a hostname without a new UTS namespace"
+        ));
+    }
+    if let Some(sysctl) = linux.sysctl() {
+        for key in sysctl.keys() {
+            validate_sysctl(key, &namespaces)?;
+        }
+    }
+    if let Some(res) = linux.resources() {
+        crate::cgroups::validate(res)?;
+    }
+    if let Some(p) = linux.cgroups_path() {
+        crate::cgroups::validate_path(p)?;
+    }
+    if let Some(sc) = linux.seccomp() {
+        crate::seccomp::compile(sc).map_err(|e| config_err!("linux.seccomp: {e}"))?;
+    }
+    if let Some(hooks) = spec.hooks() {
+        let all = [
+            ("prestart", hooks.prestart()),
+            ("createRuntime", hooks.create_runtime()),
+            ("createContainer", hooks.create_container()),
+            ("startContainer", hooks.start_container()),
+            ("poststart", hooks.poststart()),
+            ("poststop", hooks.poststop()),
+        ];
+        for (name, list) in all {
+            for (i, h) in list.as_deref().unwrap_or_default().iter().enumerate() {
+                if !h.path().is_absolute() {
+                    return Err(config_err!(
+                        "hooks.{name}[{i}].path: {:?} is not absolute",
+                        h.path()
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(prop) = linux.rootfs_propagation() {
+        if !prop.is_empty() && crate::mounts::propagation_flag(prop).is_none() {
+            return Err(config_err!(
+                "linux.rootfsPropagation: unknown mode {prop:?}"
+            ));
+        }
+    }
+    Ok(Config {
+        rootfs,
+        bundle,
+        namespaces,
+        spec,
+    })
+}
+
+/// Checks that apply to the container's process and to `exec`'s process.json alike.
+pub fn validate_process(p: &oci_spec::runtime::Process) -> Result<()> {
+    if p.args().as_deref().unwrap_or_default().is_empty() {
+        return Err(config_err!("process.args: must not be empty"));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(config_err!(
+            "process.cwd: {:?} is not an absolute path",
+            p.cwd()
+        ));
+    }
+    let mut seen = HashSet::new();
+    for r in p.rlimits().as_deref().unwrap_or_default() {
+        if !seen.insert(format!("{:?}", r.typ())) {
+            return Err(config_err!("process.rlimits: {:?} given twice", r.typ()));
+        }
+        if r.soft() > r.hard() {
+            return Err(config_err!(
+                "process.rlimits: {:?} soft limit {} is above its hard limit {}",
+                r.typ(),
+                r.soft(),
+                r.hard()
+            ));
+        }
+    }
+    for e in p.env().as_deref().unwrap_or_default() {
+        if !e.contains('=') {
+            return Err(config_err!("process.env: {e:?} is not NAME=value"));
+        }
+    }
+    Ok(())
+}
+
+/// Mappings must be non-empty, of non-zero size, and not overlap on either side.
+pub fn validate_mappings(field: &str, maps: &[LinuxIdMapping]) -> Result<()> {
+    if maps.is_empty() {
+        return Err(config_err!(
+            "{field}: a new user namespace needs at least one mapping"
+        ));
+    }
+    if maps.len() > 340 {
+        return Err(config_err!("{field}: at most 340 mappings"));
+    }
+    for (i, m) in maps.iter().enumerate() {
+        if m.size() == 0 {
+            return Err(config_err!("{field}[{i}]: size must not be 0"));
+        }
+        for (what, start) in [("containerID", m.container_id()), ("hostID", m.host_id())] {
+            if start.checked_add(m.size()).is_none() {
+                return Err(config_err!("{field}[{i}]: {what} + size overflows"));
+            }
+        }
+        for (j, o) in maps.iter().enumerate().skip(i + 1) {
+            let overlap = |a: u32, b: u32| a < b + o.size() && b < a + m.size();
+            if overlap(m.container_id(), o.container_id()) || overlap(m.host_id(), o.host_id()) {
+                return Err(config_err!("{field}[{i}] and [{j}] overlap"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sysctl is allowed only when it belongs to a namespace the container has on its own.
+pub fn validate_sysctl(key: &str, ns: &Namespaces) -> Result<()> {
+    if key.contains('/') || key.contains("..") || key.is_empty() {
+        return Err(config_err!("linux.sysctl: {key:?} is not a sysctl name"));
+    }
+    let need = if key.starts_with("net.") {
+        LinuxNamespaceType::Network
+    } else if key.starts_with("fs.mqueue.")
+        || key.starts_with("kernel.msg")
+        || key.starts_with("kernel.shm")
+        || key == "kernel.sem"
+    {
+        LinuxNamespaceType::Ipc
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        LinuxNamespaceType::Uts
+    } else {
+        return Err(config_err!(
+            "linux.sysctl: {key:?} is not namespaced and cannot be set for a container"
+        ));
+    };
+    if !ns.isolates(need) {
+        return Err(config_err!(
+            "linux.sysctl: {key:?} needs the container's own {need} namespace"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(json: &str) -> (tempfile::TempDir, Result<Config>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join("config.json"), json).unwrap();
+        let r = load(dir.path());
+        (dir, r)
+    }
+
+    fn minimal(extra_linux: &str, extra_top: &str) -> String {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+            "process":{{"args":["/bin/true"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+            {extra_top}
+            "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]{extra_linux}}}}}"#
+        )
+    }
+
+    fn err(json: &str) -> String {
+        match bundle_with(json).1 {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_is_accepted() {
+        let (_d, r) = bundle_with(&minimal("", ""));
+        let c = r.unwrap();
+        assert!(c.rootfs.ends_with("rootfs"));
+        assert!(c.namespaces.creates(LinuxNamespaceType::Pid));
+    }
+
+    #[test]
+    fn malformed_json_names_the_place() {
+        let e = err("{\"ociVersion\": ");
+        assert!(e.contains("config.json") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_namespace_type() {
+        let e = err(&minimal("", "").replace("\"mount\"", "\"bogus\""));
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn missing_rootfs() {
+        let e = err(&minimal("", "").replace("\"rootfs\"", "\"nope\""));
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn relative_mount_destination() {
+        let e = err(&minimal(
+            "",
+            r#""mounts":[{"destination":"proc","type":"proc","source":"proc"}],"#,
+        ));
+        assert!(e.contains("mounts[0].destination"), "{e}");
+    }
+
+    #[test]
+    fn bad_id_mapping() {
+        let base = minimal(
+            r#","uidMappings":[{"containerID":0,"hostID":1000,"size":0}],"gidMappings":[{"containerID":0,"hostID":1000,"size":10}]"#,
+            "",
+        )
+        .replace(r#"{"type":"mount"}"#, r#"{"type":"mount"},{"type":"user"}"#);
+        assert!(err(&base).contains("size must not be 0"));
+        let overlap = minimal(
+            r#","uidMappings":[{"containerID":0,"hostID":1000,"size":10},{"containerID":5,"hostID":5000,"size":10}],"gidMappings":[{"containerID":0,"hostID":1000,"size":10}]"#,
+            "",
+        )
+        .replace(r#"{"type":"mount"}"#, r#"{"type":"mount"},{"type":"user"}"#);
+        assert!(err(&overlap).contains("overlap"));
+        let no_userns = minimal(
+            r#","uidMappings":[{"containerID":0,"hostID":1000,"size":10}]"#,
+            "",
+        );
+        assert!(err(&no_userns).contains("no new user namespace"));
+    }
+
+    #[test]
+    fn invalid_cgroup_values() {
+        let e = err(&minimal(r#","resources":{"cpu":{"shares":1}}"#, ""));
+        assert!(e.contains("shares"), "{e}");
+        let e = err(&minimal(r#","resources":{"cpu":{"cpus":"0-x"}}"#, ""));
+        assert!(e.contains("cpus"), "{e}");
+        let e = err(&minimal(
+            r#","resources":{"memory":{"limit":1048576,"swap":1000}}"#,
+            "",
+        ));
+        assert!(e.contains("swap"), "{e}");
+    }
+
+    #[test]
+    fn hostname_needs_uts() {
+        let e = err(&minimal("", r#""hostname":"x","#));
+        assert!(e.contains("UTS"), "{e}");
+    }
+
+    #[test]
+    fn sysctl_rules() {
+        let ns = Namespaces::from_spec(&[]).unwrap();
+        assert!(validate_sysctl("net.ipv4.ip_forward", &ns).is_err());
+        assert!(validate_sysctl("vm.swappiness", &ns).is_err());
+    }
+
+    #[test]
+    fn rlimit_soft_above_hard() {
+        let e = err(&minimal("", "").replace(
+            r#""cwd":"/""#,
+            r#""cwd":"/","rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":5}]"#,
+        ));
+        assert!(e.contains("soft limit"), "{e}");
+    }
+}

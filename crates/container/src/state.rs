@@ -1,0 +1,256 @@
+//! Container state on disk: `<root>/<id>/state.json`, written atomically, read by every verb.
+//! The status is not stored: it is derived from the init process and the exec fifo each time,
+//! so it is right even after the runtime process that wrote the file crashed.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::{Cgroup, Hierarchy};
+use crate::error::{Context, Error, Result};
+use crate::util::{proc_start_time, proc_state, write_atomic};
+
+/// What the runtime remembers about one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub oci_version: String,
+    pub id: String,
+    /// Host pid of the container's init process.
+    pub pid: i32,
+    /// Its start time in clock ticks since boot, to detect a reused pid.
+    pub pid_start: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    pub created: String,
+    pub owner: String,
+    /// Relative cgroup path and the hierarchies it was made in.
+    pub cgroup_path: PathBuf,
+    pub cgroup_v2: bool,
+    /// The config, kept for exec, the poststop hooks and delete.
+    pub config: oci_spec::runtime::Spec,
+}
+
+/// The runtime-spec statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// The directory holding all containers' state.
+#[derive(Debug, Clone)]
+pub struct Root(pub PathBuf);
+
+/// Container ids are used in paths: keep them to a safe alphabet.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    if !ok {
+        return Err(Error::Msg(format!(
+            "invalid container id {id:?}: use letters, digits and . _ - +"
+        )));
+    }
+    Ok(())
+}
+
+impl Root {
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.0.join(id)
+    }
+
+    pub fn ensure(&self) -> Result<()> {
+        fs::create_dir_all(&self.0).ctx(|| format!("creating state root {}", self.0.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o700));
+        Ok(())
+    }
+
+    /// Load a container's state, with a clear error for an unknown id.
+    pub fn load(&self, id: &str) -> Result<State> {
+        validate_id(id)?;
+        let p = self.dir(id).join("state.json");
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(e).ctx(|| format!("reading {}", p.display())),
+        };
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::Msg(format!("corrupt state {}: {e}", p.display())))
+    }
+
+    /// Ids of every container with a state directory, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("state.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl State {
+    pub fn save(&self, root: &Root) -> Result<()> {
+        let data = serde_json::to_vec(self).map_err(|e| Error::Msg(e.to_string()))?;
+        write_atomic(&root.dir(&self.id).join("state.json"), &data)
+    }
+
+    pub fn fifo(&self, root: &Root) -> PathBuf {
+        root.dir(&self.id).join("exec.fifo")
+    }
+
+    /// Is the init process alive (and the same process we started)?
+    pub fn init_alive(&self) -> bool {
+        self.pid > 0
+            && proc_start_time(self.pid) == Some(self.pid_start)
+            && proc_state(self.pid).is_some_and(|s| s != 'Z' && s != 'X')
+    }
+
+    pub fn cgroup(&self) -> Result<Cgroup> {
+        let h = crate::cgroups::hierarchies()?;
+        let h: Vec<Hierarchy> = if self.cgroup_v2 {
+            h.into_iter()
+                .filter(|h| matches!(h, Hierarchy::Unified(_)))
+                .collect()
+        } else {
+            h.into_iter()
+                .filter(|h| matches!(h, Hierarchy::V1 { .. }))
+                .collect()
+        };
+        Ok(Cgroup::new(&self.cgroup_path, h))
+    }
+
+    pub fn status(&self, root: &Root) -> Status {
+        if !self.init_alive() {
+            return Status::Stopped;
+        }
+        if self.fifo(root).exists() {
+            return Status::Created;
+        }
+        if self.cgroup().map(|c| c.is_frozen()).unwrap_or(false) {
+            return Status::Paused;
+        }
+        Status::Running
+    }
+
+    /// The runtime-spec state document (what `state` prints and hooks read on stdin).
+    pub fn oci(&self, status: Status) -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": status.to_string(),
+            "pid": if status == Status::Stopped { 0 } else { self.pid },
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": self.owner,
+            "annotations": self.annotations,
+        })
+    }
+}
+
+/// The state directory of a container being created; removed on drop unless kept.
+pub struct NewDir {
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl NewDir {
+    pub fn create(root: &Root, id: &str) -> Result<Self> {
+        root.ensure()?;
+        let path = root.dir(id);
+        match fs::create_dir(&path) {
+            Ok(()) => Ok(NewDir { path, keep: false }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::Exists(id.to_string()))
+            }
+            Err(e) => Err(e).ctx(|| format!("creating {}", path.display())),
+        }
+    }
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for NewDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub fn remove_dir(root: &Root, id: &str) -> Result<()> {
+    let p = root.dir(id);
+    match fs::remove_dir_all(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("removing {}", p.display())),
+    }
+}
+
+pub fn exists(root: &Root, id: &str) -> bool {
+    Path::new(&root.dir(id)).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("web-1.a_b+c").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "x\0"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn new_dir_is_removed_unless_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root(t.path().join("r"));
+        {
+            let d = NewDir::create(&root, "a").unwrap();
+            assert!(d.path.is_dir());
+            assert!(matches!(NewDir::create(&root, "a"), Err(Error::Exists(_))));
+        }
+        assert!(!root.dir("a").exists());
+        NewDir::create(&root, "b").unwrap().keep();
+        assert!(root.dir("b").exists());
+        assert!(matches!(
+            root.load("b"),
+            Err(Error::Msg(_)) | Err(Error::NotFound(_))
+        ));
+        assert!(matches!(root.load("zzz"), Err(Error::NotFound(_))));
+    }
+}

@@ -1,0 +1,80 @@
+//! The socket between the runtime and the container process it is setting up: small tagged
+//! messages, one per packet (SOCK_SEQPACKET), so either side sees the other's death as EOF.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::error::{Context, Error, Result};
+
+/// Messages of the create protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// runtime → child: id maps written and cgroup joined; go on.
+    Proceed,
+    /// child → runtime: run the prestart and createRuntime hooks now.
+    RunHooks,
+    /// runtime → child: hooks done; the state document for the container's own hooks.
+    HooksDone(String),
+    /// child → runtime: set up, waiting to be started.
+    Ready,
+    /// child → runtime: failed, with the reason.
+    Error(String),
+}
+
+pub struct Chan(pub OwnedFd);
+
+pub fn pair() -> Result<(Chan, Chan)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .ctx(|| "creating the sync socket")?;
+    Ok((Chan(a), Chan(b)))
+}
+
+impl Chan {
+    pub fn send(&self, m: &Msg) -> Result<()> {
+        let buf: Vec<u8> = match m {
+            Msg::Proceed => vec![1],
+            Msg::RunHooks => vec![2],
+            Msg::HooksDone(s) => {
+                let mut v = vec![3];
+                v.extend_from_slice(s.as_bytes());
+                v
+            }
+            Msg::Ready => vec![4],
+            Msg::Error(s) => {
+                let mut v = vec![5];
+                v.extend_from_slice(s.as_bytes());
+                v
+            }
+        };
+        nix::unistd::write(&self.0, &buf).ctx(|| "writing to the sync socket")?;
+        Ok(())
+    }
+
+    /// Receive one message; `None` when the other side has gone.
+    pub fn recv(&self) -> Result<Option<Msg>> {
+        let mut buf = vec![0u8; 8192];
+        let n = loop {
+            match nix::unistd::read(self.0.as_raw_fd(), &mut buf) {
+                Err(nix::Error::EINTR) => continue,
+                r => break r.ctx(|| "reading the sync socket")?,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(match buf[0] {
+            1 => Msg::Proceed,
+            2 => Msg::RunHooks,
+            3 => Msg::HooksDone(String::from_utf8_lossy(&buf[1..n]).into_owned()),
+            4 => Msg::Ready,
+            5 => Msg::Error(String::from_utf8_lossy(&buf[1..n]).into_owned()),
+            t => return Err(Error::Msg(format!("bad sync message {t}"))),
+        }))
+    }
+}

@@ -1,0 +1,199 @@
+//! Small file-system helpers shared by the runtime: atomic writes and path resolution that
+//! cannot escape a container's root through symlinks (openat2 with RESOLVE_IN_ROOT).
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Context, Result};
+
+/// Write `data` to `path` atomically: a temporary file in the same directory, then rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut f = fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(())
+}
+
+/// Write a small value to a kernel file (cgroup, procfs), with the file named in the error.
+pub fn write_file(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).ctx(|| format!("writing {value:?} to {}", path.display()))
+}
+
+pub fn cstring(s: impl AsRef<std::ffi::OsStr>) -> CString {
+    // A string with an interior NUL becomes empty, which every syscall refuses with ENOENT.
+    CString::new(s.as_ref().as_bytes().to_vec()).unwrap_or_default()
+}
+
+/// Open `path` (absolute or relative, as seen inside the container) beneath `root`, resolving
+/// every symlink as if `root` were `/`. Returns an `O_PATH` descriptor.
+pub fn open_in_root(root: &OwnedFd, path: &Path, flags: libc::c_int) -> nix::Result<OwnedFd> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = cstring(rel);
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What to create at a path that does not exist yet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Make sure `path` exists beneath `root` (creating missing directories, and the last component
+/// as `kind`), and return an `O_PATH` descriptor of it. Never leaves `root`.
+pub fn ensure_in_root(root: &OwnedFd, path: &Path, kind: Kind) -> nix::Result<OwnedFd> {
+    match open_in_root(root, path, libc::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    let mut cur = PathBuf::from("/");
+    let comps: Vec<_> = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    for (i, comp) in comps.iter().enumerate() {
+        let next = cur.join(comp);
+        match open_in_root(root, &next, libc::O_PATH) {
+            Ok(_) => {}
+            Err(nix::Error::ENOENT) => {
+                let parent = open_in_root(root, &cur, libc::O_PATH | libc::O_DIRECTORY)?;
+                let name = cstring(comp.as_os_str());
+                let last = i + 1 == comps.len();
+                // SAFETY: parent is an open directory descriptor and name a valid C string.
+                let r = unsafe {
+                    if last && kind == Kind::File {
+                        let fd = libc::openat(
+                            parent.as_raw_fd(),
+                            name.as_ptr(),
+                            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                            0o644,
+                        );
+                        if fd >= 0 {
+                            libc::close(fd);
+                        }
+                        fd.min(0)
+                    } else {
+                        libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755)
+                    }
+                };
+                if r < 0 {
+                    let e = nix::Error::last();
+                    if e != nix::Error::EEXIST {
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        cur = next;
+    }
+    open_in_root(root, path, libc::O_PATH)
+}
+
+/// The `/proc/self/fd/N` path of a descriptor, for syscalls that take a path.
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), to tell a pid from a reused one.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Process state letter (field 3 of /proc/PID/stat): 'Z' for a zombie.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Seconds since the epoch, with nanoseconds, as RFC 3339 UTC text.
+pub fn rfc3339_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn ensure_in_root_stays_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        // A symlink pointing outside the root must resolve inside it.
+        std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
+        let rootfd: OwnedFd = fs::File::open(&root).unwrap().into();
+        ensure_in_root(&rootfd, Path::new("/escape/made/here"), Kind::Dir).unwrap();
+        assert!(root.join("made/here").is_dir());
+        ensure_in_root(&rootfd, Path::new("/a/file"), Kind::File).unwrap();
+        assert!(root.join("a/file").is_file());
+    }
+}
