@@ -148,6 +148,21 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .ctx(|| "creating the exec fifo")?;
+    if cfg.namespaces.creates(LinuxNamespaceType::User) {
+        // The init reaches the fifo as the container's root, which is another host user.
+        let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            maps.iter().flatten().find(|m| m.container_id() == 0).map(|m| m.host_id())
+        };
+        let (uid, gid) = (host(linux.uid_mappings()), host(linux.gid_mappings()));
+        nix::unistd::chown(
+            &dir.path.join("exec.fifo"),
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+        )
+        .ctx(|| "handing the exec fifo to the container's root")?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o711)).ctx(|| "state directory mode")?;
+    }
     let hierarchies = crate::cgroups::hierarchies()?;
     let cgroup_rel = linux
         .cgroups_path()

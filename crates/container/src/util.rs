@@ -17,7 +17,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         ".{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    let mut f = fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ctx(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)
         .ctx(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
