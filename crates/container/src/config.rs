@@ -175,11 +175,11 @@ pub fn validate_process(p: &oci_spec::runtime::Process) -> Result<()> {
     let mut seen = HashSet::new();
     for r in p.rlimits().as_deref().unwrap_or_default() {
         if !seen.insert(format!("{:?}", r.typ())) {
-            return Err(config_err!("process.rlimits: {:?} given twice", r.typ()));
+            return Err(config_err!("process.rlimits: {} given twice", r.typ()));
         }
         if r.soft() > r.hard() {
             return Err(config_err!(
-                "process.rlimits: {:?} soft limit {} is above its hard limit {}",
+                "process.rlimits: {} soft limit {} is above its hard limit {}",
                 r.typ(),
                 r.soft(),
                 r.hard()

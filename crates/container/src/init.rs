@@ -102,13 +102,14 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         }
     }
     crate::mounts::enter_root(&cfg.rootfs, a.no_pivot)?;
-    crate::mounts::finish_rootfs(cfg)?;
+    // Sysctls before the read-only paths: /proc/sys is usually one of them.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (k, v) in sysctl {
             let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
             crate::util::write_file(&p, v)?;
         }
     }
+    crate::mounts::finish_rootfs(cfg)?;
     if cfg.namespaces.creates(LinuxNamespaceType::Network) {
         loopback_up()?;
     }
@@ -217,7 +218,7 @@ pub fn set_rlimits(p: &Process) -> Result<()> {
                 ""
             };
             return Err(Error::Msg(format!(
-                "setting {:?} to {}/{}{hint}: {e}",
+                "setting {} to {}/{}{hint}: {e}",
                 r.typ(),
                 r.soft(),
                 r.hard()

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -151,7 +151,10 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
         // The init reaches the fifo as the container's root, which is another host user.
         let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-            maps.iter().flatten().find(|m| m.container_id() == 0).map(|m| m.host_id())
+            maps.iter()
+                .flatten()
+                .find(|m| m.container_id() == 0)
+                .map(|m| m.host_id())
         };
         let (uid, gid) = (host(linux.uid_mappings()), host(linux.gid_mappings()));
         nix::unistd::chown(
@@ -161,7 +164,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         )
         .ctx(|| "handing the exec fifo to the container's root")?;
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o711)).ctx(|| "state directory mode")?;
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o711))
+            .ctx(|| "state directory mode")?;
     }
     let hierarchies = crate::cgroups::hierarchies()?;
     let cgroup_rel = linux
@@ -318,13 +322,32 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         .open(&fifo)
         .ctx(|| "opening the exec fifo")?;
     let fd: OwnedFd = f.into();
-    // Blocking from here: the init holds the write side until it execs (close-on-exec).
+    // Wait for the init to open its side and write its "0". Until it has, the fifo has no
+    // writer and a read would see end-of-file, so poll (a fifo never written to does not
+    // report a hang-up) and watch that the init is still alive.
+    let mut f = fs::File::from(fd);
+    loop {
+        let mut pfd = [nix::poll::PollFd::new(
+            f.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(50u16)) {
+            Ok(n) if n > 0 => break,
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e).ctx(|| "polling the exec fifo"),
+        }
+        if !st.init_alive() {
+            let _ = fs::remove_file(&fifo);
+            return Err(Error::Msg(format!(
+                "container {id:?}: its process exited before it was started"
+            )));
+        }
+    }
     nix::fcntl::fcntl(
-        fd.as_raw_fd(),
+        f.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
     )
     .ctx(|| "setting the exec fifo blocking")?;
-    let mut f = fs::File::from(fd);
     let mut first = [0u8; 1];
     let n = f.read(&mut first).ctx(|| "reading the exec fifo")?;
     if n == 0 {

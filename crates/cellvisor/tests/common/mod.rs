@@ -1,0 +1,215 @@
+//! Helpers for end-to-end tests: a busybox rootfs built once, bundles with a config.json,
+//! the cellvisor binary run as a user would, and checks that nothing was left behind.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cellvisor");
+
+/// Root and the busybox binary are needed; without them a test says why and passes.
+pub fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: end-to-end tests need root");
+        return false;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: /bin/busybox missing (apt-get install busybox-static)");
+        return false;
+    }
+    true
+}
+
+/// A busybox rootfs shared (read-only) by every test of this process.
+pub fn rootfs() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("cellvisor-e2e-rootfs-{}", std::process::id()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/mkrootfs.sh");
+        let ok = Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkrootfs.sh failed");
+        dir
+    })
+}
+
+/// A unique container id for this test and process.
+pub fn id(name: &str) -> String {
+    format!("e2e-{name}-{}", std::process::id())
+}
+
+pub struct Bundle {
+    pub dir: tempfile::TempDir,
+    pub state_root: PathBuf,
+}
+
+impl Bundle {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run `cellvisor --root <state> ARGS` and wait for it, with captured output.
+    pub fn cv(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--root")
+            .arg(&self.state_root)
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Like `cv`, but the container's stdio (inherited from the runtime) goes to files, so
+    /// a long-running container does not hold our pipes open. Returns (status ok, stderr).
+    pub fn cv_bg(&self, args: &[&str]) -> (bool, String) {
+        let out = self.path().join(format!("out-{}", args[0]));
+        let err = self.path().join(format!("err-{}", args[0]));
+        let st = Command::new(BIN)
+            .arg("--root")
+            .arg(&self.state_root)
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        (
+            st.success(),
+            std::fs::read_to_string(&err).unwrap_or_default(),
+        )
+    }
+
+    pub fn state(&self, id: &str) -> Option<Value> {
+        let o = self.cv(&["state", id]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)
+            .map(|s| s["status"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Wait until the container is stopped.
+    pub fn wait_stopped(&self, id: &str) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while self.status(id) != "stopped" {
+            assert!(Instant::now() < end, "container {id} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn write_config(&self, cfg: &Value) {
+        std::fs::write(
+            self.path().join("config.json"),
+            serde_json::to_vec_pretty(cfg).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// A bundle whose config.json is `cfg`.
+pub fn bundle(cfg: &Value) -> Bundle {
+    let dir = tempfile::tempdir().unwrap();
+    let state_root = dir.path().join("state");
+    let b = Bundle { dir, state_root };
+    b.write_config(cfg);
+    b
+}
+
+/// The default config (as `cellvisor spec` writes it) for the shared rootfs, without a
+/// terminal, running `args`.
+pub fn config(args: &[&str]) -> Value {
+    let out = Command::new(BIN).arg("features").output().unwrap();
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let ok = Command::new(BIN)
+        .args(["spec", "--bundle"])
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut c: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    c["root"]["path"] = json!(rootfs());
+    c["process"]["terminal"] = json!(false);
+    c["process"]["args"] = json!(args);
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Cgroup directories of a container id (default cgroupsPath) that still exist.
+pub fn cgroup_leftovers(id: &str) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let p = e.path().join("cellvisor").join(id);
+        if p.exists() {
+            left.push(p);
+        }
+    }
+    let p = Path::new("/sys/fs/cgroup/cellvisor").join(id);
+    if p.exists() {
+        left.push(p);
+    }
+    left
+}
+
+/// Processes (other than this test) whose command line names `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != me)
+        .filter(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&c).contains(marker)
+        })
+        .collect()
+}
+
+/// Nothing of container `id` remains: no state directory, cgroup, process or mount.
+pub fn assert_nothing_left(b: &Bundle, id: &str) {
+    assert!(
+        !b.state_root.join(id).exists(),
+        "state directory of {id} left behind"
+    );
+    assert_eq!(
+        cgroup_leftovers(id),
+        Vec::<PathBuf>::new(),
+        "cgroups of {id} left behind"
+    );
+    // Give a killed process a moment to be reaped by its parent.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !processes_with(id).is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        processes_with(id),
+        Vec::<i32>::new(),
+        "processes of {id} left behind"
+    );
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let bp = b.path().to_string_lossy().to_string();
+    assert!(!mi.contains(&bp), "a mount under {bp} was left behind");
+}

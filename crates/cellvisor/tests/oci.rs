@@ -1,0 +1,831 @@
+//! End-to-end tests of the OCI runtime, run as root: the lifecycle, enforced limits, isolation,
+//! seccomp and capabilities, refused input that leaves nothing behind, and the escapes a
+//! runtime must not open (CVE-2019-5736, CVE-2024-21626 classes).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+macro_rules! need_root {
+    () => {
+        if !can_run() {
+            return;
+        }
+    };
+}
+
+#[test]
+fn lifecycle_create_start_exec_pause_kill_delete() {
+    need_root!();
+    let id = id("life");
+    let b = bundle(&config(&[
+        "sh",
+        "-c",
+        &format!("echo started > /dev/shm/x; sleep 1000 # {id}"),
+    ]));
+    let pidfile = b.path().join("pid");
+    let (ok, err) = b.cv_bg(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(ok, "create: {err}");
+    let st = b.state(&id).unwrap();
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], id.as_str());
+    let pid: i64 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(st["pid"], pid);
+    assert_eq!(st["bundle"], b.path().to_str().unwrap());
+
+    // Creating the same id twice is refused and leaves the first one alone.
+    let o = b.cv(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+    assert_eq!(b.status(&id), "created");
+
+    let o = b.cv(&["start", &id]);
+    assert!(o.status.success(), "start: {}", stderr(&o));
+    assert_eq!(b.status(&id), "running");
+    // Starting twice is refused.
+    assert!(!b.cv(&["start", &id]).status.success());
+
+    let list = stdout(&b.cv(&["list", "--format", "json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "running");
+    assert_eq!(stdout(&b.cv(&["list", "-q"])).trim(), id);
+
+    let ps: Vec<i64> =
+        serde_json::from_str(&stdout(&b.cv(&["ps", "--format", "json", &id]))).unwrap();
+    assert!(ps.contains(&pid), "{ps:?}");
+
+    // exec sees the container: its pid namespace, hostname and files; exit codes pass through.
+    let o = b.cv(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "cat /dev/shm/x; hostname; cat /proc/1/cmdline | tr '\\0' ' '; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("started\ncellvisor\nsleep 1000"), "{out}");
+    let o = b.cv(&[
+        "exec",
+        "--user",
+        "1000:1000",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/tmp",
+        &id,
+        "sh",
+        "-c",
+        "id -u; id -g; echo $FOO; pwd",
+    ]);
+    assert_eq!(stdout(&o), "1000\n1000\nbar\n/tmp\n", "{}", stderr(&o));
+    let o = b.cv(&["exec", &id, "/no/such/program"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/program"), "{}", stderr(&o));
+
+    let o = b.cv(&["events", "--stats", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+
+    assert!(b.cv(&["pause", &id]).status.success());
+    assert_eq!(b.status(&id), "paused");
+    let o = b.cv(&["exec", &id, "true"]);
+    assert!(
+        !o.status.success(),
+        "exec into a paused container must be refused"
+    );
+    assert!(b.cv(&["resume", &id]).status.success());
+    assert_eq!(b.status(&id), "running");
+
+    // Deleting a running container needs --force.
+    let o = b.cv(&["delete", &id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+
+    assert!(b.cv(&["kill", &id, "KILL"]).status.success());
+    b.wait_stopped(&id);
+    assert_eq!(b.state(&id).unwrap()["pid"], 0);
+    assert!(
+        !b.cv(&["kill", &id]).status.success(),
+        "signalling a stopped container"
+    );
+    let o = b.cv(&["delete", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(b.state(&id).is_none());
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn run_passes_the_exit_code_and_cleans_up() {
+    need_root!();
+    let id = id("run");
+    let b = bundle(&config(&["sh", "-c", "echo out; echo err >&2; exit 3"]));
+    let o = b.cv(&["run", &id]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(stdout(&o), "out\n");
+    assert_eq!(stderr(&o), "err\n");
+    assert_nothing_left(&b, &id);
+    // Detached, then delete --force.
+    let mut c = config(&["sh", "-c", &format!("sleep 1000 # {id}")]);
+    c["hostname"] = json!("x");
+    b.write_config(&c);
+    let (ok, err) = b.cv_bg(&["run", "--detach", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(b.status(&id), "running");
+    assert!(b.cv(&["delete", "--force", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn namespaces_isolate_pids_mounts_hostname_network() {
+    need_root!();
+    let id = id("ns");
+    let mut c = config(&["sh", "-c", "ls -d /proc/[0-9]* | wc -l; echo $$; hostname; ls /sys/class/net; grep -c . /proc/self/mounts; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"]);
+    c["hostname"] = json!("domain-a");
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    // Only the shell and its pipeline are visible; the shell is pid 1.
+    assert!(lines[0].parse::<u32>().unwrap() <= 4, "{out}");
+    assert_eq!(lines[1], "1");
+    assert_eq!(lines[2], "domain-a");
+    assert_eq!(lines[3], "lo");
+    let mounts: usize = lines[4].parse().unwrap();
+    let host_mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(mounts < 40, "{out}");
+    assert_eq!(lines[5..], ["lo"], "{out}");
+    assert!(!out.contains("/work"), "host mounts visible: {out}");
+    assert!(host_mounts.lines().count() > 0);
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn memory_limit_kills_with_oom() {
+    need_root!();
+    let id = id("oom");
+    let mut c = config(&["sh", "-c", "tail /dev/zero; echo rc=$?"]);
+    c["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "rc=137",
+        "tail was not killed: {}",
+        stdout(&o)
+    );
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn pids_limit_stops_fork() {
+    need_root!();
+    let id = id("pids");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 2 & done 2>&1; wait; echo done",
+    ]);
+    c["linux"]["resources"]["pids"] = json!({"limit": 4});
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    let out = stdout(&o) + &stderr(&o);
+    assert!(out.contains("fork"), "fork was not refused: {out}");
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn cpuset_pins_and_cpu_limits_apply() {
+    need_root!();
+    let id = id("cpu");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        &format!("grep Cpus_allowed_list /proc/self/status; sleep 1000 # {id}"),
+    ]);
+    c["linux"]["resources"]["cpu"] =
+        json!({"cpus": "0", "shares": 512, "quota": 20000, "period": 100000});
+    let b = bundle(&c);
+    // Run detached to look at the cgroup from outside too.
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let out = std::fs::read_to_string(b.path().join("out-run")).unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let mut out = out;
+    while out.is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        out = std::fs::read_to_string(b.path().join("out-run")).unwrap();
+    }
+    assert!(out.contains("Cpus_allowed_list:\t0\n"), "{out}");
+    let cg = |ctrl: &str, f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/cellvisor/{id}/{f}"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if std::path::Path::new("/sys/fs/cgroup/cpu/cellvisor").exists() {
+        assert_eq!(cg("cpu", "cpu.shares").as_deref(), Some("512"));
+        assert_eq!(cg("cpu", "cpu.cfs_quota_us").as_deref(), Some("20000"));
+        assert_eq!(cg("cpuset", "cpuset.cpus").as_deref(), Some("0"));
+    }
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn seccomp_denies_and_kills() {
+    need_root!();
+    let id = id("seccomp");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "mkdir /dev/shm/d; echo mkdir=$?; (sleep 0.01); echo sleep=$?",
+    ]);
+    c["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["clock_nanosleep", "nanosleep"], "action": "SCMP_ACT_KILL_PROCESS"}
+        ]
+    });
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("mkdir=1"), "{out}");
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.contains("sleep=159"), "not killed by SIGSYS: {out}");
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn capabilities_are_dropped() {
+    need_root!();
+    let id = id("caps");
+    let b = bundle(&config(&["sh", "-c", "grep -E '^Cap(Eff|Bnd|Prm)' /proc/self/status; grep NoNewPrivs /proc/self/status; mount -t tmpfs t /dev/shm; echo mount=$?; hostname evil; echo hostname=$?"]));
+    let o = b.cv(&["run", &id]);
+    let out = stdout(&o);
+    // CAP_AUDIT_WRITE, CAP_KILL and CAP_NET_BIND_SERVICE only.
+    assert!(out.contains("CapEff:\t0000000020000420"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000020000420"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("mount=255") || out.contains("mount=1"),
+        "{out}"
+    );
+    assert!(out.contains("hostname=1"), "{out}");
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn process_settings_apply() {
+    need_root!();
+    let id = id("proc");
+    let mut c = config(&["sh", "-c", "id; umask; pwd; echo $GREETING; ulimit -n; cat /proc/self/oom_score_adj; cat /proc/sys/net/ipv4/ip_forward; touch /rootfile; echo ro=$?; echo x > /proc/sys/kernel/domainname; echo sysro=$?; cat /proc/kcore | wc -c"]);
+    c["process"]["user"] =
+        json!({"uid": 1000, "gid": 1001, "additionalGids": [1002, 1003], "umask": 63});
+    c["process"]["cwd"] = json!("/tmp");
+    c["process"]["env"] = json!(["PATH=/bin", "GREETING=hello"]);
+    c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 512}]);
+    c["process"]["oomScoreAdj"] = json!(500);
+    c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("uid=1000 gid=1001 groups=1002,1003\n0077\n/tmp\nhello\n512\n500\n1\n"),
+        "{out}"
+    );
+    assert!(out.contains("ro=1"), "{out}");
+    assert!(out.contains("sysro=1"), "{out}");
+    assert!(out.ends_with("0\n"), "masked /proc/kcore readable: {out}");
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn mounts_bind_tmpfs_and_propagation() {
+    need_root!();
+    let id = id("mnt");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in"), "from host\n").unwrap();
+    let mut c = config(&["sh", "-c", "cat /data/in; echo new > /data/out; echo x > /rodata/y; echo ro=$?; grep -E ' /(data|rodata|scratch) ' /proc/self/mountinfo | cut -d' ' -f5,6"]);
+    let mounts = c["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/data", "type": "bind", "source": host.path(), "options": ["rbind", "rprivate"]}));
+    mounts.push(json!({"destination": "/rodata", "type": "bind", "source": host.path(), "options": ["bind", "ro", "nosuid"]}));
+    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nodev", "size=1m"]}));
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("from host\nro=1\n"), "{out}");
+    assert!(out.contains("/rodata ro,nosuid"), "{out}");
+    assert!(out.contains("/scratch rw,nodev"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "new\n"
+    );
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    need_root!();
+    let id = id("userns");
+    let mut c = config(&["sh", "-c", "id -u; cat /proc/self/uid_map | tr -s ' '; ls -ln /bin/busybox | tr -s ' ' | cut -d' ' -f3"]);
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    c["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "cgroup");
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Root inside, 200000 outside; host root's files belong to nobody.
+    assert_eq!(stdout(&o), "0\n 0 200000 65536\n65534\n");
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn join_namespaces_by_path() {
+    need_root!();
+    let a = id("joina");
+    let mut ca = config(&["sh", "-c", &format!("sleep 1000 # {a}")]);
+    ca["hostname"] = json!("shared-uts");
+    let b = bundle(&ca);
+    let (ok, err) = b.cv_bg(&["run", "-d", &a]);
+    assert!(ok, "{err}");
+    let pid = b.state(&a).unwrap()["pid"].as_i64().unwrap();
+    let bid = id("joinb");
+    let mut cb = config(&["sh", "-c", "hostname; ls -d /proc/[0-9]* | wc -l"]);
+    for ns in cb["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "uts" || ns["type"] == "pid" {
+            ns["path"] = json!(format!("/proc/{pid}/ns/{}", ns["type"].as_str().unwrap()));
+        }
+    }
+    cb["hostname"] = json!(null);
+    let b2 = bundle(&cb);
+    let o = b2.cv(&["run", &bid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut l = out.lines();
+    assert_eq!(l.next(), Some("shared-uts"));
+    // A's sleep and shell plus our own shell and pipeline.
+    assert!(l.next().unwrap().parse::<u32>().unwrap() >= 3, "{out}");
+    assert!(b.cv(&["delete", "-f", &a]).status.success());
+    assert_nothing_left(&b, &a);
+    assert_nothing_left(&b2, &bid);
+}
+
+#[test]
+fn hooks_run_at_each_stage() {
+    need_root!();
+    let id = id("hooks");
+    let log = tempfile::tempdir().unwrap();
+    let lp = log.path().to_str().unwrap().to_string();
+    let hook = |name: &str, path: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {path}/{name}.json")]});
+    let mut c = config(&["sh", "-c", "true"]);
+    c["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/hooklog", "type": "bind", "source": lp, "options": ["bind"]}),
+    );
+    c["hooks"] = json!({
+        "prestart": [hook("prestart", &lp)],
+        "createRuntime": [hook("createRuntime", &lp)],
+        "createContainer": [hook("createContainer", &lp)],
+        "startContainer": [hook("startContainer", "/hooklog")],
+        "poststart": [hook("poststart", &lp)],
+        "poststop": [hook("poststop", &lp)],
+    });
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (stage, status) in [
+        ("prestart", "creating"),
+        ("createRuntime", "creating"),
+        ("createContainer", "creating"),
+        ("startContainer", "creating"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let s = std::fs::read_to_string(log.path().join(format!("{stage}.json")))
+            .unwrap_or_else(|_| panic!("{stage} hook did not run"));
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["id"], id.as_str(), "{stage}");
+        assert_eq!(v["status"], status, "{stage}");
+    }
+    assert_nothing_left(&b, &id);
+    // A failing hook fails the create and leaves nothing.
+    c["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]});
+    b.write_config(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("createRuntime hook"), "{}", stderr(&o));
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn preserved_fds_pass_and_others_do_not() {
+    need_root!();
+    let id = id("fds");
+    let b = bundle(&config(&[
+        "sh",
+        "-c",
+        "ls /proc/self/fd | sort -n | tr '\\n' ' '; echo via3 >&3",
+    ]));
+    let out_file = b.path().join("fd3");
+    let f = std::fs::File::create(&out_file).unwrap();
+    use std::os::fd::AsRawFd;
+    let raw = f.as_raw_fd();
+    let o = std::process::Command::new(BIN)
+        .args([
+            "--root",
+            b.state_root.to_str().unwrap(),
+            "run",
+            "--preserve-fds",
+            "1",
+            &id,
+        ])
+        .current_dir(b.path())
+        .stdin(std::process::Stdio::null())
+        .fd_mappings_3(raw)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 0-2, the preserved 3, and the directory ls is reading.
+    assert_eq!(stdout(&o), "0 1 2 3 4 ");
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "via3\n");
+    assert_nothing_left(&b, &id);
+}
+
+trait Fd3 {
+    fn fd_mappings_3(&mut self, fd: i32) -> &mut Self;
+}
+impl Fd3 for std::process::Command {
+    /// Make `fd` the child's descriptor 3.
+    fn fd_mappings_3(&mut self, fd: i32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: dup2 and fcntl are async-signal-safe; it runs in the forked child before exec.
+        unsafe {
+            self.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+#[test]
+fn terminal_goes_to_the_console_socket() {
+    need_root!();
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let id = id("tty");
+    let mut c = config(&["sh", "-c", "tty; test -t 0 && echo is-a-tty"]);
+    c["process"]["terminal"] = json!(true);
+    let b = bundle(&c);
+    let sock = b.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let (ok, err) = b.cv_bg(&["create", "--console-socket", sock.to_str().unwrap(), &id]);
+    assert!(ok, "{err}");
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([i32; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut master = None;
+    for c in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the fd was just received and nothing else owns it.
+            master = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    let master = std::fs::File::from(master.expect("no terminal fd received"));
+    assert!(b.cv(&["start", &id]).status.success());
+    let mut out = String::new();
+    use std::io::Read;
+    let mut m = master;
+    let mut chunk = [0u8; 256];
+    // Read until the slave side closes (EIO) or enough arrived.
+    while !out.contains("is-a-tty") {
+        match m.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&chunk[..n])),
+        }
+    }
+    assert!(out.contains("/dev/pts/0"), "{out:?}");
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    b.wait_stopped(&id);
+    assert!(b.cv(&["delete", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
+/// Each refused input: one line on stderr, a non-zero exit, and nothing left behind.
+#[test]
+fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
+    need_root!();
+    let base = config(&["true"]);
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            "unknown-ns",
+            Box::new(|c| c["linux"]["namespaces"][0]["type"] = json!("bogus")),
+            "bogus",
+        ),
+        (
+            "no-rootfs",
+            Box::new(|c| c["root"]["path"] = json!("/no/such/rootfs")),
+            "does not exist",
+        ),
+        (
+            "bad-map",
+            Box::new(|c| {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "user"}));
+                c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 0}]);
+                c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+            }),
+            "uidMappings",
+        ),
+        (
+            "rel-mount",
+            Box::new(|c| c["mounts"][0]["destination"] = json!("proc")),
+            "not an absolute path",
+        ),
+        (
+            "bad-cgroup",
+            Box::new(|c| c["linux"]["resources"]["cpu"] = json!({"shares": 1})),
+            "shares",
+        ),
+        (
+            "bad-cpus",
+            Box::new(|c| c["linux"]["resources"]["cpu"] = json!({"cpus": "99-1"})),
+            "cpus",
+        ),
+        (
+            "systemd-path",
+            Box::new(|c| c["linux"]["cgroupsPath"] = json!("system.slice:cv:x")),
+            "systemd",
+        ),
+        // Failures inside the container's setup, after cgroups were made: still nothing left.
+        (
+            "bad-fstype",
+            Box::new(|c| {
+                c["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}))
+            }),
+            "nosuchfs",
+        ),
+        (
+            "bad-exec",
+            Box::new(|c| c["process"]["args"] = json!(["/no/such/binary"])),
+            "/no/such/binary",
+        ),
+        (
+            "bad-rlimit",
+            Box::new(|c| {
+                c["process"]["rlimits"] =
+                    json!([{"type": "RLIMIT_NOFILE", "soft": 1, "hard": 1u64 << 40}])
+            }),
+            "RLIMIT_NOFILE",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let id = id(name);
+        let mut c = base.clone();
+        edit(&mut c);
+        let b = bundle(&c);
+        for verb in ["create", "run"] {
+            let o = b.cv(&[verb, &id]);
+            let err = stderr(&o);
+            assert!(!o.status.success(), "{name}: {verb} succeeded");
+            assert_eq!(err.lines().count(), 1, "{name}: {err}");
+            assert!(err.contains(want), "{name}: {err}");
+            assert_nothing_left(&b, &id);
+        }
+    }
+    // Malformed JSON.
+    let id = id("badjson");
+    let b = bundle(&base);
+    std::fs::write(
+        b.path().join("config.json"),
+        "{\"ociVersion\": \"1.0.2\", \"root\": ",
+    )
+    .unwrap();
+    let o = b.cv(&["create", &id]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("config.json") && stderr(&o).contains("line 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).lines().count(), 1);
+    assert_nothing_left(&b, &id);
+    // Unknown ids.
+    for verb in [
+        vec!["state"],
+        vec!["start"],
+        vec!["kill"],
+        vec!["delete"],
+        vec!["pause"],
+        vec!["ps"],
+        vec!["exec", "x", "true"],
+    ] {
+        let mut args = vec![verb[0], "no-such-container"];
+        args.extend(&verb[1..]);
+        if verb[0] == "exec" {
+            args = vec!["exec", "no-such-container", "true"];
+        }
+        let o = b.cv(&args);
+        assert!(!o.status.success(), "{verb:?}");
+        assert!(
+            stderr(&o).contains("does not exist"),
+            "{verb:?}: {}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o).lines().count(), 1);
+    }
+    // An invalid id.
+    let o = b.cv(&["create", "../escape"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("invalid container id"));
+    // --systemd-cgroup is refused clearly.
+    let o = b.cv(&["--systemd-cgroup", "create", &id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("systemd"));
+    assert_nothing_left(&b, &id);
+}
+
+/// CVE-2019-5736 class: a container process must not get hold of the runtime's binary
+/// through /proc/PID/exe while the runtime runs inside the container's pid namespace.
+#[test]
+fn container_cannot_open_the_runtime_binary() {
+    need_root!();
+    let a = id("victim");
+    // The attacker scans every process; for one that is not busybox it tries to open the
+    // executable (to write it later, once the runtime has exited).
+    let script = format!(
+        "end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do for p in /proc/[0-9]*; do \
+           [ $p = /proc/1 ] && continue; grep -q cellvisor $p/cmdline 2>/dev/null || continue; echo SEEN; \
+           ( exec 3<$p/exe ) 2>/dev/null && echo OPENED $p; \
+           ( exec 4>>$p/exe ) 2>/dev/null && echo WRITABLE $p; \
+         done; done; echo finished # {a}"
+    );
+    let b = bundle(&config(&["sh", "-c", &script]));
+    let (ok, err) = b.cv_bg(&["run", "-d", &a]);
+    assert!(ok, "{err}");
+    let before = std::fs::read(BIN).unwrap();
+    let pid = b.state(&a).unwrap()["pid"].as_i64().unwrap();
+    // A second container joins A's pid namespace and stays created (not started): its init is
+    // the runtime binary, waiting, inside the attacker's pid namespace.
+    let c2 = id("bait");
+    let mut cb = config(&["true"]);
+    for ns in cb["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "pid" {
+            ns["path"] = json!(format!("/proc/{pid}/ns/pid"));
+        }
+    }
+    let b2 = bundle(&cb);
+    let (ok, err) = b2.cv_bg(&["create", &c2]);
+    assert!(ok, "{err}");
+    // Also run exec a few times: each is the runtime binary inside the namespace for a moment.
+    for _ in 0..10 {
+        let _ = b.cv(&["exec", &a, "true"]);
+    }
+    b.wait_stopped(&a);
+    let out = std::fs::read_to_string(b.path().join("out-run")).unwrap();
+    assert!(
+        out.contains("SEEN"),
+        "the attacker never saw the runtime: {out}"
+    );
+    assert!(out.contains("finished"), "{out}");
+    assert!(
+        !out.contains("OPENED"),
+        "runtime binary opened from the container: {out}"
+    );
+    assert!(
+        !out.contains("WRITABLE"),
+        "runtime binary writable from the container: {out}"
+    );
+    assert_eq!(std::fs::read(BIN).unwrap(), before);
+    assert!(b2.cv(&["delete", "-f", &c2]).status.success());
+    assert!(b.cv(&["delete", &a]).status.success());
+    assert_nothing_left(&b, &a);
+    assert_nothing_left(&b2, &c2);
+}
+
+/// CVE-2024-21626 class: a working directory given as /proc/self/fd/N must not land the
+/// process in a host directory reached through a descriptor the runtime held open.
+#[test]
+fn leaked_descriptors_do_not_reach_the_host() {
+    need_root!();
+    for n in 3..10 {
+        let id = id(&format!("cwd{n}"));
+        let mut c = config(&["sh", "-c", "pwd; ls .. | head -3"]);
+        c["process"]["cwd"] = json!(format!("/proc/self/fd/{n}"));
+        let b = bundle(&c);
+        let o = b.cv(&["run", &id]);
+        if o.status.success() {
+            let out = stdout(&o);
+            assert!(
+                !out.contains("state") && !out.contains("cellvisor"),
+                "fd {n}: {out}"
+            );
+        } else {
+            assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        }
+        assert_nothing_left(&b, &id);
+    }
+    // The same through exec --cwd.
+    let id = id("execcwd");
+    let b = bundle(&config(&["sh", "-c", &format!("sleep 1000 # {id}")]));
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    for n in 3..10 {
+        let o = b.cv(&[
+            "exec",
+            "--cwd",
+            &format!("/proc/self/fd/{n}"),
+            &id,
+            "sh",
+            "-c",
+            "pwd; ls ..",
+        ]);
+        if o.status.success() {
+            let out = stdout(&o);
+            assert!(
+                !out.contains("state") && !out.contains(&id),
+                "fd {n}: {out}"
+            );
+        }
+    }
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
+#[test]
+fn features_and_spec() {
+    let o = std::process::Command::new(BIN)
+        .arg("features")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let f: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    let d = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new(BIN)
+        .args(["spec", "-b"])
+        .arg(d.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // A second spec refuses to overwrite.
+    let o = std::process::Command::new(BIN)
+        .args(["spec", "-b"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}
