@@ -563,7 +563,8 @@ fn terminal_goes_to_the_console_socket() {
 fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
     need_root!();
     let base = config(&["true"]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "unknown-ns",
             Box::new(|c| c["linux"]["namespaces"][0]["type"] = json!("bogus")),

@@ -535,7 +535,7 @@ mod tests {
         assert_eq!(rd("cpu/cellvisor/t1/cpu.shares"), "512");
         assert_eq!(rd("cpuset/cellvisor/cpuset.cpus"), "0-1");
         assert_eq!(rd("cpuset/cellvisor/t1/cpuset.mems"), "0");
-        assert_eq!(rd("devices/cellvisor/t1/devices.allow").is_empty(), false);
+        assert!(!rd("devices/cellvisor/t1/devices.allow").is_empty());
         // Creating it again is refused.
         assert!(cg.create(Some(&res)).is_err());
     }
