@@ -830,3 +830,75 @@ fn features_and_spec() {
         .unwrap();
     assert!(!o.status.success());
 }
+
+/// The state lives apart from the runtime process: after the caller of `run` is killed, the
+/// container is still seen, can be signalled, and deletes cleanly.
+#[test]
+fn state_survives_a_killed_caller() {
+    need_root!();
+    let id = id("crash");
+    let b = bundle(&config(&["sh", "-c", &format!("sleep 1000 # {id}")]));
+    let mut caller = std::process::Command::new(BIN)
+        .args(["--root", b.state_root.to_str().unwrap(), "run", &id])
+        .current_dir(b.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while b.status(&id) != "running" {
+        assert!(std::time::Instant::now() < end, "never running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    assert_eq!(b.status(&id), "running");
+    let list = stdout(&b.cv(&["list", "--format", "json"]));
+    assert!(list.contains("\"running\""), "{list}");
+    // kill --all reaches every process of the container.
+    let (ok, err) = b.cv_bg(&["exec", "-d", &id, "sleep", "999"]);
+    assert!(ok, "{err}");
+    let pids: Vec<i64> = serde_json::from_str(&stdout(&b.cv(&["ps", "-f", "json", &id]))).unwrap();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(b.cv(&["kill", "--all", &id, "KILL"]).status.success());
+    b.wait_stopped(&id);
+    assert!(b.cv(&["delete", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
+/// Errors go to --log as JSON lines, the way containerd's shim reads them.
+#[test]
+fn errors_are_logged_as_json() {
+    need_root!();
+    let b = bundle(&config(&["true"]));
+    let log = b.path().join("log.json");
+    let o = b.cv(&["--log", log.to_str().unwrap(), "--log-format", "json", "state", "nope"]);
+    assert!(!o.status.success());
+    let line = std::fs::read_to_string(&log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["level"], "error");
+    assert!(v["msg"].as_str().unwrap().contains("does not exist"), "{v}");
+}
+
+/// exec with a process.json, as podman and containerd pass it.
+#[test]
+fn exec_with_process_json() {
+    need_root!();
+    let id = id("execp");
+    let b = bundle(&config(&["sh", "-c", &format!("sleep 1000 # {id}")]));
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let p = json!({"args": ["sh", "-c", "id -u; echo $X; pwd"], "cwd": "/dev", "env": ["X=from-json", "PATH=/bin"], "user": {"uid": 7, "gid": 7}});
+    let pf = b.path().join("process.json");
+    std::fs::write(&pf, p.to_string()).unwrap();
+    let o = b.cv(&["exec", "--process", pf.to_str().unwrap(), &id]);
+    assert_eq!(stdout(&o), "7\nfrom-json\n/dev\n", "{}", stderr(&o));
+    // A malformed process.json is refused with one line.
+    std::fs::write(&pf, "{\"args\": ").unwrap();
+    let o = b.cv(&["exec", "--process", pf.to_str().unwrap(), &id]);
+    assert!(!o.status.success());
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
