@@ -17,6 +17,7 @@ use crate::config_err;
 use crate::error::{Context, Error, Result};
 use crate::util::write_file;
 
+pub mod devices;
 pub mod plan;
 
 pub use plan::{validate, Version, Write};
@@ -222,11 +223,11 @@ impl Cgroup {
                 enable_controllers(root, self.rel())?;
                 fs::create_dir_all(&dir).ctx(|| format!("creating cgroup {}", dir.display()))?;
                 for w in &writes {
-                    if w.file == "devices.bpf" {
-                        // The v2 device filter is an eBPF program; not loaded yet.
-                        continue;
-                    }
                     write_file(&dir.join(&w.file), &w.value)?;
+                }
+                // Only a cgroup2 directory takes the program (the unit tests' fake tree is not).
+                if is_cgroup2(&dir) {
+                    devices::attach(&dir, &plan::device_rules(res))?;
                 }
             }
         }
@@ -409,6 +410,11 @@ impl Cgroup {
             }
         }
     }
+}
+
+fn is_cgroup2(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// Create `rel` under a v1 hierarchy level by level; cpuset levels inherit cpus and mems from

@@ -141,36 +141,103 @@ fn is_cpu_list(s: &str) -> bool {
     })
 }
 
-fn device_rule(d: &LinuxDeviceCgroup) -> String {
-    let t = match d.typ().unwrap_or(LinuxDeviceType::A) {
-        LinuxDeviceType::A => "a",
-        LinuxDeviceType::B => "b",
-        LinuxDeviceType::C | LinuxDeviceType::U => "c",
-        LinuxDeviceType::P => "p",
-    };
-    let n = |v: Option<i64>| {
-        v.filter(|v| *v >= 0)
-            .map_or("*".to_string(), |v| v.to_string())
-    };
-    let access = d.access().clone().unwrap_or_else(|| "rwm".into());
-    format!("{t} {}:{} {access}", n(d.major()), n(d.minor()))
+/// Device access bits, as the kernel's cgroup device filter numbers them.
+pub const ACC_MKNOD: u8 = 1;
+pub const ACC_READ: u8 = 2;
+pub const ACC_WRITE: u8 = 4;
+const RWM: u8 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+
+/// One device rule: allow or deny `access` to devices of `kind` ('a' any, 'b', 'c') with
+/// these numbers (`None`: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevRule {
+    pub allow: bool,
+    pub kind: char,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    pub access: u8,
+}
+
+impl std::fmt::Display for DevRule {
+    /// The v1 `devices.allow` / `devices.deny` syntax: `c 1:3 rwm`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
+        let mut acc = String::new();
+        for (bit, c) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
+            if self.access & bit != 0 {
+                acc.push(c);
+            }
+        }
+        write!(f, "{} {}:{} {acc}", self.kind, n(self.major), n(self.minor))
+    }
+}
+
+const fn allow(kind: char, major: Option<u32>, minor: Option<u32>, access: u8) -> DevRule {
+    DevRule {
+        allow: true,
+        kind,
+        major,
+        minor,
+        access,
+    }
 }
 
 /// Device access every container has, after the configured rules: the default device nodes,
 /// the pty devices, and mknod of anything (using a node still needs an allow rule).
-pub const DEFAULT_ALLOWED: [&str; 11] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
+pub const DEFAULT_ALLOWED: [DevRule; 11] = [
+    allow('c', None, None, ACC_MKNOD),
+    allow('b', None, None, ACC_MKNOD),
+    allow('c', Some(1), Some(3), RWM),
+    allow('c', Some(1), Some(5), RWM),
+    allow('c', Some(1), Some(7), RWM),
+    allow('c', Some(1), Some(8), RWM),
+    allow('c', Some(1), Some(9), RWM),
+    allow('c', Some(5), Some(0), RWM),
+    allow('c', Some(5), Some(1), RWM),
+    allow('c', Some(5), Some(2), RWM),
+    allow('c', Some(136), None, RWM),
 ];
+
+fn dev_rule(d: &LinuxDeviceCgroup) -> DevRule {
+    let kind = match d.typ().unwrap_or(LinuxDeviceType::A) {
+        LinuxDeviceType::A => 'a',
+        LinuxDeviceType::B => 'b',
+        LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+        LinuxDeviceType::P => 'p',
+    };
+    let num = |v: Option<i64>| v.filter(|v| *v >= 0).map(|v| v as u32);
+    let access = match d.access().as_deref() {
+        None | Some("") => RWM,
+        Some(a) => a.chars().fold(0, |acc, c| {
+            acc | match c {
+                'r' => ACC_READ,
+                'w' => ACC_WRITE,
+                'm' => ACC_MKNOD,
+                _ => 0,
+            }
+        }),
+    };
+    DevRule {
+        allow: d.allow(),
+        kind,
+        major: num(d.major()),
+        minor: num(d.minor()),
+        access,
+    }
+}
+
+/// Every device rule of a container, in order (last match wins): the configured ones, then
+/// the defaults. What matches no rule is denied.
+pub fn device_rules(r: Option<&LinuxResources>) -> Vec<DevRule> {
+    let mut out: Vec<DevRule> = r
+        .and_then(|r| r.devices().as_deref())
+        .unwrap_or_default()
+        .iter()
+        .map(dev_rule)
+        .collect();
+    out.extend(DEFAULT_ALLOWED);
+    out
+}
 
 /// Device writes when the config has no resources section: deny all, allow the defaults.
 pub fn default_device_writes(v: Version) -> Vec<Write> {
@@ -184,7 +251,7 @@ pub fn default_device_writes(v: Version) -> Vec<Write> {
             );
             out
         }
-        Version::V2 => vec![w("devices", "devices.bpf", DEFAULT_ALLOWED.join("\n"))],
+        Version::V2 => Vec::new(),
     }
 }
 
@@ -312,19 +379,14 @@ fn plan_v1(r: &LinuxResources, out: &mut Vec<Write>) {
     }
     // Devices: start from "deny everything", then the configured rules, then the defaults.
     out.push(w("devices", "devices.deny", "a"));
-    for d in r.devices().as_deref().unwrap_or_default() {
-        let file = if d.allow() {
+    for d in device_rules(Some(r)) {
+        let file = if d.allow {
             "devices.allow"
         } else {
             "devices.deny"
         };
-        out.push(w("devices", file, device_rule(d)));
+        out.push(w("devices", file, d));
     }
-    out.extend(
-        DEFAULT_ALLOWED
-            .iter()
-            .map(|r| w("devices", "devices.allow", r)),
-    );
 }
 
 /// v1 cpu.shares (2..262144) → v2 cpu.weight (1..10000), the conversion runc and crun use.
@@ -421,21 +483,7 @@ fn plan_v2(r: &LinuxResources, out: &mut Vec<Write>) {
             out.push(w("unified", k.clone(), &u[k]));
         }
     }
-    let mut rules: Vec<String> = r
-        .devices()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {}",
-                if d.allow() { "allow" } else { "deny" },
-                device_rule(d)
-            )
-        })
-        .collect();
-    rules.extend(DEFAULT_ALLOWED.iter().map(|r| format!("allow {r}")));
-    out.push(w("devices", "devices.bpf", rules.join("\n")));
+    // Devices: v2 has no files for them; see devices.rs (an eBPF program).
 }
 
 #[cfg(test)]
