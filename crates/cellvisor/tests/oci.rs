@@ -316,6 +316,20 @@ fn process_settings_apply() {
     c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 512}]);
     c["process"]["oomScoreAdj"] = json!(500);
     c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    c["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 432, "uid": 1000, "gid": 1001}]);
+    for set in [
+        "bounding",
+        "permitted",
+        "inheritable",
+        "ambient",
+        "effective",
+    ] {
+        c["process"]["capabilities"][set] = json!(["CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+    }
+    c["process"]["args"][2] = json!(format!(
+        "{}; ls -ln /dev/fuse | tr -s ' ' | cut -d' ' -f1,3,4,5,6; grep CapAmb /proc/self/status",
+        c["process"]["args"][2].as_str().unwrap()
+    ));
     let b = bundle(&c);
     let o = b.cv(&["run", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -326,7 +340,10 @@ fn process_settings_apply() {
     );
     assert!(out.contains("ro=1"), "{out}");
     assert!(out.contains("sysro=1"), "{out}");
-    assert!(out.ends_with("0\n"), "masked /proc/kcore readable: {out}");
+    assert!(out.contains("\n0\n"), "masked /proc/kcore readable: {out}");
+    // A configured device node with its mode and owner; ambient capabilities for a non-root user.
+    assert!(out.contains("crw-rw---- 1000 1001 10, 229"), "{out}");
+    assert!(out.contains("CapAmb:\t0000000000000420"), "{out}");
     assert_nothing_left(&b, &id);
 }
 

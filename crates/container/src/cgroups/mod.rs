@@ -220,7 +220,7 @@ impl Cgroup {
                         dir.display()
                     )));
                 }
-                enable_controllers(root, self.rel())?;
+                enable_controllers(root, self.rel(), &writes)?;
                 fs::create_dir_all(&dir).ctx(|| format!("creating cgroup {}", dir.display()))?;
                 for w in &writes {
                     write_file(&dir.join(&w.file), &w.value)?;
@@ -443,12 +443,17 @@ fn mkdir_levels(mount: &Path, rel: &Path, cpuset: bool) -> Result<()> {
 }
 
 /// In v2, a controller can be used in a cgroup only when every ancestor enables it for its
-/// children. Enable what the root offers, down to the container's parent.
-fn enable_controllers(root: &Path, rel: &Path) -> Result<()> {
+/// children. Enable, down to the container's parent, the controllers its limits need plus those
+/// its statistics read (cpu, memory, pids, io), as far as the root offers them.
+fn enable_controllers(root: &Path, rel: &Path, writes: &[Write]) -> Result<()> {
     let avail = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let needed = |c: &str| {
+        ["cpu", "memory", "pids", "io"].contains(&c)
+            || writes.iter().any(|w| w.file.split('.').next() == Some(c))
+    };
     let want: Vec<String> = avail
         .split_whitespace()
-        .filter(|c| ["cpu", "cpuset", "memory", "pids", "io", "hugetlb"].contains(c))
+        .filter(|c| needed(c))
         .map(|c| format!("+{c}"))
         .collect();
     let mut cur = root.to_path_buf();
