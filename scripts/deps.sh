@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build, demo and tests need, when they are missing.
+# Installs the Debian packages the build, demo and tests need, when they are missing:
+# busybox-static (the rootfs of demo and tests), podman and containerd (real clients in tests).
 set -euo pipefail
-pkgs=(busybox-static)
+pkgs=(busybox-static podman containerd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,304 @@
+//! Real clients driving cellvisor as their OCI runtime, as a user would: podman (through
+//! conmon) and containerd's `ctr` (through the runc shim). Each test keeps its client's
+//! storage and sockets in a temporary directory, so it touches nothing of the host's.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A tarball of the shared busybox rootfs, for `podman import`.
+fn rootfs_tar(dir: &Path) -> std::path::PathBuf {
+    let tar = dir.join("busybox.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs())
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    tar
+}
+
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = tempfile::tempdir().unwrap();
+        // Root here lacks CAP_SYS_RESOURCE, so podman's default rlimits cannot be set.
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        Podman { dir }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--runtime")
+            .arg(BIN)
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+#[test]
+fn podman_runs_containers_with_cellvisor() {
+    if !can_run() {
+        return;
+    }
+    if !have("podman") {
+        eprintln!("skipped: podman not installed (make test installs it)");
+        return;
+    }
+    let p = Podman::new();
+    let tar = rootfs_tar(p.dir.path());
+    ok(&p.run(&["import", tar.to_str().unwrap(), "localhost/busybox:cv"]));
+    let img = "localhost/busybox:cv";
+
+    let out = ok(&p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        img,
+        "sh",
+        "-c",
+        "echo hello; ls /sys/class/net",
+    ]));
+    assert_eq!(out, "hello\nlo\n");
+
+    // Limits reach the cgroup, a bind mount is shared both ways.
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("in"), "from host\n").unwrap();
+    let v = format!("{}:/vol", vol.path().display());
+    let out = ok(&p.run(&[
+        "run", "--rm", "--network", "none", "--memory", "64m", "--pids-limit", "50", "--cpus", "0.5", "-v", &v, img, "sh", "-c",
+        "cat /vol/in; echo out > /vol/out; cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max",
+    ]));
+    assert!(out.starts_with("from host\n50\n"), "{out}");
+    assert!(out.contains("50000") && out.contains("67108864"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("out")).unwrap(),
+        "out\n"
+    );
+
+    // The pids limit is enforced.
+    let o = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--pids-limit",
+        "5",
+        img,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done 2>&1; wait",
+    ]);
+    assert!(
+        (stdout(&o) + &stderr(&o)).contains("fork"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // A terminal (-t): podman hands conmon's console socket to cellvisor. `script` gives
+    // podman a terminal of its own to attach to.
+    let d = p.dir.path().display();
+    let line = format!(
+        "CONTAINERS_CONF={d}/containers.conf podman --root {d}/storage --runroot {d}/run --tmpdir {d}/tmp --runtime {BIN} run --rm -t --network none {img} sh -c 'tty; echo tty-ok'"
+    );
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("tty-ok"),
+        "{out}{}",
+        stderr(&o)
+    );
+
+    // Detached: ps, exec, stop, rm.
+    ok(&p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "sleeper",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "1000",
+    ]));
+    let ps = ok(&p.run(&["ps", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(ps.starts_with("sleeper Up"), "{ps}");
+    let out = ok(&p.run(&[
+        "exec",
+        "sleeper",
+        "sh",
+        "-c",
+        "echo in-exec; cat /proc/1/cmdline",
+    ]));
+    assert_eq!(out, "in-exec\nsleep\u{0}1000\u{0}");
+    ok(&p.run(&["stop", "-t", "1", "sleeper"]));
+    let ps = ok(&p.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]));
+    assert!(ps.starts_with("sleeper Exited"), "{ps}");
+    ok(&p.run(&["rm", "sleeper"]));
+    assert_eq!(ok(&p.run(&["ps", "-aq"])), "");
+    let _ = p.run(&["rmi", "-a", "-f"]);
+}
+
+#[test]
+fn containerd_ctr_runs_containers_with_cellvisor() {
+    if !can_run() {
+        return;
+    }
+    if !have("containerd") || !have("ctr") || !have("podman") {
+        eprintln!("skipped: containerd, ctr or podman not installed (make test installs them)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sock = d.join("containerd.sock");
+    let mut daemon = Command::new("containerd")
+        .arg("--root")
+        .arg(d.join("root"))
+        .arg("--state")
+        .arg(d.join("state"))
+        .arg("--address")
+        .arg(&sock)
+        .stdout(std::fs::File::create(d.join("containerd.log")).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < end, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ctr = |args: &[&str]| -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The image: podman imports the rootfs and saves it as an OCI archive for ctr.
+    let p = Podman::new();
+    let tar = rootfs_tar(p.dir.path());
+    ok(&p.run(&["import", tar.to_str().unwrap(), "localhost/busybox:cv"]));
+    let oci = d.join("busybox-oci.tar");
+    ok(&p.run(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        oci.to_str().unwrap(),
+        "localhost/busybox:cv",
+    ]));
+    ok(&ctr(&[
+        "image",
+        "import",
+        "--base-name",
+        "localhost/busybox",
+        oci.to_str().unwrap(),
+    ]));
+    let img = "localhost/busybox:cv";
+
+    let out = ok(&ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        BIN,
+        img,
+        "c1",
+        "sh",
+        "-c",
+        "echo hello-ctr; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]));
+    assert_eq!(
+        out,
+        "hello-ctr\nsh -c echo hello-ctr; cat /proc/1/cmdline | tr '\\0' ' ' "
+    );
+
+    ok(&ctr(&[
+        "run",
+        "-d",
+        "--runc-binary",
+        BIN,
+        img,
+        "c2",
+        "sleep",
+        "1000",
+    ]));
+    let tasks = ok(&ctr(&["task", "ls"]));
+    assert!(tasks.contains("c2") && tasks.contains("RUNNING"), "{tasks}");
+    let ps = ok(&ctr(&["task", "ps", "c2"]));
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    let out = ok(&ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c2",
+        "sh",
+        "-c",
+        "echo from-exec",
+    ]));
+    assert_eq!(out, "from-exec\n");
+    ok(&ctr(&["task", "kill", "-s", "SIGKILL", "c2"]));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ok(&ctr(&["task", "ls"])).contains("STOPPED") {
+        assert!(Instant::now() < end, "task did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&ctr(&["task", "rm", "c2"]));
+    ok(&ctr(&["container", "rm", "c2"]));
+    assert!(!ok(&ctr(&["task", "ls"])).contains("c2"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = p.run(&["rmi", "-a", "-f"]);
+    // containerd's shims exit with their tasks; its mounts live under our temporary root.
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg(d.join("root"))
+        .status();
+}
