@@ -264,6 +264,13 @@ fn exec_process(root: &Root, a: &ExecArgs) -> Result<Process> {
 
 pub fn run(cli: &Cli, cmd: &OciCmd) -> Result<i32> {
     let root = Root(cli.root.clone());
+    // Verbs that put this binary inside a container run it from a sealed copy.
+    if matches!(
+        cmd,
+        OciCmd::Create(_) | OciCmd::Run { .. } | OciCmd::Exec(_)
+    ) {
+        container::selfexe::reexec_sealed().map_err(chain)?;
+    }
     match cmd {
         OciCmd::Create(a) => {
             runtime::create(&root, &create_opts(a)).map_err(chain)?;

@@ -449,10 +449,10 @@ fn hooks_run_at_each_stage() {
     let o = b.cv(&["run", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     for (stage, status) in [
-        ("prestart", "creating"),
-        ("createRuntime", "creating"),
-        ("createContainer", "creating"),
-        ("startContainer", "creating"),
+        ("prestart", "created"),
+        ("createRuntime", "created"),
+        ("createContainer", "created"),
+        ("startContainer", "created"),
         ("poststart", "running"),
         ("poststop", "stopped"),
     ] {
@@ -721,12 +721,13 @@ fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
 fn container_cannot_open_the_runtime_binary() {
     need_root!();
     let a = id("victim");
-    // The attacker scans every process; for one that is not busybox it tries to open the
-    // executable (to write it later, once the runtime has exited).
+    // The attacker scans every process; for one that is the runtime it tries to open the
+    // executable (to write it later, once the runtime has exited). A process that has already
+    // exec'd busybox by the time of the open is no finding: the opened file is compared.
     let script = format!(
         "end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do for p in /proc/[0-9]*; do \
            [ $p = /proc/1 ] && continue; grep -q cellvisor $p/cmdline 2>/dev/null || continue; echo SEEN; \
-           ( exec 3<$p/exe ) 2>/dev/null && echo OPENED $p; \
+           ( exec 3<$p/exe && ! cmp -s /bin/busybox - <&3 ) 2>/dev/null && echo OPENED $p; \
            ( exec 4>>$p/exe ) 2>/dev/null && echo WRITABLE $p; \
          done; done; echo finished # {a}"
     );
@@ -1005,5 +1006,84 @@ fn cgroup_v2_devices_freeze_and_cleanup() {
     let o = v2(&b, &["delete", "-f", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/unified/cellvisor/{id}")).exists());
+    assert_nothing_left(&b, &id);
+}
+
+/// Without a mount namespace of its own the container's mounts are made in the host's, as
+/// the config asks; delete (and run) must remove every one of them again.
+#[test]
+fn host_mount_namespace_leaves_no_mounts() {
+    need_root!();
+    let id = id("hostmnt");
+    // A private copy of the rootfs: its mounts are visible on the host while it runs.
+    let rootfs = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", common::rootfs().display()))
+        .arg(rootfs.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut c = config(&[
+        "sh",
+        "-c",
+        &format!("ls /proc/self >/dev/null && sleep 1000 # {id}"),
+    ]);
+    c["root"]["path"] = json!(rootfs.path());
+    c["linux"]["namespaces"] = json!([{"type": "pid"}]);
+    c["hostname"] = json!(null);
+    let b = bundle(&c);
+    let mounts_under = || {
+        let p = rootfs.path().to_string_lossy().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&p))
+            .count()
+    };
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    assert!(
+        mounts_under() > 3,
+        "mounts expected on the host while it runs"
+    );
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_eq!(mounts_under(), 0, "mounts left behind");
+    let mut c2 = c.clone();
+    c2["process"]["args"] = json!(["true"]);
+    b.write_config(&c2);
+    assert!(b.cv(&["run", &id]).status.success());
+    assert_eq!(mounts_under(), 0, "mounts left behind by run");
+    assert_nothing_left(&b, &id);
+}
+
+/// The deterministic half of the CVE-2019-5736 defence: while the runtime binary is inside a
+/// container (here: a created, not yet started container's init), its /proc/PID/exe names a
+/// sealed in-memory copy, not the binary on the host, so whoever opens it cannot write the host
+/// binary, even with CAP_SYS_PTRACE.
+#[test]
+fn runtime_inside_a_container_runs_from_a_sealed_copy() {
+    need_root!();
+    let id = id("sealed");
+    let b = bundle(&config(&["true"]));
+    let (ok, err) = b.cv_bg(&["create", &id]);
+    assert!(ok, "{err}");
+    let pid = b.state(&id).unwrap()["pid"].as_i64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:cellvisor"),
+        "{}",
+        exe.display()
+    );
+    // Writing through it fails: the copy is sealed.
+    let w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{pid}/exe"));
+    if let Ok(mut f) = w {
+        use std::io::Write;
+        assert!(f.write_all(b"x").is_err(), "the sealed copy took a write");
+    }
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
     assert_nothing_left(&b, &id);
 }

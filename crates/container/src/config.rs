@@ -106,10 +106,10 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
     }
 
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
-        && !namespaces.creates(LinuxNamespaceType::Uts)
+        && !namespaces.isolates(LinuxNamespaceType::Uts)
     {
         return Err(config_err!(
-            "hostname: cannot set a hostname without a new UTS namespace"
+            "hostname: cannot set a hostname without the container's own UTS namespace"
         ));
     }
     if let Some(sysctl) = linux.sysctl() {

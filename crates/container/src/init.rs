@@ -101,7 +101,11 @@ fn init(a: &InitArgs) -> Result<Infallible> {
             crate::hooks::run("createContainer", h, &state)?;
         }
     }
-    crate::mounts::enter_root(&cfg.rootfs, a.no_pivot)?;
+    crate::mounts::enter_root(
+        &cfg.rootfs,
+        a.no_pivot,
+        cfg.namespaces.isolates(LinuxNamespaceType::Mount),
+    )?;
     // Sysctls before the read-only paths: /proc/sys is usually one of them.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (k, v) in sysctl {
@@ -286,6 +290,9 @@ pub fn finalize(
     exe: &Path,
 ) -> Result<Infallible> {
     let nnp = p.no_new_privileges().unwrap_or(false);
+    // The working directory first: the profile may forbid getcwd, which the check needs.
+    nix::unistd::chdir(p.cwd()).ctx(|| format!("chdir to process.cwd {}", p.cwd().display()))?;
+    check_cwd_inside_root()?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
     if let (Some(f), false) = (seccomp, nnp) {
         crate::seccomp::install(f).ctx(|| "loading the seccomp filter")?;
@@ -316,8 +323,6 @@ pub fn finalize(
     if let Some(mask) = user.umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
-    nix::unistd::chdir(p.cwd()).ctx(|| format!("chdir to process.cwd {}", p.cwd().display()))?;
-    check_cwd_inside_root()?;
     if nnp {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {

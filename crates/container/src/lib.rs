@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod runtime;
 pub mod seccomp;
+pub mod selfexe;
 pub mod state;
 mod sync;
 pub mod tty;

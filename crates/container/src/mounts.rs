@@ -131,15 +131,20 @@ fn none() -> Option<&'static str> {
 /// Everything before `pivot_root`: make the host's mounts invisible to propagation, turn the
 /// rootfs into a mount point, and mount what the config asks for beneath it.
 pub fn prepare_rootfs(cfg: &Config, hierarchies: &[Hierarchy], cgroup_rel: &Path) -> Result<()> {
-    // Nothing we mount may propagate back to the host.
-    mount(
-        none(),
-        "/",
-        none(),
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        none(),
-    )
-    .ctx(|| "making / a slave mount")?;
+    let own_ns = cfg.namespaces.isolates(LinuxNamespaceType::Mount);
+    if own_ns {
+        // Nothing we mount may propagate back to the host.
+        mount(
+            none(),
+            "/",
+            none(),
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            none(),
+        )
+        .ctx(|| "making / a slave mount")?;
+    }
+    // Without a mount namespace of its own, these mounts are the host's: `delete` removes
+    // them again (see `unmount_new_under`).
     mount(
         Some(&cfg.rootfs),
         &cfg.rootfs,
@@ -148,8 +153,10 @@ pub fn prepare_rootfs(cfg: &Config, hierarchies: &[Hierarchy], cgroup_rel: &Path
         none(),
     )
     .ctx(|| format!("bind-mounting rootfs {}", cfg.rootfs.display()))?;
-    // pivot_root refuses a new root whose parent mount is shared.
-    let _ = mount(none(), &cfg.rootfs, none(), MsFlags::MS_PRIVATE, none());
+    if own_ns {
+        // pivot_root refuses a new root whose parent mount is shared.
+        let _ = mount(none(), &cfg.rootfs, none(), MsFlags::MS_PRIVATE, none());
+    }
     let root: OwnedFd = std::fs::File::open(&cfg.rootfs)
         .ctx(|| format!("opening rootfs {}", cfg.rootfs.display()))?
         .into();
@@ -505,9 +512,12 @@ fn create_devices(cfg: &Config, root: &OwnedFd, in_userns: bool) -> Result<()> {
 
 /// Make `rootfs` the root: `pivot_root` with the old root stacked beneath and detached, or
 /// (`no_pivot`) a move mount plus chroot for roots that cannot be pivoted (ramfs).
-pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
+pub fn enter_root(rootfs: &Path, no_pivot: bool, own_ns: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir to rootfs {}", rootfs.display()))?;
-    if no_pivot {
+    if !own_ns {
+        // In the host's mount namespace: neither pivot nor move, only chroot.
+        nix::unistd::chroot(".").ctx(|| "chroot into rootfs")?;
+    } else if no_pivot {
         mount(Some("."), "/", none(), MsFlags::MS_MOVE, none()).ctx(|| "moving rootfs to /")?;
         nix::unistd::chroot(".").ctx(|| "chroot into rootfs")?;
     } else {
@@ -525,6 +535,32 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
     }
     nix::unistd::chdir("/").ctx(|| "chdir /")?;
     Ok(())
+}
+
+/// Mount ids of the mounts at or beneath `dir` (from /proc/self/mountinfo).
+pub fn mount_ids_under(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let mnt = PathBuf::from(f.nth(3)?.replace("\\040", " "));
+            mnt.starts_with(dir).then_some((id, mnt))
+        })
+        .collect()
+}
+
+/// Unmount every mount at or beneath `dir` that is not in `keep`, newest first. Used for a
+/// container that shared the host's mount namespace, so it leaves no mount behind.
+pub fn unmount_new_under(dir: &Path, keep: &[u32]) {
+    let mut new: Vec<(u32, PathBuf)> = mount_ids_under(dir)
+        .into_iter()
+        .filter(|(id, _)| !keep.contains(id))
+        .collect();
+    new.sort_by_key(|m| std::cmp::Reverse(m.0));
+    for (_, p) in new {
+        let _ = umount2(&p, MntFlags::MNT_DETACH);
+    }
 }
 
 /// After `pivot_root`: masked and read-only paths, a read-only root, root propagation.

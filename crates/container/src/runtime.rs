@@ -79,6 +79,8 @@ fn clone3(flags: u64) -> Result<i32> {
 struct Undo<'a> {
     pid: Option<i32>,
     cgroup: Option<&'a Cgroup>,
+    /// Host mounts to remove (container without a mount namespace): rootfs and what to keep.
+    mounts: Option<(&'a Path, Vec<u32>)>,
 }
 
 impl Drop for Undo<'_> {
@@ -89,6 +91,9 @@ impl Drop for Undo<'_> {
         }
         if let Some(cg) = self.cgroup {
             let _ = cg.remove();
+        }
+        if let Some((rootfs, keep)) = &self.mounts {
+            crate::mounts::unmount_new_under(rootfs, keep);
         }
     }
 }
@@ -114,11 +119,6 @@ fn write_id_map(pid: i32, file: &str, maps: &[oci_spec::runtime::LinuxIdMapping]
 pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     state::validate_id(&o.id)?;
     let cfg = config::load(&o.bundle)?;
-    if !cfg.namespaces.isolates(LinuxNamespaceType::Mount) {
-        return Err(Error::Config(
-            "linux.namespaces: a mount namespace is required".into(),
-        ));
-    }
     let process = cfg
         .spec
         .process()
@@ -174,9 +174,18 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         .unwrap_or_else(|| PathBuf::from(format!("/cellvisor/{}", o.id)));
     let cg = Cgroup::new(&cgroup_rel, hierarchies.clone());
     cg.create(linux.resources().as_ref())?;
+    let host_mounts_before = (!cfg.namespaces.isolates(LinuxNamespaceType::Mount)).then(|| {
+        crate::mounts::mount_ids_under(&cfg.rootfs)
+            .into_iter()
+            .map(|m| m.0)
+            .collect::<Vec<u32>>()
+    });
     let mut undo = Undo {
         pid: None,
         cgroup: Some(&cg),
+        mounts: host_mounts_before
+            .clone()
+            .map(|k| (cfg.rootfs.as_path(), k)),
     };
     let console = o
         .console_socket
@@ -235,6 +244,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         owner: owner(),
         cgroup_path: cg.path.clone(),
         cgroup_v2: matches!(hierarchies.first(), Some(Hierarchy::Unified(_))),
+        host_mounts_before,
         config: cfg.spec.clone(),
     };
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
@@ -254,7 +264,9 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     loop {
         match parent.recv()? {
             Some(Msg::RunHooks) => {
-                let doc = st.oci(Status::Creating);
+                // The validation suite of runtime-tools (and crun) give create-time hooks
+                // the status "created".
+                let doc = st.oci(Status::Created);
                 if let Some(h) = hooks {
                     crate::hooks::run(
                         "prestart",
@@ -291,6 +303,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     parent.send(&Msg::Proceed)?;
     undo.pid = None;
     undo.cgroup = None;
+    undo.mounts = None;
     dir.keep();
     Ok(Created { state: st })
 }
@@ -439,7 +452,9 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     let status = st.status(root);
-    if matches!(status, Status::Running | Status::Paused) && !force {
+    // The runtime spec: deleting a container that is not stopped is an error (runc and crun
+    // quietly delete a created one; --force does that here).
+    if status != Status::Stopped && !force {
         return Err(Error::BadState {
             id: id.into(),
             status: status.to_string(),
@@ -464,6 +479,9 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     cg.remove()?;
+    if let Some(keep) = &st.host_mounts_before {
+        crate::mounts::unmount_new_under(&st.rootfs, keep);
+    }
     let r = st
         .config
         .hooks()

@@ -31,6 +31,10 @@ pub struct State {
     /// Relative cgroup path and the hierarchies it was made in.
     pub cgroup_path: PathBuf,
     pub cgroup_v2: bool,
+    /// Without a mount namespace of its own, the container's mounts are the host's: the ids of
+    /// the mounts at or under the rootfs before it was created, so delete removes the rest.
+    #[serde(default)]
+    pub host_mounts_before: Option<Vec<u32>>,
     /// The config, kept for exec, the poststop hooks and delete.
     pub config: oci_spec::runtime::Spec,
 }

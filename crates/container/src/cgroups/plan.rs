@@ -300,6 +300,13 @@ fn plan_v1(r: &LinuxResources, out: &mut Vec<Write>) {
         if let Some(res) = m.reservation() {
             out.push(w("memory", "memory.soft_limit_in_bytes", res));
         }
+        #[allow(deprecated)]
+        if let Some(k) = m.kernel() {
+            out.push(w("memory", "memory.kmem.limit_in_bytes", k));
+        }
+        if let Some(k) = m.kernel_tcp() {
+            out.push(w("memory", "memory.kmem.tcp.limit_in_bytes", k));
+        }
         if let Some(s) = m.swappiness() {
             out.push(w("memory", "memory.swappiness", s));
         }
