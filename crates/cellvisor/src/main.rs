@@ -1,6 +1,7 @@
 //! `cellvisor`: the command line. Container verbs follow the OCI runtime CLI as runc and crun
 //! spell it, so podman, containerd and Kubernetes can drive it.
 
+mod bench;
 mod oci;
 
 use std::io::Write;
@@ -35,9 +36,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Cmd {
     #[command(flatten)]
     Oci(oci::OciCmd),
+    /// Benchmarks, side by side with peers
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn log_error(cli: &Cli, msg: &str) {
@@ -65,6 +70,7 @@ fn container_time() -> String {
 }
 
 fn main() {
+    container::timing::init();
     let cli = Cli::parse();
     let r = if cli.systemd_cgroup {
         Err(anyhow::anyhow!(
@@ -78,8 +84,13 @@ fn main() {
     } else {
         match &cli.cmd {
             Cmd::Oci(c) => oci::run(&cli, c),
+            Cmd::Bench(c) => bench::run(c),
         }
     };
+    container::timing::flush(match &cli.cmd {
+        Cmd::Oci(c) => c.name(),
+        Cmd::Bench(_) => "bench",
+    });
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {

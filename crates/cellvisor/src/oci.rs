@@ -165,6 +165,28 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+impl OciCmd {
+    /// The verb, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OciCmd::Create(_) => "create",
+            OciCmd::Start { .. } => "start",
+            OciCmd::Run { .. } => "run",
+            OciCmd::State { .. } => "state",
+            OciCmd::Kill { .. } => "kill",
+            OciCmd::Delete { .. } => "delete",
+            OciCmd::List { .. } => "list",
+            OciCmd::Ps { .. } => "ps",
+            OciCmd::Exec(_) => "exec",
+            OciCmd::Pause { .. } => "pause",
+            OciCmd::Resume { .. } => "resume",
+            OciCmd::Events { .. } => "events",
+            OciCmd::Features => "features",
+            OciCmd::Spec { .. } => "spec",
+        }
+    }
+}
+
 fn create_opts(a: &CreateArgs) -> CreateOpts {
     CreateOpts {
         id: a.id.clone(),
@@ -264,13 +286,6 @@ fn exec_process(root: &Root, a: &ExecArgs) -> Result<Process> {
 
 pub fn run(cli: &Cli, cmd: &OciCmd) -> Result<i32> {
     let root = Root(cli.root.clone());
-    // Verbs that put this binary inside a container run it from a sealed copy.
-    if matches!(
-        cmd,
-        OciCmd::Create(_) | OciCmd::Run { .. } | OciCmd::Exec(_)
-    ) {
-        container::selfexe::reexec_sealed().map_err(chain)?;
-    }
     match cmd {
         OciCmd::Create(a) => {
             runtime::create(&root, &create_opts(a)).map_err(chain)?;

@@ -1059,14 +1059,21 @@ fn host_mount_namespace_leaves_no_mounts() {
 }
 
 /// The deterministic half of the CVE-2019-5736 defence: while the runtime binary is inside a
-/// container (here: a created, not yet started container's init), its /proc/PID/exe names a
-/// sealed in-memory copy, not the binary on the host, so whoever opens it cannot write the host
-/// binary, even with CAP_SYS_PTRACE.
+/// container whose process may hold CAP_SYS_PTRACE (which defeats non-dumpable), here a
+/// created, not yet started container's init, its /proc/PID/exe names a sealed in-memory
+/// copy, not the binary on the host, so whoever opens it cannot write the host binary.
 #[test]
 fn runtime_inside_a_container_runs_from_a_sealed_copy() {
     need_root!();
     let id = id("sealed");
-    let b = bundle(&config(&["true"]));
+    let mut c = config(&["true"]);
+    for set in ["bounding", "effective", "permitted"] {
+        c["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_SYS_PTRACE"));
+    }
+    let b = bundle(&c);
     let (ok, err) = b.cv_bg(&["create", &id]);
     assert!(ok, "{err}");
     let pid = b.state(&id).unwrap()["pid"].as_i64().unwrap();
@@ -1086,4 +1093,64 @@ fn runtime_inside_a_container_runs_from_a_sealed_copy() {
     }
     assert!(b.cv(&["delete", "-f", &id]).status.success());
     assert_nothing_left(&b, &id);
+}
+
+/// Without CAP_SYS_PTRACE the non-dumpable layer suffices and no copy is made (start speed).
+#[test]
+fn default_containers_need_no_sealed_copy() {
+    need_root!();
+    let id = id("unsealed");
+    let b = bundle(&config(&["true"]));
+    let (ok, err) = b.cv_bg(&["create", &id]);
+    assert!(ok, "{err}");
+    let pid = b.state(&id).unwrap()["pid"].as_i64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, std::path::Path::new(BIN));
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
+/// `cellvisor bench start` runs end to end (two rounds, cellvisor only) and writes its JSON.
+#[test]
+fn bench_start_smoke() {
+    need_root!();
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(BIN)
+        .args([
+            "bench",
+            "start",
+            "-n",
+            "2",
+            "--runtimes",
+            "cellvisor",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cellvisor"), "{}", stdout(&o));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("start.json")).unwrap()).unwrap();
+    assert_eq!(r["results"][0]["samples_ms"].as_array().unwrap().len(), 2);
+    assert!(r["results"][0]["median_maxrss_kib"].as_u64().unwrap() > 0);
+    let phases: Vec<&str> = r["cellvisor_phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "config",
+            "cgroup",
+            "clone",
+            "container-setup",
+            "state",
+            "start-exec",
+            "wait",
+            "delete"
+        ]
+    );
 }

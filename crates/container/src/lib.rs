@@ -22,6 +22,7 @@ pub mod seccomp;
 pub mod selfexe;
 pub mod state;
 mod sync;
+pub mod timing;
 pub mod tty;
 mod util;
 

@@ -119,6 +119,16 @@ fn write_id_map(pid: i32, file: &str, maps: &[oci_spec::runtime::LinuxIdMapping]
 pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     state::validate_id(&o.id)?;
     let cfg = config::load(&o.bundle)?;
+    crate::timing::mark("config");
+    if cfg
+        .spec
+        .process()
+        .as_ref()
+        .is_some_and(crate::selfexe::needs_sealed_copy)
+    {
+        // Nothing has been created yet: the copy starts this verb again from the beginning.
+        crate::selfexe::reexec_sealed()?;
+    }
     let process = cfg
         .spec
         .process()
@@ -174,6 +184,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         .unwrap_or_else(|| PathBuf::from(format!("/cellvisor/{}", o.id)));
     let cg = Cgroup::new(&cgroup_rel, hierarchies.clone());
     cg.create(linux.resources().as_ref())?;
+    crate::timing::mark("cgroup");
     let host_mounts_before = (!cfg.namespaces.isolates(LinuxNamespaceType::Mount)).then(|| {
         crate::mounts::mount_ids_under(&cfg.rootfs)
             .into_iter()
@@ -231,6 +242,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     }
     drop(child);
     drop(console);
+    crate::timing::mark("clone");
     undo.pid = Some(pid);
     let mut st = State {
         oci_version: cfg.spec.version().clone(),
@@ -281,7 +293,10 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
                 }
                 parent.send(&Msg::HooksDone(doc.to_string()))?;
             }
-            Some(Msg::Ready) => break,
+            Some(Msg::Ready) => {
+                crate::timing::mark("container-setup");
+                break;
+            }
             Some(Msg::Error(e)) => return Err(Error::Msg(e)),
             Some(m) => {
                 return Err(Error::Msg(format!(
@@ -301,6 +316,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         write_pid_file(p, pid)?;
     }
     parent.send(&Msg::Proceed)?;
+    crate::timing::mark("state");
     undo.pid = None;
     undo.cgroup = None;
     undo.mounts = None;
@@ -372,6 +388,7 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     let mut rest = String::new();
     let _ = f.read_to_string(&mut rest);
     let _ = fs::remove_file(&fifo);
+    crate::timing::mark("start-exec");
     if !rest.is_empty() {
         return Err(Error::Msg(format!("starting container {id:?}: {rest}")));
     }
@@ -601,6 +618,9 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     }
     config::validate_process(&o.process)?;
     let p = &o.process;
+    if crate::selfexe::needs_sealed_copy(p) {
+        crate::selfexe::reexec_sealed()?;
+    }
     if p.terminal().unwrap_or(false) && o.console_socket.is_none() {
         return Err(Error::Msg(
             "a terminal was asked for: --console-socket is required".into(),
@@ -723,7 +743,9 @@ pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
     }
     let pid = created.state.pid;
     let code = forward_signals_and_wait(pid);
+    crate::timing::mark("wait");
     let _ = delete(root, &o.id, true);
+    crate::timing::mark("delete");
     code
 }
 

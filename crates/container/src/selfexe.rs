@@ -1,9 +1,13 @@
 //! Defence against the CVE-2019-5736 class: a container process that opens the runtime's
 //! `/proc/PID/exe` while the runtime is inside the container could write the runtime binary
-//! on the host once the runtime has exited. Verbs that enter a container therefore first
-//! re-execute the runtime from a sealed in-memory copy of its binary: `/proc/PID/exe` then
-//! names that copy, which nobody can write. (Being non-dumpable, set in `init`, also keeps
-//! processes without CAP_SYS_PTRACE from opening it at all.)
+//! on the host once the runtime has exited.
+//!
+//! Two layers. The runtime marks itself non-dumpable before it enters a container (`init`),
+//! which keeps every process without CAP_SYS_PTRACE from opening that link at all. A container
+//! whose process may hold CAP_SYS_PTRACE passes that check, so for it the runtime first
+//! re-executes from a sealed in-memory copy of its binary: `/proc/PID/exe` then names the
+//! copy, which nobody can write. The copy costs a few milliseconds (every page of it is new
+//! memory), which is why it is kept to the containers that need it.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -13,6 +17,18 @@ use crate::error::{Context, Error, Result};
 
 const SEALS: libc::c_int =
     libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+
+/// Does a process with these capabilities defeat the non-dumpable layer?
+pub fn needs_sealed_copy(p: &oci_spec::runtime::Process) -> bool {
+    p.capabilities().as_ref().is_some_and(|c| {
+        [c.bounding(), c.effective(), c.permitted()]
+            .iter()
+            .any(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.contains(&oci_spec::runtime::Capability::SysPtrace))
+            })
+    })
+}
 
 /// Is this process running from a sealed copy already?
 pub fn is_sealed() -> bool {

@@ -1,0 +1,70 @@
+//! `cellvisor bench`: benchmarks run side by side with peers, printed as a table and written
+//! as JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Container start: `run` of a /bin/true container N times per runtime, shuffled rounds
+    Start {
+        /// Rounds (each runtime runs once per round)
+        #[arg(short = 'n', long, default_value_t = 30)]
+        rounds: usize,
+        /// Runtimes to compare: names on PATH or paths; "cellvisor" is this binary
+        #[arg(long, value_delimiter = ',', default_value = "cellvisor,crun,runc")]
+        runtimes: Vec<String>,
+        /// Write start.json (every sample, host facts) here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: &BenchCmd) -> Result<i32> {
+    match cmd {
+        BenchCmd::Start {
+            rounds,
+            runtimes,
+            out,
+        } => {
+            let me = std::env::current_exe().context("finding this binary")?;
+            let mut rts = Vec::new();
+            for name in runtimes {
+                match bench::start::runtime(name, &me) {
+                    Some(r) => rts.push(r),
+                    None => eprintln!("skipping {name}: not found"),
+                }
+            }
+            if rts.is_empty() {
+                return Err(anyhow!("no runtime to benchmark"));
+            }
+            let work = tempdir()?;
+            let r = bench::start::run(&rts, *rounds, &work, &mut |done, all| {
+                eprint!("\rround {done}/{all}");
+                let _ = std::io::stderr().flush();
+            });
+            eprintln!();
+            let _ = std::fs::remove_dir_all(&work);
+            let report = r.map_err(|e| anyhow!("{e}"))?;
+            print!("{}", bench::start::table(&report));
+            if let Some(dir) = out {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let p = dir.join("start.json");
+                std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                eprintln!("wrote {}", p.display());
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("cellvisor-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
