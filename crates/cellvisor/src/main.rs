@@ -70,6 +70,9 @@ fn container_time() -> String {
 }
 
 fn main() {
+    // Like other command-line tools: a closed pipe ends us quietly (Rust ignores SIGPIPE).
+    // SAFETY: setting the default disposition installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     container::timing::init();
     let cli = Cli::parse();
     let r = if cli.systemd_cgroup {

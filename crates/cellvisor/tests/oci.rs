@@ -1154,3 +1154,44 @@ fn bench_start_smoke() {
         ]
     );
 }
+
+/// The container's program starts with default signal dispositions and an empty mask,
+/// whatever the runtime itself ignores (Rust ignores SIGPIPE) or its caller blocked.
+#[test]
+fn signals_start_at_their_defaults() {
+    need_root!();
+    let id = id("signals");
+    let b = bundle(&config(&[
+        "grep",
+        "-E",
+        "Sig(Ign|Blk)",
+        "/proc/self/status",
+    ]));
+    let o = b.cv(&["run", &id]);
+    assert_eq!(
+        stdout(&o),
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+        "{}",
+        stderr(&o)
+    );
+    // exec too.
+    let b2 = bundle(&config(&["sh", "-c", &format!("sleep 1000 # {id}")]));
+    let (ok, err) = b2.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let o = b2.cv(&[
+        "exec",
+        &id,
+        "grep",
+        "-E",
+        "Sig(Ign|Blk)",
+        "/proc/self/status",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+        "{}",
+        stderr(&o)
+    );
+    assert!(b2.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b2, &id);
+}

@@ -329,6 +329,7 @@ pub fn finalize(
             return Err(nix::Error::last()).ctx(|| "setting no_new_privs");
         }
     }
+    reset_signals();
     // Nothing but the preserved descriptors may cross into the container's program.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
     unsafe {
@@ -362,6 +363,46 @@ pub fn finalize(
         what: format!("exec {:?}", exe),
         source: e,
     })
+}
+
+/// The program starts with every signal at its default and none blocked: an ignored signal
+/// would survive exec (Rust's runtime ignores SIGPIPE), and so would a mask of our caller's.
+fn reset_signals() {
+    // The kernel's struct sigaction (glibc's wrapper refuses the signals it reserves, 32 and
+    // 33, which a caller may still have ignored).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: installs SIG_DFL (no handler code) from a valid struct of the size the
+            // kernel expects; the old action is not asked for.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                )
+            };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
 }
 
 /// A working directory reached through a leaked descriptor (CVE-2024-21626) lies outside the
