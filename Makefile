@@ -19,9 +19,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Unit tests need no root; the end-to-end tests (crates/*/tests) run as root.
+# Unit tests need no root; the end-to-end tests (crates/*/tests) run as root. The demo runs
+# too (on the debug build), so it cannot rot.
 test: deps lint
 	$(CARGO) test --workspace
+	CELLVISOR=target/debug/cellvisor scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; exit 1; }
+	@tail -n 1 target/demo.log
 
 clean:
 	$(CARGO) clean
