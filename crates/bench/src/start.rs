@@ -231,11 +231,22 @@ pub fn run(
 
 /// Per-phase medians from the timing lines of `run` processes.
 fn phases(file: &Path) -> Vec<Phase> {
+    let mut out = phases_of(file, "run");
+    // The container process's own steps, which make up "container-setup".
+    out.extend(
+        phases_of(file, "init")
+            .into_iter()
+            .filter(|p| p.phase.starts_with("init:")),
+    );
+    out
+}
+
+fn phases_of(file: &Path, verb: &str) -> Vec<Phase> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let runs: Vec<Vec<(String, f64)>> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["verb"] == "run")
+        .filter(|v| v["verb"] == verb)
         .map(|v| {
             v["phases"]
                 .as_array()

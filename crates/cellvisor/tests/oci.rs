@@ -1150,7 +1150,12 @@ fn bench_start_smoke() {
             "state",
             "start-exec",
             "wait",
-            "delete"
+            "delete",
+            "init:namespaces",
+            "init:mounts",
+            "init:pivot+sysctl",
+            "init:masked+readonly",
+            "init:process"
         ]
     );
 }

@@ -54,6 +54,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         .as_ref()
         .ok_or_else(|| Error::Config("process: missing".into()))?;
     set_dumpable(false);
+    let mut timings = crate::timing::open_file();
     // Wait until the runtime has written our id maps and moved us into our cgroup.
     match a.chan.recv()? {
         Some(Msg::Proceed) => {}
@@ -74,6 +75,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .ctx(|| "creating the cgroup namespace")?;
     }
+    crate::timing::mark("init:namespaces");
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
     }
@@ -85,6 +87,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         }
     }
     crate::mounts::prepare_rootfs(cfg, a.hierarchies, a.cgroup_rel)?;
+    crate::timing::mark("init:mounts");
     let mut state_json = String::new();
     if a.hooks {
         a.chan.send(&Msg::RunHooks)?;
@@ -113,7 +116,9 @@ fn init(a: &InitArgs) -> Result<Infallible> {
             crate::util::write_file(&p, v)?;
         }
     }
+    crate::timing::mark("init:pivot+sysctl");
     crate::mounts::finish_rootfs(cfg)?;
+    crate::timing::mark("init:masked+readonly");
     if cfg.namespaces.creates(LinuxNamespaceType::Network) {
         loopback_up()?;
     }
@@ -132,6 +137,11 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         crate::tty::setup(console, size)?;
     }
     let exe = find_executable(process)?;
+    crate::timing::mark("init:process");
+    if let Some(f) = timings.as_mut() {
+        crate::timing::flush_to(f, "init");
+    }
+    drop(timings);
     a.chan.send(&Msg::Ready)?;
     match a.chan.recv()? {
         Some(Msg::Proceed) => {}

@@ -39,6 +39,30 @@ pub fn mark(phase: &'static str) {
     });
 }
 
+/// For the container process: open the file now (before its root moves), so `flush_to` can
+/// write the marks later.
+pub fn open_file() -> Option<std::fs::File> {
+    T.with(|t| {
+        let t = t.borrow();
+        let t = t.as_ref()?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&t.file)
+            .ok()
+    })
+}
+
+/// Append this process's marks to an already open file.
+pub fn flush_to(f: &mut std::fs::File, verb: &str) {
+    T.with(|t| {
+        if let Some(t) = t.borrow().as_ref() {
+            let line = serde_json::json!({"verb": verb, "phases": t.marks});
+            let _ = writeln!(f, "{line}");
+        }
+    });
+}
+
 /// Append this process's marks to the file.
 pub fn flush(verb: &str) {
     T.with(|t| {
