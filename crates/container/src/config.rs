@@ -17,6 +17,8 @@ pub struct Config {
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
     pub namespaces: Namespaces,
+    /// linux.seccomp, compiled (validating it compiles it).
+    pub seccomp: Option<crate::seccomp::Filter>,
 }
 
 /// Parse JSON into a `Spec`, with the place of the error in the message.
@@ -123,9 +125,12 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
     if let Some(p) = linux.cgroups_path() {
         crate::cgroups::validate_path(p)?;
     }
-    if let Some(sc) = linux.seccomp() {
-        crate::seccomp::compile(sc).map_err(|e| config_err!("linux.seccomp: {e}"))?;
-    }
+    let seccomp = linux
+        .seccomp()
+        .as_ref()
+        .map(crate::seccomp::compile)
+        .transpose()
+        .map_err(|e| config_err!("linux.seccomp: {e}"))?;
     if let Some(hooks) = spec.hooks() {
         let all = [
             ("prestart", hooks.prestart()),
@@ -157,6 +162,7 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
         rootfs,
         bundle,
         namespaces,
+        seccomp,
         spec,
     })
 }

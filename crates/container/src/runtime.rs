@@ -145,12 +145,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         .linux()
         .as_ref()
         .ok_or_else(|| Error::Config("linux: missing".into()))?;
-    let seccomp = linux
-        .seccomp()
-        .as_ref()
-        .map(crate::seccomp::compile)
-        .transpose()
-        .map_err(|e| Error::Config(format!("linux.seccomp: {e}")))?;
+    let seccomp = cfg.seccomp.clone();
 
     let dir = NewDir::create(root, &o.id)?;
     nix::unistd::mkfifo(
