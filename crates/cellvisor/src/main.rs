@@ -3,6 +3,7 @@
 
 mod bench;
 mod oci;
+mod profile;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ pub enum Cmd {
     /// Benchmarks, side by side with peers
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Device profiles: the domains of a device and the policy between them
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
 }
 
 fn log_error(cli: &Cli, msg: &str) {
@@ -88,11 +92,13 @@ fn main() {
         match &cli.cmd {
             Cmd::Oci(c) => oci::run(&cli, c),
             Cmd::Bench(c) => bench::run(c),
+            Cmd::Profile(c) => profile::run(c),
         }
     };
     container::timing::flush(match &cli.cmd {
         Cmd::Oci(c) => c.name(),
         Cmd::Bench(_) => "bench",
+        Cmd::Profile(_) => "profile",
     });
     match r {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,112 @@
+//! `cellvisor profile`: check a device profile, and ask its policy.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use clap::Subcommand;
+use domain::profile::{self, Profile};
+use domain::Decision;
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCmd {
+    /// Validate a profile (default: the embedded examples/phone.toml) and summarize it
+    Check {
+        /// The profile file
+        file: Option<PathBuf>,
+    },
+    /// Would the policy let FROM open CHANNEL to TO?
+    Allows {
+        from: String,
+        to: String,
+        channel: String,
+        /// Buffer size asked for (e.g. 16K); default: the rule's
+        #[arg(long)]
+        buffer: Option<String>,
+        /// The profile file (default: the embedded one)
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn load(file: &Option<PathBuf>) -> Result<Profile> {
+    let r = match file {
+        Some(f) => profile::load(f),
+        None => profile::parse(
+            domain::DEFAULT_PROFILE,
+            "examples/phone.toml (embedded)",
+            Path::new("."),
+        ),
+    };
+    r.map_err(|e| anyhow!("{e}"))
+}
+
+pub fn run(cmd: &ProfileCmd) -> Result<i32> {
+    match cmd {
+        ProfileCmd::Check { file } => {
+            let p = match load(file) {
+                Ok(p) => p,
+                Err(e) => {
+                    // One line per problem, then a count.
+                    let text = e.to_string();
+                    let n = text.lines().count();
+                    return Err(anyhow!(
+                        "{text}\n{n} problem{} in the profile",
+                        if n == 1 { "" } else { "s" }
+                    ));
+                }
+            };
+            println!(
+                "profile {:?}: {} domains, {} channel rules (everything else denied)",
+                p.name,
+                p.domains.len(),
+                p.policy.len()
+            );
+            for d in &p.domains {
+                let mem = d
+                    .memory_bytes
+                    .map_or("-".to_string(), |b| format!("{}M", b >> 20));
+                println!(
+                    "  {:<12} {:<9} {:<10} cpus {:<6} weight {:<5} memory {:<6} exclusive [{}] shared [{}]",
+                    d.name,
+                    format!("{:?}", d.role).to_lowercase(),
+                    format!("{:?}", d.backend).to_lowercase(),
+                    d.cpus.as_deref().unwrap_or("any"),
+                    d.cpu_weight,
+                    mem,
+                    d.exclusive_devices.join(","),
+                    d.shared_devices.join(",")
+                );
+            }
+            if let Some(f) = &p.foreground {
+                println!(
+                    "  foreground: {f}; background: {:?} (weight {})",
+                    p.background, p.background_cpu_weight
+                );
+            }
+            Ok(0)
+        }
+        ProfileCmd::Allows {
+            from,
+            to,
+            channel,
+            buffer,
+            file,
+        } => {
+            let p = load(file)?;
+            let buf = match buffer {
+                Some(b) => Some(
+                    profile::parse_size(b)
+                        .ok_or_else(|| anyhow!("--buffer: {b:?} is not a size like 16K"))?,
+                ),
+                None => None,
+            };
+            match p.policy.check(from, to, channel, buf) {
+                Decision::Allow { buffer } => {
+                    println!("allowed: {from} → {to} channel {channel:?}, buffer {buffer} bytes");
+                    Ok(0)
+                }
+                Decision::Deny(why) => Err(anyhow!("denied: {why}")),
+            }
+        }
+    }
+}
