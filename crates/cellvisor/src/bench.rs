@@ -21,10 +21,41 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Channel round trip (1 B, 4 KiB, 1 MiB) and bandwidth vs a pipe and a Unix socket
+    Channel {
+        /// Rounds (every case once per round, shuffled)
+        #[arg(short = 'n', long, default_value_t = 5)]
+        rounds: usize,
+        /// Fewer iterations per case
+        #[arg(long)]
+        quick: bool,
+        /// Write channel.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: &BenchCmd) -> Result<i32> {
     match cmd {
+        BenchCmd::Channel { rounds, quick, out } => {
+            let rows = bench::ipc::run(&[1, 4096, 1 << 20], *rounds, *quick, &mut |done, all| {
+                eprint!("\rround {done}/{all}");
+                let _ = std::io::stderr().flush();
+            });
+            eprintln!();
+            let rows = rows.map_err(|e| anyhow!("{e}"))?;
+            print!("{}", bench::ipc::table(&rows));
+            if let Some(dir) = out {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let p = dir.join("channel.json");
+                let doc = serde_json::json!({"benchmark": "channel vs pipe vs unix socket", "rounds": rounds, "host": bench::start::host_facts(), "rows": rows});
+                std::fs::write(&p, serde_json::to_string_pretty(&doc)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                eprintln!("wrote {}", p.display());
+            }
+            Ok(0)
+        }
         BenchCmd::Start {
             rounds,
             runtimes,
