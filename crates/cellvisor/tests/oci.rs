@@ -1200,3 +1200,38 @@ fn signals_start_at_their_defaults() {
     assert!(b2.cv(&["delete", "-f", &id]).status.success());
     assert_nothing_left(&b2, &id);
 }
+
+/// Cells' layout with real containers: two domains on overlays of one shared busybox base,
+/// each writing its own root; neither sees the other's writes, the base is untouched.
+#[test]
+fn domains_on_a_shared_base_keep_private_writes() {
+    need_root!();
+    let t = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    let layers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| container::layers::Layered::new(common::rootfs(), &t.path().join(n)))
+        .collect();
+    for (i, l) in layers.iter().enumerate() {
+        let id = id(&format!("layer{i}"));
+        let rootfs = l.prepare().unwrap();
+        let script = format!("ls /from-* 2>/dev/null; echo {i} > /from-{i}; cat /from-{i}");
+        let mut c = config(&["sh", "-c", &script]);
+        c["root"] = json!({"path": rootfs, "readonly": false});
+        let b = bundle(&c);
+        let o = b.cv(&["run", &id]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(stdout(&o));
+        assert_nothing_left(&b, &id);
+    }
+    // Each domain saw only its own file.
+    assert_eq!(outs, ["0\n", "1\n"]);
+    assert!(!common::rootfs().join("from-0").exists() && !common::rootfs().join("from-1").exists());
+    assert!(
+        layers[0].upper().join("from-0").exists() && !layers[1].upper().join("from-0").exists()
+    );
+    for l in &layers {
+        l.remove().unwrap();
+        assert!(!l.is_mounted());
+    }
+}

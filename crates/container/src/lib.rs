@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod hooks;
 mod init;
+pub mod layers;
 pub mod mounts;
 pub mod namespaces;
 pub mod runtime;
