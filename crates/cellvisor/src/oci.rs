@@ -195,6 +195,7 @@ fn create_opts(a: &CreateArgs) -> CreateOpts {
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
         no_pivot: a.no_pivot,
+        log: None,
     }
 }
 

@@ -1235,3 +1235,85 @@ fn domains_on_a_shared_base_keep_private_writes() {
         assert!(!l.is_mounted());
     }
 }
+
+/// The phone profile's domains as containers on one shared base: up, limits applied, freeze
+/// and weight changes, down and destroy with nothing left behind.
+#[test]
+fn phone_profile_domains_come_up_and_go_away() {
+    need_root!();
+    use domain::{Backend, DomainStatus};
+    let t = tempfile::tempdir().unwrap();
+    let profile = domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", t.path()).unwrap();
+    let prefix = format!("e2e-phone-{}", std::process::id());
+    let be = container::backend::ContainerBackend::new(&t.path().join("state"), &prefix);
+    for d in &profile.domains {
+        be.up(d, Some(common::rootfs())).unwrap();
+        assert_eq!(
+            be.status(&d.name).unwrap(),
+            DomainStatus::Running,
+            "{}",
+            d.name
+        );
+    }
+    let cg = |ctrl: &str, name: &str, file: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/{ctrl}/cellvisor/{prefix}-{name}/{file}"
+        ))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+    };
+    if std::path::Path::new("/sys/fs/cgroup/memory/cellvisor").exists() {
+        assert_eq!(
+            cg("memory", "modem", "memory.limit_in_bytes"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(cg("cpuset", "modem", "cpuset.cpus"), "1");
+        let before: u64 = cg("cpu", "common", "cpu.shares").parse().unwrap();
+        be.set_cpu_weight("common", 10).unwrap();
+        let after: u64 = cg("cpu", "common", "cpu.shares").parse().unwrap();
+        assert!(after < before, "{before} -> {after}");
+    }
+    // Each domain's output goes to its own log, not to our stdio.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(be.log_path("modem"))
+        .unwrap_or_default()
+        .contains("modem domain up")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "no output in the modem's log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    be.freeze("common", true).unwrap();
+    assert_eq!(be.status("common").unwrap(), DomainStatus::Frozen);
+    be.freeze("common", false).unwrap();
+    assert!(be.set_cpu_weight("common", 0).is_err());
+    // The same domain twice is refused; the first keeps running.
+    let e = be
+        .up(profile.domain("trusted").unwrap(), Some(common::rootfs()))
+        .unwrap_err();
+    assert!(e.to_string().contains("already up"), "{e}");
+    assert_eq!(be.status("trusted").unwrap(), DomainStatus::Running);
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ours = mi
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&*t.path().to_string_lossy()))
+        })
+        .count();
+    assert_eq!(ours, 3, "one overlay per domain");
+    for d in &profile.domains {
+        be.destroy(&d.name).unwrap();
+        assert_eq!(be.status(&d.name).unwrap(), DomainStatus::Stopped);
+        assert!(common::cgroup_leftovers(&format!("{prefix}-{}", d.name)).is_empty());
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.contains(&*t.path().to_string_lossy()),
+        "mounts left behind"
+    );
+    assert!(common::processes_with(&prefix).is_empty());
+}

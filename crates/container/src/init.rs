@@ -29,6 +29,7 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<Filter>,
     pub preserve_fds: i32,
     pub no_pivot: bool,
+    pub log: Option<&'a Path>,
     pub hierarchies: &'a [Hierarchy],
     pub cgroup_rel: &'a Path,
     pub hooks: bool,
@@ -59,6 +60,9 @@ fn init(a: &InitArgs) -> Result<Infallible> {
     match a.chan.recv()? {
         Some(Msg::Proceed) => {}
         _ => exit_quietly(),
+    }
+    if let Some(log) = a.log {
+        redirect_stdio(log)?;
     }
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
         nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
@@ -182,6 +186,31 @@ fn init(a: &InitArgs) -> Result<Infallible> {
     let _ = nix::unistd::write(&fifo, e.chain().as_bytes());
     // SAFETY: _exit is always safe.
     unsafe { libc::_exit(127) }
+}
+
+/// stdin from /dev/null, stdout and stderr appended to `log` (opened while the host's paths
+/// are still in view).
+fn redirect_stdio(log: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(log)
+        .ctx(|| format!("opening the log {}", log.display()))?;
+    let null = std::fs::File::open("/dev/null").ctx(|| "opening /dev/null")?;
+    for (src, dst) in [
+        (null.as_raw_fd(), 0),
+        (out.as_raw_fd(), 1),
+        (out.as_raw_fd(), 2),
+    ] {
+        // SAFETY: dup2 between descriptors we hold; the originals close with their Files.
+        if unsafe { libc::dup2(src, dst) } < 0 {
+            return Err(nix::Error::last()).ctx(|| "redirecting stdio to the log");
+        }
+    }
+    Ok(())
 }
 
 fn exit_quietly() -> ! {

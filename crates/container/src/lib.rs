@@ -9,6 +9,7 @@
 //! Pure planning (option parsing, cgroup writes, seccomp compilation, config validation) is
 //! kept apart from the code that performs syscalls, so it can be unit-tested without root.
 
+pub mod backend;
 pub mod caps;
 pub mod cgroups;
 pub mod config;

@@ -30,6 +30,9 @@ pub struct CreateOpts {
     pub console_socket: Option<PathBuf>,
     pub preserve_fds: i32,
     pub no_pivot: bool,
+    /// Give the container's process this file (appended to) as stdout and stderr, and
+    /// /dev/null as stdin, instead of the runtime's own stdio.
+    pub log: Option<PathBuf>,
 }
 
 /// A created container's init process, for a caller that waits on it (`run`).
@@ -230,6 +233,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             seccomp,
             preserve_fds: o.preserve_fds,
             no_pivot: o.no_pivot,
+            log: o.log.as_deref(),
             hierarchies: &hierarchies,
             cgroup_rel: &cg.path,
             hooks: any_hooks,

@@ -13,7 +13,7 @@ use crate::policy::{Policy, Rule};
 /// How a domain is isolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub enum BackendKind {
     /// OS-level virtualization (namespaces, cgroups): the `container` crate.
     Container,
     /// Hardware-assisted full virtualization: the microVM backend (not yet available).
@@ -87,7 +87,7 @@ struct RawDomain {
     name: Spanned<String>,
     role: Role,
     #[serde(default = "container")]
-    backend: Spanned<Backend>,
+    backend: Spanned<BackendKind>,
     rootfs: Option<Spanned<String>>,
     command: Spanned<Vec<String>>,
     cpus: Option<Spanned<String>>,
@@ -98,8 +98,8 @@ struct RawDomain {
     devices: RawDevices,
 }
 
-fn container() -> Spanned<Backend> {
-    Spanned::new(0..0, Backend::Container)
+fn container() -> Spanned<BackendKind> {
+    Spanned::new(0..0, BackendKind::Container)
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,7 +116,7 @@ struct RawAllow {
 pub struct Domain {
     pub name: String,
     pub role: Role,
-    pub backend: Backend,
+    pub backend: BackendKind,
     /// The domain's root: the shared base (with a private writable layer) unless given.
     pub rootfs: Option<PathBuf>,
     pub command: Vec<String>,
@@ -234,7 +234,7 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
         if !names.insert(name.clone()) {
             r.at(d.name.span(), format!("domain {name:?} is defined twice"));
         }
-        if *d.backend.get_ref() == Backend::Microvm {
+        if *d.backend.get_ref() == BackendKind::Microvm {
             r.at(
                 d.backend.span(),
                 format!(

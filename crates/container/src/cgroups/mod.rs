@@ -234,6 +234,25 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Change the CPU weight of a running container (v2 cpu.weight, v1 cpu.shares).
+    pub fn set_cpu_weight(&self, weight: u32) -> Result<()> {
+        match self.version() {
+            Version::V1 => {
+                let d = self
+                    .dir_of("cpu")
+                    .ok_or_else(|| Error::Msg("the cpu cgroup controller is not mounted".into()))?;
+                write_file(
+                    &d.join("cpu.shares"),
+                    &plan::weight_to_shares(weight.into()).to_string(),
+                )
+            }
+            Version::V2 => write_file(
+                &self.dir_of("").unwrap_or_default().join("cpu.weight"),
+                &weight.to_string(),
+            ),
+        }
+    }
+
     /// Move `pid` into the container's cgroup in every hierarchy.
     pub fn add(&self, pid: i32) -> Result<()> {
         for (_, d) in self.dirs() {

@@ -396,6 +396,11 @@ fn plan_v1(r: &LinuxResources, out: &mut Vec<Write>) {
     }
 }
 
+/// v2 cpu.weight (1..10000) → v1 cpu.shares, the inverse of [`shares_to_weight`].
+pub fn weight_to_shares(weight: u64) -> u64 {
+    2 + (weight.clamp(1, 10000) - 1) * 262142 / 9999
+}
+
 /// v1 cpu.shares (2..262144) → v2 cpu.weight (1..10000), the conversion runc and crun use.
 pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares.saturating_sub(2)) * 9999) / 262142
@@ -545,6 +550,12 @@ mod tests {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(262144), 10000);
+        for w in [1, 39, 100, 5000, 10000] {
+            assert!(
+                shares_to_weight(weight_to_shares(w)).abs_diff(w) <= 1,
+                "{w}"
+            );
+        }
         let ws = plan(
             &res(r#"{"cpu":{"shares":1024,"quota":-1},"memory":{"limit":-1,"swap":-1},"blockIO":{"weight":10},"unified":{"memory.high":"5000000"}}"#),
             Version::V2,
