@@ -74,11 +74,23 @@ fn container_time() -> String {
 }
 
 fn main() {
-    // Like other command-line tools: a closed pipe ends us quietly (Rust ignores SIGPIPE).
-    // SAFETY: setting the default disposition installs no handler code.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     container::timing::init();
     let cli = Cli::parse();
+    // Verbs that print a report end quietly on a closed pipe, like other command-line tools.
+    // The lifecycle verbs keep Rust's SIGPIPE-ignored: a hook that exits without reading its
+    // stdin must fail the hook, not kill the runtime half-way (the container's program gets
+    // default dispositions back before exec).
+    let prints = match &cli.cmd {
+        Cmd::Oci(c) => matches!(
+            c.name(),
+            "state" | "list" | "ps" | "events" | "features" | "spec"
+        ),
+        Cmd::Bench(_) | Cmd::Profile(_) => true,
+    };
+    if prints {
+        // SAFETY: setting the default disposition installs no handler code.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let r = if cli.systemd_cgroup {
         Err(anyhow::anyhow!(
             "--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs (podman: --cgroup-manager=cgroupfs)"

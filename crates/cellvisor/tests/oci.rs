@@ -464,6 +464,9 @@ fn hooks_run_at_each_stage() {
     }
     assert_nothing_left(&b, &id);
     // A failing hook fails the create and leaves nothing.
+    // A large annotation makes the state on the hook's stdin larger than a pipe holds, so the
+    // runtime writes into a closed pipe: that must fail the hook, not kill the runtime.
+    c["annotations"] = json!({"pad": "x".repeat(1 << 17)});
     c["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]});
     b.write_config(&c);
     let o = b.cv(&["run", &id]);

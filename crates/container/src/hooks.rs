@@ -94,6 +94,16 @@ mod tests {
     }
 
     #[test]
+    fn a_hook_that_does_not_read_its_stdin_just_fails() {
+        // A large state document and a hook that exits at once: the write hits a closed pipe.
+        let big = serde_json::json!({"pad": "x".repeat(1 << 20)});
+        let e = run("createRuntime", &[hook(r#"{"path":"/bin/false"}"#)], &big)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("createRuntime hook [0]"), "{e}");
+    }
+
+    #[test]
     fn failing_and_slow_hooks_fail() {
         let e = run(
             "poststart",
