@@ -46,13 +46,8 @@ pub fn run(cmd: &BenchCmd) -> Result<i32> {
             let rows = rows.map_err(|e| anyhow!("{e}"))?;
             print!("{}", bench::ipc::table(&rows));
             if let Some(dir) = out {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let p = dir.join("channel.json");
                 let doc = serde_json::json!({"benchmark": "channel vs pipe vs unix socket", "rounds": rounds, "host": bench::start::host_facts(), "rows": rows});
-                std::fs::write(&p, serde_json::to_string_pretty(&doc)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                eprintln!("wrote {}", p.display());
+                write_report(dir, "channel.json", &doc)?;
             }
             Ok(0)
         }
@@ -82,16 +77,21 @@ pub fn run(cmd: &BenchCmd) -> Result<i32> {
             let report = r.map_err(|e| anyhow!("{e}"))?;
             print!("{}", bench::start::table(&report));
             if let Some(dir) = out {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let p = dir.join("start.json");
-                std::fs::write(&p, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                eprintln!("wrote {}", p.display());
+                write_report(dir, "start.json", &report)?;
             }
             Ok(0)
         }
     }
+}
+
+/// Write a report as pretty JSON into `dir/name`.
+fn write_report(dir: &std::path::Path, name: &str, v: &impl serde::Serialize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(v)?)
+        .with_context(|| format!("writing {}", p.display()))?;
+    eprintln!("wrote {}", p.display());
+    Ok(())
 }
 
 fn tempdir() -> Result<PathBuf> {
