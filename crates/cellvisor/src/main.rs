@@ -77,9 +77,9 @@ fn main() {
     container::timing::init();
     let cli = Cli::parse();
     // Verbs that print a report end quietly on a closed pipe, like other command-line tools.
-    // The lifecycle verbs keep Rust's SIGPIPE-ignored: a hook that exits without reading its
-    // stdin must fail the hook, not kill the runtime half-way (the container's program gets
-    // default dispositions back before exec).
+    // The lifecycle verbs keep Rust's SIGPIPE-ignored, so no write to a vanished peer can kill
+    // the runtime half-way through a change (the hooks and the sync socket also guard their
+    // own writes; the container's program gets default dispositions back before exec).
     let prints = match &cli.cmd {
         Cmd::Oci(c) => matches!(
             c.name(),

@@ -31,7 +31,7 @@ pub fn oci_config(d: &Domain, rootfs: &Path) -> Result<serde_json::Value, Backen
     c["hostname"] = json!(d.name);
     c["root"] = json!({"path": rootfs, "readonly": false});
     c["annotations"] = json!({"io.cellvisor.domain": d.name, "io.cellvisor.role": format!("{:?}", d.role).to_lowercase()});
-    let mut res = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut res = json!({});
     res["cpu"] = json!({"shares": crate::cgroups::plan::weight_to_shares(d.cpu_weight.into())});
     if let Some(cpus) = &d.cpus {
         res["cpu"]["cpus"] = json!(cpus);
@@ -42,7 +42,7 @@ pub fn oci_config(d: &Domain, rootfs: &Path) -> Result<serde_json::Value, Backen
     if let Some(p) = d.pids {
         res["pids"] = json!({"limit": p});
     }
-    let mut devices = Vec::new();
+    let (mut devices, mut rules) = (Vec::new(), vec![json!({"allow": false, "access": "rwm"})]);
     for p in &d.passthrough {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let m = std::fs::metadata(p).map_err(|e| {
@@ -65,8 +65,11 @@ pub fn oci_config(d: &Domain, rootfs: &Path) -> Result<serde_json::Value, Backen
         };
         let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
         devices.push(json!({"path": p, "type": typ, "major": major, "minor": minor, "fileMode": m.mode() & 0o777}));
-        res["devices"].as_array_mut().unwrap_or(&mut Vec::new()).push(json!({"allow": true, "type": typ, "major": major, "minor": minor, "access": "rwm"}));
+        rules.push(
+            json!({"allow": true, "type": typ, "major": major, "minor": minor, "access": "rwm"}),
+        );
     }
+    res["devices"] = json!(rules);
     c["linux"]["resources"] = res;
     c["linux"]["devices"] = json!(devices);
     Ok(c)

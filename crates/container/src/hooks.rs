@@ -37,8 +37,11 @@ fn run_one(h: &Hook, input: &[u8]) -> std::result::Result<(), String> {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its stdin is fine.
-        let _ = stdin.write_all(input);
+        // A hook that does not read its stdin is fine; so is one that exits first, whatever
+        // this process's SIGPIPE disposition is.
+        without_sigpipe(|| {
+            let _ = stdin.write_all(input);
+        });
     }
     let deadline = h
         .timeout()
@@ -68,6 +71,29 @@ fn run_one(h: &Hook, input: &[u8]) -> std::result::Result<(), String> {
             return Err(format!("timed out after {}s", h.timeout().unwrap_or(0)));
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Run `f` with SIGPIPE blocked in this thread, and discard one raised meanwhile.
+fn without_sigpipe(f: impl FnOnce()) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    let mut old = SigSet::empty();
+    let blocked =
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&pipe), Some(&mut old))
+            .is_ok();
+    f();
+    if blocked {
+        if !old.contains(Signal::SIGPIPE) {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: consumes a pending SIGPIPE, if any, without waiting.
+            unsafe { libc::sigtimedwait(pipe.as_ref(), std::ptr::null_mut(), &zero) };
+        }
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     }
 }
 

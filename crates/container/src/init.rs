@@ -26,7 +26,7 @@ pub struct InitArgs<'a> {
     /// O_PATH descriptor of the container's state directory (for the exec fifo).
     pub state_dir: OwnedFd,
     pub console: Option<OwnedFd>,
-    pub seccomp: Option<Filter>,
+    pub seccomp: Option<&'a Filter>,
     pub preserve_fds: i32,
     pub no_pivot: bool,
     pub log: Option<&'a Path>,
@@ -177,7 +177,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
             let state: serde_json::Value = serde_json::from_str(&state_json).unwrap_or_default();
             crate::hooks::run("startContainer", h, &state)?;
         }
-        finalize(process, a.seccomp.as_ref(), a.preserve_fds, &exe)
+        finalize(process, a.seccomp, a.preserve_fds, &exe)
     })();
     let e = match r {
         Ok(never) => match never {},

@@ -51,6 +51,7 @@ impl Layered {
                 self.base.display()
             )));
         }
+        let fresh = !self.dir.exists();
         for d in ["upper", "work", "rootfs"] {
             let p = self.dir.join(d);
             std::fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
@@ -58,6 +59,14 @@ impl Layered {
         if self.is_mounted() {
             return Ok(self.rootfs());
         }
+        let r = self.mount_overlay();
+        if r.is_err() && fresh {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        r
+    }
+
+    fn mount_overlay(&self) -> Result<PathBuf> {
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             escape(&self.base),

@@ -148,7 +148,6 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         .linux()
         .as_ref()
         .ok_or_else(|| Error::Config("linux: missing".into()))?;
-    let seccomp = cfg.seccomp.clone();
 
     let dir = NewDir::create(root, &o.id)?;
     nix::unistd::mkfifo(
@@ -230,7 +229,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             chan: child,
             state_dir,
             console,
-            seccomp,
+            seccomp: cfg.seccomp.as_ref(),
             preserve_fds: o.preserve_fds,
             no_pivot: o.no_pivot,
             log: o.log.as_deref(),
@@ -247,7 +246,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         oci_version: cfg.spec.version().clone(),
         id: o.id.clone(),
         pid,
-        pid_start: proc_start_time(pid).unwrap_or(0),
+        // Known once the init is ready (below); the hooks' state document does not need it.
+        pid_start: 0,
         bundle: cfg.bundle.clone(),
         rootfs: cfg.rootfs.clone(),
         annotations: cfg.spec.annotations().clone().unwrap_or_default(),
@@ -309,7 +309,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             }
         }
     }
-    st.pid_start = proc_start_time(pid).unwrap_or(st.pid_start);
+    st.pid_start = proc_start_time(pid)
+        .ok_or_else(|| Error::Msg("the container process exited during setup".into()))?;
     st.save(root)?;
     if let Some(p) = &o.pid_file {
         write_pid_file(p, pid)?;
@@ -709,7 +710,12 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
         Some(m) => return Err(Error::Msg(format!("unexpected message {m:?}"))),
     }
     if let Some(pf) = &o.pid_file {
-        write_pid_file(pf, pid)?;
+        if let Err(e) = write_pid_file(pf, pid) {
+            // The caller would not know the process: do not leave it running.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(e);
+        }
     }
     if o.detach {
         return Ok(0);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{Cgroup, Hierarchy};
 use crate::error::{Context, Error, Result};
-use crate::util::{proc_start_time, proc_state, write_atomic};
+use crate::util::{proc_stat, write_atomic};
 
 /// What the runtime remembers about one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,8 +136,9 @@ impl State {
     /// Is the init process alive (and the same process we started)?
     pub fn init_alive(&self) -> bool {
         self.pid > 0
-            && proc_start_time(self.pid) == Some(self.pid_start)
-            && proc_state(self.pid).is_some_and(|s| s != 'Z' && s != 'X')
+            && proc_stat(self.pid).is_some_and(|(state, start)| {
+                start == self.pid_start && state != 'Z' && state != 'X'
+            })
     }
 
     pub fn cgroup(&self) -> Result<Cgroup> {

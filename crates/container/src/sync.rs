@@ -52,7 +52,14 @@ impl Chan {
                 v
             }
         };
-        nix::unistd::write(&self.0, &buf).ctx(|| "writing to the sync socket")?;
+        // MSG_NOSIGNAL: a peer that died is an error to report, not a signal that kills us
+        // before we can clean up after it.
+        nix::sys::socket::send(
+            self.0.as_raw_fd(),
+            &buf,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        )
+        .ctx(|| "writing to the sync socket")?;
         Ok(())
     }
 

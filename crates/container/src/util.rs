@@ -136,17 +136,18 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Start time of a process (field 22 of /proc/PID/stat), to tell a pid from a reused one.
-pub fn proc_start_time(pid: i32) -> Option<u64> {
+/// State letter (field 3: 'Z' for a zombie) and start time (field 22, to tell a pid from a
+/// reused one) of a process, from one read of /proc/PID/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let state = after.chars().next()?;
+    Some((state, after.split_whitespace().nth(19)?.parse().ok()?))
 }
 
-/// Process state letter (field 3 of /proc/PID/stat): 'Z' for a zombie.
-pub fn proc_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+/// Start time of a process, see [`proc_stat`].
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.1)
 }
 
 /// Seconds since the epoch, with nanoseconds, as RFC 3339 UTC text.
