@@ -1,11 +1,10 @@
 //! Channel round-trip latency and bandwidth, side by side with a pipe pair and a Unix socket
 //! pair between the same two processes, pinned to one CPU and to two.
 
-use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::time::Instant;
 
-use channel::{Channel, End};
+use agent::pingpong::{self, Case, Side};
+use channel::Channel;
 use serde::Serialize;
 
 use crate::stats::median;
@@ -31,50 +30,8 @@ pub struct Row {
     pub bandwidth_mib_s: Option<f64>,
 }
 
-/// Both sides of one transport, as seen by one process.
-enum Side {
-    Chan(End),
-    Stream {
-        rx: std::fs::File,
-        tx: std::fs::File,
-    },
-}
-
-impl Side {
-    /// Drop this process's copy of the other process's side (after fork).
-    fn release(self) {
-        match self {
-            Side::Chan(e) => e.release(),
-            Side::Stream { .. } => {}
-        }
-    }
-
-    fn send(&mut self, msg: &[u8]) -> Result<()> {
-        match self {
-            Side::Chan(e) => e.send(msg, true).map_err(|e| Error::Msg(e.to_string())),
-            Side::Stream { tx, .. } => tx.write_all(msg).map_err(|e| Error::Msg(e.to_string())),
-        }
-    }
-    /// Take delivery of a message: a channel hands it over in place (its one copy was the
-    /// sender's into the ring), a stream must copy it out of the kernel.
-    fn consume(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<()> {
-        match self {
-            Side::Chan(e) => e
-                .recv_with(true, |_, _| ())
-                .map_err(|e| Error::Msg(e.to_string())),
-            Side::Stream { .. } => self.recv(buf, len),
-        }
-    }
-
-    fn recv(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<()> {
-        match self {
-            Side::Chan(e) => e.recv(buf, true).map_err(|e| Error::Msg(e.to_string())),
-            Side::Stream { rx, .. } => {
-                buf.resize(len, 0);
-                rx.read_exact(buf).map_err(|e| Error::Msg(e.to_string()))
-            }
-        }
-    }
+fn err(e: String) -> Error {
+    Error::Msg(e)
 }
 
 fn pair(t: Transport, msg: usize) -> Result<(Side, Side)> {
@@ -160,48 +117,20 @@ fn measure(
     cpus: (usize, usize),
 ) -> Result<(f64, f64)> {
     let (mut a, mut b) = pair(t, msg)?;
+    let case = Case { msg, iters, bulk };
     // SAFETY: the child only runs the echo loop and leaves with _exit.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         a.release();
         pin(cpus.1);
-        let mut buf = Vec::new();
-        let mut ok = true;
-        for _ in 0..iters {
-            ok &= b.recv(&mut buf, msg).is_ok() && b.send(&buf).is_ok();
-        }
-        for _ in 0..bulk {
-            ok &= b.consume(&mut buf, msg).is_ok();
-        }
-        ok &= b.send(&[1]).is_ok();
+        let ok = pingpong::echo(&mut b, case).is_ok();
         drop(b);
         // SAFETY: leaving the forked child.
         unsafe { libc::_exit(if ok { 0 } else { 1 }) };
     }
     b.release();
     pin(cpus.0);
-    let payload = vec![0x5au8; msg];
-    let mut buf = Vec::with_capacity(msg);
-    // Warm up on the first round trip, then time the rest.
-    a.send(&payload)?;
-    a.recv(&mut buf, msg)?;
-    let t0 = Instant::now();
-    for _ in 1..iters {
-        a.send(&payload)?;
-        a.recv(&mut buf, msg)?;
-    }
-    let rtt = t0.elapsed().as_secs_f64() * 1e6 / (iters - 1).max(1) as f64;
-    let t1 = Instant::now();
-    for _ in 0..bulk {
-        a.send(&payload)?;
-    }
-    a.recv(&mut buf, 1)?;
-    let secs = t1.elapsed().as_secs_f64();
-    let mibs = if bulk > 0 {
-        (bulk * msg) as f64 / (1 << 20) as f64 / secs
-    } else {
-        0.0
-    };
+    let (rtt, mibs) = pingpong::drive(&mut a, case).map_err(err)?;
     let mut status = 0;
     // SAFETY: waiting for our child.
     unsafe { libc::waitpid(pid, &mut status, 0) };

@@ -3,6 +3,7 @@
 
 mod bench;
 mod oci;
+mod platform;
 mod profile;
 
 use std::io::Write;
@@ -47,6 +48,8 @@ pub enum Cmd {
     /// Device profiles: the domains of a device and the policy between them
     #[command(subcommand)]
     Profile(profile::ProfileCmd),
+    #[command(flatten)]
+    Platform(platform::PlatformCmd),
 }
 
 fn log_error(cli: &Cli, msg: &str) {
@@ -85,7 +88,7 @@ fn main() {
             c.name(),
             "state" | "list" | "ps" | "events" | "features" | "spec"
         ),
-        Cmd::Bench(_) | Cmd::Profile(_) => true,
+        Cmd::Bench(_) | Cmd::Profile(_) | Cmd::Platform(_) => true,
     };
     if prints {
         // SAFETY: setting the default disposition installs no handler code.
@@ -105,12 +108,14 @@ fn main() {
             Cmd::Oci(c) => oci::run(&cli, c),
             Cmd::Bench(c) => bench::run(c),
             Cmd::Profile(c) => profile::run(c),
+            Cmd::Platform(c) => platform::run(c),
         }
     };
     container::timing::flush(match &cli.cmd {
         Cmd::Oci(c) => c.name(),
         Cmd::Bench(_) => "bench",
         Cmd::Profile(_) => "profile",
+        Cmd::Platform(c) => c.name(),
     });
     match r {
         Ok(code) => std::process::exit(code),

@@ -80,11 +80,14 @@ pub enum OciCmd {
         quiet: bool,
     },
     /// Processes of a container
+    /// Without an id: the device platform's domains (asks cellvisord)
     Ps {
         /// table or json
         #[arg(short, long, default_value = "table")]
         format: String,
-        id: String,
+        #[command(flatten)]
+        daemon: crate::platform::Daemon,
+        id: Option<String>,
         /// Accepted for compatibility (options for ps)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
@@ -329,7 +332,17 @@ pub fn run(cli: &Cli, cmd: &OciCmd) -> Result<i32> {
                 return Err(anyhow!("--format: {format:?} is not table or json"));
             }
         }
-        OciCmd::Ps { format, id, .. } => {
+        OciCmd::Ps {
+            format,
+            id: None,
+            daemon,
+            ..
+        } => return crate::platform::ps(daemon, format == "json"),
+        OciCmd::Ps {
+            format,
+            id: Some(id),
+            ..
+        } => {
             let pids = runtime::ps(&root, id).map_err(chain)?;
             if format == "json" {
                 println!("{}", serde_json::to_string(&pids)?);

@@ -1250,7 +1250,14 @@ fn phone_profile_domains_come_up_and_go_away() {
     let prefix = format!("e2e-phone-{}", std::process::id());
     let be = container::backend::ContainerBackend::new(&t.path().join("state"), &prefix);
     for d in &profile.domains {
-        be.up(d, Some(common::rootfs())).unwrap();
+        be.up(
+            d,
+            &domain::UpOpts {
+                base: Some(common::rootfs()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(
             be.status(&d.name).unwrap(),
             DomainStatus::Running,
@@ -1278,7 +1285,7 @@ fn phone_profile_domains_come_up_and_go_away() {
     }
     // Each domain's output goes to its own log, not to our stdio.
     let end = std::time::Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(be.log_path("modem"))
+    while !std::fs::read_to_string(be.log_path("modem").unwrap())
         .unwrap_or_default()
         .contains("modem domain up")
     {
@@ -1294,7 +1301,13 @@ fn phone_profile_domains_come_up_and_go_away() {
     assert!(be.set_cpu_weight("common", 0).is_err());
     // The same domain twice is refused; the first keeps running.
     let e = be
-        .up(profile.domain("trusted").unwrap(), Some(common::rootfs()))
+        .up(
+            profile.domain("trusted").unwrap(),
+            &domain::UpOpts {
+                base: Some(common::rootfs()),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     assert!(e.to_string().contains("already up"), "{e}");
     assert_eq!(be.status("trusted").unwrap(), DomainStatus::Running);

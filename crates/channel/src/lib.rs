@@ -9,6 +9,8 @@
 //! only moves bytes. A peer that writes garbage into the shared header can make its own end
 //! fail with [`Error::Corrupt`], never read or write outside the mapping.
 
+pub mod handoff;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};

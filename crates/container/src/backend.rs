@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use domain::{Backend, BackendError, Domain, DomainStatus};
+use domain::{Backend, BackendError, Domain, DomainStats, DomainStatus, UpOpts};
 use serde_json::json;
 
 use crate::layers::Layered;
@@ -22,15 +22,53 @@ fn err(e: impl std::fmt::Display) -> BackendError {
     BackendError(e.to_string())
 }
 
-/// The OCI config of a domain: its command, a private hostname, network, pid, ipc, uts, mount
-/// and cgroup namespaces, the default capabilities, and its limits.
-pub fn oci_config(d: &Domain, rootfs: &Path) -> Result<serde_json::Value, BackendError> {
+/// A host device node: (type `c` or `b`, major, minor, permission bits).
+pub fn device_node(p: &Path) -> Result<(char, u32, u32, u32), BackendError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(p).map_err(|e| err(format!("device {}: {e}", p.display())))?;
+    let typ = if m.file_type().is_char_device() {
+        'c'
+    } else if m.file_type().is_block_device() {
+        'b'
+    } else {
+        return Err(err(format!("{} is not a device node", p.display())));
+    };
+    Ok((
+        typ,
+        libc::major(m.rdev()),
+        libc::minor(m.rdev()),
+        m.mode() & 0o777,
+    ))
+}
+
+/// The OCI config of a domain: its command, a private hostname, network (unless it shares
+/// the network device), pid, ipc, uts, mount and cgroup namespaces, the default capabilities,
+/// its limits, its passthrough and granted devices, and its run directory.
+pub fn oci_config(
+    d: &Domain,
+    rootfs: &Path,
+    o: &UpOpts,
+) -> Result<serde_json::Value, BackendError> {
     let mut c = runtime::default_spec(false);
     c["process"]["terminal"] = json!(false);
     c["process"]["args"] = json!(d.command);
     c["hostname"] = json!(d.name);
     c["root"] = json!({"path": rootfs, "readonly": false});
     c["annotations"] = json!({"io.cellvisor.domain": d.name, "io.cellvisor.role": format!("{:?}", d.role).to_lowercase()});
+    if d.shared_devices.iter().any(|s| s == "network") {
+        // The shared network device: the host's network namespace.
+        if let Some(ns) = c["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+    }
+    if let Some(run) = o.run_dir {
+        if let Some(m) = c["mounts"].as_array_mut() {
+            m.push(
+                json!({"destination": "/run/cellvisor", "type": "bind", "source": run,
+                          "options": ["rbind", "ro", "nosuid", "nodev"]}),
+            );
+        }
+    }
     let mut res = json!({});
     res["cpu"] = json!({"shares": crate::cgroups::plan::weight_to_shares(d.cpu_weight.into())});
     if let Some(cpus) = &d.cpus {
@@ -43,31 +81,11 @@ pub fn oci_config(d: &Domain, rootfs: &Path) -> Result<serde_json::Value, Backen
         res["pids"] = json!({"limit": p});
     }
     let (mut devices, mut rules) = (Vec::new(), vec![json!({"allow": false, "access": "rwm"})]);
-    for p in &d.passthrough {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let m = std::fs::metadata(p).map_err(|e| {
-            err(format!(
-                "domain {}: passthrough {}: {e}",
-                d.name,
-                p.display()
-            ))
-        })?;
-        let typ = if m.file_type().is_char_device() {
-            "c"
-        } else if m.file_type().is_block_device() {
-            "b"
-        } else {
-            return Err(err(format!(
-                "domain {}: passthrough {} is not a device node",
-                d.name,
-                p.display()
-            )));
-        };
-        let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
-        devices.push(json!({"path": p, "type": typ, "major": major, "minor": minor, "fileMode": m.mode() & 0o777}));
-        rules.push(
-            json!({"allow": true, "type": typ, "major": major, "minor": minor, "access": "rwm"}),
-        );
+    for p in d.passthrough.iter().chain(&o.devices) {
+        let (typ, major, minor, mode) =
+            device_node(p).map_err(|e| err(format!("domain {}: {e}", d.name)))?;
+        devices.push(json!({"path": p, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
+        rules.push(json!({"allow": true, "type": typ.to_string(), "major": major, "minor": minor, "access": "rwm"}));
     }
     res["devices"] = json!(rules);
     c["linux"]["resources"] = res;
@@ -93,11 +111,6 @@ impl ContainerBackend {
         Root(self.dir.join("oci"))
     }
 
-    /// The domain's output (stdout and stderr of its command).
-    pub fn log_path(&self, name: &str) -> PathBuf {
-        self.domain_dir(name).join("log")
-    }
-
     fn domain_dir(&self, name: &str) -> PathBuf {
         self.dir.join("domains").join(name)
     }
@@ -108,7 +121,8 @@ impl ContainerBackend {
 }
 
 impl Backend for ContainerBackend {
-    fn up(&self, d: &Domain, base: Option<&Path>) -> Result<(), BackendError> {
+    fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
+        let base = o.base;
         if crate::state::exists(&self.root(), &self.container_id(&d.name)) {
             return Err(err(format!("domain {} is already up", d.name)));
         }
@@ -130,21 +144,26 @@ impl Backend for ContainerBackend {
             }
         };
         let r = (|| {
-            let cfg = oci_config(d, &rootfs)?;
+            let cfg = oci_config(d, &rootfs, o)?;
             std::fs::write(bundle.join("config.json"), cfg.to_string())
                 .map_err(|e| err(format!("writing the bundle: {e}")))?;
-            let o = CreateOpts {
+            let co = CreateOpts {
                 id: self.container_id(&d.name),
                 bundle: bundle.clone(),
                 log: Some(dd.join("log")),
+                preserve_fds: o.fds.len() as i32,
                 ..Default::default()
             };
-            runtime::create(&self.root(), &o)
-                .map_err(|e| err(format!("domain {}: {}", d.name, e.chain())))?;
-            runtime::start(&self.root(), &o.id).map_err(|e| {
-                let _ = runtime::delete(&self.root(), &o.id, true);
-                err(format!("domain {}: {}", d.name, e.chain()))
+            let root = self.root();
+            detached(&o.fds, move || {
+                runtime::create(&root, &co)
+                    .map_err(|e| format!("domain {}: {}", co.id, e.chain()))?;
+                runtime::start(&root, &co.id).map_err(|e| {
+                    let _ = runtime::delete(&root, &co.id, true);
+                    format!("domain {}: {}", co.id, e.chain())
+                })
             })
+            .map_err(|e| err(e.replacen(&format!("domain {}-", self.prefix), "domain ", 1)))
         })();
         if r.is_err() {
             if let Some(l) = layer {
@@ -156,7 +175,10 @@ impl Backend for ContainerBackend {
 
     fn down(&self, name: &str) -> Result<(), BackendError> {
         let id = self.container_id(name);
-        runtime::delete(&self.root(), &id, true).map_err(|e| err(e.chain()))?;
+        match runtime::delete(&self.root(), &id, true) {
+            Ok(()) | Err(crate::Error::NotFound(_)) => {}
+            Err(e) => return Err(err(e.chain())),
+        }
         // The base path is not needed to unmount.
         self.layer(name, Path::new("/"))
             .unmount()
@@ -203,6 +225,192 @@ impl Backend for ContainerBackend {
             .and_then(|c| c.set_cpu_weight(weight))
             .map_err(|e| err(e.chain()))
     }
+
+    fn set_device(&self, name: &str, node: &Path, present: bool) -> Result<(), BackendError> {
+        let root = self.root();
+        let st = root
+            .load(&self.container_id(name))
+            .map_err(|e| err(e.chain()))?;
+        if !st.init_alive() {
+            return Err(err(format!("domain {name} is not running")));
+        }
+        let (typ, major, minor, mode) = device_node(node)?;
+        let rule = crate::cgroups::plan::DevRule {
+            allow: present,
+            kind: typ,
+            major: Some(major),
+            minor: Some(minor),
+            access: crate::cgroups::plan::RWM,
+        };
+        // Taking away: first the right to open it, then the node. Giving: the other way round.
+        if !present {
+            st.cgroup()
+                .and_then(|c| c.set_device(&rule))
+                .map_err(|e| err(e.chain()))?;
+        }
+        place_node(st.pid, node, present.then_some((typ, major, minor, mode)))
+            .map_err(|e| err(format!("domain {name}: {}: {e}", node.display())))?;
+        if present {
+            st.cgroup()
+                .and_then(|c| c.set_device(&rule))
+                .map_err(|e| err(e.chain()))?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
+        let st = self
+            .root()
+            .load(&self.container_id(name))
+            .map_err(|e| err(e.chain()))?;
+        let s = st.cgroup().map_err(|e| err(e.chain()))?.stats();
+        Ok(DomainStats {
+            cpu_ns: s["cpu"]["usage"]["total"].as_u64().unwrap_or(0),
+            memory_bytes: s["memory"]["usage"]["usage"].as_u64().unwrap_or(0),
+            pids: s["pids"]["current"].as_u64().unwrap_or(0),
+        })
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        crate::state::exists(&self.root(), &self.container_id(name))
+            || self.layer(name, Path::new("/")).is_mounted()
+    }
+
+    fn log_path(&self, name: &str) -> Option<PathBuf> {
+        Some(self.domain_dir(name).join("log"))
+    }
+
+    fn pid(&self, name: &str) -> Option<i32> {
+        let st = self.root().load(&self.container_id(name)).ok()?;
+        st.init_alive().then_some(st.pid)
+    }
+}
+
+/// Run `f` in a child process that holds `fds` as descriptors 3, 4, ... and nothing else
+/// above 2, so that the domain's processes are not children of the caller (a daemon can die
+/// without taking them along, and never has to reap them). Returns what `f` returned.
+fn detached(
+    fds: &[std::os::fd::RawFd],
+    f: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 fills the array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are new and owned here only.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // SAFETY: the child only rearranges descriptors, runs `f` and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(rx);
+        let r = (|| {
+            use std::os::fd::AsRawFd;
+            // Move the pipe and the given descriptors clear of 3..3+n, then into place.
+            let base = 3 + fds.len() as i32 + 64;
+            // SAFETY: F_DUPFD_CLOEXEC of descriptors this process holds.
+            let tx2 = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
+            let moved: Vec<i32> = fds
+                .iter()
+                // SAFETY: as above.
+                .map(|&fd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base + 1) })
+                .collect();
+            if tx2 < 0 || moved.iter().any(|&m| m < 0) {
+                return (tx2, Err("rearranging descriptors".to_string()));
+            }
+            for (i, &m) in moved.iter().enumerate() {
+                // SAFETY: dup2 onto 3+i; the new descriptor is inheritable (no CLOEXEC).
+                if unsafe { libc::dup2(m, 3 + i as i32) } < 0 {
+                    return (
+                        tx2,
+                        Err(format!("dup2: {}", std::io::Error::last_os_error())),
+                    );
+                }
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .unwrap_or_else(|_| Err("the domain start panicked".to_string()));
+            (tx2, r)
+        })();
+        let (out, r) = r;
+        let msg = match &r {
+            Ok(()) => String::new(),
+            Err(e) => e.clone(),
+        };
+        // SAFETY: writing a valid buffer to the pipe, then leaving the child.
+        unsafe {
+            libc::write(out, msg.as_ptr().cast(), msg.len());
+            libc::_exit(if r.is_ok() { 0 } else { 1 });
+        }
+    }
+    drop(tx);
+    let mut msg = String::new();
+    let _ = std::fs::File::from(rx).read_to_string(&mut msg);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else if msg.is_empty() {
+        Err(format!("starting the domain failed (status {status:#x})"))
+    } else {
+        Err(msg)
+    }
+}
+
+/// Make (`Some`) or remove (`None`) the device node `node` inside the root of process `pid`,
+/// never following a link out of it.
+fn place_node(pid: i32, node: &Path, dev: Option<(char, u32, u32, u32)>) -> std::io::Result<()> {
+    use crate::util::{cstring, ensure_in_root, open_in_root, Kind};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let root: OwnedFd = std::fs::File::open(format!("/proc/{pid}/root"))?.into();
+    let parent = node.parent().unwrap_or(Path::new("/dev"));
+    let file = cstring(node.file_name().unwrap_or_default());
+    match dev {
+        Some((typ, major, minor, mode)) => {
+            let dir = ensure_in_root(&root, parent, Kind::Dir)?;
+            let kind = if typ == 'b' {
+                libc::S_IFBLK
+            } else {
+                libc::S_IFCHR
+            };
+            // SAFETY: dir is an open directory descriptor and file a valid C string.
+            let r = unsafe {
+                libc::mknodat(
+                    dir.as_raw_fd(),
+                    file.as_ptr(),
+                    kind | mode,
+                    libc::makedev(major, minor),
+                )
+            };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+        None => {
+            let dir = match open_in_root(&root, parent, libc::O_PATH | libc::O_DIRECTORY) {
+                Ok(d) => d,
+                Err(nix::Error::ENOENT) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            // SAFETY: as above.
+            if unsafe { libc::unlinkat(dir.as_raw_fd(), file.as_ptr(), 0) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +422,7 @@ mod tests {
         let p =
             domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", Path::new("/x")).unwrap();
         let d = p.domain("modem").unwrap();
-        let c = oci_config(d, Path::new("/r")).unwrap();
+        let c = oci_config(d, Path::new("/r"), &UpOpts::default()).unwrap();
         assert_eq!(c["hostname"], "modem");
         assert_eq!(c["linux"]["resources"]["cpu"]["cpus"], "1");
         assert_eq!(c["linux"]["resources"]["memory"]["limit"], 32 << 20);

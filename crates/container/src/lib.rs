@@ -26,6 +26,6 @@ pub mod state;
 mod sync;
 pub mod timing;
 pub mod tty;
-mod util;
+pub mod util;
 
 pub use error::{Error, Result};

@@ -59,6 +59,8 @@ struct RawProfile {
     domains: Vec<RawDomain>,
     #[serde(default, rename = "allow")]
     allow: Vec<RawAllow>,
+    #[serde(default)]
+    device_nodes: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,13 +142,40 @@ pub struct Profile {
     pub background: BackgroundMode,
     pub background_cpu_weight: u32,
     pub policy: Policy,
+    /// The host device node behind each device class (`display`, `input`, ...). A class
+    /// without a node is owned on paper only.
+    pub device_nodes: BTreeMap<String, PathBuf>,
 }
 
 impl Profile {
     pub fn domain(&self, name: &str) -> Option<&Domain> {
         self.domains.iter().find(|d| d.name == name)
     }
+
+    /// The host nodes of `d`'s exclusive devices (those the profile maps to a node).
+    pub fn exclusive_nodes(&self, d: &Domain) -> Vec<PathBuf> {
+        d.exclusive_devices
+            .iter()
+            .filter_map(|c| self.device_nodes.get(c).cloned())
+            .collect()
+    }
+
+    /// The host nodes of `d`'s shared devices.
+    pub fn shared_nodes(&self, d: &Domain) -> Vec<PathBuf> {
+        d.shared_devices
+            .iter()
+            .filter_map(|c| self.device_nodes.get(c).cloned())
+            .collect()
+    }
 }
+
+/// Where a device class is found on a typical phone, when the profile does not say.
+pub const DEFAULT_DEVICE_NODES: [(&str, &str); 4] = [
+    ("display", "/dev/fb0"),
+    ("input", "/dev/input/event0"),
+    ("camera", "/dev/video0"),
+    ("audio", "/dev/snd/pcmC0D0p"),
+];
 
 /// Every problem found in a profile, one line each.
 #[derive(Debug, thiserror::Error)]
@@ -477,10 +506,39 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
             buffer,
         });
     }
+    let mut device_nodes: BTreeMap<String, PathBuf> = DEFAULT_DEVICE_NODES
+        .iter()
+        .map(|(c, p)| (c.to_string(), PathBuf::from(p)))
+        .collect();
+    for (class, node) in &raw.device_nodes {
+        let c = class.get_ref();
+        if c == "network"
+            || !(EXCLUSIVE_DEVICES.contains(&c.as_str()) || SHARED_DEVICES.contains(&c.as_str()))
+        {
+            r.at(
+                class.span(),
+                format!("device_nodes: {c:?} is not a device class with a node (display, input, camera, audio)"),
+            );
+            continue;
+        }
+        let p = Path::new(node.get_ref());
+        if !p.starts_with("/dev/") || p.components().any(|c| c == std::path::Component::ParentDir) {
+            r.at(
+                node.span(),
+                format!(
+                    "device_nodes: {:?} is not a path under /dev",
+                    node.get_ref()
+                ),
+            );
+            continue;
+        }
+        device_nodes.insert(c.clone(), p.to_path_buf());
+    }
     if !r.errors.is_empty() {
         return Err(Errors(r.errors));
     }
     Ok(Profile {
+        device_nodes,
         name: raw.name.into_inner(),
         base: raw.base.map(|b| dir.join(b.get_ref())),
         domains,

@@ -253,6 +253,27 @@ impl Cgroup {
         }
     }
 
+    /// Allow or deny one device rule on a running container (v1 `devices.allow` /
+    /// `devices.deny`).
+    pub fn set_device(&self, rule: &plan::DevRule) -> Result<()> {
+        match self.version() {
+            Version::V1 => {
+                let d = self.dir_of("devices").ok_or_else(|| {
+                    Error::Msg("the devices cgroup controller is not mounted".into())
+                })?;
+                let file = if rule.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                write_file(&d.join(file), &rule.to_string())
+            }
+            Version::V2 => Err(Error::Msg(
+                "changing the devices of a running cgroup v2 container is not supported yet".into(),
+            )),
+        }
+    }
+
     /// Move `pid` into the container's cgroup in every hierarchy.
     pub fn add(&self, pid: i32) -> Result<()> {
         for (_, d) in self.dirs() {

@@ -145,7 +145,7 @@ fn is_cpu_list(s: &str) -> bool {
 pub const ACC_MKNOD: u8 = 1;
 pub const ACC_READ: u8 = 2;
 pub const ACC_WRITE: u8 = 4;
-const RWM: u8 = ACC_MKNOD | ACC_READ | ACC_WRITE;
+pub const RWM: u8 = ACC_MKNOD | ACC_READ | ACC_WRITE;
 
 /// One device rule: allow or deny `access` to devices of `kind` ('a' any, 'b', 'c') with
 /// these numbers (`None`: any).

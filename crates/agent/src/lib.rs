@@ -1,0 +1,6 @@
+//! What runs inside a domain: [`port`] asks the daemon, over the domain's own port socket,
+//! for the domain's side of an open channel; [`pingpong`] holds the round-trip and bandwidth
+//! loops the channel benchmarks run, between two processes or two domains.
+
+pub mod pingpong;
+pub mod port;

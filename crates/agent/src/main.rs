@@ -1,0 +1,262 @@
+//! `cellvisor-agent`: run inside a domain (it is there at /run/cellvisor/agent) to use the
+//! channels the daemon opened for it.
+//!
+//!   ls                                   the domain's channels
+//!   send CHANNEL MESSAGE... [--reply]    send messages (and print one reply to each)
+//!   recv CHANNEL [--count N]             print messages as they come (N, or until closed)
+//!   echo CHANNEL [--prefix TEXT]         answer every message with TEXT + the message
+//!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
+//!                                        domains, over descriptors 3..11 (see `bench`)
+//! Common flags: --peer DOMAIN (which channel of that name), --wait SECONDS (for it to open,
+//! default 10), --port PATH.
+
+use std::io::{BufRead, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent::pingpong::{self, Case, Side};
+use agent::port;
+
+struct Opts {
+    args: Vec<String>,
+    peer: Option<String>,
+    wait: Duration,
+    port: PathBuf,
+    reply: bool,
+    count: Option<usize>,
+    prefix: String,
+}
+
+fn parse() -> Result<(String, Opts), String> {
+    let mut o = Opts {
+        args: Vec::new(),
+        peer: None,
+        wait: Duration::from_secs(10),
+        port: PathBuf::from(port::PORT),
+        reply: false,
+        count: None,
+        prefix: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    let cmd = it
+        .next()
+        .ok_or("usage: cellvisor-agent ls|send|recv|echo|bench-echo|bench-drive ...")?;
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--peer" => o.peer = Some(val("--peer")?),
+            "--wait" => {
+                let v = val("--wait")?;
+                o.wait = Duration::from_secs_f64(
+                    v.parse()
+                        .map_err(|_| format!("--wait {v:?}: not a number"))?,
+                );
+            }
+            "--port" => o.port = PathBuf::from(val("--port")?),
+            "--reply" => o.reply = true,
+            "--count" => {
+                let v = val("--count")?;
+                o.count = Some(
+                    v.parse()
+                        .map_err(|_| format!("--count {v:?}: not a number"))?,
+                );
+            }
+            "--prefix" => o.prefix = val("--prefix")?,
+            _ => o.args.push(a),
+        }
+    }
+    Ok((cmd, o))
+}
+
+fn end(o: &Opts) -> Result<channel::End, String> {
+    let name = o.args.first().ok_or("which channel?")?;
+    port::get(&o.port, name, o.peer.as_deref(), o.wait).map(|(e, _)| e)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Descriptor `n`, inherited from whoever started the domain.
+fn inherited(n: i32) -> OwnedFd {
+    // SAFETY: the benchmark hands descriptors 3..=11 to the domain's first process, which owns
+    // them from here on.
+    unsafe { OwnedFd::from_raw_fd(n) }
+}
+
+/// The benchmark's three transports, from descriptors 3..=10.
+fn transports(side: usize) -> Result<Vec<Side>, String> {
+    let chan = channel::End::from_fds(
+        side,
+        inherited(3),
+        [inherited(4), inherited(5)],
+        [inherited(6), inherited(7)],
+    )
+    .map_err(|e| e.to_string())?;
+    let pipe = Side::Stream {
+        rx: inherited(8).into(),
+        tx: inherited(9).into(),
+    };
+    let sock: std::fs::File = inherited(10).into();
+    let sock2 = sock.try_clone().map_err(|e| e.to_string())?;
+    Ok(vec![
+        Side::Chan(chan),
+        pipe,
+        Side::Stream {
+            rx: sock,
+            tx: sock2,
+        },
+    ])
+}
+
+const NAMES: [&str; 3] = ["channel", "pipe", "unix"];
+const SIZES: [usize; 3] = [1, 4096, 1 << 20];
+
+fn case(size: usize, quick: bool) -> Case {
+    let iters = match (size >= 1 << 20, quick) {
+        (true, true) => 20,
+        (true, false) => 100,
+        (false, true) => 500,
+        (false, false) => 5000,
+    };
+    let bulk = match (size == 1 << 20, quick) {
+        (false, _) => 0,
+        (true, true) => 50,
+        (true, false) => 300,
+    };
+    Case {
+        msg: size,
+        iters,
+        bulk,
+    }
+}
+
+fn bench_echo() -> Result<(), String> {
+    let mut t = transports(1)?;
+    let ctl = std::io::BufReader::new(std::fs::File::from(inherited(11)));
+    for line in ctl.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let f: Vec<usize> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [ti, msg, iters, bulk] = f[..] else {
+            return Err(format!("bad control line {line:?}"));
+        };
+        pingpong::echo(
+            t.get_mut(ti).ok_or("bad transport")?,
+            Case { msg, iters, bulk },
+        )?;
+    }
+    Ok(())
+}
+
+fn bench_drive(o: &Opts) -> Result<(), String> {
+    let rounds: usize = o.args.first().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let quick = o.args.get(1).is_some_and(|q| q == "quick");
+    let mut t = transports(0)?;
+    let mut ctl = std::fs::File::from(inherited(11));
+    let mut cases: Vec<(usize, usize)> = (0..3).flat_map(|ti| SIZES.map(|s| (ti, s))).collect();
+    let mut samples = vec![(Vec::new(), Vec::new()); cases.len()];
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..rounds {
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let (ti, size) = cases[i];
+            let c = case(size, quick);
+            writeln!(ctl, "{ti} {} {} {}", c.msg, c.iters, c.bulk).map_err(|e| e.to_string())?;
+            let (rtt, bw) = pingpong::drive(&mut t[ti], c)?;
+            samples[i].0.push(rtt);
+            samples[i].1.push(bw);
+        }
+    }
+    let rows: Vec<String> = cases
+        .drain(..)
+        .zip(samples)
+        .map(|((ti, size), (rtt, bw))| {
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(",");
+            format!(
+                r#"{{"transport":"{}","message_bytes":{size},"rtt_us":[{}],"bandwidth_mib_s":[{}]}}"#,
+                NAMES[ti],
+                list(&rtt),
+                list(&bw)
+            )
+        })
+        .collect();
+    say(&format!(
+        r#"{{"bench":"channel","rows":[{}]}}"#,
+        rows.join(",")
+    ));
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let (cmd, o) = parse()?;
+    match cmd.as_str() {
+        "ls" => say(&port::list(&o.port)?),
+        "send" => {
+            let e = end(&o)?;
+            let mut buf = Vec::new();
+            for m in &o.args[1..] {
+                e.send(m.as_bytes(), true).map_err(|e| e.to_string())?;
+                say(&format!("sent: {m}"));
+                if o.reply {
+                    e.recv(&mut buf, true).map_err(|e| e.to_string())?;
+                    say(&format!("reply: {}", String::from_utf8_lossy(&buf)));
+                }
+            }
+            // Leave the channel open for the domain's next sender: only the daemon closes it.
+            e.release();
+        }
+        "recv" => {
+            let e = end(&o)?;
+            let mut buf = Vec::new();
+            let mut n = 0;
+            while o.count.is_none_or(|c| n < c) {
+                match e.recv(&mut buf, true) {
+                    Ok(()) => say(&format!("got: {}", String::from_utf8_lossy(&buf))),
+                    Err(channel::Error::Closed) => break,
+                    Err(err) => return Err(err.to_string()),
+                }
+                n += 1;
+            }
+            e.release();
+        }
+        "echo" => {
+            let e = end(&o)?;
+            let mut buf = Vec::new();
+            loop {
+                match e.recv(&mut buf, true) {
+                    Ok(()) => {
+                        let m = String::from_utf8_lossy(&buf).into_owned();
+                        say(&format!("got: {m}"));
+                        e.send(format!("{}{m}", o.prefix).as_bytes(), true)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Err(channel::Error::Closed) => break,
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+        }
+        "bench-echo" => bench_echo()?,
+        "bench-drive" => bench_drive(&o)?,
+        c => return Err(format!("unknown command {c:?}")),
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cellvisor-agent: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,408 @@
+//! The device platform's verbs (`up`, `down`, `ps`, `fg`, `channel`, `logs`, `top`): each is a
+//! request to cellvisord's REST API on its Unix socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args, Debug, Clone)]
+pub struct Daemon {
+    /// cellvisord's API socket
+    #[arg(long, env = "CELLVISOR_SOCKET", default_value = "/run/cellvisord.sock")]
+    pub socket: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlatformCmd {
+    /// Bring domains up (all of the daemon's profile if none is named)
+    Up {
+        names: Vec<String>,
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Stop domains (all if none is named)
+    Down {
+        names: Vec<String>,
+        /// Also remove their private layers and logs
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Show the foreground domain, or make NAME the foreground domain
+    Fg {
+        name: Option<String>,
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Channels between domains, under the profile's policy
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// A domain's output
+    Logs {
+        name: String,
+        /// Keep printing what it writes
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Live CPU and memory use per domain
+    Top {
+        /// Refreshes before exiting (default: until interrupted)
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+        /// Seconds between refreshes
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[command(flatten)]
+        d: Daemon,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChannelCmd {
+    /// Open channel NAME from FROM to TO, if the policy allows it
+    Open {
+        from: String,
+        to: String,
+        name: String,
+        /// Buffer per direction (e.g. 16K); default: the policy rule's
+        #[arg(long)]
+        buffer: Option<String>,
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Open channels
+    Ls {
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Close channel ID (both domains see it closed)
+    Close {
+        id: u64,
+        #[command(flatten)]
+        d: Daemon,
+    },
+}
+
+impl PlatformCmd {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlatformCmd::Up { .. } => "up",
+            PlatformCmd::Down { .. } => "down",
+            PlatformCmd::Fg { .. } => "fg",
+            PlatformCmd::Channel(_) => "channel",
+            PlatformCmd::Logs { .. } => "logs",
+            PlatformCmd::Top { .. } => "top",
+        }
+    }
+}
+
+/// One request to the API: (status, JSON body).
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach cellvisord at {} (is it running? start it with `cellvisord`)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: cellvisord\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("reading cellvisord's answer to {method} {path}"))?;
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 response: status and JSON body (plain or chunked).
+pub fn parse_response(raw: &[u8]) -> Result<(u16, Value)> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("cellvisord sent a malformed answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("cellvisord sent a malformed status line"))?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..p]).trim(), 16)?;
+            if size == 0 || rest.len() < p + 2 + size {
+                break;
+            }
+            out.extend_from_slice(&rest[p + 2..p + 2 + size]);
+            rest = &rest[(p + 4 + size).min(rest.len())..];
+        }
+        body = out;
+    }
+    let v = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).context("cellvisord sent a body that is not JSON")?
+    };
+    Ok((status, v))
+}
+
+/// A request that must succeed: its body, or the daemon's one-line error.
+fn call(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    let (status, v) = request(&d.socket, method, path, body)?;
+    if status >= 400 {
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .unwrap_or("cellvisord refused the request")
+        );
+    }
+    Ok(v)
+}
+
+fn table(domains: &Value) -> String {
+    let mut s = format!(
+        "{:<12} {:<9} {:<10} {:<8} {:>3} {:>8} {:>7} {}\n",
+        "NAME", "ROLE", "BACKEND", "STATUS", "FG", "PID", "WEIGHT", "DEVICES"
+    );
+    for d in domains.as_array().into_iter().flatten() {
+        let devices: Vec<&str> = d["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        s += &format!(
+            "{:<12} {:<9} {:<10} {:<8} {:>3} {:>8} {:>7} {}\n",
+            d["name"].as_str().unwrap_or(""),
+            d["role"].as_str().unwrap_or(""),
+            d["backend"].as_str().unwrap_or(""),
+            d["status"].as_str().unwrap_or(""),
+            if d["foreground"] == true { "*" } else { "" },
+            d["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or("-".into()),
+            d["cpu_weight"].to_string(),
+            devices.join(",")
+        );
+    }
+    s
+}
+
+fn top_once(d: &Daemon, prev: &mut Option<Value>) -> Result<String> {
+    let now = call(d, "GET", "/v1/stats", None)?;
+    let list = call(d, "GET", "/v1/domains", None)?;
+    let mut s = format!(
+        "{:<12} {:<8} {:>3} {:>7} {:>10} {:>6}\n",
+        "NAME", "STATUS", "FG", "CPU%", "MEMORY", "PIDS"
+    );
+    for dom in list.as_array().into_iter().flatten() {
+        let name = dom["name"].as_str().unwrap_or("");
+        let find = |v: &Value| {
+            v["domains"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+        };
+        let cur = find(&now);
+        let cpu = match (&cur, prev.as_ref().and_then(find), prev.as_ref()) {
+            (Some(c), Some(p), Some(pv)) => {
+                let dt = now["time_ns"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(pv["time_ns"].as_u64().unwrap_or(0));
+                let du = c["cpu_ns"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(p["cpu_ns"].as_u64().unwrap_or(0));
+                if dt > 0 {
+                    format!("{:.1}", du as f64 * 100.0 / dt as f64)
+                } else {
+                    "-".into()
+                }
+            }
+            _ => "-".into(),
+        };
+        let mem = cur
+            .as_ref()
+            .and_then(|c| c["memory_bytes"].as_u64())
+            .map(|m| format!("{:.1}M", m as f64 / (1 << 20) as f64))
+            .unwrap_or("-".into());
+        let pids = cur
+            .as_ref()
+            .and_then(|c| c["pids"].as_u64())
+            .map(|p| p.to_string())
+            .unwrap_or("-".into());
+        s += &format!(
+            "{:<12} {:<8} {:>3} {:>7} {:>10} {:>6}\n",
+            name,
+            dom["status"].as_str().unwrap_or(""),
+            if dom["foreground"] == true { "*" } else { "" },
+            cpu,
+            mem,
+            pids
+        );
+    }
+    *prev = Some(now);
+    Ok(s)
+}
+
+/// `cellvisor ps` without a container id: the domains.
+pub fn ps(d: &Daemon, json: bool) -> Result<i32> {
+    let v = call(d, "GET", "/v1/domains", None)?;
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", table(&v));
+    }
+    Ok(0)
+}
+
+pub fn run(cmd: &PlatformCmd) -> Result<i32> {
+    match cmd {
+        PlatformCmd::Up { names, d } => {
+            if names.is_empty() {
+                print!("{}", table(&call(d, "POST", "/v1/up", None)?));
+            } else {
+                for n in names {
+                    call(d, "POST", &format!("/v1/domains/{n}/up"), None)?;
+                }
+                print!("{}", table(&call(d, "GET", "/v1/domains", None)?));
+            }
+        }
+        PlatformCmd::Down { names, purge, d } => {
+            let q = if *purge { "?purge=true" } else { "" };
+            if names.is_empty() {
+                print!(
+                    "{}",
+                    table(&call(d, "POST", &format!("/v1/down{q}"), None)?)
+                );
+            } else {
+                for n in names {
+                    call(d, "POST", &format!("/v1/domains/{n}/down{q}"), None)?;
+                }
+                print!("{}", table(&call(d, "GET", "/v1/domains", None)?));
+            }
+        }
+        PlatformCmd::Fg { name: None, d } => {
+            let v = call(d, "GET", "/v1/foreground", None)?;
+            println!("{}", v["foreground"].as_str().unwrap_or("(none)"));
+        }
+        PlatformCmd::Fg { name: Some(n), d } => {
+            let v = call(d, "PUT", "/v1/foreground", Some(&json!({"name": n})))?;
+            println!(
+                "foreground: {} (was {}), switched in {} µs",
+                v["foreground"].as_str().unwrap_or(""),
+                v["previous"].as_str().unwrap_or("none"),
+                v["switch_us"]
+            );
+        }
+        PlatformCmd::Channel(ChannelCmd::Open {
+            from,
+            to,
+            name,
+            buffer,
+            d,
+        }) => {
+            let v = call(
+                d,
+                "POST",
+                "/v1/channels",
+                Some(&json!({"from": from, "to": to, "channel": name, "buffer": buffer})),
+            )?;
+            println!(
+                "channel {} open: {:?} {} -> {}, {} bytes per direction",
+                v["id"], name, from, to, v["buffer"]
+            );
+        }
+        PlatformCmd::Channel(ChannelCmd::Ls { d }) => {
+            let v = call(d, "GET", "/v1/channels", None)?;
+            println!(
+                "{:<4} {:<14} {:<12} {:<12} {:>10}",
+                "ID", "CHANNEL", "FROM", "TO", "BUFFER"
+            );
+            for c in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<4} {:<14} {:<12} {:<12} {:>10}{}",
+                    c["id"].to_string(),
+                    c["channel"].as_str().unwrap_or(""),
+                    c["from"].as_str().unwrap_or(""),
+                    c["to"].as_str().unwrap_or(""),
+                    c["buffer"].to_string(),
+                    if c["adopted"] == true {
+                        "  (adopted)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        PlatformCmd::Channel(ChannelCmd::Close { id, d }) => {
+            call(d, "DELETE", &format!("/v1/channels/{id}"), None)?;
+            println!("channel {id} closed");
+        }
+        PlatformCmd::Logs { name, follow, d } => {
+            let mut offset = 0u64;
+            loop {
+                let v = call(
+                    d,
+                    "GET",
+                    &format!("/v1/domains/{name}/logs?offset={offset}"),
+                    None,
+                )?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(v["text"].as_str().unwrap_or("").as_bytes())?;
+                out.flush()?;
+                offset = v["offset"].as_u64().unwrap_or(offset);
+                if !follow {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        PlatformCmd::Top {
+            iterations,
+            interval,
+            d,
+        } => {
+            let mut prev = None;
+            // A first sample, so the first screen already has CPU figures.
+            top_once(d, &mut prev)?;
+            let mut i = 0;
+            while iterations.is_none_or(|n| i < n) {
+                std::thread::sleep(Duration::from_secs_f64(interval.max(0.05)));
+                let screen = top_once(d, &mut prev)?;
+                if iterations.is_none() {
+                    print!("\x1b[H\x1b[2J");
+                }
+                print!("{screen}");
+                std::io::stdout().flush()?;
+                i += 1;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,92 @@
+//! `cellvisord`: run the device platform for one profile until SIGTERM. Domains outlive it; a
+//! new daemon on the same state directory adopts them.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "cellvisord",
+    version,
+    about = "The cellvisor device platform daemon"
+)]
+struct Args {
+    /// The device profile (TOML); the embedded phone profile if absent.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Where the daemon keeps its state and its domains'.
+    #[arg(long, default_value = "/run/cellvisord")]
+    state: PathBuf,
+    /// The API socket.
+    #[arg(long, default_value = "/run/cellvisord.sock")]
+    socket: PathBuf,
+    /// A group whose members may use the API besides root (name or number).
+    #[arg(long)]
+    group: Option<String>,
+    /// The in-domain agent (a static binary), offered to every domain at /run/cellvisor/agent;
+    /// by default `cellvisor-agent` beside this program, if it is there.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Prefix of the domains' container ids and cgroups.
+    #[arg(long, default_value = "cv")]
+    prefix: String,
+}
+
+fn group_id(g: &str) -> Result<u32, String> {
+    if let Ok(n) = g.parse() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3 && f[0] == g)
+                .then(|| f[2].parse().ok())
+                .flatten()
+        })
+        .ok_or_else(|| format!("no group {g:?}"))
+}
+
+fn main() {
+    let a = Args::parse();
+    let r = (|| {
+        let profile = match &a.profile {
+            Some(p) => domain::profile::load(p),
+            None => domain::profile::parse(
+                domain::DEFAULT_PROFILE,
+                "phone.toml",
+                &std::env::current_dir().unwrap_or_default(),
+            ),
+        }
+        .map_err(|e| e.to_string())?;
+        let group = a.group.as_deref().map(group_id).transpose()?;
+        let agent = a.agent.clone().or_else(|| {
+            let p = std::env::current_exe()
+                .ok()?
+                .with_file_name("cellvisor-agent");
+            p.exists().then_some(p)
+        });
+        if let Some(ag) = &agent {
+            if !ag.is_file() {
+                return Err(format!("agent {}: not a file", ag.display()));
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(daemon::server::run(daemon::server::Config {
+            state_dir: a.state.clone(),
+            socket: a.socket.clone(),
+            group,
+            profile,
+            agent,
+            prefix: a.prefix.clone(),
+        }))
+    })();
+    if let Err(e) = r {
+        eprintln!("cellvisord: {e}");
+        std::process::exit(1);
+    }
+}

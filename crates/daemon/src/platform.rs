@@ -1,0 +1,548 @@
+//! The device platform's core, with no I/O of its own beyond its state file: which domains are
+//! up, which one is in the foreground, which channels are open. Every request the API takes
+//! lands in one method here; the policy is checked in [`Platform::open_channel`] and nowhere
+//! else can a channel be made. Intent is written to disk before it is carried out, so a daemon
+//! killed half-way finishes (or undoes) the job when it comes back ([`Platform::open`]).
+
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use channel::{Channel, End};
+use domain::profile::BackgroundMode;
+use domain::{Backend, Decision, DomainStatus, Profile, Role, UpOpts};
+use serde::{Deserialize, Serialize};
+
+/// An error as the API reports it: a kind (its HTTP status) and one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// One open channel, as it is saved and listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub id: u64,
+    pub channel: String,
+    pub from: String,
+    pub to: String,
+    /// Bytes per direction.
+    pub buffer: u64,
+    /// Opened before the daemon last restarted: the domains keep the ends they took, but
+    /// the daemon no longer holds one to hand out.
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+/// One domain, as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DomainInfo {
+    pub name: String,
+    pub role: String,
+    pub backend: String,
+    /// running, frozen or stopped.
+    pub status: String,
+    pub foreground: bool,
+    pub pid: Option<i32>,
+    /// The CPU weight the domain has now (its own in the foreground, the background one when
+    /// throttled).
+    pub cpu_weight: u32,
+    /// The exclusive device classes it holds now.
+    pub devices: Vec<String>,
+}
+
+/// What a foreground switch did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switch {
+    pub previous: Option<String>,
+    pub foreground: String,
+    /// From the request to the new foreground holding its devices and the old one in the
+    /// background, µs.
+    pub switch_us: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    profile: String,
+    foreground: Option<String>,
+    channels: Vec<ChannelInfo>,
+    next_channel: u64,
+}
+
+/// The platform: a profile, a backend, and the state of both.
+pub struct Platform<B: Backend> {
+    pub profile: Profile,
+    backend: B,
+    dir: PathBuf,
+    agent: Option<PathBuf>,
+    saved: Saved,
+    /// One end of every channel opened by this daemon, handed out on request (each domain
+    /// gets the side it is on); dropping it closes the channel for both domains.
+    ends: BTreeMap<u64, End>,
+}
+
+fn status_name(s: DomainStatus) -> &'static str {
+    match s {
+        DomainStatus::Running => "running",
+        DomainStatus::Frozen => "frozen",
+        DomainStatus::Stopped => "stopped",
+    }
+}
+
+impl<B: Backend> Platform<B> {
+    /// Open the platform kept in `dir`, re-adopting what an earlier daemon left: domains that
+    /// still run are kept (and put back in the foreground or background the saved state
+    /// says); half-made domains are removed; channels are listed as adopted.
+    pub fn open(profile: Profile, backend: B, dir: &Path, agent: Option<PathBuf>) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("run"))
+            .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
+        let saved: Saved = match std::fs::read(dir.join("platform.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| internal(format!("{}/platform.json: {e}", dir.display())))?,
+            Err(_) => Saved::default(),
+        };
+        let mut p = Platform {
+            profile,
+            backend,
+            dir: dir.to_path_buf(),
+            agent,
+            saved,
+            ends: BTreeMap::new(),
+        };
+        let up: Vec<String> = p.running();
+        if !p.saved.profile.is_empty() && p.saved.profile != p.profile.name && !up.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "domains of profile {:?} are still up ({}); start with that profile, or stop them first",
+                p.saved.profile,
+                up.join(", ")
+            )));
+        }
+        p.saved.profile = p.profile.name.clone();
+        // Half-made or exited domains: remove what is left of them.
+        for d in p.profile.domains.clone() {
+            if p.backend.exists(&d.name) && !up.contains(&d.name) {
+                p.backend.down(&d.name).map_err(internal)?;
+            }
+        }
+        for c in &mut p.saved.channels {
+            c.adopted = true;
+        }
+        p.saved
+            .channels
+            .retain(|c| up.contains(&c.from) && up.contains(&c.to));
+        if p.saved.foreground.as_ref().is_some_and(|f| !up.contains(f)) {
+            p.saved.foreground = None;
+        }
+        p.save()?;
+        // Finish a switch the earlier daemon may have been killed in.
+        for name in &up {
+            p.place(name)?;
+        }
+        Ok(p)
+    }
+
+    fn save(&self) -> Result<()> {
+        let data = serde_json::to_vec_pretty(&self.saved).map_err(internal)?;
+        container::util::write_atomic(&self.dir.join("platform.json"), &data).map_err(internal)
+    }
+
+    fn domain(&self, name: &str) -> Result<domain::Domain> {
+        self.profile.domain(name).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no domain {name:?} in profile {:?}",
+                self.profile.name
+            ))
+        })
+    }
+
+    fn status(&self, name: &str) -> DomainStatus {
+        self.backend.status(name).unwrap_or(DomainStatus::Stopped)
+    }
+
+    /// Names of the domains that are up (running or frozen).
+    pub fn running(&self) -> Vec<String> {
+        self.profile
+            .domains
+            .iter()
+            .filter(|d| self.status(&d.name) != DomainStatus::Stopped)
+            .map(|d| d.name.clone())
+            .collect()
+    }
+
+    pub fn foreground(&self) -> Option<&str> {
+        self.saved.foreground.as_deref()
+    }
+
+    /// The directory a domain sees at `/run/cellvisor`: its channel port and the agent.
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("run").join(name)
+    }
+
+    /// The exclusive device nodes `d` holds in the foreground (those the host has).
+    fn exclusive_nodes(&self, d: &domain::Domain) -> Vec<PathBuf> {
+        self.profile
+            .exclusive_nodes(d)
+            .into_iter()
+            .filter(|n| n.exists())
+            .collect()
+    }
+
+    pub fn info(&self, name: &str) -> Result<DomainInfo> {
+        let d = self.domain(name)?;
+        let st = self.status(name);
+        let fg = self.foreground() == Some(name);
+        let background = st != DomainStatus::Stopped && !fg && d.role != Role::Realtime;
+        Ok(DomainInfo {
+            name: d.name.clone(),
+            role: format!("{:?}", d.role).to_lowercase(),
+            backend: format!("{:?}", d.backend).to_lowercase(),
+            status: status_name(st).into(),
+            foreground: fg,
+            pid: self.backend.pid(name),
+            cpu_weight: if background && self.profile.background == BackgroundMode::Throttle {
+                self.profile.background_cpu_weight
+            } else {
+                d.cpu_weight
+            },
+            devices: if fg && st != DomainStatus::Stopped {
+                d.exclusive_devices.clone()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    pub fn list(&self) -> Vec<DomainInfo> {
+        self.profile
+            .domains
+            .iter()
+            .filter_map(|d| self.info(&d.name).ok())
+            .collect()
+    }
+
+    /// Bring a domain up: in the foreground if it is the profile's initial one and nothing
+    /// else is, in the background otherwise.
+    pub fn up(&mut self, name: &str) -> Result<DomainInfo> {
+        let d = self.domain(name)?;
+        if self.status(name) != DomainStatus::Stopped {
+            return Err(ApiError::Conflict(format!("domain {name} is already up")));
+        }
+        if self.backend.exists(name) {
+            self.backend.down(name).map_err(internal)?;
+        }
+        let run = self.run_dir(name);
+        std::fs::create_dir_all(&run)
+            .map_err(|e| internal(format!("creating {}: {e}", run.display())))?;
+        if let Some(agent) = &self.agent {
+            let dst = run.join("agent");
+            if !dst.exists() {
+                std::fs::copy(agent, &dst)
+                    .map_err(|e| internal(format!("copying the agent {}: {e}", agent.display())))?;
+            }
+        }
+        let becomes_fg =
+            self.saved.foreground.is_none() && self.profile.foreground.as_deref() == Some(name);
+        let mut devices: Vec<PathBuf> = self
+            .profile
+            .shared_nodes(&d)
+            .into_iter()
+            .filter(|n| n.exists())
+            .collect();
+        if becomes_fg {
+            devices.extend(self.exclusive_nodes(&d));
+        }
+        let o = UpOpts {
+            base: self.profile.base.as_deref(),
+            run_dir: Some(&run),
+            devices,
+            fds: Vec::new(),
+        };
+        self.backend
+            .up(&d, &o)
+            .map_err(|e| ApiError::Internal(e.0))?;
+        if becomes_fg {
+            self.saved.foreground = Some(name.to_string());
+            self.save()?;
+        }
+        if let Err(e) = self.place(name) {
+            let _ = self.backend.down(name);
+            return Err(e);
+        }
+        self.info(name)
+    }
+
+    /// Put a running domain where the saved state says: foreground (thawed, its own weight,
+    /// its devices) or background (no exclusive devices, throttled or frozen). Realtime
+    /// domains keep their weight and are never frozen. Idempotent.
+    fn place(&mut self, name: &str) -> Result<()> {
+        let d = self.domain(name)?;
+        let be = |e: domain::BackendError| ApiError::Internal(format!("domain {name}: {e}"));
+        if d.role == Role::Realtime {
+            return Ok(());
+        }
+        let frozen = self.status(name) == DomainStatus::Frozen;
+        if self.foreground() == Some(name) {
+            if frozen {
+                self.backend.freeze(name, false).map_err(be)?;
+            }
+            self.backend
+                .set_cpu_weight(name, d.cpu_weight)
+                .map_err(be)?;
+            for n in self.exclusive_nodes(&d) {
+                self.backend.set_device(name, &n, true).map_err(be)?;
+            }
+        } else {
+            if frozen {
+                // Devices can only be taken from a thawed domain's view; a frozen one holds none.
+                return Ok(());
+            }
+            for n in self.exclusive_nodes(&d) {
+                self.backend.set_device(name, &n, false).map_err(be)?;
+            }
+            match self.profile.background {
+                BackgroundMode::Throttle => self
+                    .backend
+                    .set_cpu_weight(name, self.profile.background_cpu_weight)
+                    .map_err(be)?,
+                BackgroundMode::Freeze => self.backend.freeze(name, true).map_err(be)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop a domain (and close its channels); `purge` also removes its private layer and log.
+    pub fn down(&mut self, name: &str, purge: bool) -> Result<DomainInfo> {
+        self.domain(name)?;
+        if !self.backend.exists(name) {
+            if purge {
+                self.backend.destroy(name).map_err(internal)?;
+                return self.info(name);
+            }
+            return Err(ApiError::Conflict(format!("domain {name} is not up")));
+        }
+        let ids: Vec<u64> = self
+            .saved
+            .channels
+            .iter()
+            .filter(|c| c.from == name || c.to == name)
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.close_channel(id)?;
+        }
+        if self.foreground() == Some(name) {
+            self.saved.foreground = None;
+            self.save()?;
+        }
+        if purge {
+            self.backend.destroy(name).map_err(internal)?;
+        } else {
+            self.backend.down(name).map_err(internal)?;
+        }
+        self.info(name)
+    }
+
+    /// Make `name` the foreground domain.
+    pub fn set_foreground(&mut self, name: &str) -> Result<Switch> {
+        let d = self.domain(name)?;
+        if d.role == Role::Realtime {
+            return Err(ApiError::BadRequest(format!(
+                "domain {name} is a realtime domain and cannot be in the foreground"
+            )));
+        }
+        if self.status(name) == DomainStatus::Stopped {
+            return Err(ApiError::Conflict(format!("domain {name} is not up")));
+        }
+        let t0 = Instant::now();
+        let previous = self.saved.foreground.clone();
+        if previous.as_deref() != Some(name) {
+            self.saved.foreground = Some(name.to_string());
+            self.save()?;
+            if let Some(old) = &previous {
+                if self.status(old) != DomainStatus::Stopped {
+                    self.place(old)?;
+                }
+            }
+            self.place(name)?;
+        }
+        Ok(Switch {
+            previous,
+            foreground: name.to_string(),
+            switch_us: t0.elapsed().as_micros() as u64,
+        })
+    }
+
+    pub fn channels(&self) -> &[ChannelInfo] {
+        &self.saved.channels
+    }
+
+    /// Open a channel from `from` to `to`, if and only if the policy allows it.
+    pub fn open_channel(
+        &mut self,
+        from: &str,
+        to: &str,
+        name: &str,
+        buffer: Option<u64>,
+    ) -> Result<ChannelInfo> {
+        self.domain(from)?;
+        self.domain(to)?;
+        let buffer = match self.profile.policy.check(from, to, name, buffer) {
+            Decision::Allow { buffer } => buffer,
+            Decision::Deny(why) => return Err(ApiError::Forbidden(why)),
+        };
+        for d in [from, to] {
+            if self.status(d) == DomainStatus::Stopped {
+                return Err(ApiError::Conflict(format!("domain {d} is not up")));
+            }
+        }
+        if self
+            .saved
+            .channels
+            .iter()
+            .any(|c| c.from == from && c.to == to && c.channel == name)
+        {
+            return Err(ApiError::Conflict(format!(
+                "channel {name:?} from {from} to {to} is already open"
+            )));
+        }
+        let (a, b) = Channel::new(buffer).map_err(internal)?;
+        // The daemon keeps one end; its descriptors serve both sides.
+        b.release();
+        self.saved.next_channel += 1;
+        let info = ChannelInfo {
+            id: self.saved.next_channel,
+            channel: name.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            buffer,
+            adopted: false,
+        };
+        self.saved.channels.push(info.clone());
+        if let Err(e) = self.save() {
+            self.saved.channels.pop();
+            return Err(e);
+        }
+        self.ends.insert(info.id, a);
+        Ok(info)
+    }
+
+    /// Close a channel: both domains see it closed.
+    pub fn close_channel(&mut self, id: u64) -> Result<()> {
+        let Some(i) = self.saved.channels.iter().position(|c| c.id == id) else {
+            return Err(ApiError::NotFound(format!("no channel {id}")));
+        };
+        let c = self.saved.channels.remove(i);
+        self.save()
+            .inspect_err(|_| self.saved.channels.insert(i, c))?;
+        // Dropping the daemon's end marks the channel closed and wakes both domains.
+        self.ends.remove(&id);
+        Ok(())
+    }
+
+    /// Hand domain `who` its side of channel `name` (with `peer`, if it has several of that
+    /// name): the side number and the descriptors to send it. Only the two domains a channel
+    /// joins can get it, and each only its own side.
+    pub fn take_end(
+        &self,
+        who: &str,
+        name: &str,
+        peer: Option<&str>,
+    ) -> Result<(ChannelInfo, usize, [RawFd; 5])> {
+        let mine: Vec<&ChannelInfo> = self
+            .saved
+            .channels
+            .iter()
+            .filter(|c| c.channel == name && (c.from == who || c.to == who))
+            .filter(|c| peer.is_none_or(|p| (if c.from == who { &c.to } else { &c.from }) == p))
+            .collect();
+        let c = match mine.as_slice() {
+            [] => {
+                return Err(ApiError::NotFound(format!(
+                    "no open channel {name:?} for domain {who}{}",
+                    peer.map(|p| format!(" with {p}")).unwrap_or_default()
+                )))
+            }
+            [c] => *c,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "domain {who} has several channels {name:?}; name the peer"
+                )))
+            }
+        };
+        let Some(end) = self.ends.get(&c.id) else {
+            return Err(ApiError::Conflict(format!(
+                "channel {} was opened before the daemon restarted; close and reopen it",
+                c.id
+            )));
+        };
+        let side = if c.from == who { 0 } else { 1 };
+        Ok((c.clone(), side, end.fds()))
+    }
+
+    /// Per-domain resource use of the running domains.
+    pub fn stats(&self) -> Vec<(String, domain::DomainStats)> {
+        self.running()
+            .into_iter()
+            .filter_map(|n| self.backend.stats(&n).ok().map(|s| (n, s)))
+            .collect()
+    }
+
+    /// The domain's output from byte `offset` on, and the offset after it.
+    pub fn logs(&self, name: &str, offset: u64) -> Result<(String, u64)> {
+        self.domain(name)?;
+        let Some(p) = self.backend.log_path(name) else {
+            return Ok((String::new(), offset));
+        };
+        let data = match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(internal(format!("{}: {e}", p.display()))),
+        };
+        let start = (offset as usize).min(data.len());
+        Ok((
+            String::from_utf8_lossy(&data[start..]).into_owned(),
+            data.len() as u64,
+        ))
+    }
+
+    /// Is the platform empty: nothing up, nothing kept?
+    pub fn is_idle(&self) -> bool {
+        self.profile
+            .domains
+            .iter()
+            .all(|d| !self.backend.exists(&d.name))
+    }
+
+    /// Does the backend hold anything of this domain?
+    pub fn backend_exists(&self, name: &str) -> bool {
+        self.backend.exists(name)
+    }
+}

@@ -1,0 +1,477 @@
+//! cellvisord's two kinds of socket: the REST API (one Unix socket, root or one group only,
+//! described by `docs/api/openapi.json`), and one *port* per domain, which the domain sees at
+//! `/run/cellvisor/port` and nobody else sees: there a domain's program asks for its side of
+//! an open channel and receives it as descriptors.
+//!
+//! The daemon runs on one thread: every request is handled to the end before the next, so
+//! the platform needs no finer locking, and starting a domain may fork.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use container::backend::ContainerBackend;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::platform::{ApiError, Platform};
+
+type Shared = Arc<Mutex<Platform<ContainerBackend>>>;
+
+/// How the daemon is set up.
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Members of this group may use the API too.
+    pub group: Option<u32>,
+    pub profile: domain::Profile,
+    pub agent: Option<PathBuf>,
+    /// Prefix of the domains' container ids (and cgroups).
+    pub prefix: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(v: impl serde::Serialize) -> ApiResult {
+    Ok(Json(v).into_response())
+}
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Platform<ContainerBackend>> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who is on the other end of an API connection.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: i32,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        match s.io().peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid().unwrap_or(0),
+            },
+            Err(_) => Peer {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: 0,
+            },
+        }
+    }
+}
+
+fn in_group(p: &Peer, group: u32) -> bool {
+    if p.gid == group {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", p.pid))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(group)))
+}
+
+/// The whole API, as `docs/api/openapi.json` describes it.
+pub fn router(state: Shared, group: Option<u32>) -> Router {
+    let api = Router::new()
+        .route("/v1/version", get(version))
+        .route("/v1/domains", get(domains))
+        .route("/v1/domains/{name}", get(domain_one))
+        .route("/v1/domains/{name}/up", post(up_one))
+        .route("/v1/domains/{name}/down", post(down_one))
+        .route("/v1/domains/{name}/logs", get(logs))
+        .route("/v1/up", post(up_all))
+        .route("/v1/down", post(down_all))
+        .route("/v1/foreground", get(fg_get).put(fg_put))
+        .route("/v1/channels", get(channels).post(channel_open))
+        .route("/v1/channels/{id}", axum::routing::delete(channel_close))
+        .route("/v1/stats", get(stats))
+        .fallback(|| async { ApiError::NotFound("no such API path".into()) })
+        .with_state(state);
+    api.layer(axum::middleware::from_fn(
+        move |ci: ConnectInfo<Peer>, req: Request, next: Next| async move {
+            let p = ci.0;
+            if p.uid == 0 || group.is_some_and(|g| in_group(&p, g)) {
+                next.run(req).await
+            } else {
+                ApiError::Forbidden(format!("uid {} may not use cellvisord", p.uid)).into_response()
+            }
+        },
+    ))
+}
+
+async fn version(State(s): State<Shared>) -> ApiResult {
+    let p = lock(&s);
+    ok(json!({"version": env!("CARGO_PKG_VERSION"), "profile": p.profile.name}))
+}
+
+async fn domains(State(s): State<Shared>) -> ApiResult {
+    ok(lock(&s).list())
+}
+
+async fn domain_one(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    ok(lock(&s).info(&name)?)
+}
+
+async fn up_one(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    ok(lock(&s).up(&name)?)
+}
+
+#[derive(Deserialize)]
+struct DownQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+async fn down_one(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<DownQuery>,
+) -> ApiResult {
+    ok(lock(&s).down(&name, q.purge)?)
+}
+
+/// Bring up every domain that is not up: realtime ones first, the foreground one next.
+async fn up_all(State(s): State<Shared>) -> ApiResult {
+    let mut p = lock(&s);
+    let mut order: Vec<(u8, String)> = p
+        .profile
+        .domains
+        .iter()
+        .map(|d| {
+            let rank = if d.role == domain::Role::Realtime {
+                0
+            } else if p.profile.foreground.as_deref() == Some(&d.name) {
+                1
+            } else {
+                2
+            };
+            (rank, d.name.clone())
+        })
+        .collect();
+    order.sort();
+    let running = p.running();
+    for (_, n) in order {
+        if !running.contains(&n) {
+            p.up(&n)?;
+        }
+    }
+    ok(p.list())
+}
+
+async fn down_all(State(s): State<Shared>, Query(q): Query<DownQuery>) -> ApiResult {
+    let mut p = lock(&s);
+    let names: Vec<String> = p.profile.domains.iter().map(|d| d.name.clone()).collect();
+    for n in names {
+        if p.backend_exists(&n) || q.purge {
+            p.down(&n, q.purge)?;
+        }
+    }
+    ok(p.list())
+}
+
+async fn fg_get(State(s): State<Shared>) -> ApiResult {
+    ok(json!({"foreground": lock(&s).foreground()}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FgBody {
+    name: String,
+}
+
+async fn fg_put(
+    State(s): State<Shared>,
+    body: Result<Json<FgBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    ok(lock(&s).set_foreground(&b.name)?)
+}
+
+async fn channels(State(s): State<Shared>) -> ApiResult {
+    ok(lock(&s).channels())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenBody {
+    from: String,
+    to: String,
+    channel: String,
+    /// Bytes, or a size like "64K"; the rule's size if absent.
+    buffer: Option<Value>,
+}
+
+async fn channel_open(
+    State(s): State<Shared>,
+    body: Result<Json<OpenBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let buffer =
+        match &b.buffer {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(
+                n.as_u64()
+                    .ok_or_else(|| ApiError::BadRequest(format!("buffer {n} is not a size")))?,
+            ),
+            Some(Value::String(t)) => Some(domain::profile::parse_size(t).ok_or_else(|| {
+                ApiError::BadRequest(format!("buffer {t:?} is not a size like 64K"))
+            })?),
+            Some(v) => return Err(ApiError::BadRequest(format!("buffer {v} is not a size"))),
+        };
+    let c = lock(&s).open_channel(&b.from, &b.to, &b.channel, buffer)?;
+    Ok((StatusCode::CREATED, Json(c)).into_response())
+}
+
+async fn channel_close(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("channel id {id:?} is not a number")))?;
+    lock(&s).close_channel(id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+async fn logs(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult {
+    let (text, next) = lock(&s).logs(&name, q.offset)?;
+    ok(json!({"text": text, "offset": next}))
+}
+
+async fn stats(State(s): State<Shared>) -> ApiResult {
+    let p = lock(&s);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let domains: Vec<Value> = p
+        .stats()
+        .into_iter()
+        .map(|(n, st)| json!({"name": n, "cpu_ns": st.cpu_ns, "memory_bytes": st.memory_bytes, "pids": st.pids}))
+        .collect();
+    ok(json!({"time_ns": now, "domains": domains}))
+}
+
+/// A domain's port: one JSON request line, one JSON answer line (with the end's descriptors
+/// when it hands one over).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortRequest {
+    op: String,
+    channel: Option<String>,
+    peer: Option<String>,
+}
+
+async fn port_session(s: Shared, who: String, stream: UnixStream) {
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut limited = (&mut r).take(4096);
+        limited.read_line(&mut line).await
+    })
+    .await;
+    let stream = r.into_inner();
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let reply = |v: Value, fds: &[i32]| {
+        let mut msg = v.to_string();
+        msg.push('\n');
+        let _ = channel::handoff::send(stream.as_raw_fd(), msg.as_bytes(), fds);
+    };
+    let req: PortRequest = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => return reply(json!({"error": format!("bad request: {e}")}), &[]),
+    };
+    let p = lock(&s);
+    match (req.op.as_str(), req.channel) {
+        ("ls", _) => {
+            let mine: Vec<_> = p
+                .channels()
+                .iter()
+                .filter(|c| c.from == who || c.to == who)
+                .cloned()
+                .collect();
+            reply(json!({"domain": who, "channels": mine}), &[]);
+        }
+        ("get", Some(ch)) => match p.take_end(&who, &ch, req.peer.as_deref()) {
+            Ok((c, side, fds)) => reply(
+                json!({"channel": c.channel, "id": c.id, "side": side,
+                       "peer": if side == 0 { &c.to } else { &c.from }, "buffer": c.buffer}),
+                &fds,
+            ),
+            Err(e) => reply(json!({"error": e.to_string()}), &[]),
+        },
+        ("get", None) => reply(json!({"error": "get needs a channel"}), &[]),
+        (op, _) => reply(json!({"error": format!("unknown op {op:?}")}), &[]),
+    }
+}
+
+/// Listen on every domain's port.
+fn bind_ports(s: &Shared) -> std::io::Result<Vec<PathBuf>> {
+    let names: Vec<(String, PathBuf)> = {
+        let p = lock(s);
+        p.profile
+            .domains
+            .iter()
+            .map(|d| (d.name.clone(), p.run_dir(&d.name)))
+            .collect()
+    };
+    let mut paths = Vec::new();
+    for (name, dir) in names {
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("port");
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path)?;
+        paths.push(path);
+        let s = s.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = l.accept().await {
+                tokio::spawn(port_session(s.clone(), name.clone(), stream));
+            }
+        });
+    }
+    Ok(paths)
+}
+
+/// Hold `<state>/lock` for the daemon's life: one daemon per state directory.
+fn take_lock(dir: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(format!(
+            "another cellvisord (pid {}) is using {}",
+            pid.trim(),
+            dir.display()
+        ));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+/// Run the daemon until SIGTERM or SIGINT. Domains keep running after it exits.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| format!("creating {}: {e}", cfg.state_dir.display()))?;
+    let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
+    let lock_file = take_lock(&cfg.state_dir)?;
+    let backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);
+    let platform = Platform::open(cfg.profile, backend, &cfg.state_dir, cfg.agent)
+        .map_err(|e| e.to_string())?;
+    let shared: Shared = Arc::new(Mutex::new(platform));
+    let ports = bind_ports(&shared).map_err(|e| format!("binding the domains' ports: {e}"))?;
+    if let Some(parent) = cfg.socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    if std::fs::symlink_metadata(&cfg.socket).is_ok() {
+        // We hold the state lock; a socket left here by a killed daemon of ours is stale.
+        if UnixStream::connect(&cfg.socket).await.is_ok() {
+            return Err(format!(
+                "{} is in use by another server",
+                cfg.socket.display()
+            ));
+        }
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
+    let listener = UnixListener::bind(&cfg.socket)
+        .map_err(|e| format!("binding {}: {e}", cfg.socket.display()))?;
+    let mode = if cfg.group.is_some() { 0o660 } else { 0o600 };
+    if let Some(g) = cfg.group {
+        let c = container::util::cstring(&cfg.socket);
+        // SAFETY: chown of a path we just created, with a valid C string.
+        unsafe { libc::chown(c.as_ptr(), 0, g) };
+    }
+    std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", cfg.socket.display()))?;
+    eprintln!("cellvisord: listening on {}", cfg.socket.display());
+    let app = router(shared.clone(), cfg.group);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&cfg.socket);
+    for p in ports {
+        let _ = std::fs::remove_file(p);
+    }
+    let p = lock(&shared);
+    let kept = std::fs::read_dir(cfg.state_dir.join("domains"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if p.is_idle() && !kept {
+        // Nothing up and nothing kept: leave no state behind.
+        let _ = std::fs::remove_dir_all(&cfg.state_dir);
+    }
+    drop(lock_file);
+    Ok(())
+}
+
+/// The routes the server answers, for the OpenAPI check.
+pub const ROUTES: [(&str, &str); 14] = [
+    ("get", "/v1/version"),
+    ("get", "/v1/domains"),
+    ("get", "/v1/domains/{name}"),
+    ("post", "/v1/domains/{name}/up"),
+    ("post", "/v1/domains/{name}/down"),
+    ("get", "/v1/domains/{name}/logs"),
+    ("post", "/v1/up"),
+    ("post", "/v1/down"),
+    ("get", "/v1/foreground"),
+    ("put", "/v1/foreground"),
+    ("get", "/v1/channels"),
+    ("post", "/v1/channels"),
+    ("delete", "/v1/channels/{id}"),
+    ("get", "/v1/stats"),
+];
