@@ -1,52 +1,70 @@
 #!/usr/bin/env bash
-# The demo: one isolated container domain from a busybox rootfs built here, driven through
-# the whole OCI lifecycle with the release binary, then torn down with nothing left behind.
+# The demo device: cellvisord runs examples/phone.toml — a trusted domain (banking, messages),
+# a common domain (third-party apps) and a realtime domain (the modem) on one shared read-only
+# base with a private layer each. It passes messages over a channel the policy allows, is
+# refused one the policy forbids, moves the foreground (display, input, camera) twice, and
+# tears everything down with nothing left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cv=${CELLVISOR:-target/release/cellvisor}
+bin=${CELLVISOR_BIN:-target/release}
+cv=$bin/cellvisor
+cvd=$bin/cellvisord
+agent=${CELLVISOR_AGENT:-$bin/cellvisor-agent}
 work=target/demo
-root=$work/state
-id=demo-domain
+state=$work/state
+prefix=demo
+export CELLVISOR_SOCKET=$work/api.sock
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
+pid_of() { "$cv" ps --format json | sed 's/},{/}\n{/g' | grep "\"name\":\"$1\"" | sed 's/.*"pid":\([0-9]*\).*/\1/'; }
+devs() { ls "/proc/$(pid_of "$1")/root/dev" | grep -E '^(vcs1|tty1|vcsa1)$' | tr '\n' ' '; }
 
-"$cv" --root "$root" delete --force "$id" 2>/dev/null || true
-step "building a busybox root filesystem and the bundle ($work/bundle)"
-scripts/mkrootfs.sh "$work/bundle/rootfs"
-cp examples/domain.json "$work/bundle/config.json"
-echo "rootfs: $(du -sh "$work/bundle/rootfs" | cut -f1), config: examples/domain.json"
+mkdir -p "$work"
+step "the shared read-only base (examples/rootfs: busybox) and the profile"
+scripts/mkrootfs.sh examples/rootfs
+run "$cv" profile check examples/phone.toml
 
-step "create (namespaces, cgroups, mounts, seccomp ready; the process waits for start)"
-echo "\$ $cv --root $root create --bundle $work/bundle --pid-file $work/pid $id"
-"$cv" --root "$root" create --bundle "$work/bundle" --pid-file "$work/pid" "$id" > "$work/domain.log" 2>&1
-run "$cv" --root "$root" state "$id"
+step "cellvisord (state in $state, API on $CELLVISOR_SOCKET)"
+echo "\$ $cvd --profile examples/phone.toml --state $state --socket $CELLVISOR_SOCKET --agent $agent --prefix $prefix &"
+"$cvd" --profile examples/phone.toml --state "$state" --socket "$CELLVISOR_SOCKET" --agent "$agent" --prefix "$prefix" > "$work/daemon.log" 2>&1 &
+daemon=$!
+trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -S "$CELLVISOR_SOCKET" ] && break; sleep 0.05; done
 
-step "start"
-run "$cv" --root "$root" start "$id"
-sleep 0.3
-cat "$work/domain.log"
-run "$cv" --root "$root" list
+step "up: the realtime domain first, then the foreground one, then the rest"
+run "$cv" up
 
-step "inside the domain: its own pids, hostname, network and mounts"
-run "$cv" --root "$root" exec "$id" sh -c 'echo "hostname: $(hostname)"; echo "processes:"; ps; echo "network: $(ls /sys/class/net)"; echo "uid: $(id -u), capabilities: $(grep CapEff /proc/self/status)"'
-echo "on the host, the domain's init is pid $(cat "$work/pid")"
+step "a channel the policy allows: common -> trusted \"messages\" (64K per direction)"
+run "$cv" channel open common trusted messages
+for _ in $(seq 100); do "$cv" logs common | grep -q reply: && break; sleep 0.05; done
+echo "--- common's log"; "$cv" logs common
+echo "--- trusted's log"; "$cv" logs trusted
+run "$cv" channel ls
 
-step "the policy holds: seccomp refuses mount, the root is read-only, limits are set"
-run "$cv" --root "$root" exec "$id" sh -c 'mount -t tmpfs x /tmp 2>&1; touch /x 2>&1; cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null || true'
+step "a channel the policy forbids is refused, from the host and from inside a domain"
+if "$cv" channel open common modem telephony; then echo "the policy let it through!"; exit 1; fi
+echo "\$ cellvisor exec (in common) /run/cellvisor/agent send telephony hi --wait 0"
+if "$cv" --root "$state/oci" exec $prefix-common /run/cellvisor/agent send telephony hi --wait 0; then
+    echo "a domain reached a channel that is not its own!"; exit 1
+fi
 
-step "resource statistics"
-"$cv" --root "$root" events --stats "$id" | cut -c1-300
+step "foreground: trusted holds display and input (/dev/vcs1, /dev/tty1 stand in)"
+echo "trusted sees: $(devs trusted)   common sees: $(devs common)"
+run "$cv" fg common
+echo "trusted sees: $(devs trusted)   common sees: $(devs common)"
+run "$cv" ps
+run "$cv" fg trusted
+echo "trusted sees: $(devs trusted)   common sees: $(devs common)"
+run "$cv" top -n 1 --interval 0.5
 
-step "pause (freeze) and resume"
-run "$cv" --root "$root" pause "$id"
-"$cv" --root "$root" state "$id" | grep status
-run "$cv" --root "$root" resume "$id"
-"$cv" --root "$root" state "$id" | grep status
-
-step "stop and delete"
-run "$cv" --root "$root" kill "$id" KILL
-for _ in $(seq 100); do "$cv" --root "$root" state "$id" | grep stopped >/dev/null && break; sleep 0.05; done
-run "$cv" --root "$root" delete "$id"
-left=$(ls /sys/fs/cgroup/*/cellvisor/"$id" 2>/dev/null; ls "$root/$id" 2>/dev/null) || true
+step "teardown: every domain down with its private layer, then the daemon"
+run "$cv" down --purge
+kill -TERM $daemon
+wait $daemon || true
+trap - EXIT
+left=$(grep -F "$PWD/$state" /proc/mounts || true)
+left+=$(find /sys/fs/cgroup -maxdepth 3 -name "$prefix-*" 2>/dev/null || true)
+left+=$(ls "$state" "$CELLVISOR_SOCKET" 2>/dev/null || true)
+left+=$(pgrep -f "/run/cellvisor/agent" || true)
 if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
-echo "nothing left behind (no state, cgroup or process). Demo done."
+echo "nothing left behind (no mount, cgroup, process, socket or state). Demo done."

@@ -52,7 +52,9 @@ fn main() {
     let a = Args::parse();
     let r = (|| {
         let profile = match &a.profile {
-            Some(p) => domain::profile::load(p),
+            Some(p) => domain::profile::load(
+                &std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            ),
             None => domain::profile::parse(
                 domain::DEFAULT_PROFILE,
                 "phone.toml",

@@ -394,9 +394,11 @@ fn take_lock(dir: &Path) -> Result<std::fs::File, String> {
 }
 
 /// Run the daemon until SIGTERM or SIGINT. Domains keep running after it exits.
-pub async fn run(cfg: Config) -> Result<(), String> {
+pub async fn run(mut cfg: Config) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| format!("creating {}: {e}", cfg.state_dir.display()))?;
+    cfg.state_dir = std::fs::canonicalize(&cfg.state_dir)
+        .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
     let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
     let lock_file = take_lock(&cfg.state_dir)?;
     let backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);

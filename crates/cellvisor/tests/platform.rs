@@ -1,0 +1,933 @@
+//! The device platform end to end (root): cellvisord on the phone profile, driven through its
+//! API and `cellvisor`'s verbs as a user would, killed and restarted, and checked for leftovers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+macro_rules! need_root {
+    () => {
+        if !common::can_run() {
+            return;
+        }
+    };
+}
+
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn daemon_bin() -> PathBuf {
+    Path::new(common::BIN).with_file_name("cellvisord")
+}
+
+/// The static in-domain agent, built (as `make agent` does) if it is not there yet.
+fn agent() -> PathBuf {
+    static A: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    A.get_or_init(|| {
+        let p = Path::new(WORKSPACE).join("target/static/release/cellvisor-agent");
+        if !p.exists() {
+            let ok = Command::new(env!("CARGO"))
+                .current_dir(WORKSPACE)
+                .args([
+                    "rustc",
+                    "-q",
+                    "-p",
+                    "agent",
+                    "--features",
+                    "static",
+                    "--bin",
+                    "cellvisor-agent",
+                    "--release",
+                    "--target-dir",
+                    "target/static",
+                    "--",
+                    "-C",
+                    "target-feature=+crt-static",
+                ])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "building the agent failed");
+        }
+        p
+    })
+    .clone()
+}
+
+/// One daemon on its own state directory, socket and cgroup prefix.
+struct Daemon {
+    dir: tempfile::TempDir,
+    prefix: String,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    fn with_profile(tag: &str, profile: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let text = profile.replace(
+            "base = \"rootfs\"",
+            &format!("base = {:?}", common::rootfs().display().to_string()),
+        );
+        std::fs::write(dir.path().join("profile.toml"), text).unwrap();
+        let mut d = Daemon {
+            dir,
+            prefix: format!("e2e{tag}{}", std::process::id()),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.start();
+        d
+    }
+
+    fn new(tag: &str) -> Daemon {
+        Daemon::with_profile(tag, domain::DEFAULT_PROFILE, &[])
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(daemon_bin());
+        c.arg("--profile")
+            .arg(self.dir.path().join("profile.toml"))
+            .arg("--state")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.sock())
+            .arg("--agent")
+            .arg(agent())
+            .arg("--prefix")
+            .arg(&self.prefix)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("daemon.log"))
+                    .unwrap(),
+            );
+        c
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().join("daemon.log"));
+        self.child = Some(self.command().spawn().unwrap());
+        let end = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(self.sock()).is_err() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cellvisord exited ({st}): {}", self.log());
+            }
+            assert!(Instant::now() < end, "cellvisord did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill of our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            c.wait().unwrap();
+        }
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut s = UnixStream::connect(self.sock()).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let v = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        };
+        (status, v)
+    }
+
+    fn cv(&self, args: &[&str]) -> Output {
+        Command::new(common::BIN)
+            .args(args)
+            .env("CELLVISOR_SOCKET", self.sock())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cv(args);
+        assert!(
+            o.status.success(),
+            "cellvisor {args:?}: {}{}",
+            common::stdout(&o),
+            common::stderr(&o)
+        );
+        common::stdout(&o)
+    }
+
+    fn domains(&self) -> Vec<Value> {
+        let (s, v) = self.api("GET", "/v1/domains", None);
+        assert_eq!(s, 200);
+        v.as_array().unwrap().clone()
+    }
+
+    fn domain(&self, name: &str) -> Value {
+        self.domains()
+            .into_iter()
+            .find(|d| d["name"] == name)
+            .unwrap()
+    }
+
+    fn pid(&self, name: &str) -> i32 {
+        self.domain(name)["pid"].as_i64().unwrap() as i32
+    }
+
+    fn wait_log(&self, name: &str, text: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, v) = self.api("GET", &format!("/v1/domains/{name}/logs"), None);
+            let log = v["text"].as_str().unwrap_or("").to_string();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(Instant::now() < end, "{name}'s log lacks {text:?}: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything down and purged, the daemon stopped: then nothing may remain.
+    fn teardown_and_check(mut self, pids: &[i32]) {
+        let (s, _) = self.api("POST", "/v1/down?purge=true", None);
+        assert_eq!(s, 200);
+        self.signal(libc::SIGTERM);
+        assert!(
+            !self.state().exists(),
+            "the state directory was left behind"
+        );
+        assert!(!self.sock().exists(), "the API socket was left behind");
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = self.dir.path().to_string_lossy().to_string();
+        assert!(!mi.contains(&dir), "a mount under {dir} was left behind");
+        let mut cg = Vec::new();
+        for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            for sub in [e.path().join("cellvisor"), e.path()] {
+                for c in std::fs::read_dir(sub).into_iter().flatten().flatten() {
+                    if c.file_name().to_string_lossy().starts_with(&self.prefix) {
+                        cg.push(c.path());
+                    }
+                }
+            }
+        }
+        assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
+        let end = Instant::now() + Duration::from_secs(5);
+        let alive = || {
+            pids.iter()
+                .copied()
+                .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+                .collect::<Vec<_>>()
+        };
+        while !alive().is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            alive().is_empty(),
+            "domain processes left behind: {:?}",
+            alive()
+        );
+    }
+
+    /// Which of the foreground stand-in nodes a domain sees in its /dev.
+    fn devs(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{}/root/dev", self.pid(name)))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| ["vcs1", "tty1", "vcsa1"].contains(&n.as_str()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn shares(&self, name: &str) -> Option<u64> {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/cpu/cellvisor/{}-{name}/cpu.shares",
+            self.prefix
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // After a failed test: stop the domains, whatever state they are in.
+        if self.child.is_some() {
+            let _ = self.api("POST", "/v1/down?purge=true", None);
+            self.signal(libc::SIGTERM);
+        }
+        if self.state().join("oci").exists() {
+            self.start();
+            let _ = self.api("POST", "/v1/down?purge=true", None);
+            self.signal(libc::SIGTERM);
+        }
+    }
+}
+
+fn has_vt() -> bool {
+    ["/dev/vcs1", "/dev/tty1", "/dev/vcsa1"]
+        .iter()
+        .all(|p| Path::new(p).exists())
+}
+
+/// The README's demo as a test: up, a message over an allowed channel, a forbidden one
+/// refused, the foreground moved twice (devices, weights), teardown with nothing left.
+#[test]
+fn the_phone_profile_under_the_daemon() {
+    need_root!();
+    let d = Daemon::new("ph");
+    let out = d.ok(&["up"]);
+    assert!(out.contains("trusted"), "{out}");
+    for dom in d.domains() {
+        assert_eq!(dom["status"], "running", "{dom}");
+    }
+    assert_eq!(d.domain("trusted")["foreground"], true);
+    let pids: Vec<i32> = ["trusted", "common", "modem"].map(|n| d.pid(n)).to_vec();
+
+    // The allowed channel: common's agent sends, trusted's agent answers.
+    let out = d.ok(&["channel", "open", "common", "trusted", "messages"]);
+    assert!(out.contains("65536 bytes"), "{out}");
+    d.wait_log("common", "reply: trusted got: hello from common");
+    d.wait_log("trusted", "got: hello from common");
+
+    // The forbidden one: refused in one line, nothing opened.
+    let o = d.cv(&["channel", "open", "common", "modem", "telephony"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        common::stderr(&o).trim(),
+        "cellvisor: policy: common may not open channel \"telephony\" to modem"
+    );
+    let (_, chans) = d.api("GET", "/v1/channels", None);
+    assert_eq!(chans.as_array().unwrap().len(), 1);
+
+    // Foreground: trusted holds display and input; common is throttled.
+    if has_vt() {
+        assert_eq!(d.devs("trusted"), ["tty1", "vcs1"]);
+        assert!(d.devs("common").is_empty());
+    }
+    let bg = container::cgroups::plan::weight_to_shares(10);
+    if let Some(s) = d.shares("common") {
+        assert_eq!(s, bg);
+    }
+    let out = d.ok(&["fg", "common"]);
+    assert!(out.contains("foreground: common (was trusted)"), "{out}");
+    if has_vt() {
+        assert!(d.devs("trusted").is_empty(), "{:?}", d.devs("trusted"));
+        assert_eq!(d.devs("common"), ["tty1", "vcs1", "vcsa1"]);
+    }
+    if let Some(s) = d.shares("trusted") {
+        assert_eq!(s, bg);
+        assert_eq!(
+            d.shares("common").unwrap(),
+            container::cgroups::plan::weight_to_shares(100)
+        );
+        // The realtime domain keeps its weight.
+        assert_eq!(
+            d.shares("modem").unwrap(),
+            container::cgroups::plan::weight_to_shares(1000)
+        );
+    }
+    assert_eq!(
+        d.domain("common")["devices"],
+        json!(["display", "input", "camera"])
+    );
+    assert_eq!(d.domain("trusted")["cpu_weight"], 10);
+    d.ok(&["fg", "trusted"]);
+    if has_vt() {
+        assert_eq!(d.devs("trusted"), ["tty1", "vcs1"]);
+        assert!(d.devs("common").is_empty());
+    }
+    // A realtime domain is never the foreground.
+    let o = d.cv(&["fg", "modem"]);
+    assert!(
+        common::stderr(&o).contains("realtime"),
+        "{}",
+        common::stderr(&o)
+    );
+
+    // top and logs answer.
+    let out = d.ok(&["top", "-n", "1", "--interval", "0.1"]);
+    assert!(out.contains("modem") && out.contains("M "), "{out}");
+    let out = d.ok(&["logs", "modem"]);
+    assert!(out.contains("modem domain up"), "{out}");
+    d.teardown_and_check(&pids);
+}
+
+/// Background domains can be frozen instead: no CPU, memory kept, thawed when they come back.
+#[test]
+fn background_domains_can_be_frozen() {
+    need_root!();
+    let profile =
+        domain::DEFAULT_PROFILE.replace("background = \"throttle\"", "background = \"freeze\"");
+    let d = Daemon::with_profile("fz", &profile, &[]);
+    d.ok(&["up"]);
+    assert_eq!(d.domain("common")["status"], "frozen");
+    assert_eq!(d.domain("modem")["status"], "running");
+    d.ok(&["fg", "common"]);
+    assert_eq!(d.domain("common")["status"], "running");
+    assert_eq!(d.domain("trusted")["status"], "frozen");
+    if has_vt() {
+        assert_eq!(d.devs("common"), ["tty1", "vcs1", "vcsa1"]);
+    }
+    let pids: Vec<i32> = ["trusted", "common", "modem"].map(|n| d.pid(n)).to_vec();
+    d.teardown_and_check(&pids);
+}
+
+/// SIGKILL in the middle of foreground switches and of bringing domains up: the next daemon
+/// adopts every running domain, finishes the switch, and nothing leaks.
+#[test]
+fn killing_the_daemon_loses_no_domain_and_leaks_nothing() {
+    need_root!();
+    let mut d = Daemon::new("kl");
+    d.ok(&["up"]);
+    d.ok(&["channel", "open", "common", "trusted", "messages"]);
+    d.wait_log("common", "reply:");
+    let pids: Vec<i32> = ["trusted", "common", "modem"].map(|n| d.pid(n)).to_vec();
+    for round in 0..6u64 {
+        // Switch back and forth from another thread, and kill the daemon meanwhile.
+        let sock = d.sock();
+        let t = std::thread::spawn(move || {
+            for i in 0..50 {
+                let name = if i % 2 == 0 { "common" } else { "trusted" };
+                let Ok(mut s) = UnixStream::connect(&sock) else {
+                    return;
+                };
+                let body = json!({"name": name}).to_string();
+                if write!(s, "PUT /v1/foreground HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).is_err() {
+                    return;
+                }
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(5 + round * 7));
+        d.signal(libc::SIGKILL);
+        t.join().unwrap();
+        d.start();
+        let doms = d.domains();
+        for (dom, pid) in doms.iter().zip(&pids) {
+            assert_eq!(dom["status"], "running", "round {round}: {dom}");
+            assert_eq!(dom["pid"], *pid, "round {round}: a domain was restarted");
+        }
+        let fg: Vec<&Value> = doms.iter().filter(|x| x["foreground"] == true).collect();
+        assert_eq!(fg.len(), 1, "round {round}: {doms:?}");
+        // The adopted state is consistent: the foreground holds the devices, the other not.
+        if has_vt() {
+            let (f, b) = if fg[0]["name"] == "common" {
+                ("common", "trusted")
+            } else {
+                ("trusted", "common")
+            };
+            assert!(!d.devs(f).is_empty(), "round {round}");
+            assert!(
+                d.devs(b).is_empty(),
+                "round {round}: {b} kept {:?}",
+                d.devs(b)
+            );
+        }
+        let (_, chans) = d.api("GET", "/v1/channels", None);
+        assert_eq!(chans[0]["adopted"], true, "{chans}");
+    }
+    // Killed while bringing a domain up: the half-made domain is removed or finished.
+    d.ok(&["down", "common"]);
+    let sock = d.sock();
+    let t = std::thread::spawn(move || {
+        if let Ok(mut s) = UnixStream::connect(&sock) {
+            let _ = write!(s, "POST /v1/domains/common/up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(8));
+    d.signal(libc::SIGKILL);
+    t.join().unwrap();
+    d.start();
+    let st = d.domain("common")["status"].clone();
+    assert!(st == "running" || st == "stopped", "{st}");
+    let mut all = pids.clone();
+    if let Some(p) = d.domain("common")["pid"].as_i64() {
+        all.push(p as i32);
+    }
+    d.teardown_and_check(&all);
+}
+
+/// A minimal JSON-schema check (the subset docs/api/openapi.json uses).
+fn check(v: &Value, schema: &Value, spec: &Value, at: &str) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return check(v, &spec["components"]["schemas"][name], spec, at);
+    }
+    if v.is_null() && schema["nullable"] == true {
+        return;
+    }
+    if let Some(alts) = schema["oneOf"].as_array() {
+        assert!(
+            alts.iter()
+                .any(|a| std::panic::catch_unwind(|| check(v, a, spec, at)).is_ok()),
+            "{at}: {v} matches no alternative"
+        );
+        return;
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("boolean") => v.is_boolean(),
+        _ => true,
+    };
+    assert!(ok, "{at}: {v} is not a {}", schema["type"]);
+    if let Some(e) = schema["enum"].as_array() {
+        assert!(e.contains(v), "{at}: {v} not in {e:?}");
+    }
+    for r in schema["required"].as_array().into_iter().flatten() {
+        assert!(
+            v.get(r.as_str().unwrap()).is_some(),
+            "{at}: {r} missing in {v}"
+        );
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, s) in props {
+            if let Some(x) = v.get(k) {
+                check(x, s, spec, &format!("{at}.{k}"));
+            }
+        }
+        for k in v.as_object().unwrap().keys() {
+            assert!(props.contains_key(k), "{at}: {k} is not documented");
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        for (i, x) in v.as_array().unwrap().iter().enumerate() {
+            check(x, items, spec, &format!("{at}[{i}]"));
+        }
+    }
+}
+
+/// Every route the server has is in docs/api/openapi.json and the other way round, and what
+/// the running server answers (successes and errors) has the documented status and shape.
+#[test]
+fn the_api_is_what_openapi_json_says() {
+    need_root!();
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(WORKSPACE).join("docs/api/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for m in ops.as_object().unwrap().keys() {
+            documented.push((m.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = daemon::server::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+
+    let d = Daemon::new("oa");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut call = |method: &str, tmpl: &str, path: &str, body: Option<Value>, want: u16| {
+        let (status, v) = d.api(&method.to_uppercase(), path, body);
+        assert_eq!(status, want, "{method} {path}: {v}");
+        let op = &spec["paths"][tmpl][method];
+        let r = &op["responses"][status.to_string()];
+        assert!(
+            r.is_object(),
+            "{method} {tmpl}: status {status} is not documented"
+        );
+        if let Some(schema) = r["content"]["application/json"].get("schema") {
+            check(&v, schema, &spec, &format!("{method} {path}"));
+        } else {
+            assert!(v.is_null(), "{method} {path}: undocumented body {v}");
+        }
+        seen.insert((method.to_string(), tmpl.to_string(), status));
+    };
+    call("get", "/v1/version", "/v1/version", None, 200);
+    call("get", "/v1/domains", "/v1/domains", None, 200);
+    call("get", "/v1/domains/{name}", "/v1/domains/modem", None, 200);
+    call("get", "/v1/domains/{name}", "/v1/domains/ghost", None, 404);
+    call(
+        "post",
+        "/v1/domains/{name}/up",
+        "/v1/domains/modem/up",
+        None,
+        200,
+    );
+    call(
+        "post",
+        "/v1/domains/{name}/up",
+        "/v1/domains/modem/up",
+        None,
+        409,
+    );
+    call(
+        "post",
+        "/v1/domains/{name}/up",
+        "/v1/domains/ghost/up",
+        None,
+        404,
+    );
+    call("post", "/v1/up", "/v1/up", None, 200);
+    call("get", "/v1/foreground", "/v1/foreground", None, 200);
+    call(
+        "put",
+        "/v1/foreground",
+        "/v1/foreground",
+        Some(json!({"name": "common"})),
+        200,
+    );
+    call(
+        "put",
+        "/v1/foreground",
+        "/v1/foreground",
+        Some(json!({"name": "modem"})),
+        400,
+    );
+    call(
+        "put",
+        "/v1/foreground",
+        "/v1/foreground",
+        Some(json!({"nom": "x"})),
+        400,
+    );
+    call(
+        "put",
+        "/v1/foreground",
+        "/v1/foreground",
+        Some(json!({"name": "ghost"})),
+        404,
+    );
+    let ch = json!({"from": "common", "to": "trusted", "channel": "messages", "buffer": "16K"});
+    call(
+        "post",
+        "/v1/channels",
+        "/v1/channels",
+        Some(ch.clone()),
+        201,
+    );
+    call("post", "/v1/channels", "/v1/channels", Some(ch), 409);
+    call(
+        "post",
+        "/v1/channels",
+        "/v1/channels",
+        Some(json!({"from": "common", "to": "modem", "channel": "telephony"})),
+        403,
+    );
+    call(
+        "post",
+        "/v1/channels",
+        "/v1/channels",
+        Some(json!({"from": "common", "to": "trusted", "channel": "messages", "buffer": "1G"})),
+        403,
+    );
+    call(
+        "post",
+        "/v1/channels",
+        "/v1/channels",
+        Some(json!({"from": "common", "to": "trusted", "channel": "messages", "buffer": "lots"})),
+        400,
+    );
+    call(
+        "post",
+        "/v1/channels",
+        "/v1/channels",
+        Some(json!({"from": "ghost", "to": "trusted", "channel": "messages"})),
+        404,
+    );
+    call("get", "/v1/channels", "/v1/channels", None, 200);
+    call("get", "/v1/stats", "/v1/stats", None, 200);
+    call(
+        "get",
+        "/v1/domains/{name}/logs",
+        "/v1/domains/modem/logs?offset=3",
+        None,
+        200,
+    );
+    call(
+        "get",
+        "/v1/domains/{name}/logs",
+        "/v1/domains/ghost/logs",
+        None,
+        404,
+    );
+    call("delete", "/v1/channels/{id}", "/v1/channels/1", None, 204);
+    call("delete", "/v1/channels/{id}", "/v1/channels/1", None, 404);
+    call("delete", "/v1/channels/{id}", "/v1/channels/x", None, 400);
+    call(
+        "post",
+        "/v1/domains/{name}/down",
+        "/v1/domains/common/down",
+        None,
+        200,
+    );
+    call(
+        "post",
+        "/v1/domains/{name}/down",
+        "/v1/domains/common/down",
+        None,
+        409,
+    );
+    call(
+        "post",
+        "/v1/domains/{name}/down",
+        "/v1/domains/ghost/down",
+        None,
+        404,
+    );
+    call("post", "/v1/down", "/v1/down?purge=true", None, 200);
+    // Every documented operation was exercised.
+    for (m, p) in &documented {
+        assert!(
+            seen.iter().any(|(sm, sp, _)| sm == m && sp == p),
+            "{m} {p} untested"
+        );
+    }
+    // Anything else is a documented-shape 404.
+    let (s, v) = d.api("GET", "/v2/nothing", None);
+    assert_eq!(s, 404);
+    assert!(v["error"].is_string());
+    d.teardown_and_check(&[]);
+}
+
+/// The API socket is root's only, or root's and one group's.
+#[test]
+fn only_root_or_the_group_may_use_the_socket() {
+    need_root!();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv missing");
+        return;
+    }
+    let as_user = |d: &Daemon, groups: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                &format!("--groups={groups}"),
+                "--inh-caps=-all",
+            ])
+            .arg(common::BIN)
+            .arg("ps")
+            .env("CELLVISOR_SOCKET", d.sock())
+            .output()
+            .unwrap()
+    };
+    let d = Daemon::new("pm");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.sock()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The state directory (and the domains' ports in it) is root's alone too.
+    let mode = std::fs::metadata(d.state()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    // The socket's directory must be reachable for the other users.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = as_user(&d, "65534");
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("Permission denied"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(d.ok(&["ps"]).contains("modem"));
+    d.teardown_and_check(&[]);
+
+    let d = Daemon::with_profile("pg", domain::DEFAULT_PROFILE, &["--group", "4242"]);
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = as_user(&d, "4242");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stdout(&o).contains("modem"));
+    let o = as_user(&d, "65534");
+    assert!(!o.status.success());
+    d.teardown_and_check(&[]);
+}
+
+/// Bad input gets one line and leaves nothing: an unknown domain, a malformed profile, a
+/// second daemon on the same state, a domain that cannot start.
+#[test]
+fn bad_input_gets_one_line_and_leaves_nothing() {
+    need_root!();
+    let d = Daemon::new("bd");
+    for (args, want) in [
+        (vec!["up", "ghost"], "no domain \"ghost\""),
+        (vec!["fg", "ghost"], "no domain \"ghost\""),
+        (vec!["fg", "common"], "domain common is not up"),
+        (vec!["channel", "close", "7"], "no channel 7"),
+        (
+            vec![
+                "channel", "open", "common", "trusted", "messages", "--buffer", "3K",
+            ],
+            "power of two",
+        ),
+        (vec!["logs", "ghost"], "no domain"),
+    ] {
+        let o = d.cv(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let e = common::stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // A second daemon on the same state directory.
+    let st = d.command().status().unwrap();
+    assert!(!st.success());
+    assert!(d.log().contains("another cellvisord"), "{}", d.log());
+    assert!(
+        d.sock().exists(),
+        "the second daemon removed the first one's socket"
+    );
+    d.teardown_and_check(&[]);
+
+    // A malformed profile: every problem on its own line, no state, no socket.
+    let t = tempfile::tempdir().unwrap();
+    let bad = t.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\n[[domain]]\nname = \"a\"\nrole = \"boss\"\n",
+    )
+    .unwrap();
+    let o = Command::new(daemon_bin())
+        .arg("--profile")
+        .arg(&bad)
+        .arg("--state")
+        .arg(t.path().join("state"))
+        .arg("--socket")
+        .arg(t.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("bad.toml:4:"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(!t.path().join("state").exists() && !t.path().join("s.sock").exists());
+
+    // A domain whose program is missing: up fails in one line, and nothing of it remains.
+    let profile = domain::DEFAULT_PROFILE.replace(
+        "command = [\"/bin/sh\", \"-c\", \"echo modem domain up; exec sleep 1000000\"]",
+        "command = [\"/no/such/program\"]",
+    );
+    let d = Daemon::with_profile("bm", &profile, &[]);
+    let o = d.cv(&["up", "modem"]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("modem") && e.contains("/no/such/program"), "{e}");
+    assert_eq!(d.domain("modem")["status"], "stopped");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.contains(&*d.state().to_string_lossy()),
+        "the failed domain's layer is mounted"
+    );
+    d.teardown_and_check(&[]);
+}
+
+/// Inside a domain: only its own port, its own channels, its own processes.
+#[test]
+fn a_domain_reaches_only_its_own_channels_and_processes() {
+    need_root!();
+    let d = Daemon::new("is");
+    d.ok(&["up"]);
+    d.ok(&["channel", "open", "trusted", "modem", "telephony"]);
+    let exec = |dom: &str, script: &str| {
+        Command::new(common::BIN)
+            .arg("--root")
+            .arg(d.state().join("oci"))
+            .args([
+                "exec",
+                &format!("{}-{dom}", d.prefix),
+                "/bin/sh",
+                "-c",
+                script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // common is not an end of "telephony": the port refuses it, whatever peer it names.
+    for args in ["", "--peer modem", "--peer trusted"] {
+        let o = exec(
+            "common",
+            &format!("/run/cellvisor/agent send telephony x --wait 0 {args}"),
+        );
+        assert!(!o.status.success());
+        assert!(
+            common::stderr(&o).contains("no open channel \"telephony\" for domain common"),
+            "{}",
+            common::stderr(&o)
+        );
+    }
+    // Its port lists only its own channels; modem's lists telephony.
+    let o = exec("common", "/run/cellvisor/agent ls");
+    assert!(
+        common::stdout(&o).contains("\"channels\":[]"),
+        "{}",
+        common::stdout(&o)
+    );
+    let o = exec("modem", "/run/cellvisor/agent ls");
+    assert!(
+        common::stdout(&o).contains("telephony"),
+        "{}",
+        common::stdout(&o)
+    );
+    // A domain sees one port (its own), its own processes only, and no other's shared memory.
+    let o = exec(
+        "common",
+        "ls /run/cellvisor; ls /dev/shm | wc -l; ps -o args",
+    );
+    let out = common::stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["agent", "port", "0"], "{out}");
+    // Its own agent (waiting for "messages"), none of trusted's or modem's programs.
+    assert!(out.contains("agent send messages"), "{out}");
+    assert!(
+        !out.contains("agent echo") && !lines.contains(&"sleep 1000000"),
+        "{out}"
+    );
+    let o = exec(
+        "common",
+        &format!("ls /proc/{} 2>&1 | head -1", d.pid("trusted")),
+    );
+    assert!(
+        !common::stdout(&o).contains("cmdline"),
+        "{}",
+        common::stdout(&o)
+    );
+    // Garbage on the port gets an error line; the daemon goes on.
+    let mut s = UnixStream::connect(d.state().join("run/common/port")).unwrap();
+    s.write_all(b"{\"op\":42}\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("error"), "{answer}");
+    assert!(d.ok(&["ps"]).contains("running"));
+    let pids: Vec<i32> = ["trusted", "common", "modem"].map(|n| d.pid(n)).to_vec();
+    d.teardown_and_check(&pids);
+}
