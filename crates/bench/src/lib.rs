@@ -2,6 +2,7 @@
 //! run, in shuffled order each round, and report medians and ratios. Figures come from here,
 //! never from timed tests.
 
+pub mod domains;
 pub mod ipc;
 pub mod start;
 pub mod stats;

@@ -21,7 +21,8 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Channel round trip (1 B, 4 KiB, 1 MiB) and bandwidth vs a pipe and a Unix socket
+    /// Channel round trip (1 B, 4 KiB, 1 MiB) and bandwidth vs a pipe and a Unix socket,
+    /// between two processes and between two container domains
     Channel {
         /// Rounds (every case once per round, shuffled)
         #[arg(short = 'n', long, default_value_t = 5)]
@@ -29,25 +30,101 @@ pub enum BenchCmd {
         /// Fewer iterations per case
         #[arg(long)]
         quick: bool,
+        /// Between what: processes, domains (root; needs the agent), or both
+        #[arg(long, value_delimiter = ',', default_value = "processes,domains")]
+        between: Vec<String>,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
         /// Write channel.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Foreground switch latency through cellvisord (request to the new foreground holding
+    /// its devices and the old one in the background): p50 and p99, throttle and freeze
+    Fg {
+        /// Switches per background mode
+        #[arg(short = 'n', long, default_value_t = 200)]
+        switches: usize,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Write fg.json here
         #[arg(long)]
         out: Option<PathBuf>,
     },
 }
 
+/// The in-domain agent: given, or beside this binary.
+fn agent_path(given: &Option<PathBuf>) -> Result<PathBuf> {
+    let p = match given {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("cellvisor-agent"),
+    };
+    if !p.is_file() {
+        return Err(anyhow!(
+            "the in-domain agent {} is missing (make build puts it beside cellvisor; or --agent)",
+            p.display()
+        ));
+    }
+    Ok(p)
+}
+
 pub fn run(cmd: &BenchCmd) -> Result<i32> {
     match cmd {
-        BenchCmd::Channel { rounds, quick, out } => {
-            let rows = bench::ipc::run(&[1, 4096, 1 << 20], *rounds, *quick, &mut |done, all| {
-                eprint!("\rround {done}/{all}");
-                let _ = std::io::stderr().flush();
-            });
-            eprintln!();
-            let rows = rows.map_err(|e| anyhow!("{e}"))?;
-            print!("{}", bench::ipc::table(&rows));
+        BenchCmd::Channel {
+            rounds,
+            quick,
+            between,
+            agent,
+            out,
+        } => {
+            for b in between {
+                if b != "processes" && b != "domains" {
+                    return Err(anyhow!("--between: {b:?} is not processes or domains"));
+                }
+            }
+            let mut doc = serde_json::json!({"benchmark": "channel vs pipe vs unix socket", "rounds": rounds, "host": bench::start::host_facts()});
+            if between.iter().any(|b| b == "processes") {
+                let rows =
+                    bench::ipc::run(&[1, 4096, 1 << 20], *rounds, *quick, &mut |done, all| {
+                        eprint!("\rbetween two processes: round {done}/{all}");
+                        let _ = std::io::stderr().flush();
+                    });
+                eprintln!();
+                let rows = rows.map_err(|e| anyhow!("{e}"))?;
+                println!("between two processes:");
+                print!("{}", bench::ipc::table(&rows));
+                doc["processes"] = serde_json::to_value(&rows)?;
+            }
+            if between.iter().any(|b| b == "domains") {
+                let agent = agent_path(agent)?;
+                let work = tempdir()?;
+                let base = work.join("base");
+                bench::start::busybox_rootfs(&base).map_err(|e| anyhow!("{e}"))?;
+                eprintln!("between two domains: {rounds} rounds...");
+                let rows = bench::domains::run(&base, &agent, *rounds, *quick);
+                let _ = std::fs::remove_dir_all(&work);
+                let rows = rows.map_err(|e| anyhow!("{e}"))?;
+                println!("between two container domains (the same two processes for all three):");
+                print!("{}", bench::ipc::table(&rows));
+                doc["domains"] = serde_json::to_value(&rows)?;
+            }
             if let Some(dir) = out {
-                let doc = serde_json::json!({"benchmark": "channel vs pipe vs unix socket", "rounds": rounds, "host": bench::start::host_facts(), "rows": rows});
                 write_report(dir, "channel.json", &doc)?;
+            }
+            Ok(0)
+        }
+        BenchCmd::Fg {
+            switches,
+            agent,
+            out,
+        } => {
+            let agent = agent_path(agent)?;
+            let report = crate::benchfg::run(*switches, &agent)?;
+            print!("{}", crate::benchfg::table(&report));
+            if let Some(dir) = out {
+                write_report(dir, "fg.json", &report)?;
             }
             Ok(0)
         }

@@ -19,44 +19,10 @@ macro_rules! need_root {
     };
 }
 
-const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use common::{agent, WORKSPACE};
 
 fn daemon_bin() -> PathBuf {
     Path::new(common::BIN).with_file_name("cellvisord")
-}
-
-/// The static in-domain agent, built (as `make agent` does) if it is not there yet.
-fn agent() -> PathBuf {
-    static A: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    A.get_or_init(|| {
-        let p = Path::new(WORKSPACE).join("target/static/release/cellvisor-agent");
-        if !p.exists() {
-            let ok = Command::new(env!("CARGO"))
-                .current_dir(WORKSPACE)
-                .args([
-                    "rustc",
-                    "-q",
-                    "-p",
-                    "agent",
-                    "--features",
-                    "static",
-                    "--bin",
-                    "cellvisor-agent",
-                    "--release",
-                    "--target-dir",
-                    "target/static",
-                    "--",
-                    "-C",
-                    "target-feature=+crt-static",
-                ])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "building the agent failed");
-        }
-        p
-    })
-    .clone()
 }
 
 /// One daemon on its own state directory, socket and cgroup prefix.

@@ -10,6 +10,41 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cellvisor");
+pub const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// The static in-domain agent, built (as `make agent` does) if it is not there yet.
+pub fn agent() -> PathBuf {
+    static A: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    A.get_or_init(|| {
+        let p = Path::new(WORKSPACE).join("target/static/release/cellvisor-agent");
+        if !p.exists() {
+            let ok = Command::new(env!("CARGO"))
+                .current_dir(WORKSPACE)
+                .args([
+                    "rustc",
+                    "-q",
+                    "-p",
+                    "agent",
+                    "--features",
+                    "static",
+                    "--bin",
+                    "cellvisor-agent",
+                    "--release",
+                    "--target-dir",
+                    "target/static",
+                    "--",
+                    "-C",
+                    "target-feature=+crt-static",
+                ])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "building the agent failed");
+        }
+        p
+    })
+    .clone()
+}
 
 /// Root and the busybox binary are needed; without them a test says why and passes.
 pub fn can_run() -> bool {

@@ -1,0 +1,219 @@
+//! The channel benchmark between two *domains*: two container domains on one busybox base,
+//! each running the in-domain agent, joined by a channel (made after the policy allows it),
+//! a pipe pair and a Unix socket pair — the same two processes for all three transports.
+//! One domain drives (round trips, then bulk), the other echoes; a control pipe tells the
+//! echoing side which case comes next.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use channel::Channel;
+use container::backend::ContainerBackend;
+use domain::{Backend, BackendKind, Decision, Domain, DomainStatus, Role, UpOpts};
+
+use crate::ipc::{Row, Transport};
+use crate::stats::median;
+use crate::{Error, Result};
+
+/// One case's samples: transport, message size, round trips (µs), bandwidths (MiB/s).
+type Samples = (Transport, usize, Vec<f64>, Vec<f64>);
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 fills the array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::Msg(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: two new descriptors, each owned once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+fn domain(name: &str, cpus: usize, command: &[&str]) -> Domain {
+    Domain {
+        name: name.into(),
+        role: Role::Common,
+        backend: BackendKind::Container,
+        rootfs: None,
+        command: command.iter().map(|s| s.to_string()).collect(),
+        cpus: Some(cpus.to_string()),
+        cpu_weight: 100,
+        memory_bytes: None,
+        pids: Some(64),
+        exclusive_devices: Vec::new(),
+        shared_devices: Vec::new(),
+        passthrough: Vec::new(),
+    }
+}
+
+/// The policy of the benchmark's two-domain device: `a` may open "bench" to `b`.
+const POLICY: &str = r#"
+name = "bench"
+base = "rootfs"
+[[domain]]
+name = "a"
+role = "common"
+command = ["/bin/true"]
+[[domain]]
+name = "b"
+role = "common"
+command = ["/bin/true"]
+[[allow]]
+from = "a"
+to = "b"
+channel = "bench"
+buffer = "4M"
+"#;
+
+/// One placement: domain `a` (driver) on CPU `cpus.0`, `b` (echo) on `cpus.1`. Returns the
+/// samples per (transport, size): (rtt µs, MiB/s).
+fn placement(
+    work: &Path,
+    base: &Path,
+    agent: &Path,
+    cpus: (usize, usize),
+    rounds: usize,
+    quick: bool,
+) -> Result<Vec<Samples>> {
+    let profile = domain::profile::parse(POLICY, "bench.toml", Path::new("/"))
+        .map_err(|e| Error::Msg(e.to_string()))?;
+    let buffer = match profile.policy.check("a", "b", "bench", None) {
+        Decision::Allow { buffer } => buffer,
+        Decision::Deny(why) => return Err(Error::Msg(why)),
+    };
+    let run = work.join("run");
+    std::fs::create_dir_all(&run).map_err(|e| Error::Msg(e.to_string()))?;
+    let dst = run.join("agent");
+    if !dst.exists() {
+        crate::io(std::fs::copy(agent, &dst), || {
+            format!("copying {}", agent.display())
+        })?;
+    }
+    let (ca, cb) = Channel::new(buffer).map_err(|e| Error::Msg(e.to_string()))?;
+    let (p_rx, p_tx) = pipe()?; // a -> b
+    let (q_rx, q_tx) = pipe()?; // b -> a
+    let (c_rx, c_tx) = pipe()?; // control, a -> b
+    let (s_a, s_b) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| Error::Msg(e.to_string()))?;
+    let fds_a: Vec<RawFd> = ca
+        .fds()
+        .into_iter()
+        .chain([
+            q_rx.as_raw_fd(),
+            p_tx.as_raw_fd(),
+            s_a.as_raw_fd(),
+            c_tx.as_raw_fd(),
+        ])
+        .collect();
+    let fds_b: Vec<RawFd> = cb
+        .fds()
+        .into_iter()
+        .chain([
+            p_rx.as_raw_fd(),
+            q_tx.as_raw_fd(),
+            s_b.as_raw_fd(),
+            c_rx.as_raw_fd(),
+        ])
+        .collect();
+    let be = ContainerBackend::new(&work.join("state"), &format!("bench{}", std::process::id()));
+    let mode = if quick { "quick" } else { "full" };
+    let rounds_s = rounds.to_string();
+    let b = domain("b", cpus.1, &["/run/cellvisor/agent", "bench-echo"]);
+    let a = domain(
+        "a",
+        cpus.0,
+        &["/run/cellvisor/agent", "bench-drive", &rounds_s, mode],
+    );
+    let opts = |fds: Vec<RawFd>| UpOpts {
+        base: Some(base),
+        run_dir: Some(&run),
+        devices: Vec::new(),
+        fds,
+    };
+    let r = (|| {
+        be.up(&b, &opts(fds_b)).map_err(|e| Error::Msg(e.0))?;
+        be.up(&a, &opts(fds_a)).map_err(|e| Error::Msg(e.0))?;
+        // The domains hold their ends now; ours go without closing the channel.
+        ca.release();
+        cb.release();
+        drop((p_rx, p_tx, q_rx, q_tx, c_rx, c_tx, s_a, s_b));
+        let end = Instant::now() + Duration::from_secs(600);
+        while be.status("a").map_err(|e| Error::Msg(e.0))? != DomainStatus::Stopped {
+            if Instant::now() > end {
+                return Err(Error::Msg("the driving domain did not finish".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log_path = be.log_path("a").unwrap_or_default();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        parse(&log)
+            .ok_or_else(|| Error::Msg(format!("the driving domain's output: {}", log.trim())))
+    })();
+    let _ = be.destroy("a");
+    let _ = be.destroy("b");
+    r
+}
+
+fn parse(log: &str) -> Option<Vec<Samples>> {
+    let line = log.lines().find(|l| l.starts_with("{\"bench\""))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let nums = |x: &serde_json::Value| -> Vec<f64> {
+        x.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_f64())
+            .collect()
+    };
+    v["rows"]
+        .as_array()?
+        .iter()
+        .map(|r| {
+            let t = match r["transport"].as_str()? {
+                "channel" => Transport::Channel,
+                "pipe" => Transport::Pipe,
+                _ => Transport::Unix,
+            };
+            Some((
+                t,
+                r["message_bytes"].as_u64()? as usize,
+                nums(&r["rtt_us"]),
+                nums(&r["bandwidth_mib_s"]),
+            ))
+        })
+        .collect()
+}
+
+/// Run the benchmark between two domains on `base` with the static agent `agent`, on one CPU
+/// and on two, and report medians as [`Row`]s (placement prefixed "domains/").
+pub fn run(base: &Path, agent: &Path, rounds: usize, quick: bool) -> Result<Vec<Row>> {
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut placements = vec![("same-cpu", (0, 0))];
+    if ncpu > 1 {
+        placements.push(("two-cpus", (0, 1)));
+    }
+    let work = std::env::temp_dir().join(format!("cellvisor-bench-domains-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for (name, cpus) in placements {
+        let r = placement(&work, base, agent, cpus, rounds, quick);
+        let samples = match r {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&work);
+                return Err(e);
+            }
+        };
+        for (t, size, rtt, bw) in samples {
+            rows.push(Row {
+                transport: t,
+                placement: name,
+                message_bytes: size,
+                rtt_us: median(&rtt).unwrap_or(f64::NAN),
+                bandwidth_mib_s: (size == 1 << 20).then(|| median(&bw).unwrap_or(f64::NAN)),
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(rows)
+}

@@ -1,0 +1,232 @@
+//! `cellvisor bench fg`: foreground switch latency. Two cellvisord instances run the phone
+//! profile side by side, one throttling its background domains and one freezing them; the
+//! foreground goes back and forth between trusted and common, alternating between the two
+//! daemons. Each sample is a request to the API until its answer (the new foreground holds
+//! its devices, the old one is in the background), as the client sees it and as the daemon
+//! measured it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::platform::request;
+
+#[derive(Debug, Serialize)]
+pub struct ModeReport {
+    /// throttle or freeze.
+    pub background: String,
+    pub switches: usize,
+    pub client_us_p50: f64,
+    pub client_us_p99: f64,
+    pub daemon_us_p50: f64,
+    pub daemon_us_p99: f64,
+    pub client_us: Vec<f64>,
+    pub daemon_us: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub benchmark: &'static str,
+    pub host: serde_json::Value,
+    pub modes: Vec<ModeReport>,
+}
+
+struct Instance {
+    mode: &'static str,
+    dir: PathBuf,
+    sock: PathBuf,
+    child: Option<Child>,
+}
+
+impl Instance {
+    fn start(mode: &'static str, work: &Path, base: &Path, agent: &Path) -> Result<Instance> {
+        let dir = work.join(mode);
+        std::fs::create_dir_all(&dir)?;
+        let text = domain::DEFAULT_PROFILE
+            .replace(
+                "base = \"rootfs\"",
+                &format!("base = {:?}", base.display().to_string()),
+            )
+            .replace(
+                "background = \"throttle\"",
+                &format!("background = \"{mode}\""),
+            );
+        std::fs::write(dir.join("phone.toml"), text)?;
+        let sock = dir.join("api.sock");
+        let daemon = std::env::current_exe()?.with_file_name("cellvisord");
+        let child = Command::new(&daemon)
+            .arg("--profile")
+            .arg(dir.join("phone.toml"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--agent")
+            .arg(agent)
+            .arg("--prefix")
+            .arg(format!("benchfg-{mode}-{}", std::process::id()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", daemon.display()))?;
+        let mut inst = Instance {
+            mode,
+            dir,
+            sock,
+            child: Some(child),
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&inst.sock).is_err() {
+            if Instant::now() > end {
+                inst.stop();
+                bail!("cellvisord ({mode}) did not start");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (s, v) = request(&inst.sock, "POST", "/v1/up", None)?;
+        if s != 200 {
+            inst.stop();
+            bail!("up ({mode}): {}", v["error"]);
+        }
+        Ok(inst)
+    }
+
+    /// One switch: (client µs, daemon µs).
+    fn switch(&self, to: &str) -> Result<(f64, f64)> {
+        let t = Instant::now();
+        let (s, v) = request(
+            &self.sock,
+            "PUT",
+            "/v1/foreground",
+            Some(&json!({"name": to})),
+        )?;
+        let client = t.elapsed().as_secs_f64() * 1e6;
+        if s != 200 {
+            bail!("fg {to} ({}): {}", self.mode, v["error"]);
+        }
+        Ok((client, v["switch_us"].as_f64().unwrap_or(f64::NAN)))
+    }
+
+    /// The new foreground sees its device nodes, the old one none (nodes the host has).
+    fn verify(&self, fg: &str, bg: &str) -> Result<()> {
+        let (_, doms) = request(&self.sock, "GET", "/v1/domains", None)?;
+        let pid = |n: &str| {
+            doms.as_array()
+                .and_then(|a| a.iter().find(|d| d["name"] == n))
+                .and_then(|d| d["pid"].as_i64())
+        };
+        for node in ["/dev/vcs1", "/dev/tty1"] {
+            if !Path::new(node).exists() {
+                continue;
+            }
+            let sees = |n: &str| {
+                pid(n).is_some_and(|p| Path::new(&format!("/proc/{p}/root{node}")).exists())
+            };
+            if !sees(fg) || (self.mode == "throttle" && sees(bg)) {
+                bail!(
+                    "after the switch to {fg} ({}), {node} is not where it belongs",
+                    self.mode
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        let _ = request(&self.sock, "POST", "/v1/down?purge=true", None);
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: SIGTERM to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn run(switches: usize, agent: &Path) -> Result<Report> {
+    let work = std::env::temp_dir().join(format!("cellvisor-bench-fg-{}", std::process::id()));
+    let base = work.join("base");
+    bench::start::busybox_rootfs(&base).map_err(|e| anyhow!("{e}"))?;
+    let r = (|| -> Result<Vec<ModeReport>> {
+        let insts = [
+            Instance::start("throttle", &work, &base, agent)?,
+            Instance::start("freeze", &work, &base, agent)?,
+        ];
+        let mut samples = vec![(Vec::new(), Vec::new()); insts.len()];
+        for i in 0..switches {
+            let (to, from) = if i % 2 == 0 {
+                ("common", "trusted")
+            } else {
+                ("trusted", "common")
+            };
+            for (k, inst) in insts.iter().enumerate() {
+                let (c, d) = inst.switch(to)?;
+                samples[k].0.push(c);
+                samples[k].1.push(d);
+                if i % 10 == 0 {
+                    inst.verify(to, from)?;
+                }
+            }
+            if i % 20 == 0 {
+                eprint!("\rswitch {i}/{switches}");
+            }
+        }
+        eprintln!();
+        let q = |v: &[f64], p: f64| bench::stats::quantile(v, p).unwrap_or(f64::NAN);
+        Ok(insts
+            .iter()
+            .zip(samples)
+            .map(|(inst, (c, d))| ModeReport {
+                background: inst.mode.into(),
+                switches,
+                client_us_p50: q(&c, 0.5),
+                client_us_p99: q(&c, 0.99),
+                daemon_us_p50: q(&d, 0.5),
+                daemon_us_p99: q(&d, 0.99),
+                client_us: c,
+                daemon_us: d,
+            })
+            .collect())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(Report {
+        benchmark: "foreground switch latency",
+        host: bench::start::host_facts(),
+        modes: r?,
+    })
+}
+
+pub fn table(r: &Report) -> String {
+    let mut s = format!(
+        "{:<10} {:>8} {:>14} {:>14} {:>14} {:>14}\n",
+        "background",
+        "switches",
+        "client p50 µs",
+        "client p99 µs",
+        "daemon p50 µs",
+        "daemon p99 µs"
+    );
+    for m in &r.modes {
+        s += &format!(
+            "{:<10} {:>8} {:>14.0} {:>14.0} {:>14.0} {:>14.0}\n",
+            m.background,
+            m.switches,
+            m.client_us_p50,
+            m.client_us_p99,
+            m.daemon_us_p50,
+            m.daemon_us_p99
+        );
+    }
+    s
+}

@@ -1,0 +1,287 @@
+//! Property tests of the platform over random sequences of API calls (and daemon restarts),
+//! on an in-memory backend: no sequence yields a channel the policy forbids, hands a domain
+//! another domain's channel, or leaves the foreground's devices and weights inconsistent.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use daemon::platform::{ApiError, Platform};
+use domain::{Backend, BackendError, Decision, Domain, DomainStats, DomainStatus, Role, UpOpts};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, Default)]
+struct FakeDomain {
+    frozen: bool,
+    weight: u32,
+    devices: BTreeSet<PathBuf>,
+}
+
+/// Domains in memory; clones share them (a restarted daemon sees the same domains).
+#[derive(Clone, Default)]
+struct Fake(Rc<RefCell<BTreeMap<String, FakeDomain>>>);
+
+fn nope(name: &str) -> BackendError {
+    BackendError(format!("domain {name} is not up"))
+}
+
+impl Backend for Fake {
+    fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
+        let mut m = self.0.borrow_mut();
+        if m.contains_key(&d.name) {
+            return Err(BackendError(format!("domain {} is already up", d.name)));
+        }
+        m.insert(
+            d.name.clone(),
+            FakeDomain {
+                frozen: false,
+                weight: d.cpu_weight,
+                devices: o.devices.iter().cloned().collect(),
+            },
+        );
+        Ok(())
+    }
+    fn down(&self, name: &str) -> Result<(), BackendError> {
+        self.0.borrow_mut().remove(name);
+        Ok(())
+    }
+    fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        self.down(name)
+    }
+    fn status(&self, name: &str) -> Result<DomainStatus, BackendError> {
+        Ok(match self.0.borrow().get(name) {
+            None => DomainStatus::Stopped,
+            Some(d) if d.frozen => DomainStatus::Frozen,
+            Some(_) => DomainStatus::Running,
+        })
+    }
+    fn freeze(&self, name: &str, frozen: bool) -> Result<(), BackendError> {
+        let mut m = self.0.borrow_mut();
+        m.get_mut(name).ok_or_else(|| nope(name))?.frozen = frozen;
+        Ok(())
+    }
+    fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), BackendError> {
+        let mut m = self.0.borrow_mut();
+        m.get_mut(name).ok_or_else(|| nope(name))?.weight = weight;
+        Ok(())
+    }
+    fn set_device(&self, name: &str, node: &Path, present: bool) -> Result<(), BackendError> {
+        let mut m = self.0.borrow_mut();
+        let d = m.get_mut(name).ok_or_else(|| nope(name))?;
+        if d.frozen {
+            return Err(BackendError("a frozen domain cannot change devices".into()));
+        }
+        if present {
+            d.devices.insert(node.to_path_buf());
+        } else {
+            d.devices.remove(node);
+        }
+        Ok(())
+    }
+    fn stats(&self, _: &str) -> Result<DomainStats, BackendError> {
+        Ok(DomainStats::default())
+    }
+    fn pid(&self, name: &str) -> Option<i32> {
+        self.0.borrow().contains_key(name).then_some(1)
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.0.borrow().contains_key(name)
+    }
+    fn log_path(&self, _: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// The phone profile, with device nodes every host has, and a second "messages" rule so a
+/// domain can have two channels of one name.
+fn profile(background: &str) -> domain::Profile {
+    let text = domain::DEFAULT_PROFILE
+        .replace("background = \"throttle\"", &format!("background = \"{background}\""))
+        .replace("\"/dev/vcs1\"", "\"/dev/null\"")
+        .replace("\"/dev/tty1\"", "\"/dev/zero\"")
+        .replace("\"/dev/vcsa1\"", "\"/dev/full\"")
+        + "\n[[allow]]\nfrom = \"modem\"\nto = \"common\"\nchannel = \"messages\"\nbuffer = \"4K\"\n";
+    domain::profile::parse(&text, "test.toml", Path::new("/")).unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Up(&'static str),
+    Down(&'static str, bool),
+    Fg(&'static str),
+    Open(&'static str, &'static str, &'static str, Option<u64>),
+    Close(u64),
+    Take(&'static str, &'static str, Option<&'static str>),
+    Restart,
+}
+
+const DOMAINS: [&str; 4] = ["trusted", "common", "modem", "ghost"];
+const CHANNELS: [&str; 3] = ["messages", "telephony", "x"];
+
+fn op() -> impl Strategy<Value = Op> {
+    let d = || prop::sample::select(DOMAINS.to_vec());
+    let c = || prop::sample::select(CHANNELS.to_vec());
+    let buf = prop::option::of(prop::sample::select(vec![
+        3000u64,
+        4096,
+        16384,
+        65536,
+        1 << 20,
+    ]));
+    prop_oneof![
+        3 => d().prop_map(Op::Up),
+        1 => (d(), any::<bool>()).prop_map(|(d, p)| Op::Down(d, p)),
+        2 => d().prop_map(Op::Fg),
+        4 => (d(), d(), c(), buf).prop_map(|(a, b, c, s)| Op::Open(a, b, c, s)),
+        1 => (0u64..6).prop_map(Op::Close),
+        4 => (d(), c(), prop::option::of(d())).prop_map(|(a, c, p)| Op::Take(a, c, p)),
+        1 => Just(Op::Restart),
+    ]
+}
+
+fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
+    let prof = &p.profile;
+    let running = p.running();
+    let mut keys = BTreeSet::new();
+    for c in p.channels() {
+        // Every open channel is one the policy allows, between two domains that are up.
+        assert_eq!(
+            prof.policy
+                .check(&c.from, &c.to, &c.channel, Some(c.buffer)),
+            Decision::Allow { buffer: c.buffer },
+            "{c:?}"
+        );
+        assert!(
+            running.contains(&c.from) && running.contains(&c.to),
+            "{c:?}"
+        );
+        assert!(
+            keys.insert((c.from.clone(), c.to.clone(), c.channel.clone())),
+            "twice: {c:?}"
+        );
+    }
+    // One foreground at most, up and not realtime; it alone holds exclusive devices.
+    if let Some(f) = p.foreground() {
+        assert!(running.iter().any(|r| r == f), "foreground {f} is not up");
+        assert_ne!(prof.domain(f).unwrap().role, Role::Realtime);
+    }
+    let m = fake.0.borrow();
+    for (name, st) in m.iter() {
+        let d = prof.domain(name).unwrap();
+        let excl: BTreeSet<PathBuf> = prof.exclusive_nodes(d).into_iter().collect();
+        let held: BTreeSet<PathBuf> = st.devices.intersection(&excl).cloned().collect();
+        if p.foreground() == Some(name.as_str()) {
+            assert_eq!(held, excl, "{name} in the foreground");
+            assert!(!st.frozen);
+            assert_eq!(st.weight, d.cpu_weight);
+        } else {
+            assert!(held.is_empty(), "{name} in the background holds {held:?}");
+            if d.role == Role::Realtime {
+                assert!(!st.frozen);
+                assert_eq!(st.weight, d.cpu_weight);
+            } else if prof.background == domain::profile::BackgroundMode::Freeze {
+                assert!(st.frozen, "{name} in the background is not frozen");
+            } else {
+                assert_eq!(st.weight, prof.background_cpu_weight, "{name}");
+            }
+        }
+    }
+}
+
+fn run(ops: Vec<Op>, background: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut p = Platform::open(profile(background), fake.clone(), dir.path(), None).unwrap();
+    for op in ops {
+        match op {
+            Op::Up(d) => {
+                let was_up = p.running().iter().any(|r| r == d);
+                match p.up(d) {
+                    Ok(_) => assert!(!was_up),
+                    Err(ApiError::NotFound(_)) => assert_eq!(d, "ghost"),
+                    Err(ApiError::Conflict(_)) => assert!(was_up),
+                    Err(e) => panic!("up {d}: {e}"),
+                }
+            }
+            Op::Down(d, purge) => {
+                let _ = p.down(d, purge);
+                assert!(!p.running().iter().any(|r| r == d));
+                assert!(!p.channels().iter().any(|c| c.from == d || c.to == d));
+            }
+            Op::Fg(d) => {
+                let r = p.set_foreground(d);
+                let ok_expected = p.running().iter().any(|r| r == d)
+                    && p.profile
+                        .domain(d)
+                        .is_some_and(|x| x.role != Role::Realtime);
+                assert_eq!(r.is_ok(), ok_expected, "fg {d}: {r:?}");
+                if r.is_ok() {
+                    assert_eq!(p.foreground(), Some(d));
+                }
+            }
+            Op::Open(a, b, c, buf) => {
+                let decision = p.profile.policy.check(a, b, c, buf);
+                let before = p.channels().len();
+                match p.open_channel(a, b, c, buf) {
+                    Ok(info) => {
+                        assert!(
+                            matches!(decision, Decision::Allow { buffer } if buffer == info.buffer)
+                        );
+                        assert_eq!(p.channels().len(), before + 1);
+                    }
+                    Err(ApiError::Forbidden(_)) => {
+                        assert!(matches!(decision, Decision::Deny(_)));
+                        assert_eq!(p.channels().len(), before);
+                    }
+                    Err(ApiError::NotFound(_)) => assert!(a == "ghost" || b == "ghost"),
+                    Err(ApiError::Conflict(_)) => assert_eq!(p.channels().len(), before),
+                    Err(e) => panic!("open: {e}"),
+                }
+            }
+            Op::Close(id) => {
+                let had = p.channels().iter().any(|c| c.id == id);
+                assert_eq!(p.close_channel(id).is_ok(), had);
+                assert!(!p.channels().iter().any(|c| c.id == id));
+            }
+            Op::Take(who, c, peer) => {
+                if let Ok((info, side, fds)) = p.take_end(who, c, peer) {
+                    // Only an end of the channel gets it, on its own side.
+                    assert_eq!(info.channel, c);
+                    assert!(info.from == who || info.to == who, "{who} got {info:?}");
+                    assert_eq!(side == 0, info.from == who);
+                    if let Some(peer) = peer {
+                        assert_eq!(if side == 0 { &info.to } else { &info.from }, peer);
+                    }
+                    assert!(p.channels().contains(&info));
+                    for fd in fds {
+                        // SAFETY: fcntl F_GETFD on a descriptor number only queries it.
+                        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+                    }
+                }
+            }
+            Op::Restart => {
+                let prof = p.profile.clone();
+                drop(p);
+                p = Platform::open(prof, fake.clone(), dir.path(), None).unwrap();
+                // Adopted channels cannot be handed out again, but are still listed.
+                assert!(p.channels().iter().all(|c| c.adopted));
+            }
+        }
+        check_invariants(&p, &fake);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_sequence_of_calls_breaks_the_policy_or_the_foreground(ops in prop::collection::vec(op(), 1..60)) {
+        run(ops, "throttle");
+    }
+
+    #[test]
+    fn the_same_holds_when_the_background_is_frozen(ops in prop::collection::vec(op(), 1..60)) {
+        run(ops, "freeze");
+    }
+}
