@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use channel::End;
 
@@ -90,28 +90,20 @@ pub fn get(
     wait: Duration,
 ) -> Result<(End, String), String> {
     let req = format!(
-        r#"{{"op":"get","channel":{}{}}}"#,
+        r#"{{"op":"get","channel":{}{},"wait_ms":{}}}"#,
         quote(name),
         peer.map(|p| format!(r#","peer":{}"#, quote(p)))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        wait.as_millis()
     );
-    let t0 = Instant::now();
-    loop {
-        match ask(port, &req) {
-            Ok((text, fds)) => {
-                let side: usize = field(&text, "side")
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("the daemon's answer has no side")?;
-                let [m, d0, d1, s0, s1]: [OwnedFd; 5] = fds
-                    .try_into()
-                    .map_err(|_| "the daemon sent the wrong descriptors".to_string())?;
-                let end = End::from_fds(side, m, [d0, d1], [s0, s1]).map_err(|e| e.to_string())?;
-                return Ok((end, text));
-            }
-            Err(e) if e.starts_with("no open channel") && t0.elapsed() < wait => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // The daemon holds the answer until the channel is open (or the wait is over).
+    let (text, fds) = ask(port, &req)?;
+    let side: usize = field(&text, "side")
+        .and_then(|s| s.parse().ok())
+        .ok_or("the daemon's answer has no side")?;
+    let [m, d0, d1, s0, s1]: [OwnedFd; 5] = fds
+        .try_into()
+        .map_err(|_| "the daemon sent the wrong descriptors".to_string())?;
+    let end = End::from_fds(side, m, [d0, d1], [s0, s1]).map_err(|e| e.to_string())?;
+    Ok((end, text))
 }

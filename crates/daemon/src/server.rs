@@ -244,6 +244,7 @@ async fn channel_open(
             Some(v) => return Err(ApiError::BadRequest(format!("buffer {v} is not a size"))),
         };
     let c = lock(&s).open_channel(&b.from, &b.to, &b.channel, buffer)?;
+    OPENED.notify_waiters();
     Ok((StatusCode::CREATED, Json(c)).into_response())
 }
 
@@ -292,7 +293,12 @@ struct PortRequest {
     op: String,
     channel: Option<String>,
     peer: Option<String>,
+    /// For `get`: how long to wait for the channel to be opened (at most ten minutes).
+    wait_ms: Option<u64>,
 }
+
+/// Woken whenever a channel is opened, for the ports' waiting `get`s.
+static OPENED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 async fn port_session(s: Shared, who: String, stream: UnixStream) {
     let mut r = BufReader::new(stream);
@@ -315,10 +321,9 @@ async fn port_session(s: Shared, who: String, stream: UnixStream) {
         Ok(r) => r,
         Err(e) => return reply(json!({"error": format!("bad request: {e}")}), &[]),
     };
-    let p = lock(&s);
     match (req.op.as_str(), req.channel) {
         ("ls", _) => {
-            let mine: Vec<_> = p
+            let mine: Vec<_> = lock(&s)
                 .channels()
                 .iter()
                 .filter(|c| c.from == who || c.to == who)
@@ -326,14 +331,39 @@ async fn port_session(s: Shared, who: String, stream: UnixStream) {
                 .collect();
             reply(json!({"domain": who, "channels": mine}), &[]);
         }
-        ("get", Some(ch)) => match p.take_end(&who, &ch, req.peer.as_deref()) {
-            Ok((c, side, fds)) => reply(
-                json!({"channel": c.channel, "id": c.id, "side": side,
-                       "peer": if side == 0 { &c.to } else { &c.from }, "buffer": c.buffer}),
-                &fds,
-            ),
-            Err(e) => reply(json!({"error": e.to_string()}), &[]),
-        },
+        ("get", Some(ch)) => {
+            let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(600_000));
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let opened = OPENED.notified();
+                tokio::pin!(opened);
+                opened.as_mut().enable();
+                let r = lock(&s).take_end(&who, &ch, req.peer.as_deref());
+                match r {
+                    Ok((c, side, fds)) => {
+                        return reply(
+                            json!({"channel": c.channel, "id": c.id, "side": side,
+                                   "peer": if side == 0 { &c.to } else { &c.from }, "buffer": c.buffer}),
+                            &fds,
+                        )
+                    }
+                    Err(ApiError::NotFound(_)) if tokio::time::Instant::now() < deadline => {
+                        // Wait for a channel to open, the deadline, or the domain hanging up.
+                        tokio::select! {
+                            _ = opened => {}
+                            _ = tokio::time::sleep_until(deadline) => {}
+                            _ = stream.readable() => {
+                                let mut b = [0u8; 1];
+                                if matches!(stream.try_read(&mut b), Ok(0)) {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return reply(json!({"error": e.to_string()}), &[]),
+                }
+            }
+        }
         ("get", None) => reply(json!({"error": "get needs a channel"}), &[]),
         (op, _) => reply(json!({"error": format!("unknown op {op:?}")}), &[]),
     }
@@ -401,6 +431,7 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", cfg.state_dir.display()))?;
     let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
     let lock_file = take_lock(&cfg.state_dir)?;
+    container::cgroups::cache_hierarchies();
     let backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);
     let platform = Platform::open(cfg.profile, backend, &cfg.state_dir, cfg.agent)
         .map_err(|e| e.to_string())?;

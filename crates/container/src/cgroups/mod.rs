@@ -94,8 +94,28 @@ pub fn hierarchies_from_mountinfo(text: &str) -> Vec<Hierarchy> {
     }
 }
 
+static CACHE: std::sync::OnceLock<Vec<Hierarchy>> = std::sync::OnceLock::new();
+static CACHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Let this process read the cgroup mount table once and keep it: for a long-running daemon,
+/// under which the cgroup hierarchies do not change. Saves a mountinfo parse per operation.
+pub fn cache_hierarchies() {
+    CACHING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// This machine's hierarchies.
 pub fn hierarchies() -> Result<Vec<Hierarchy>> {
+    if CACHING.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(h) = CACHE.get() {
+            return Ok(h.clone());
+        }
+        let h = read_hierarchies()?;
+        return Ok(CACHE.get_or_init(|| h).clone());
+    }
+    read_hierarchies()
+}
+
+fn read_hierarchies() -> Result<Vec<Hierarchy>> {
     let text = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo")?;
     let h = hierarchies_from_mountinfo(&text);
     if h.is_empty() {
