@@ -116,6 +116,12 @@ fn measure(
     bulk: usize,
     cpus: (usize, usize),
 ) -> Result<(f64, f64)> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    let before = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        set
+    };
     let (mut a, mut b) = pair(t, msg)?;
     let case = Case { msg, iters, bulk };
     // SAFETY: the child only runs the echo loop and leaves with _exit.
@@ -137,18 +143,9 @@ fn measure(
     if status != 0 {
         return Err(Error::Msg(format!("{t:?} echo child failed")));
     }
-    // Back to any CPU.
-    // SAFETY: cpu_set_t is plain data.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in 0..std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-        {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    // Back to the CPUs we had.
+    // SAFETY: restoring a mask sched_getaffinity filled.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &before) };
     Ok((rtt, mibs))
 }
 
