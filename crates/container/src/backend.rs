@@ -69,8 +69,11 @@ pub fn oci_config(
             );
         }
     }
-    let mut res = json!({});
-    res["cpu"] = json!({"shares": crate::cgroups::plan::weight_to_shares(d.cpu_weight.into())});
+    let mut res = json!({"cpu": {}});
+    if d.cpu_weight != 100 {
+        // 100 is the kernel's default weight: nothing to write.
+        res["cpu"]["shares"] = json!(crate::cgroups::plan::weight_to_shares(d.cpu_weight.into()));
+    }
     if let Some(cpus) = &d.cpus {
         res["cpu"]["cpus"] = json!(cpus);
     }
@@ -113,6 +116,45 @@ impl ContainerBackend {
 
     fn domain_dir(&self, name: &str) -> PathBuf {
         self.dir.join("domains").join(name)
+    }
+
+    /// Every device rule of a domain with `change` applied: its config's rules, then the
+    /// changes made since it started (kept in `devices.json`, one per node, latest last).
+    /// What a cgroup v2 device filter is rebuilt from.
+    fn rules_with(
+        &self,
+        name: &str,
+        change: &crate::cgroups::plan::DevRule,
+    ) -> crate::Result<Vec<crate::cgroups::plan::DevRule>> {
+        use crate::cgroups::plan::{device_rules, DevRule, RWM};
+        let dd = self.domain_dir(name);
+        let cfg: oci_spec::runtime::Spec = serde_json::from_slice(
+            &std::fs::read(dd.join("bundle/config.json"))
+                .map_err(|e| crate::Error::Msg(format!("domain {name}: its config: {e}")))?,
+        )
+        .map_err(|e| crate::Error::Msg(format!("domain {name}: its config: {e}")))?;
+        let mut rules = device_rules(cfg.linux().as_ref().and_then(|l| l.resources().as_ref()));
+        let path = dd.join("devices.json");
+        let mut changes: Vec<(bool, char, u32, u32)> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let key = (
+            change.kind,
+            change.major.unwrap_or(0),
+            change.minor.unwrap_or(0),
+        );
+        changes.retain(|c| (c.1, c.2, c.3) != key);
+        changes.push((change.allow, key.0, key.1, key.2));
+        crate::util::write_atomic(&path, &serde_json::to_vec(&changes).unwrap_or_default())?;
+        rules.extend(changes.iter().map(|&(allow, kind, major, minor)| DevRule {
+            allow,
+            kind,
+            major: Some(major),
+            minor: Some(minor),
+            access: RWM,
+        }));
+        Ok(rules)
     }
 
     fn layer(&self, name: &str, base: &Path) -> Layered {
@@ -242,17 +284,18 @@ impl Backend for ContainerBackend {
             minor: Some(minor),
             access: crate::cgroups::plan::RWM,
         };
+        let v2_rules = || self.rules_with(name, &rule);
         // Taking away: first the right to open it, then the node. Giving: the other way round.
         if !present {
             st.cgroup()
-                .and_then(|c| c.set_device(&rule))
+                .and_then(|c| c.set_device(&rule, v2_rules))
                 .map_err(|e| err(e.chain()))?;
         }
         place_node(st.pid, node, present.then_some((typ, major, minor, mode)))
             .map_err(|e| err(format!("domain {name}: {}: {e}", node.display())))?;
         if present {
             st.cgroup()
-                .and_then(|c| c.set_device(&rule))
+                .and_then(|c| c.set_device(&rule, v2_rules))
                 .map_err(|e| err(e.chain()))?;
         }
         Ok(())

@@ -309,13 +309,17 @@ impl<B: Backend> Platform<B> {
             return Ok(());
         }
         let frozen = self.status(name) == DomainStatus::Frozen;
+        let throttle = self.profile.background == BackgroundMode::Throttle;
         if self.foreground() == Some(name) {
             if frozen {
                 self.backend.freeze(name, false).map_err(be)?;
             }
-            self.backend
-                .set_cpu_weight(name, d.cpu_weight)
-                .map_err(be)?;
+            if throttle {
+                // Back from the background weight (freezing never changes it).
+                self.backend
+                    .set_cpu_weight(name, d.cpu_weight)
+                    .map_err(be)?;
+            }
             for n in self.exclusive_nodes(&d) {
                 self.backend.set_device(name, &n, true).map_err(be)?;
             }

@@ -510,7 +510,9 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
         .iter()
         .map(|(c, p)| (c.to_string(), PathBuf::from(p)))
         .collect();
-    for (class, node) in &raw.device_nodes {
+    let mut entries: Vec<_> = raw.device_nodes.iter().collect();
+    entries.sort_by_key(|(c, _)| c.span().start);
+    for (class, node) in entries {
         let c = class.get_ref();
         if c == "network"
             || !(EXCLUSIVE_DEVICES.contains(&c.as_str()) || SHARED_DEVICES.contains(&c.as_str()))
@@ -679,6 +681,35 @@ buffer = "64K"
         );
         let e = errs(&OK.replace("to = \"b\"", "to = \"a\""));
         assert!(e.iter().any(|l| l.contains("to itself")), "{e:?}");
+    }
+
+    #[test]
+    fn device_nodes_map_classes_to_host_nodes() {
+        let p = parse(
+            &format!("{OK}[device_nodes]\ndisplay = \"/dev/vcs1\"\n"),
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(p.device_nodes["display"], PathBuf::from("/dev/vcs1"));
+        // Unset classes keep a phone's usual node.
+        assert_eq!(p.device_nodes["camera"], PathBuf::from("/dev/video0"));
+        assert_eq!(
+            p.exclusive_nodes(p.domain("a").unwrap()),
+            [PathBuf::from("/dev/vcs1")]
+        );
+        let e = errs(&format!("{OK}[device_nodes]\nprinter = \"/dev/lp0\"\nnetwork = \"/dev/x\"\ninput = \"/etc/passwd\"\n"));
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:22:") && e[0].contains("printer"),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|l| l.contains("network")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:24:") && l.contains("not a path under /dev")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -140,6 +140,9 @@ struct ProgAttach {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
@@ -216,6 +219,99 @@ pub fn attach(dir: &Path, rules: &[DevRule]) -> Result<()> {
     if r < 0 {
         return Err(std::io::Error::last_os_error())
             .ctx(|| format!("attaching the device filter to {}", dir.display()));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct ProgQuery {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+struct GetFdById {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a fully initialised bpf_attr variant of the size passed; any pointers
+    // in it point at live buffers of the sizes it states.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The ids of the device programs attached to the cgroup `cg`.
+fn attached(cg: &OwnedFd) -> std::io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let q = ProgQuery {
+        target_fd: cg.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        _pad: 0,
+    };
+    bpf(BPF_PROG_QUERY, &q)?;
+    Ok(ids[..(q.prog_cnt as usize).min(ids.len())].to_vec())
+}
+
+/// The ids of the device programs attached to the cgroup directory `dir`.
+pub fn attached_ids(dir: &Path) -> Result<Vec<u32>> {
+    let cg: OwnedFd = std::fs::File::open(dir)
+        .ctx(|| format!("opening cgroup {}", dir.display()))?
+        .into();
+    attached(&cg).ctx(|| format!("listing the device filters of {}", dir.display()))
+}
+
+/// Replace the device filter of the cgroup directory `dir` with one for `rules`: the new
+/// program is attached first, then the old ones are detached, so that no device is ever
+/// allowed by neither (programs attached together must all allow an access).
+pub fn replace(dir: &Path, rules: &[DevRule]) -> Result<()> {
+    let cg: OwnedFd = std::fs::File::open(dir)
+        .ctx(|| format!("opening cgroup {}", dir.display()))?
+        .into();
+    let old = attached(&cg).ctx(|| format!("listing the device filters of {}", dir.display()))?;
+    attach(dir, rules)?;
+    for id in old {
+        let fd = bpf(
+            BPF_PROG_GET_FD_BY_ID,
+            &GetFdById {
+                prog_id: id,
+                next_id: 0,
+                open_flags: 0,
+            },
+        )
+        .ctx(|| format!("device filter {id} of {}", dir.display()))?;
+        // SAFETY: bpf returned a new descriptor that nothing else owns.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let d = ProgAttach {
+            target_fd: cg.as_raw_fd() as u32,
+            attach_bpf_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: 0,
+        };
+        bpf(BPF_PROG_DETACH, &d)
+            .ctx(|| format!("detaching device filter {id} of {}", dir.display()))?;
     }
     Ok(())
 }
@@ -299,10 +395,40 @@ mod tests {
             access: ACC_READ,
         }];
         attach(&dir, &rules).unwrap();
+        let first = probe(&dir);
+        // Replaced: now /dev/null only.
+        let rules = [DevRule {
+            allow: true,
+            kind: 'c',
+            major: Some(1),
+            minor: Some(3),
+            access: ACC_READ | ACC_WRITE,
+        }];
+        replace(&dir, &rules).unwrap();
+        let second = probe(&dir);
+        let cg: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        let left = attached(&cg).unwrap().len();
+        drop(cg);
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(
+            first,
+            (false, true),
+            "/dev/null must be denied, /dev/zero allowed"
+        );
+        assert_eq!(
+            second,
+            (true, false),
+            "after replace: /dev/null allowed, /dev/zero denied"
+        );
+        assert_eq!(left, 1, "the old filter must be detached");
+    }
+
+    /// Can a process in cgroup `dir` open (/dev/null for writing, /dev/zero for reading)?
+    fn probe(dir: &Path) -> (bool, bool) {
+        let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap();
         // SAFETY: the child only makes async-signal-safe calls before _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap()).unwrap();
             // SAFETY: plain syscalls on valid C strings in the forked child.
             unsafe {
                 let f = libc::open(procs.as_ptr(), libc::O_WRONLY);
@@ -311,21 +437,14 @@ mod tests {
                 }
                 let null_ok = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY) >= 0;
                 let zero_ok = libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY) >= 0;
-                libc::_exit(match (null_ok, zero_ok) {
-                    (false, true) => 0,
-                    (true, _) => 11,
-                    (false, false) => 12,
-                });
+                libc::_exit(null_ok as i32 | (zero_ok as i32) << 1);
             }
         }
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        std::fs::remove_dir(&dir).unwrap();
-        assert_eq!(
-            libc::WEXITSTATUS(status),
-            0,
-            "/dev/null must be denied, /dev/zero allowed"
-        );
+        let code = libc::WEXITSTATUS(status);
+        assert!(code < 4, "the probe could not join the cgroup ({code})");
+        (code & 1 != 0, code & 2 != 0)
     }
 }

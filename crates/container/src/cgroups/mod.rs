@@ -273,9 +273,14 @@ impl Cgroup {
         }
     }
 
-    /// Allow or deny one device rule on a running container (v1 `devices.allow` /
-    /// `devices.deny`).
-    pub fn set_device(&self, rule: &plan::DevRule) -> Result<()> {
+    /// Allow or deny one device rule on a running container: v1 writes `devices.allow` /
+    /// `devices.deny`; v2 replaces the device filter with one for the whole rule list that
+    /// `v2_rules` gives (the container's rules with this change last).
+    pub fn set_device(
+        &self,
+        rule: &plan::DevRule,
+        v2_rules: impl FnOnce() -> Result<Vec<plan::DevRule>>,
+    ) -> Result<()> {
         match self.version() {
             Version::V1 => {
                 let d = self.dir_of("devices").ok_or_else(|| {
@@ -288,9 +293,7 @@ impl Cgroup {
                 };
                 write_file(&d.join(file), &rule.to_string())
             }
-            Version::V2 => Err(Error::Msg(
-                "changing the devices of a running cgroup v2 container is not supported yet".into(),
-            )),
+            Version::V2 => devices::replace(&self.dir_of("").unwrap_or_default(), &v2_rules()?),
         }
     }
 
