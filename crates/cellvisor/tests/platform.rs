@@ -808,6 +808,25 @@ fn bad_input_gets_one_line_and_leaves_nothing() {
         d.sock().exists(),
         "the second daemon removed the first one's socket"
     );
+    // Another daemon (other state) on the same socket: refused, and it leaves nothing.
+    let other = d.dir.path().join("other-state");
+    let o = Command::new(daemon_bin())
+        .arg("--profile")
+        .arg(d.dir.path().join("profile.toml"))
+        .arg("--state")
+        .arg(&other)
+        .arg("--socket")
+        .arg(d.sock())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("in use by another server"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(!other.exists(), "the refused daemon left its state behind");
+    assert!(d.ok(&["ps"]).contains("modem"));
     d.teardown_and_check(&[]);
 
     // A malformed profile: every problem on its own line, no state, no socket.

@@ -432,11 +432,33 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
     let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
     let lock_file = take_lock(&cfg.state_dir)?;
     container::cgroups::cache_hierarchies();
+    let mut made = Vec::new();
+    let r = serve(&mut cfg, &mut made).await;
+    for p in made {
+        let _ = std::fs::remove_file(p);
+    }
+    // Nothing up and nothing kept (no container state, no domain directory): leave no state.
+    let empty = |d: &str| {
+        std::fs::read_dir(cfg.state_dir.join(d))
+            .map(|mut e| e.next().is_none())
+            .unwrap_or(true)
+    };
+    if empty("oci") && empty("domains") {
+        let _ = std::fs::remove_dir_all(&cfg.state_dir);
+    }
+    drop(lock_file);
+    r
+}
+
+/// Open the platform, bind the sockets (recorded in `made`, for removal), and answer
+/// requests until SIGTERM or SIGINT.
+async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> {
     let backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);
-    let platform = Platform::open(cfg.profile, backend, &cfg.state_dir, cfg.agent)
+    let profile = cfg.profile.clone();
+    let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())
         .map_err(|e| e.to_string())?;
     let shared: Shared = Arc::new(Mutex::new(platform));
-    let ports = bind_ports(&shared).map_err(|e| format!("binding the domains' ports: {e}"))?;
+    made.extend(bind_ports(&shared).map_err(|e| format!("binding the domains' ports: {e}"))?);
     if let Some(parent) = cfg.socket.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("creating {}: {e}", parent.display()))?;
@@ -453,6 +475,7 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
     }
     let listener = UnixListener::bind(&cfg.socket)
         .map_err(|e| format!("binding {}: {e}", cfg.socket.display()))?;
+    made.push(cfg.socket.clone());
     let mode = if cfg.group.is_some() { 0o660 } else { 0o600 };
     if let Some(g) = cfg.group {
         let c = container::util::cstring(&cfg.socket);
@@ -474,21 +497,7 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(&cfg.socket);
-    for p in ports {
-        let _ = std::fs::remove_file(p);
-    }
-    let p = lock(&shared);
-    let kept = std::fs::read_dir(cfg.state_dir.join("domains"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if p.is_idle() && !kept {
-        // Nothing up and nothing kept: leave no state behind.
-        let _ = std::fs::remove_dir_all(&cfg.state_dir);
-    }
-    drop(lock_file);
-    Ok(())
+        .map_err(|e| e.to_string())
 }
 
 /// The routes the server answers, for the OpenAPI check.
