@@ -6,6 +6,7 @@ mod benchfg;
 mod oci;
 mod platform;
 mod profile;
+mod vm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub enum Cmd {
     Profile(profile::ProfileCmd),
     #[command(flatten)]
     Platform(platform::PlatformCmd),
+    /// MicroVMs on cellvisor's own KVM VMM
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
 }
 
 fn log_error(cli: &Cli, msg: &str) {
@@ -89,7 +93,7 @@ fn main() {
             c.name(),
             "state" | "list" | "ps" | "events" | "features" | "spec"
         ),
-        Cmd::Bench(_) | Cmd::Profile(_) | Cmd::Platform(_) => true,
+        Cmd::Bench(_) | Cmd::Profile(_) | Cmd::Platform(_) | Cmd::Vm(_) => true,
     };
     if prints {
         // SAFETY: setting the default disposition installs no handler code.
@@ -110,6 +114,7 @@ fn main() {
             Cmd::Bench(c) => bench::run(c),
             Cmd::Profile(c) => profile::run(c),
             Cmd::Platform(c) => platform::run(c),
+            Cmd::Vm(c) => vm::run(c),
         }
     };
     container::timing::flush(match &cli.cmd {
@@ -117,6 +122,7 @@ fn main() {
         Cmd::Bench(_) => "bench",
         Cmd::Profile(_) => "profile",
         Cmd::Platform(c) => c.name(),
+        Cmd::Vm(_) => "vm",
     });
     match r {
         Ok(code) => std::process::exit(code),

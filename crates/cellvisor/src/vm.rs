@@ -1,0 +1,63 @@
+//! `cellvisor vm`: microVMs on cellvisor's own VMM (the `vmm` crate).
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Boot a kernel in a microVM and run it until the guest resets or powers off
+    Run {
+        /// The guest kernel: an ELF vmlinux or a bzImage
+        #[arg(long)]
+        kernel: PathBuf,
+        /// An initramfs
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// The kernel command line
+        #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
+        cmdline: String,
+        /// Guest memory (e.g. 128M)
+        #[arg(long, default_value = "128M")]
+        mem: String,
+        /// Virtual CPUs
+        #[arg(long, default_value_t = 1)]
+        vcpus: u8,
+        /// Write the serial console here instead of to the terminal
+        #[arg(long)]
+        console: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: &VmCmd) -> Result<i32> {
+    match cmd {
+        VmCmd::Run {
+            kernel,
+            initrd,
+            cmdline,
+            mem,
+            vcpus,
+            console,
+        } => {
+            let mem_bytes = domain::profile::parse_size(mem)
+                .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
+            let cfg = vmm::Config {
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                cmdline: cmdline.clone(),
+                mem_bytes,
+                vcpus: *vcpus,
+                console: match console {
+                    Some(p) => vmm::Console::File(p.clone()),
+                    None => vmm::Console::Stdout,
+                },
+            };
+            match vmm::run(&cfg).map_err(|e| anyhow!("{e}"))? {
+                vmm::Exit::Reset | vmm::Exit::Poweroff => Ok(0),
+                vmm::Exit::Shutdown(why) => Err(anyhow!("the guest stopped: {why}")),
+                vmm::Exit::Error(why) => Err(anyhow!("the VM failed: {why}")),
+            }
+        }
+    }
+}

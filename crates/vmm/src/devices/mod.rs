@@ -1,0 +1,105 @@
+//! Devices on the I/O port bus: the 16550 serial console (vm-superio) on COM1 with its
+//! interrupt on IRQ 4 through an irqfd, and the i8042 controller whose CPU-reset command ends
+//! the VM. Reads of ports nobody claims return all ones; writes to them are dropped (the
+//! kernel probes and pokes legacy ports, port 0x80 for delays).
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use vm_superio::{I8042Device, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// An eventfd as vm-superio's interrupt or reset line.
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+const COM1: u16 = 0x3f8;
+const I8042: u16 = 0x60;
+
+/// The legacy devices of one VM.
+pub struct Legacy {
+    serial: Mutex<Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
+    i8042: Mutex<I8042Device<EventFdTrigger>>,
+}
+
+impl Legacy {
+    /// `irq4` is signalled when the serial port raises its interrupt, `reset` when the guest
+    /// resets the CPU; the console's output goes to `out`.
+    pub fn new(irq4: EventFd, reset: EventFd, out: Box<dyn Write + Send>) -> Self {
+        Legacy {
+            serial: Mutex::new(Serial::new(EventFdTrigger(irq4), out)),
+            i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
+        }
+    }
+
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        data.fill(0xff);
+        if data.len() != 1 {
+            return;
+        }
+        match port {
+            COM1..=0x3ff => {
+                data[0] = self
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read((port - COM1) as u8)
+            }
+            0x60 | 0x64 => {
+                data[0] = self
+                    .i8042
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read((port - I8042) as u8)
+            }
+            _ => {}
+        }
+    }
+
+    pub fn write(&self, port: u16, data: &[u8]) {
+        if data.len() != 1 {
+            return;
+        }
+        match port {
+            COM1..=0x3ff => {
+                let _ = self
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write((port - COM1) as u8, data[0]);
+            }
+            0x60 | 0x64 => {
+                let _ = self
+                    .i8042
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write((port - I8042) as u8, data[0]);
+            }
+            _ => {}
+        }
+    }
+
+    /// Bytes typed on the console, for the guest to read.
+    pub fn input(&self, bytes: &[u8]) {
+        let _ = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_raw_bytes(bytes);
+    }
+
+    pub fn flush(&self) {
+        let _ = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writer_mut()
+            .flush();
+    }
+}

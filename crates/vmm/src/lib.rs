@@ -1,0 +1,243 @@
+//! cellvisor's virtual machine monitor: a microVM on KVM, built from the rust-vmm crates
+//! (kvm-ioctls, kvm-bindings, vm-memory, linux-loader, vm-superio, vmm-sys-util). It boots a
+//! 64-bit Linux kernel (ELF vmlinux or bzImage) with an initrd and a command line, one thread
+//! per vCPU, a 16550 serial console and an i8042 whose reset ends the VM.
+//!
+//! Guest memory is anonymous and private, mapped with MAP_NORESERVE: a page costs host memory
+//! only once the guest touches it. Any exit the VMM does not handle ends that VM (and only it)
+//! with the exit's data and the instruction bytes at the guest's RIP.
+
+pub mod arch;
+pub mod devices;
+mod vcpu;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::Kvm;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+/// What went wrong, for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    #[error("{0}")]
+    Boot(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where the serial console goes.
+#[derive(Debug, Clone)]
+pub enum Console {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One microVM.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_bytes: u64,
+    pub vcpus: u8,
+    pub console: Console,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest reset the machine (i8042 or a KVM reset event): how Linux reboots and how a
+    /// microVM's guest asks to stop.
+    Reset,
+    /// The guest powered off.
+    Poweroff,
+    /// A triple fault or other shutdown of a vCPU.
+    Shutdown(String),
+    /// An exit the VMM cannot handle, with its data and the code at RIP.
+    Error(String),
+}
+
+/// What the vCPU threads share with the VM's main thread.
+pub(crate) struct Shared {
+    pub legacy: devices::Legacy,
+    pub stop: AtomicBool,
+    pub exit: Mutex<Option<Exit>>,
+    /// Written when the VM must end (by a vCPU, or the i8042's reset line).
+    pub exit_evt: EventFd,
+    pub mem: GuestMemoryMmap,
+}
+
+impl Shared {
+    /// End the VM for `why` (the first reason wins).
+    pub fn end(&self, why: Exit) {
+        let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if e.is_none() {
+            *e = Some(why);
+        }
+        let _ = self.exit_evt.write(1);
+    }
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Io(format!("{what}: {e}"))
+}
+
+/// Load the kernel: an ELF vmlinux, else a bzImage. Returns the loader's result and the
+/// 64-bit entry point.
+fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResult, u64)> {
+    let mut f = File::open(&cfg.kernel).map_err(io(cfg.kernel.display()))?;
+    let himem = Some(GuestAddress(arch::HIMEM));
+    match Elf::load(mem, None, &mut f, himem) {
+        Ok(r) => {
+            let entry = r.kernel_load.raw_value();
+            Ok((r, entry))
+        }
+        Err(elf_err) => match BzImage::load(mem, None, &mut f, himem) {
+            // The 64-bit entry is 0x200 past the protected-mode code.
+            Ok(r) => {
+                let entry = r.kernel_load.raw_value() + 0x200;
+                Ok((r, entry))
+            }
+            Err(bz_err) => Err(Error::Boot(format!(
+                "{}: neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})",
+                cfg.kernel.display()
+            ))),
+        },
+    }
+}
+
+/// Boot the VM and run it until it ends.
+pub fn run(cfg: &Config) -> Result<Exit> {
+    if cfg.vcpus == 0 || cfg.vcpus > arch::mptable::MAX_CPUS {
+        return Err(Error::Config(format!(
+            "vcpus: {} is outside 1..{}",
+            cfg.vcpus,
+            arch::mptable::MAX_CPUS
+        )));
+    }
+    if cfg.cmdline.len() >= arch::CMDLINE_MAX {
+        return Err(Error::Config(format!(
+            "the command line is longer than {} bytes",
+            arch::CMDLINE_MAX - 1
+        )));
+    }
+    let ranges = arch::ram_ranges(cfg.mem_bytes)?;
+    let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+    arch::setup_vm(&kvm, &vm)?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
+        .map_err(|e| Error::Boot(format!("guest memory: {e}")))?;
+    for (slot, r) in mem.iter().enumerate() {
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: r.start_addr().raw_value(),
+            memory_size: r.len(),
+            userspace_addr: r.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM's vCPUs
+        // (they are joined before `mem` is dropped).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    let (kernel, entry) = load_kernel(&mem, cfg)?;
+    let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_MAX)
+        .map_err(|e| Error::Boot(format!("command line: {e}")))?;
+    if !cfg.cmdline.is_empty() {
+        cmdline
+            .insert_str(&cfg.cmdline)
+            .map_err(|e| Error::Config(format!("command line: {e}")))?;
+    }
+    linux_loader::loader::load_cmdline(&mem, GuestAddress(arch::CMDLINE), &cmdline)
+        .map_err(|e| Error::Boot(format!("command line: {e}")))?;
+    let initrd = match &cfg.initrd {
+        Some(p) => {
+            let data = std::fs::read(p).map_err(io(p.display()))?;
+            let at = arch::initrd_addr(&mem, data.len())?;
+            mem.write_slice(&data, at)
+                .map_err(|e| Error::Boot(format!("loading the initrd: {e}")))?;
+            Some((at, data.len()))
+        }
+        None => None,
+    };
+    arch::write_boot_params(&mem, kernel.setup_header, cfg.cmdline.len() + 1, initrd)?;
+    arch::regs::write_tables(&mem)?;
+    arch::mptable::write(&mem, cfg.vcpus)?;
+
+    let irq4 = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+    vm.register_irqfd(&irq4, 4)
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    let exit_evt = EventFd::new(0).map_err(io("eventfd"))?;
+    let out: Box<dyn Write + Send> = match &cfg.console {
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io(p.display()))?,
+        ),
+    };
+    let shared = Arc::new(Shared {
+        legacy: devices::Legacy::new(irq4, exit_evt.try_clone().map_err(io("eventfd"))?, out),
+        stop: AtomicBool::new(false),
+        exit: Mutex::new(None),
+        exit_evt: exit_evt.try_clone().map_err(io("eventfd"))?,
+        mem: mem.clone(),
+    });
+
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        let fd = vm
+            .create_vcpu(id as u64)
+            .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
+        arch::regs::setup_cpu(&kvm, &fd, id, cfg.vcpus)?;
+        if id == 0 {
+            arch::regs::setup_boot_cpu(&fd, entry)?;
+        }
+        vcpus.push(fd);
+    }
+    vcpu::install_kick_handler()?;
+    let threads: Vec<_> = vcpus
+        .into_iter()
+        .enumerate()
+        .map(|(id, fd)| vcpu::spawn(id, fd, shared.clone()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io("starting a vCPU thread"))?;
+    // Until a vCPU or the i8042 says the VM is over.
+    let _ = exit_evt.read();
+    shared.stop.store(true, Ordering::SeqCst);
+    for _ in 0..400 {
+        if threads.iter().all(|t| t.is_finished()) {
+            break;
+        }
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            vcpu::kick(t);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    shared.legacy.flush();
+    let why = shared.exit.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(why.unwrap_or(Exit::Reset))
+}

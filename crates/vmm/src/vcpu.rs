@@ -1,0 +1,129 @@
+//! One thread per vCPU: KVM_RUN, then the exit handled (port I/O to the legacy devices) or the
+//! VM ended with the exit described. The main thread stops a vCPU with a signal whose handler
+//! does nothing: KVM_RUN returns EINTR, and the loop sees the stop flag.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::{Error, Exit, Result, Shared};
+
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Install the (empty) handler of the kick signal, once per process.
+pub fn install_kick_handler() -> Result<()> {
+    static ONCE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| format!("installing the vCPU kick handler: {e}"))
+    })
+    .clone()
+    .map_err(Error::Io)
+}
+
+/// Interrupt a vCPU thread's KVM_RUN.
+pub fn kick(t: &JoinHandle<()>) {
+    // SAFETY: pthread_kill on a thread that has not been joined yet (its handle is alive).
+    unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+}
+
+/// The guest's registers and the code bytes at RIP, for an exit report.
+fn describe(vcpu: &VcpuFd, s: &Shared) -> String {
+    let Ok(regs) = vcpu.get_regs() else {
+        return "registers unavailable".into();
+    };
+    let code = vcpu
+        .translate_gva(regs.rip)
+        .ok()
+        .filter(|t| t.valid != 0)
+        .and_then(|t| {
+            let mut b = [0u8; 16];
+            s.mem
+                .read_slice(&mut b, GuestAddress(t.physical_address))
+                .ok()
+                .map(|_| b)
+        })
+        .map(|b| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unreadable".into());
+    format!(
+        "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x}; code at rip: {code}",
+        regs.rip, regs.rsp, regs.rflags, regs.rax
+    )
+}
+
+fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
+    while !s.stop.load(Ordering::SeqCst) {
+        let why = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                s.legacy.write(port, data);
+                continue;
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                s.legacy.read(port, data);
+                continue;
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                // No device there (yet): reads as all ones, like an empty bus.
+                data.fill(0xff);
+                continue;
+            }
+            Ok(VcpuExit::MmioWrite(..)) => continue,
+            Ok(VcpuExit::Hlt) => Exit::Shutdown(format!("vcpu {id} halted")),
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown(format!(
+                "vcpu {id} shut down (triple fault?): {}",
+                describe(&vcpu, &s)
+            )),
+            Ok(VcpuExit::SystemEvent(kind, data)) => match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => Exit::Reset,
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Poweroff,
+                _ => Exit::Error(format!("vcpu {id}: system event {kind} {data:?}")),
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Error(format!(
+                "vcpu {id}: KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu}): {}",
+                describe(&vcpu, &s)
+            )),
+            Ok(VcpuExit::InternalError) => {
+                let (sub, data) = {
+                    let r = vcpu.get_kvm_run();
+                    // SAFETY: KVM filled the `internal` member of the exit union for this exit.
+                    let i = unsafe { r.__bindgen_anon_1.internal };
+                    (i.suberror, i.data[..(i.ndata as usize).min(16)].to_vec())
+                };
+                Exit::Error(format!(
+                    "vcpu {id}: KVM_EXIT_INTERNAL_ERROR (suberror {sub}, data {data:x?}): {}",
+                    describe(&vcpu, &s)
+                ))
+            }
+            Ok(other) => {
+                let what = format!("{other:?}");
+                Exit::Error(format!(
+                    "vcpu {id}: unhandled exit {what}: {}",
+                    describe(&vcpu, &s)
+                ))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => Exit::Error(format!("vcpu {id}: KVM_RUN: {e}")),
+        };
+        s.end(why);
+        return;
+    }
+}
+
+pub fn spawn(id: usize, vcpu: VcpuFd, s: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run(id, vcpu, s))
+}
