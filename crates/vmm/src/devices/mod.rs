@@ -1,12 +1,15 @@
 //! Devices on the I/O port bus: the 16550 serial console (vm-superio) on COM1 with its
-//! interrupt on IRQ 4 through an irqfd, and the i8042 controller whose CPU-reset command ends
-//! the VM. Reads of ports nobody claims return all ones; writes to them are dropped (the
+//! interrupt on IRQ 4 through an irqfd, the i8042 controller whose CPU-reset command ends
+//! the VM, and the CMOS clock. Reads of ports nobody claims return all ones; writes to them are dropped (the
 //! kernel probes and pokes legacy ports, port 0x80 for delays).
 
 use std::io::Write;
 use std::sync::Mutex;
 
-use vm_superio::{I8042Device, Serial, Trigger};
+pub mod cmos;
+pub mod i8042;
+
+use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 /// An eventfd as vm-superio's interrupt or reset line.
@@ -25,7 +28,8 @@ const I8042: u16 = 0x60;
 /// The legacy devices of one VM.
 pub struct Legacy {
     serial: Mutex<Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
-    i8042: Mutex<I8042Device<EventFdTrigger>>,
+    i8042: Mutex<i8042::I8042<EventFdTrigger>>,
+    cmos: Mutex<cmos::Cmos>,
 }
 
 impl Legacy {
@@ -34,7 +38,8 @@ impl Legacy {
     pub fn new(irq4: EventFd, reset: EventFd, out: Box<dyn Write + Send>) -> Self {
         Legacy {
             serial: Mutex::new(Serial::new(EventFdTrigger(irq4), out)),
-            i8042: Mutex::new(I8042Device::new(EventFdTrigger(reset))),
+            i8042: Mutex::new(i8042::I8042::new(EventFdTrigger(reset))),
+            cmos: Mutex::new(cmos::Cmos::new()),
         }
     }
 
@@ -58,6 +63,13 @@ impl Legacy {
                     .unwrap_or_else(|e| e.into_inner())
                     .read((port - I8042) as u8)
             }
+            0x70 | 0x71 => {
+                data[0] = self
+                    .cmos
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read((port - 0x70) as u8)
+            }
             _ => {}
         }
     }
@@ -74,13 +86,16 @@ impl Legacy {
                     .unwrap_or_else(|e| e.into_inner())
                     .write((port - COM1) as u8, data[0]);
             }
-            0x60 | 0x64 => {
-                let _ = self
-                    .i8042
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write((port - I8042) as u8, data[0]);
-            }
+            0x60 | 0x64 => self
+                .i8042
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write((port - I8042) as u8, data[0]),
+            0x70 | 0x71 => self
+                .cmos
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write((port - 0x70) as u8, data[0]),
             _ => {}
         }
     }

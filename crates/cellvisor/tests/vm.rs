@@ -1,0 +1,246 @@
+//! MicroVMs end to end (root, /dev/kvm): the tiny test guest on this machine's own KVM, bad
+//! input, a guest that faults, and the stock Debian kernel booted to userspace by our VMM
+//! inside the emulated KVM test host (scripts/kvm-test-host.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::WORKSPACE;
+
+fn can_run_vms() -> bool {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: needs root and /dev/kvm");
+        return false;
+    }
+    true
+}
+
+fn vm(args: &[&str]) -> Output {
+    Command::new(common::BIN)
+        .arg("vm")
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Assemble a guest (GNU as, 64-bit) into an ELF kernel.
+fn assemble(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let s = dir.join(format!("{name}.S"));
+    std::fs::write(&s, src).unwrap();
+    let o = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    assert!(Command::new("as")
+        .arg("--64")
+        .arg("-o")
+        .arg(&o)
+        .arg(&s)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ld")
+        .args([
+            "-static",
+            "-nostdlib",
+            "-Ttext=0x200000",
+            "-e",
+            "_start",
+            "-o"
+        ])
+        .arg(&elf)
+        .arg(&o)
+        .status()
+        .unwrap()
+        .success());
+    elf
+}
+
+fn tiny(dir: &Path) -> PathBuf {
+    let elf = dir.join("tiny.elf");
+    let ok = Command::new("bash")
+        .arg(Path::new(WORKSPACE).join("scripts/mktiny.sh"))
+        .arg(&elf)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the tiny guest failed");
+    elf
+}
+
+/// The project's tiny guest on this machine's /dev/kvm: it reaches ring 3, prints on the
+/// serial port, makes port and MMIO exits, and resets the machine, which ends the VMM with 0.
+#[test]
+fn the_tiny_guest_runs_on_this_machines_kvm() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = tiny(t.path());
+    let console = t.path().join("console.log");
+    let o = vm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--mem",
+        "32M",
+        "--console",
+        console.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let out = std::fs::read_to_string(&console).unwrap();
+    for line in [
+        "tiny guest: up in ring 3",
+        "tiny guest: exit round trip ",
+        "tiny guest: mmio read ok",
+        "tiny guest: done, resetting",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    // The same on the terminal, and with more vCPUs (the others wait for a start IPI).
+    let o = vm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--mem",
+        "32M",
+        "--vcpus",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stdout(&o).contains("tiny guest: done"),
+        "{}",
+        common::stdout(&o)
+    );
+}
+
+/// Bad input: one line, a non-zero exit, no VM.
+#[test]
+fn bad_input_gets_one_line() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = tiny(t.path());
+    let k = k.to_str().unwrap();
+    let junk = t.path().join("junk");
+    std::fs::write(&junk, b"not a kernel at all").unwrap();
+    for (args, want) in [
+        (vec!["--kernel", "/no/such/kernel"], "/no/such/kernel"),
+        (
+            vec!["--kernel", junk.to_str().unwrap()],
+            "neither an ELF kernel",
+        ),
+        (vec!["--kernel", k, "--vcpus", "0"], "vcpus: 0"),
+        (vec!["--kernel", k, "--mem", "1M"], "too little"),
+        (vec!["--kernel", k, "--mem", "lots"], "not a size"),
+        (
+            vec!["--kernel", k, "--initrd", "/no/such/initrd"],
+            "/no/such/initrd",
+        ),
+    ] {
+        let o = vm(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let e = common::stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
+
+/// A guest that faults with no IDT triple-faults: that VM ends with the registers and the
+/// instruction bytes at RIP (here `ud2`: 0f 0b), and the VMM exits non-zero.
+#[test]
+fn a_faulting_guest_ends_with_the_code_at_rip() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = assemble(
+        t.path(),
+        "fault",
+        ".intel_syntax noprefix\n.code64\n.globl _start\n_start:\n nop\n ud2\n",
+    );
+    let o = vm(&["--kernel", k.to_str().unwrap(), "--mem", "32M"]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("triple fault") && e.contains("code at rip: 0f 0b"),
+        "{e}"
+    );
+    assert!(e.contains("rip=0x200001"), "{e}");
+}
+
+/// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
+/// inside the emulated KVM test host (real hardware-virtualization semantics). Slow (about
+/// 20 s); one retry, since the emulated host occasionally stalls.
+#[test]
+fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
+    if !can_run_vms() {
+        return;
+    }
+    let kernel = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+                && p.to_string_lossy().ends_with("-amd64")
+        })
+        .max();
+    let (Some(kernel), true) = (kernel, Path::new("/usr/bin/qemu-system-x86_64").exists()) else {
+        eprintln!("skipped: no /boot/vmlinuz-*-amd64 or qemu-system-x86_64 (scripts/deps.sh installs them)");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let initrd = t.path().join("initramfs.cpio.gz");
+    assert!(Command::new("bash")
+        .arg(Path::new(WORKSPACE).join("scripts/mkinitramfs.sh"))
+        .arg(&initrd)
+        .status()
+        .unwrap()
+        .success());
+    let kname = kernel.file_name().unwrap().to_string_lossy().into_owned();
+    let cmd = format!(
+        "./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --console /tmp/guest.log \
+         --cmdline 'console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 \
+         i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"echo IN-GUEST-$((6*7)); uname -r\"'; \
+         rc=$?; cat /tmp/guest.log; exit $rc"
+    );
+    let mut last = String::new();
+    for attempt in 0..2 {
+        let o = Command::new("bash")
+            .arg(Path::new(WORKSPACE).join("scripts/kvm-test-host.sh"))
+            .args(["-m", "1024", "-f", common::BIN, "-f"])
+            .arg(&kernel)
+            .arg("-f")
+            .arg(&initrd)
+            .arg("--")
+            .arg(&cmd)
+            .env("KVM_TEST_HOST_TIMEOUT", "240")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        last = format!(
+            "attempt {attempt}: {}{}",
+            common::stdout(&o),
+            common::stderr(&o)
+        );
+        let out = common::stdout(&o);
+        if o.status.success() && out.contains("GUEST-UP ") {
+            assert!(out.contains("IN-GUEST-42"), "{out}");
+            assert!(
+                out.contains(kname.trim_start_matches("vmlinuz-")),
+                "uname -r: {out}"
+            );
+            assert!(out.contains("GUEST-DONE"), "{out}");
+            return;
+        }
+    }
+    panic!("the Debian kernel did not reach userspace:\n{last}");
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs a command on a host whose /dev/kvm has real hardware-virtualization semantics, for
+# machines whose own /dev/kvm cannot run a stock guest kernel (nested "PVM": guest ring 0 is
+# emulated). QEMU (TCG) emulates an AMD CPU with SVM; a Debian kernel booted on it loads
+# kvm-amd; the command runs there, in /host, with the files given by -f.
+#
+# usage: kvm-test-host.sh [-m MB] [-f FILE]... -- 'COMMAND'
+#   -f FILE  is copied into /host (with the shared libraries of a dynamic program, at their paths)
+# Prints the command's output; exits 0 only if the command succeeded.
+# Needs: qemu-system-x86, linux-image-cloud-amd64, busybox-static, cpio, file (scripts/deps.sh).
+set -euo pipefail
+mem=2048
+files=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -m) mem=$2; shift 2 ;;
+    -f) files+=("$2"); shift 2 ;;
+    --) shift; break ;;
+    *) echo "usage: $0 [-m MB] [-f FILE]... -- 'COMMAND'" >&2; exit 2 ;;
+  esac
+done
+command=${1:?usage: $0 [-m MB] [-f FILE]... -- 'COMMAND'}
+kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)
+[ -n "$kernel" ] || { echo "kvm-test-host: no /boot/vmlinuz-*-amd64 (linux-image-cloud-amd64)" >&2; exit 2; }
+release=${kernel#/boot/vmlinuz-}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+root=$tmp/root
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,host,modules}
+cp /bin/busybox "$root/bin/"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+  ko=$(ls /lib/modules/"$release"/kernel/$m.ko* | head -n 1)
+  case "$ko" in
+    *.xz) xz -dc "$ko" ;;
+    *.zst) zstd -qdc "$ko" ;;
+    *) cat "$ko" ;;
+  esac > "$root/modules/$(basename "$m").ko"
+done
+for f in "${files[@]}"; do
+  cp "$f" "$root/host/"
+  if file -L "$f" | grep -q 'dynamically linked'; then
+    for lib in $(ldd "$f" | grep -oE '/[^ ]+'); do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+  fi
+done
+printf '%s\n' "$command" > "$root/command"
+cat > "$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+for m in irqbypass kvm kvm-amd; do insmod /modules/$m.ko; done
+[ -c /dev/kvm ] || echo "kvm-test-host: no /dev/kvm in the test host"
+cd /host
+if sh /command; then echo "KVM-TEST-HOST: ok"; else echo "KVM-TEST-HOST: failed ($?)"; fi
+poweroff -f
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$tmp/initrd.gz"
+timeout "${KVM_TEST_HOST_TIMEOUT:-900}" qemu-system-x86_64 -machine q35 -cpu EPYC,+svm -smp 1 \
+  -m "$mem" -kernel "$kernel" -initrd "$tmp/initrd.gz" -append 'console=ttyS0 panic=-1 quiet' \
+  -nographic -no-reboot > "$tmp/console" 2>/dev/null || true
+grep -v '^KVM-TEST-HOST: ' "$tmp/console" | tr -d '\r' || true
+grep -q '^KVM-TEST-HOST: ok' <(tr -d '\r' < "$tmp/console")
