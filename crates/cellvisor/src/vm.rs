@@ -55,6 +55,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
             };
             match vmm::run(&cfg).map_err(|e| anyhow!("{e}"))? {
                 vmm::Exit::Reset | vmm::Exit::Poweroff => Ok(0),
+                vmm::Exit::Stopped(sig) => Ok(128 + sig),
                 vmm::Exit::Shutdown(why) => Err(anyhow!("the guest stopped: {why}")),
                 vmm::Exit::Error(why) => Err(anyhow!("the VM failed: {why}")),
             }

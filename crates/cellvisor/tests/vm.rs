@@ -172,6 +172,51 @@ fn a_faulting_guest_ends_with_the_code_at_rip() {
     assert!(e.contains("rip=0x200001"), "{e}");
 }
 
+/// SIGTERM stops a VM whose guest never ends: the VMM tears down and exits with 128+15.
+#[test]
+fn sigterm_stops_a_running_vm() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = assemble(
+        t.path(),
+        "spin",
+        ".intel_syntax noprefix\n.code64\n.globl _start\n_start:\n push 0x2b\n push 0x70000\n push 0x3002\n push 0x23\n lea rax, [rip + user]\n push rax\n iretq\nuser:\n mov dx, 0x3f8\n mov al, 'x'\n out dx, al\nspin:\n jmp spin\n",
+    );
+    let mut child = Command::new(common::BIN)
+        .args(["vm", "run", "--mem", "32M", "--vcpus", "2", "--kernel"])
+        .arg(&k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the guest's first byte, then stop it.
+    let mut first = [0u8; 1];
+    use std::io::Read;
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"x");
+    // SAFETY: kill of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the VMM did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+}
+
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
 /// inside the emulated KVM test host (real hardware-virtualization semantics). Slow (about
 /// 20 s); one retry, since the emulated host occasionally stalls.

@@ -71,6 +71,8 @@ pub enum Exit {
     Shutdown(String),
     /// An exit the VMM cannot handle, with its data and the code at RIP.
     Error(String),
+    /// The VMM was told to stop (SIGTERM, SIGINT): the guest was stopped where it was.
+    Stopped(i32),
 }
 
 /// What the vCPU threads share with the VM's main thread.
@@ -216,6 +218,7 @@ pub fn run(cfg: &Config) -> Result<Exit> {
         vcpus.push(fd);
     }
     vcpu::install_kick_handler()?;
+    vcpu::stop_on_signals(&exit_evt)?;
     let threads: Vec<_> = vcpus
         .into_iter()
         .enumerate()
@@ -239,5 +242,9 @@ pub fn run(cfg: &Config) -> Result<Exit> {
     }
     shared.legacy.flush();
     let why = shared.exit.lock().unwrap_or_else(|e| e.into_inner()).take();
-    Ok(why.unwrap_or(Exit::Reset))
+    vcpu::stop_on_signals_done();
+    Ok(why.unwrap_or_else(|| match vcpu::stopped_by() {
+        0 => Exit::Reset,
+        sig => Exit::Stopped(sig),
+    }))
 }

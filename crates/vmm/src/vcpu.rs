@@ -29,6 +29,54 @@ pub fn install_kick_handler() -> Result<()> {
     .map_err(Error::Io)
 }
 
+/// The eventfd that ends the running VM, for the SIGTERM/SIGINT handler (-1: none).
+static STOP_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// The signal that stopped the VM (0: none).
+static STOPPED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOPPED_BY.store(sig, Ordering::SeqCst);
+    let fd = STOP_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; 8 bytes from a live u64 to an eventfd.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// SIGTERM and SIGINT end the VM through `evt` (the guest stops where it is, the VMM
+/// tears down and exits) instead of killing the process half-way.
+pub fn stop_on_signals(evt: &vmm_sys_util::eventfd::EventFd) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    STOPPED_BY.store(0, Ordering::SeqCst);
+    STOP_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: sigaction with a handler that only does async-signal-safe work.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) < 0 {
+                return Err(Error::Io(format!(
+                    "installing the handler of signal {sig}: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VM is over: the handler no longer has an eventfd to write.
+pub fn stop_on_signals_done() {
+    STOP_FD.store(-1, Ordering::SeqCst);
+}
+
+pub fn stopped_by() -> i32 {
+    STOPPED_BY.load(Ordering::SeqCst)
+}
+
 /// Interrupt a vCPU thread's KVM_RUN.
 pub fn kick(t: &JoinHandle<()>) {
     // SAFETY: pthread_kill on a thread that has not been joined yet (its handle is alive).
