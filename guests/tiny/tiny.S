@@ -4,7 +4,8 @@
  * like a Linux kernel (64-bit, ring 0, paging on, the VMM's GDT: user code 0x23, user data
  * 0x2b); it drops to ring 3 with IOPL 3 (port I/O allowed, interrupts off) and then:
  *   - prints a banner on the serial port (COM1, 0x3f8),
- *   - times EXITS port writes to port 0x80 (each one an exit to the VMM) with rdtsc,
+ *   - times EXITS port writes to port 0x80 (each one an exit to the VMM) with rdtsc, in ring 3
+ *     and (timed before the drop) in ring 0, like the usual KVM exit probes,
  *   - reads an unbacked MMIO address (an MMIO exit; it must read as all ones),
  *   - prints the figures, and resets the machine through the i8042 (out 0x64, 0xfe).
  * Build: as --64 -o tiny.o tiny.S && ld -static -nostdlib -Ttext=0x200000 -e _start -o tiny.elf tiny.o
@@ -19,6 +20,24 @@
         .globl _start
 _start:
         cli
+        /* Exit round trips from ring 0 first. */
+        out 0x80, al
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        mov r12, rax
+        mov ecx, EXITS
+1:      out 0x80, al
+        dec ecx
+        jnz 1b
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        sub rax, r12
+        xor edx, edx
+        mov rcx, EXITS
+        div rcx
+        mov r14, rax                    /* TSC ticks per exit, ring 0 */
         push 0x2b                       /* ss: user data, RPL 3 */
         push 0x70000                    /* rsp: the user stack */
         push 0x3002                     /* rflags: IOPL 3, interrupts off */
@@ -51,6 +70,12 @@ user:   lea rsi, [rip + banner]
         lea rsi, [rip + exits]
         call puts
         mov rax, r13
+        call putnum
+        lea rsi, [rip + ticks]
+        call puts
+        lea rsi, [rip + exits0]
+        call puts
+        mov rax, r14
         call putnum
         lea rsi, [rip + ticks]
         call puts
@@ -96,6 +121,7 @@ putnum: lea rdi, [rip + numbuf + 20]
         .data
 banner: .asciz "tiny guest: up in ring 3\n"
 exits:  .asciz "tiny guest: exit round trip "
+exits0: .asciz "tiny guest: exit round trip from ring 0 "
 ticks:  .asciz " tsc ticks\n"
 mmio_ok: .asciz "tiny guest: mmio read ok\n"
 mmio_bad: .asciz "tiny guest: mmio read WRONG\n"

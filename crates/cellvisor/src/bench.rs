@@ -53,6 +53,29 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// MicroVM boot: VMM start to the first guest userspace line, cellvisor's VMM beside QEMU's
+    /// microvm on the same kernel and initramfs (scripts/mkinitramfs.sh); needs a /dev/kvm that
+    /// boots a stock kernel (on this kind of machine: inside scripts/kvm-test-host.sh)
+    Boot {
+        /// Guest kernel (bzImage or vmlinux)
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Initramfs whose /init prints "GUEST-UP <uptime>" and reboots
+        #[arg(long)]
+        initrd: PathBuf,
+        /// Boots per VMM
+        #[arg(short = 'n', long, default_value_t = 5)]
+        rounds: usize,
+        /// QEMU to compare with (its microvm machine); none: ours alone
+        #[arg(long)]
+        qemu: Option<PathBuf>,
+        /// QEMU's firmware directory (its -L)
+        #[arg(long)]
+        qemu_firmware: Option<PathBuf>,
+        /// Write boot.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// The in-domain agent: given, or beside this binary.
@@ -112,6 +135,29 @@ pub fn run(cmd: &BenchCmd) -> Result<i32> {
             }
             if let Some(dir) = out {
                 write_report(dir, "channel.json", &doc)?;
+            }
+            Ok(0)
+        }
+        BenchCmd::Boot {
+            kernel,
+            initrd,
+            rounds,
+            qemu,
+            qemu_firmware,
+            out,
+        } => {
+            let r = crate::benchboot::run(
+                kernel,
+                initrd,
+                *rounds,
+                qemu.as_deref(),
+                qemu_firmware.as_deref(),
+            )?;
+            print!("{}", crate::benchboot::table(&r));
+            if let Some(dir) = out {
+                write_report(dir, "boot.json", &r)?;
+            } else {
+                println!("{}", serde_json::to_string(&r)?);
             }
             Ok(0)
         }

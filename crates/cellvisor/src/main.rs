@@ -2,6 +2,7 @@
 //! spell it, so podman, containerd and Kubernetes can drive it.
 
 mod bench;
+mod benchboot;
 mod benchfg;
 mod oci;
 mod platform;

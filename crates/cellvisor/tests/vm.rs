@@ -219,7 +219,8 @@ fn sigterm_stops_a_running_vm() {
 
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
 /// inside the emulated KVM test host (real hardware-virtualization semantics). Slow (about
-/// 20 s); one retry, since the emulated host occasionally stalls.
+/// 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
+/// the nested guest runs), so each attempt has a deadline and there are three.
 #[test]
 fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
     if !can_run_vms() {
@@ -258,7 +259,7 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
          rc=$?; cat /tmp/guest.log; exit $rc"
     );
     let mut last = String::new();
-    for attempt in 0..2 {
+    for attempt in 0..3 {
         let o = Command::new("bash")
             .arg(Path::new(WORKSPACE).join("scripts/kvm-test-host.sh"))
             .args(["-m", "1024", "-f", common::BIN, "-f"])
@@ -267,7 +268,7 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
             .arg(&initrd)
             .arg("--")
             .arg(&cmd)
-            .env("KVM_TEST_HOST_TIMEOUT", "240")
+            .env("KVM_TEST_HOST_TIMEOUT", "150")
             .stdin(Stdio::null())
             .output()
             .unwrap();
