@@ -473,8 +473,14 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
         }
         let _ = std::fs::remove_file(&cfg.socket);
     }
-    let listener = UnixListener::bind(&cfg.socket)
-        .map_err(|e| format!("binding {}: {e}", cfg.socket.display()))?;
+    // Created 0600 from the start (no window with looser permissions); the daemon has one
+    // thread, so the umask change affects nothing else.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old_mask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&cfg.socket);
+    // SAFETY: as above, restoring it.
+    unsafe { libc::umask(old_mask) };
+    let listener = bound.map_err(|e| format!("binding {}: {e}", cfg.socket.display()))?;
     made.push(cfg.socket.clone());
     let mode = if cfg.group.is_some() { 0o660 } else { 0o600 };
     if let Some(g) = cfg.group {
