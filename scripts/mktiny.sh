@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the tiny test guest (guests/tiny/tiny.S) into an ELF "kernel" for `cellvisor vm run`.
-# usage: mktiny.sh OUT.elf   (needs binutils: as, ld)
+# Builds one of the project's test guests (guests/NAME/NAME.S: tiny by default, or idle) into
+# an ELF "kernel" for `cellvisor vm run`.
+# usage: mktiny.sh OUT.elf [NAME]   (needs binutils: as, ld)
 set -euo pipefail
-out=${1:?usage: mktiny.sh OUT.elf}
-src=$(dirname "$0")/../guests/tiny/tiny.S
+out=${1:?usage: mktiny.sh OUT.elf [tiny|idle]}
+name=${2:-tiny}
+src=$(dirname "$0")/../guests/$name/$name.S
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 as --64 -o "$tmp/tiny.o" "$src"
 mkdir -p "$(dirname "$out")"

@@ -76,6 +76,22 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Many microVMs at once (the idle test guest: scripts/mktiny.sh OUT idle) and the host
+    /// memory they use: per-VM VMM overhead (PSS minus guest-touched memory) and the total
+    Vms {
+        /// The guest kernel
+        #[arg(long)]
+        kernel: PathBuf,
+        /// How many VMs
+        #[arg(short = 'n', long, default_value_t = 20)]
+        vms: usize,
+        /// Guest memory per VM
+        #[arg(long, default_value = "128M")]
+        mem: String,
+        /// Write vms.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// The in-domain agent: given, or beside this binary.
@@ -158,6 +174,21 @@ pub fn run(cmd: &BenchCmd) -> Result<i32> {
                 write_report(dir, "boot.json", &r)?;
             } else {
                 println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(0)
+        }
+        BenchCmd::Vms {
+            kernel,
+            vms,
+            mem,
+            out,
+        } => {
+            let mem = domain::profile::parse_size(mem)
+                .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
+            let r = crate::benchvms::run(kernel, *vms, mem)?;
+            print!("{}", crate::benchvms::table(&r));
+            if let Some(dir) = out {
+                write_report(dir, "vms.json", &r)?;
             }
             Ok(0)
         }

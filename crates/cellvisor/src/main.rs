@@ -4,6 +4,7 @@
 mod bench;
 mod benchboot;
 mod benchfg;
+mod benchvms;
 mod oci;
 mod platform;
 mod profile;

@@ -217,6 +217,43 @@ fn sigterm_stops_a_running_vm() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
 }
 
+/// Several VMs at once with the idle guest: `bench vms` measures them and stops them all
+/// cleanly; the VMM's own overhead stays far below Firecracker's 5 MiB bound.
+#[test]
+fn many_idle_vms_and_their_memory() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = t.path().join("idle.elf");
+    assert!(Command::new("bash")
+        .arg(Path::new(WORKSPACE).join("scripts/mktiny.sh"))
+        .arg(&k)
+        .arg("idle")
+        .status()
+        .unwrap()
+        .success());
+    let o = Command::new(common::BIN)
+        .args(["bench", "vms", "-n", "4", "--mem", "64M", "--out"])
+        .arg(t.path())
+        .arg("--kernel")
+        .arg(&k)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("vms.json")).unwrap()).unwrap();
+    assert_eq!(r["samples"].as_array().unwrap().len(), 4);
+    for s in r["samples"].as_array().unwrap() {
+        let guest = s["guest_touched_kib"].as_u64().unwrap();
+        assert!(
+            guest > 0 && guest < 4096,
+            "guest memory is touched lazily: {s}"
+        );
+        assert!(s["overhead_kib"].as_u64().unwrap() < 5 * 1024, "{s}");
+    }
+}
+
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
 /// inside the emulated KVM test host (real hardware-virtualization semantics). Slow (about
 /// 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
