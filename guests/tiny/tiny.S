@@ -16,11 +16,8 @@
         .set EXITS, 1000
         .set MMIO, 0xd0000000
 
-        .text
-        .globl _start
-_start:
-        cli
-        /* Exit round trips from ring 0 first. */
+/* Time EXITS port writes to port 0x80 (after one warm-up): TSC ticks per exit into DST. */
+        .macro time_exits dst
         out 0x80, al
         rdtsc
         shl rdx, 32
@@ -37,7 +34,15 @@ _start:
         xor edx, edx
         mov rcx, EXITS
         div rcx
-        mov r14, rax                    /* TSC ticks per exit, ring 0 */
+        mov \dst, rax
+        .endm
+
+        .text
+        .globl _start
+_start:
+        cli
+        /* Exit round trips from ring 0 first. */
+        time_exits r14                  /* TSC ticks per exit, ring 0 */
         push 0x2b                       /* ss: user data, RPL 3 */
         push 0x70000                    /* rsp: the user stack */
         push 0x3002                     /* rflags: IOPL 3, interrupts off */
@@ -49,24 +54,8 @@ _start:
 user:   lea rsi, [rip + banner]
         call puts
 
-        /* Exit round trips: EXITS port writes, timed. */
-        out 0x80, al                    /* warm up */
-        rdtsc
-        shl rdx, 32
-        or rax, rdx
-        mov r12, rax
-        mov ecx, EXITS
-1:      out 0x80, al
-        dec ecx
-        jnz 1b
-        rdtsc
-        shl rdx, 32
-        or rax, rdx
-        sub rax, r12
-        xor edx, edx
-        mov rcx, EXITS
-        div rcx
-        mov r13, rax                    /* TSC ticks per exit */
+        /* Exit round trips from ring 3. */
+        time_exits r13                  /* TSC ticks per exit, ring 3 */
         lea rsi, [rip + exits]
         call puts
         mov rax, r13

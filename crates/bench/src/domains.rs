@@ -4,7 +4,7 @@
 //! One domain drives (round trips, then bulk), the other echoes; a control pipe tells the
 //! echoing side which case comes next.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,22 +12,12 @@ use channel::Channel;
 use container::backend::ContainerBackend;
 use domain::{Backend, BackendKind, Decision, Domain, DomainStatus, Role, UpOpts};
 
-use crate::ipc::{Row, Transport};
+use crate::ipc::{pipe, placements, Row, Transport};
 use crate::stats::median;
 use crate::{Error, Result};
 
 /// One case's samples: transport, message size, round trips (µs), bandwidths (MiB/s).
 type Samples = (Transport, usize, Vec<f64>, Vec<f64>);
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut p = [0i32; 2];
-    // SAFETY: pipe2 fills the array.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(Error::Msg(std::io::Error::last_os_error().to_string()));
-    }
-    // SAFETY: two new descriptors, each owned once.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
-}
 
 fn domain(name: &str, cpus: usize, command: &[&str]) -> Domain {
     Domain {
@@ -184,18 +174,11 @@ fn parse(log: &str) -> Option<Vec<Samples>> {
 }
 
 /// Run the benchmark between two domains on `base` with the static agent `agent`, on one CPU
-/// and on two, and report medians as [`Row`]s (placement prefixed "domains/").
+/// and on two, and report medians as [`Row`]s.
 pub fn run(base: &Path, agent: &Path, rounds: usize, quick: bool) -> Result<Vec<Row>> {
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut placements = vec![("same-cpu", (0, 0))];
-    if ncpu > 1 {
-        placements.push(("two-cpus", (0, 1)));
-    }
     let work = std::env::temp_dir().join(format!("cellvisor-bench-domains-{}", std::process::id()));
     let mut rows = Vec::new();
-    for (name, cpus) in placements {
+    for (name, cpus) in placements() {
         let r = placement(&work, base, agent, cpus, rounds, quick);
         let samples = match r {
             Ok(s) => s,

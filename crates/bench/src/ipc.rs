@@ -30,6 +30,29 @@ pub struct Row {
     pub bandwidth_mib_s: Option<f64>,
 }
 
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 fills the array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::Msg(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: two new descriptors, each owned once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+/// Where the two sides run: one CPU, and two when there are.
+pub(crate) fn placements() -> Vec<(&'static str, (usize, usize))> {
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut placements = vec![("same-cpu", (0, 0))];
+    if ncpu > 1 {
+        placements.push(("two-cpus", (0, 1)));
+    }
+    placements
+}
+
 fn err(e: String) -> Error {
     Error::Msg(e)
 }
@@ -51,21 +74,15 @@ fn pair(t: Transport, msg: usize) -> Result<(Side, Side)> {
             Ok((Side::Chan(a), Side::Chan(b)))
         }
         Transport::Pipe => {
-            let (mut p, mut q) = ([0i32; 2], [0i32; 2]);
-            // SAFETY: pipe2 fills the arrays.
-            fds(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) })?;
-            // SAFETY: as above.
-            fds(unsafe { libc::pipe2(q.as_mut_ptr(), libc::O_CLOEXEC) })?;
-            // SAFETY: see above.
-            let f = |fd: i32| unsafe { std::fs::File::from(OwnedFd::from_raw_fd(fd)) };
+            let ((p_rx, p_tx), (q_rx, q_tx)) = (pipe()?, pipe()?);
             Ok((
                 Side::Stream {
-                    rx: f(q[0]),
-                    tx: f(p[1]),
+                    rx: q_rx.into(),
+                    tx: p_tx.into(),
                 },
                 Side::Stream {
-                    rx: f(p[0]),
-                    tx: f(q[1]),
+                    rx: p_rx.into(),
+                    tx: q_tx.into(),
                 },
             ))
         }
@@ -156,13 +173,7 @@ pub fn run(
     quick: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Row>> {
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut placements = vec![("same-cpu", (0, 0))];
-    if ncpu > 1 {
-        placements.push(("two-cpus", (0, 1)));
-    }
+    let placements = placements();
     let transports = [Transport::Channel, Transport::Pipe, Transport::Unix];
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let mut cases = Vec::new();

@@ -4,7 +4,7 @@
 //! kernel probes and pokes legacy ports, port 0x80 for delays).
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 pub mod cmos;
 pub mod i8042;
@@ -20,6 +20,11 @@ impl Trigger for EventFdTrigger {
     fn trigger(&self) -> std::io::Result<()> {
         self.0.write(1)
     }
+}
+
+/// A device's lock, even if a vCPU thread panicked holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 const COM1: u16 = 0x3f8;
@@ -49,27 +54,9 @@ impl Legacy {
             return;
         }
         match port {
-            COM1..=0x3ff => {
-                data[0] = self
-                    .serial
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read((port - COM1) as u8)
-            }
-            0x60 | 0x64 => {
-                data[0] = self
-                    .i8042
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read((port - I8042) as u8)
-            }
-            0x70 | 0x71 => {
-                data[0] = self
-                    .cmos
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read((port - 0x70) as u8)
-            }
+            COM1..=0x3ff => data[0] = lock(&self.serial).read((port - COM1) as u8),
+            0x60 | 0x64 => data[0] = lock(&self.i8042).read((port - I8042) as u8),
+            0x70 | 0x71 => data[0] = lock(&self.cmos).read((port - 0x70) as u8),
             _ => {}
         }
     }
@@ -80,41 +67,20 @@ impl Legacy {
         }
         match port {
             COM1..=0x3ff => {
-                let _ = self
-                    .serial
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write((port - COM1) as u8, data[0]);
+                let _ = lock(&self.serial).write((port - COM1) as u8, data[0]);
             }
-            0x60 | 0x64 => self
-                .i8042
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write((port - I8042) as u8, data[0]),
-            0x70 | 0x71 => self
-                .cmos
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write((port - 0x70) as u8, data[0]),
+            0x60 | 0x64 => lock(&self.i8042).write((port - I8042) as u8, data[0]),
+            0x70 | 0x71 => lock(&self.cmos).write((port - 0x70) as u8, data[0]),
             _ => {}
         }
     }
 
     /// Bytes typed on the console, for the guest to read.
     pub fn input(&self, bytes: &[u8]) {
-        let _ = self
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enqueue_raw_bytes(bytes);
+        let _ = lock(&self.serial).enqueue_raw_bytes(bytes);
     }
 
     pub fn flush(&self) {
-        let _ = self
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .writer_mut()
-            .flush();
+        let _ = lock(&self.serial).writer_mut().flush();
     }
 }
