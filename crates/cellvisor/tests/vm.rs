@@ -201,6 +201,33 @@ fn sigterm_stops_a_running_vm() {
         .read_exact(&mut first)
         .unwrap();
     assert_eq!(&first, b"x");
+    // Every thread of the running VMM is under a seccomp filter (mode 2). The main thread
+    // installs its own after starting the vCPUs, so the guest's first byte may come first: poll.
+    // (KVM adds a worker of its own to the thread group, kvm-nx-lpage-recovery: not ours.)
+    let ours = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path().join("status")).unwrap_or_default())
+                    .filter(|s| s.starts_with("Name:\tcellvisor") || s.starts_with("Name:\tvcpu"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let tasks = loop {
+        let t = ours(child.id());
+        let filtered = t.iter().all(|s| s.lines().any(|l| l == "Seccomp:\t2"));
+        if (t.len() == 3 && filtered) || std::time::Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    if tasks.len() != 3 || !tasks.iter().all(|s| s.contains("Seccomp:\t2\n")) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("main + 2 vCPU threads, each with a seccomp filter: {tasks:?}");
+    }
     // SAFETY: kill of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod devices;
+pub mod seccomp;
 mod vcpu;
 
 use std::fs::File;
@@ -225,6 +226,10 @@ pub fn run(cfg: &Config) -> Result<Exit> {
         .map(|(id, fd)| vcpu::spawn(id, fd, shared.clone()))
         .collect::<std::io::Result<_>>()
         .map_err(io("starting a vCPU thread"))?;
+    // From here on the main thread only waits, sleeps, kicks and tears down.
+    if let Err(e) = seccomp::apply(seccomp::Thread::Main) {
+        shared.end(Exit::Error(e.to_string()));
+    }
     // Until a vCPU or the i8042 says the VM is over.
     let _ = exit_evt.read();
     shared.stop.store(true, Ordering::SeqCst);

@@ -113,6 +113,10 @@ fn describe(vcpu: &VcpuFd, s: &Shared) -> String {
 }
 
 fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::Vcpu) {
+        s.end(Exit::Error(format!("vcpu {id}: {e}")));
+        return;
+    }
     while !s.stop.load(Ordering::SeqCst) {
         let why = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
