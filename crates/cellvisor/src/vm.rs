@@ -27,6 +27,11 @@ pub enum VmCmd {
         /// Write the serial console here instead of to the terminal
         #[arg(long)]
         console: Option<PathBuf>,
+        /// A raw disk image as a virtio block device (repeatable: vda, vdb, ...): PATH
+        /// read-write, PATH,ro read-only, PATH,cow the image read-only under a private
+        /// copy-on-write layer that goes with the VM, PATH,cow=LAYER one kept in LAYER
+        #[arg(long = "disk", value_name = "PATH[,ro|,cow[=LAYER]]")]
+        disks: Vec<vmm::virtio::block::DiskSpec>,
     },
 }
 
@@ -39,6 +44,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
             mem,
             vcpus,
             console,
+            disks,
         } => {
             let mem_bytes = domain::profile::parse_size(mem)
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
@@ -52,6 +58,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
                     Some(p) => vmm::Console::File(p.clone()),
                     None => vmm::Console::Stdout,
                 },
+                disks: disks.clone(),
             };
             match vmm::run(&cfg).map_err(|e| anyhow!("{e}"))? {
                 vmm::Exit::Reset | vmm::Exit::Poweroff => Ok(0),

@@ -115,6 +115,111 @@ fn the_tiny_guest_runs_on_this_machines_kvm() {
     );
 }
 
+/// A raw image with "cellvisor disk 0" as its first line, 1 MiB.
+fn disk_image(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let p = dir.join("base.img");
+    let mut bytes = b"cellvisor disk 0\n".to_vec();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(&p, &bytes).unwrap();
+    (p, bytes)
+}
+
+fn sector1(bytes: &[u8]) -> &[u8] {
+    &bytes[512..512 + 26]
+}
+
+/// virtio-blk driven by the tiny guest through a virtqueue on this machine's KVM: it reads
+/// sector 0, writes sector 1, and four hostile requests each fail the device (not the VMM).
+/// Copy-on-write leaves the shared base as it was; a kept layer holds the write; read-write
+/// writes the image; read-only refuses the write.
+#[test]
+fn the_tiny_guest_drives_a_virtio_block_device() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = tiny(t.path());
+    let (base, orig) = disk_image(t.path());
+    let run = |disk: String| {
+        let o = vm(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--mem",
+            "32M",
+            "--disk",
+            &disk,
+        ]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::stdout(&o)
+    };
+    let written = b"written by the tiny guest\n";
+    // Copy-on-write into an unnamed layer: the guest reads back its write, the base is as it was.
+    let out = run(format!("{},cow", base.display()));
+    for line in [
+        "tiny guest: virtio-blk sector 0: cellvisor disk 0\n",
+        "tiny guest: virtio-blk wrote sector 1\n",
+        "tiny guest: hostile buffer outside memory: device failed, as it must\n",
+        "tiny guest: hostile looping chain: device failed, as it must\n",
+        "tiny guest: hostile available index: device failed, as it must\n",
+        "tiny guest: hostile head index: device failed, as it must\n",
+        "tiny guest: virtio-blk sector 1: written by the tiny guest\n",
+        "tiny guest: done, resetting",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(
+        std::fs::read(&base).unwrap() == orig,
+        "the base was written"
+    );
+    // A kept layer: it has the write, the base does not; the next boot sees it.
+    let layer = t.path().join("layer.img");
+    let out = run(format!("{},cow={}", base.display(), layer.display()));
+    assert!(out.contains("sector 1: written by the tiny guest"), "{out}");
+    assert_eq!(sector1(&std::fs::read(&layer).unwrap()), written);
+    assert!(
+        std::fs::read(&base).unwrap() == orig,
+        "the base was written"
+    );
+    // Read-write: the image itself.
+    let own = t.path().join("own.img");
+    std::fs::copy(&base, &own).unwrap();
+    run(own.display().to_string());
+    assert_eq!(sector1(&std::fs::read(&own).unwrap()), written);
+    // Read-only: the write is refused (the guest reports the failed request).
+    let out = run(format!("{},ro", base.display()));
+    assert!(
+        out.contains("tiny guest: virtio-blk request FAILED"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == orig,
+        "the base was written"
+    );
+    // Bad disks: one line each, and no layer file left behind.
+    let gone = t.path().join("new-layer.img");
+    let none = t.path().join("none.img").display().to_string();
+    let layered = format!("{},cow={}", base.display(), gone.display());
+    for (disks, want) in [
+        (vec![none.clone()], "No such file"),
+        // The first disk's layer is made, then the second disk fails: the layer goes.
+        (vec![layered, none], "No such file"),
+        (vec![format!("{},rx", base.display())], "unknown option"),
+    ] {
+        let mut args = vec!["--kernel", k.to_str().unwrap(), "--mem", "32M"];
+        for d in &disks {
+            args.extend(["--disk", d]);
+        }
+        let o = vm(&args);
+        assert!(!o.status.success());
+        let err = common::stderr(&o);
+        assert!(
+            err.contains(want) && err.lines().count() <= 3,
+            "{want:?} not in {err}"
+        );
+        assert!(!gone.exists(), "a layer was left behind");
+    }
+}
+
 /// Bad input: one line, a non-zero exit, no VM.
 #[test]
 fn bad_input_gets_one_line() {

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod devices;
 pub mod seccomp;
 mod vcpu;
+pub mod virtio;
 
 use std::fs::File;
 use std::io::Write;
@@ -58,6 +59,8 @@ pub struct Config {
     pub mem_bytes: u64,
     pub vcpus: u8,
     pub console: Console,
+    /// virtio block devices, in order (the guest's vda, vdb, ...).
+    pub disks: Vec<virtio::block::DiskSpec>,
 }
 
 /// How a VM ended.
@@ -84,9 +87,20 @@ pub(crate) struct Shared {
     /// Written when the VM must end (by a vCPU, or the i8042's reset line).
     pub exit_evt: EventFd,
     pub mem: GuestMemoryMmap,
+    /// The virtio-mmio devices, one 4 KiB window each from `arch::MMIO_START`.
+    pub virtio: Vec<Mutex<virtio::mmio::Transport>>,
+    /// Each device's queue-notify eventfds (also signalled by KVM's ioeventfds).
+    pub notify: Vec<Vec<EventFd>>,
 }
 
 impl Shared {
+    /// Which virtio device (and offset in its window) an MMIO address falls on.
+    pub fn mmio_device(&self, addr: u64) -> Option<(usize, u64)> {
+        let off = addr.checked_sub(arch::MMIO_START)?;
+        let d = (off / virtio::mmio::WINDOW) as usize;
+        (d < self.virtio.len()).then_some((d, off % virtio::mmio::WINDOW))
+    }
+
     /// End the VM for `why` (the first reason wins).
     pub fn end(&self, why: Exit) {
         let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,8 +139,104 @@ fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResul
     }
 }
 
-/// Boot the VM and run it until it ends.
+/// The virtio devices of `cfg`, each with an irqfd on its interrupt line and an ioeventfd
+/// per queue on its QueueNotify register.
+fn virtio_devices(
+    vm: &kvm_ioctls::VmFd,
+    cfg: &Config,
+) -> Result<Vec<(virtio::mmio::Transport, Vec<EventFd>)>> {
+    let mut out = Vec::new();
+    for (i, spec) in cfg.disks.iter().enumerate() {
+        let disk = virtio::block::Disk::open(spec).map_err(Error::Config)?;
+        let dev = virtio::block::Block::new(disk, &format!("cellvisor-vd{i}"));
+        out.push(Box::new(dev) as Box<dyn virtio::Device>);
+    }
+    let mut devices = Vec::new();
+    for (i, dev) in out.into_iter().enumerate() {
+        let base = arch::MMIO_START + i as u64 * virtio::mmio::WINDOW;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+        vm.register_irqfd(&irq, arch::FIRST_DEVICE_IRQ + i as u32)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let t = virtio::mmio::Transport::new(dev, irq).map_err(io("virtio device"))?;
+        let mut notify = Vec::new();
+        for q in 0..t.queue_count() {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+            vm.register_ioevent(
+                &evt,
+                &kvm_ioctls::IoEventAddress::Mmio(base + virtio::mmio::QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+            notify.push(evt);
+        }
+        devices.push((t, notify));
+    }
+    Ok(devices)
+}
+
+/// The main thread's loop: queue notifications to their devices, until `exit_evt`.
+fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let epoll = Epoll::new()?;
+    epoll.ctl(
+        ControlOperation::Add,
+        exit_evt.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, u64::MAX),
+    )?;
+    for (d, evts) in shared.notify.iter().enumerate() {
+        for (q, e) in evts.iter().enumerate() {
+            let token = ((d as u64) << 16) | q as u64;
+            epoll.ctl(
+                ControlOperation::Add,
+                e.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+    }
+    // From here on the main thread only works the queues, waits, kicks and tears down.
+    seccomp::apply(seccomp::Thread::Main).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut events = vec![EpollEvent::default(); 16];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == u64::MAX {
+                let _ = exit_evt.read();
+                return Ok(());
+            }
+            let (d, q) = ((token >> 16) as usize, (token & 0xffff) as usize);
+            let _ = shared.notify[d][q].read();
+            devices::lock(&shared.virtio[d]).notify(q, &shared.mem);
+        }
+    }
+}
+
+/// Boot the VM and run it until it ends. A VM that does not start leaves nothing behind (a
+/// copy-on-write layer file it created is removed).
 pub fn run(cfg: &Config) -> Result<Exit> {
+    let new_layers: Vec<&PathBuf> = cfg
+        .disks
+        .iter()
+        .filter_map(|d| match &d.mode {
+            virtio::block::Mode::Cow(Some(p)) if !p.exists() => Some(p),
+            _ => None,
+        })
+        .collect();
+    let r = boot_and_run(cfg);
+    if r.is_err() {
+        for p in new_layers {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    r
+}
+
+fn boot_and_run(cfg: &Config) -> Result<Exit> {
     if cfg.vcpus == 0 || cfg.vcpus > arch::mptable::MAX_CPUS {
         return Err(Error::Config(format!(
             "vcpus: {} is outside 1..{}",
@@ -162,6 +272,7 @@ pub fn run(cfg: &Config) -> Result<Exit> {
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     let (kernel, entry) = load_kernel(&mem, cfg)?;
+    let devices = virtio_devices(&vm, cfg)?;
     let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_MAX)
         .map_err(|e| Error::Boot(format!("command line: {e}")))?;
     if !cfg.cmdline.is_empty() {
@@ -169,6 +280,20 @@ pub fn run(cfg: &Config) -> Result<Exit> {
             .insert_str(&cfg.cmdline)
             .map_err(|e| Error::Config(format!("command line: {e}")))?;
     }
+    for i in 0..devices.len() {
+        cmdline
+            .insert_str(format!(
+                "virtio_mmio.device=4K@{:#x}:{}",
+                arch::MMIO_START + i as u64 * virtio::mmio::WINDOW,
+                arch::FIRST_DEVICE_IRQ + i as u32
+            ))
+            .map_err(|e| Error::Config(format!("command line: {e}")))?;
+    }
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(|e| Error::Boot(format!("command line: {e}")))?
+        .as_bytes_with_nul()
+        .len();
     linux_loader::loader::load_cmdline(&mem, GuestAddress(arch::CMDLINE), &cmdline)
         .map_err(|e| Error::Boot(format!("command line: {e}")))?;
     let initrd = match &cfg.initrd {
@@ -181,7 +306,7 @@ pub fn run(cfg: &Config) -> Result<Exit> {
         }
         None => None,
     };
-    arch::write_boot_params(&mem, kernel.setup_header, cfg.cmdline.len() + 1, initrd)?;
+    arch::write_boot_params(&mem, kernel.setup_header, cmdline_len, initrd)?;
     arch::regs::write_tables(&mem)?;
     arch::mptable::write(&mem, cfg.vcpus)?;
 
@@ -205,6 +330,12 @@ pub fn run(cfg: &Config) -> Result<Exit> {
         exit: Mutex::new(None),
         exit_evt: exit_evt.try_clone().map_err(io("eventfd"))?,
         mem: mem.clone(),
+        notify: devices
+            .iter()
+            .map(|(_, n)| n.iter().map(|e| e.try_clone()).collect())
+            .collect::<std::io::Result<_>>()
+            .map_err(io("eventfd"))?,
+        virtio: devices.into_iter().map(|(t, _)| Mutex::new(t)).collect(),
     });
 
     let mut vcpus = Vec::new();
@@ -226,12 +357,10 @@ pub fn run(cfg: &Config) -> Result<Exit> {
         .map(|(id, fd)| vcpu::spawn(id, fd, shared.clone()))
         .collect::<std::io::Result<_>>()
         .map_err(io("starting a vCPU thread"))?;
-    // From here on the main thread only waits, sleeps, kicks and tears down.
-    if let Err(e) = seccomp::apply(seccomp::Thread::Main) {
+    // Work on the devices' queues until a vCPU or the i8042 says the VM is over.
+    if let Err(e) = event_loop(&shared, &exit_evt) {
         shared.end(Exit::Error(e.to_string()));
     }
-    // Until a vCPU or the i8042 says the VM is over.
-    let _ = exit_evt.read();
     shared.stop.store(true, Ordering::SeqCst);
     for _ in 0..400 {
         if threads.iter().all(|t| t.is_finished()) {

@@ -1,8 +1,8 @@
 //! Seccomp filters for the VMM's threads (seccompiler), installed once a thread is done
 //! setting up: from then on a vCPU thread may only run its vCPU (KVM_RUN, and read its
 //! registers for an exit report), move bytes to and from the console and its eventfds, and
-//! manage its own memory and signals; the main thread may additionally wait, sleep and kick
-//! vCPU threads. Anything else — opening files, sockets, new processes or threads, other
+//! manage its own memory and signals; the main thread may additionally wait for device
+//! notifications, read and write its disks, sleep and kick vCPU threads. Anything else — opening files, sockets, new processes or threads, other
 //! ioctls — kills the VMM.
 
 use std::collections::BTreeMap;
@@ -102,6 +102,12 @@ pub fn filter(t: Thread) -> Result<BpfProgram> {
         }
         Thread::Main => {
             rules.insert(libc::SYS_tgkill, vec![]);
+            // The device loop: wait for notifications, move disk data.
+            rules.insert(libc::SYS_epoll_wait, vec![]);
+            rules.insert(libc::SYS_epoll_pwait, vec![]);
+            rules.insert(libc::SYS_pread64, vec![]);
+            rules.insert(libc::SYS_pwrite64, vec![]);
+            rules.insert(libc::SYS_fdatasync, vec![]);
             rules.insert(libc::SYS_getpid, vec![]);
             rules.insert(libc::SYS_gettid, vec![]);
         }

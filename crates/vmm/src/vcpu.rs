@@ -127,12 +127,24 @@ fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
                 s.legacy.read(port, data);
                 continue;
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
-                // No device there (yet): reads as all ones, like an empty bus.
-                data.fill(0xff);
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                match s.mmio_device(addr) {
+                    Some((d, off)) => crate::devices::lock(&s.virtio[d]).read(off, data),
+                    // No device there: reads as all ones, like an empty bus.
+                    None => data.fill(0xff),
+                }
                 continue;
             }
-            Ok(VcpuExit::MmioWrite(..)) => continue,
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some((d, off)) = s.mmio_device(addr) {
+                    let q = crate::devices::lock(&s.virtio[d]).write(off, data);
+                    // A notify KVM's ioeventfd did not catch (e.g. another width): pass it on.
+                    if let Some(e) = q.and_then(|q| s.notify[d].get(q)) {
+                        let _ = e.write(1);
+                    }
+                }
+                continue;
+            }
             Ok(VcpuExit::Hlt) => Exit::Shutdown(format!("vcpu {id} halted")),
             Ok(VcpuExit::Shutdown) => Exit::Shutdown(format!(
                 "vcpu {id} shut down (triple fault?): {}",

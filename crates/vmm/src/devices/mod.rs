@@ -23,7 +23,7 @@ impl Trigger for EventFdTrigger {
 }
 
 /// A device's lock, even if a vCPU thread panicked holding it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -1,0 +1,238 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2 section 4.2.2): one 4 KiB window of
+//! registers per device, then its configuration space at 0x100.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Device, Fault, F_VERSION_1};
+
+/// Bytes of guest physical address space per device.
+pub const WINDOW: u64 = 0x1000;
+/// The register QueueNotify, which KVM turns into an ioeventfd signal.
+pub const QUEUE_NOTIFY: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VENDOR: u32 = 0x4c56_4543; // "CEVL"
+
+/// Device status bits.
+pub const ACKNOWLEDGE: u32 = 1;
+pub const DRIVER: u32 = 2;
+pub const DRIVER_OK: u32 = 4;
+pub const FEATURES_OK: u32 = 8;
+pub const NEEDS_RESET: u32 = 0x40;
+pub const FAILED: u32 = 0x80;
+
+/// Interrupt status bits.
+const INT_USED: u32 = 1;
+const INT_CONFIG: u32 = 2;
+
+/// One device behind its registers.
+pub struct Transport {
+    dev: Box<dyn Device>,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    dev_features_sel: u32,
+    drv_features_sel: u32,
+    drv_features: u64,
+    status: u32,
+    interrupt_status: AtomicU32,
+    config_generation: u32,
+    irq: EventFd,
+    /// Why the device failed, if it did (kept until the driver resets it).
+    fault: Option<Fault>,
+}
+
+impl Transport {
+    pub fn new(dev: Box<dyn Device>, irq: EventFd) -> std::io::Result<Self> {
+        let queues = dev
+            .queue_max_sizes()
+            .iter()
+            .map(|&n| Queue::new(n))
+            .collect::<Result<_, _>>()
+            .map_err(|e| std::io::Error::other(format!("virtio queue: {e}")))?;
+        Ok(Transport {
+            dev,
+            queues,
+            queue_sel: 0,
+            dev_features_sel: 0,
+            drv_features_sel: 0,
+            drv_features: 0,
+            status: 0,
+            interrupt_status: AtomicU32::new(0),
+            config_generation: 0,
+            irq,
+            fault: None,
+        })
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    pub fn fault(&self) -> Option<&Fault> {
+        self.fault.as_ref()
+    }
+
+    fn selected(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// A 32-bit register read by the guest (other widths only in the config space).
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            let cfg = self.dev.config();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = cfg.get(offset as usize - 0x100 + i).copied().unwrap_or(0);
+            }
+            return;
+        }
+        let q = self.queues.get(self.queue_sel as usize);
+        let v = match offset {
+            0x00 => MAGIC,
+            0x04 => 2,
+            0x08 => self.dev.device_type(),
+            0x0c => VENDOR,
+            0x10 => match self.dev_features_sel {
+                0 => self.dev.features() as u32,
+                1 => (self.dev.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => q.map_or(0, |q| u32::from(q.max_size())),
+            0x44 => q.map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt_status.load(Ordering::SeqCst),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        };
+        if data.len() == 4 {
+            data.copy_from_slice(&v.to_le_bytes());
+        } else {
+            data.fill(0);
+        }
+    }
+
+    /// A register write by the guest. Returns true when the guest notified a queue through
+    /// the register (when no ioeventfd caught it): the caller then processes that queue.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
+        if offset >= 0x100 {
+            // No device here has writable configuration.
+            return None;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return None;
+        };
+        let v = u32::from_le_bytes(bytes);
+        // Queue and feature registers only count before DRIVER_OK (virtio 1.2, 4.2.2.2).
+        let setting_up = self.status & DRIVER_OK == 0;
+        match offset {
+            0x14 => self.dev_features_sel = v,
+            0x20 if setting_up && self.status & FEATURES_OK == 0 => match self.drv_features_sel {
+                0 => self.drv_features = (self.drv_features & !0xffff_ffff) | u64::from(v),
+                1 => self.drv_features = (self.drv_features & 0xffff_ffff) | (u64::from(v) << 32),
+                _ => {}
+            },
+            0x24 => self.drv_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 if setting_up => {
+                if let Some(q) = self.selected() {
+                    q.set_size(v as u16);
+                }
+            }
+            0x44 if setting_up => {
+                if let Some(q) = self.selected() {
+                    q.set_ready(v == 1);
+                }
+            }
+            QUEUE_NOTIFY => return Some(v as usize),
+            0x64 => {
+                self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
+            }
+            0x70 => self.set_status(v),
+            0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if setting_up => {
+                let (lo, hi) = if offset & 4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
+                if let Some(q) = self.selected() {
+                    match offset & !4 {
+                        0x80 => q.set_desc_table_address(lo, hi),
+                        0x90 => q.set_avail_ring_address(lo, hi),
+                        _ => q.set_used_ring_address(lo, hi),
+                    }
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // FEATURES_OK only sticks for a subset of what was offered that includes VERSION_1.
+        if v & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
+            let offered = self.dev.features();
+            if self.drv_features & !offered != 0 || self.drv_features & F_VERSION_1 == 0 {
+                self.status = v & !FEATURES_OK;
+                return;
+            }
+        }
+        self.status = v | (self.status & NEEDS_RESET);
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.dev.reset();
+        self.status = 0;
+        self.drv_features = 0;
+        self.queue_sel = 0;
+        self.interrupt_status.store(0, Ordering::SeqCst);
+        self.fault = None;
+    }
+
+    /// The guest notified queue `q`: work on it, interrupt the guest if it should know.
+    pub fn notify(&mut self, q: usize, mem: &GuestMemoryMmap) {
+        if self.status & DRIVER_OK == 0 || self.fault.is_some() || q >= self.queues.len() {
+            return;
+        }
+        if !self.queues[q].ready() || !self.queues[q].is_valid(mem) {
+            self.fail(Fault(format!("queue {q} notified but not valid")));
+            return;
+        }
+        match self.dev.process(q, &mut self.queues, mem) {
+            Ok(false) => {}
+            Ok(true) => {
+                let wanted = self.queues[q].needs_notification(mem).unwrap_or(true);
+                if wanted {
+                    self.interrupt(INT_USED);
+                }
+            }
+            Err(f) => self.fail(f),
+        }
+    }
+
+    /// The driver broke the rules: the device needs a reset before it works again.
+    fn fail(&mut self, f: Fault) {
+        self.fault = Some(f);
+        self.status |= NEEDS_RESET;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt(INT_CONFIG);
+    }
+
+    fn interrupt(&self, why: u32) {
+        self.interrupt_status.fetch_or(why, Ordering::SeqCst);
+        let _ = self.irq.write(1);
+    }
+}

@@ -1,0 +1,47 @@
+//! Paravirtual devices on virtio-mmio (virtio 1.x, transport version 2): the transport's
+//! registers (`mmio`) and the devices behind them (`block`). The guest finds each device from
+//! `virtio_mmio.device=4K@ADDR:IRQ` on its command line.
+//!
+//! The vCPU thread that touches a device's registers only updates its state; the queues are
+//! worked on by the VMM's main thread, woken by an ioeventfd that KVM signals when the guest
+//! writes QueueNotify, and the guest is interrupted through an irqfd. A driver that breaks the
+//! rules — a descriptor outside guest memory, a chain that loops, a request that does not parse
+//! — gets its device failed (status DEVICE_NEEDS_RESET, no more work until the driver resets
+//! it); the VMM and the other devices go on.
+
+pub mod block;
+pub mod fuzz;
+pub mod mmio;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Feature bit: the device follows virtio 1.x (mandatory for the version-2 transport).
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// Why a device stopped working for its driver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Fault(pub String);
+
+/// What a device does with its queues.
+pub trait Device: Send {
+    /// The virtio device ID (2: block, 1: net, 19: vsock).
+    fn device_type(&self) -> u32;
+    /// The features offered (F_VERSION_1 included).
+    fn features(&self) -> u64;
+    /// The largest size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Bytes of the device's configuration space.
+    fn config(&self) -> &[u8];
+    /// Work on what the driver made available on queue `q`. Returns whether any buffer was
+    /// used (the driver may need an interrupt); a `Fault` fails the device.
+    fn process(
+        &mut self,
+        q: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, Fault>;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
