@@ -2,21 +2,48 @@
 # A guest initramfs for microVM tests: static busybox and an /init of ours that mounts the
 # pseudo file systems, prints "GUEST-UP <uptime>" (the first line from guest userspace), runs
 # the command given on the kernel command line as cellvisor.run="..." if any, and reboots
-# (which ends a microVM booted with reboot=k).
-# usage: mkinitramfs.sh OUT.cpio.gz
+# (which ends a microVM booted with reboot=k). With a kernel's modules at hand (KVER, default:
+# the newest /lib/modules/*-amd64), it also carries the virtio drivers the Debian kernel
+# builds as modules (mmio, block, net, vsock) and /init loads them, giving virtio_mmio the
+# devices the VMM put on the command line (virtio_mmio.device=...).
+# usage: mkinitramfs.sh OUT.cpio.gz [KVER]
 set -euo pipefail
-out=${1:?usage: mkinitramfs.sh OUT.cpio.gz}
+out=${1:?usage: mkinitramfs.sh OUT.cpio.gz [KVER]}
+kver=${2:-$(ls -d /lib/modules/*-amd64 2>/dev/null | sort -V | tail -n1 | xargs -r basename)}
 bb=/bin/busybox
 [ -x "$bb" ] || { echo "no $bb: apt-get install busybox-static" >&2; exit 1; }
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir"/{bin,sbin,proc,sys,dev,tmp,etc,root}
 cp "$bb" "$dir/bin/busybox"
 for a in $("$bb" --list); do [ "$a" = busybox ] || ln -s busybox "$dir/bin/$a"; done
+if [ -n "$kver" ] && [ -d "/lib/modules/$kver/kernel" ]; then
+    mkdir -p "$dir/lib/modules"
+    n=10
+    for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_mmio \
+             drivers/block/virtio_blk net/core/failover drivers/net/net_failover \
+             drivers/net/virtio_net net/vmw_vsock/vsock \
+             net/vmw_vsock/vmw_vsock_virtio_transport_common \
+             net/vmw_vsock/vmw_vsock_virtio_transport; do
+        f=/lib/modules/$kver/kernel/$m.ko
+        [ -f "$f" ] || continue  # built in, or not in this kernel
+        cp "$f" "$dir/lib/modules/$n-$(basename "$f")"
+        n=$((n + 1))
+    done
+fi
 cat > "$dir/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+for m in /lib/modules/*.ko; do
+    [ -f "$m" ] || continue
+    case $m in
+    *virtio_mmio.ko)
+        # shellcheck disable=SC2046
+        insmod "$m" $(tr ' ' '\n' < /proc/cmdline | sed -n 's/^virtio_mmio\.device=/device=/p') ;;
+    *) insmod "$m" ;;
+    esac
+done
 echo "GUEST-UP $(cut -d' ' -f1 /proc/uptime)"
 cmd=$(sed -n 's/.*cellvisor\.run="\([^"]*\)".*/\1/p' /proc/cmdline)
 [ -n "$cmd" ] && sh -c "$cmd"

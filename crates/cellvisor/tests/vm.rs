@@ -387,8 +387,8 @@ fn many_idle_vms_and_their_memory() {
 }
 
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
-/// inside the emulated KVM test host (real hardware-virtualization semantics). Slow (about
-/// 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
+/// inside the emulated KVM test host (real hardware-virtualization semantics), with two vCPUs
+/// and a copy-on-write virtio disk, ending in an ACPI poweroff. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
 /// the nested guest runs), so each attempt has a deadline and there are three.
 #[test]
 fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
@@ -421,11 +421,20 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
         .unwrap()
         .success());
     let kname = kernel.file_name().unwrap().to_string_lossy().into_owned();
+    let (base, _) = disk_image(t.path());
+    // Two vCPUs (found through the ACPI MADT), the disk as vda (found through the DSDT) under
+    // a private copy-on-write layer, and an ACPI poweroff at the end (the VMM exits 0). Then
+    // the L1 checks the shared base is unchanged.
+    let guest = "echo IN-GUEST-$((6*7)); uname -r; echo CPUS-$(nproc); head -n1 /dev/vda; \
+                 echo guest-wrote-this | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null; \
+                 dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -n1; poweroff -f";
     let cmd = format!(
-        "./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --console /tmp/guest.log \
+        "before=$(md5sum base.img); \
+         ./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --vcpus 2 \
+         --disk base.img,cow --console /tmp/guest.log \
          --cmdline 'console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 \
-         i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"echo IN-GUEST-$((6*7)); uname -r\"'; \
-         rc=$?; cat /tmp/guest.log; exit $rc"
+         i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"{guest}\"'; \
+         rc=$?; cat /tmp/guest.log; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; exit $rc"
     );
     let mut last = String::new();
     for attempt in 0..3 {
@@ -435,6 +444,8 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
             .arg(&kernel)
             .arg("-f")
             .arg(&initrd)
+            .arg("-f")
+            .arg(&base)
             .arg("--")
             .arg(&cmd)
             .env("KVM_TEST_HOST_TIMEOUT", "150")
@@ -453,7 +464,16 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                 out.contains(kname.trim_start_matches("vmlinuz-")),
                 "uname -r: {out}"
             );
-            assert!(out.contains("GUEST-DONE"), "{out}");
+            for want in [
+                "CPUS-2\n",
+                "cellvisor disk 0\n",
+                "guest-wrote-this\n",
+                "BASE-UNCHANGED",
+            ] {
+                assert!(out.contains(want), "missing {want:?} in:\n{out}");
+            }
+            // Powered off through ACPI before the init's own reboot.
+            assert!(!out.contains("GUEST-DONE"), "{out}");
             return;
         }
     }

@@ -306,7 +306,15 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
         }
         None => None,
     };
-    arch::write_boot_params(&mem, kernel.setup_header, cmdline_len, initrd)?;
+    let acpi_devices: Vec<_> = (0..devices.len())
+        .map(|i| arch::acpi::MmioDevice {
+            base: arch::MMIO_START + i as u64 * virtio::mmio::WINDOW,
+            len: virtio::mmio::WINDOW,
+            irq: arch::FIRST_DEVICE_IRQ + i as u32,
+        })
+        .collect();
+    let rsdp = arch::acpi::write(&mem, cfg.vcpus, &acpi_devices)?;
+    arch::write_boot_params(&mem, kernel.setup_header, cmdline_len, initrd, rsdp)?;
     arch::regs::write_tables(&mem)?;
     arch::mptable::write(&mem, cfg.vcpus)?;
 

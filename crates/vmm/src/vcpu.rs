@@ -119,10 +119,10 @@ fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
     }
     while !s.stop.load(Ordering::SeqCst) {
         let why = match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                s.legacy.write(port, data);
-                continue;
-            }
+            Ok(VcpuExit::IoOut(port, data)) => match s.legacy.write(port, data) {
+                None => continue,
+                Some(end) => end,
+            },
             Ok(VcpuExit::IoIn(port, data)) => {
                 s.legacy.read(port, data);
                 continue;

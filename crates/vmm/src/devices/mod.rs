@@ -61,11 +61,18 @@ impl Legacy {
         }
     }
 
-    pub fn write(&self, port: u16, data: &[u8]) {
+    /// A port write; `Some` when the guest ended the machine through ACPI (the sleep control
+    /// register with S5: poweroff; the reset register: reset).
+    pub fn write(&self, port: u16, data: &[u8]) -> Option<crate::Exit> {
+        use crate::arch::acpi;
         if data.len() != 1 {
-            return;
+            return None;
         }
         match port {
+            acpi::SLEEP_CONTROL_PORT if data[0] == acpi::SLP_EN | (acpi::S5_TYPE << 2) => {
+                return Some(crate::Exit::Poweroff)
+            }
+            acpi::RESET_PORT if data[0] == acpi::RESET_VALUE => return Some(crate::Exit::Reset),
             COM1..=0x3ff => {
                 let _ = lock(&self.serial).write((port - COM1) as u8, data[0]);
             }
@@ -73,6 +80,7 @@ impl Legacy {
             0x70 | 0x71 => lock(&self.cmos).write((port - 0x70) as u8, data[0]),
             _ => {}
         }
+        None
     }
 
     /// Bytes typed on the console, for the guest to read.

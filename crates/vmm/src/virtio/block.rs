@@ -218,9 +218,19 @@ impl Layer {
                 f
             }
             None => {
-                // An unlinked file beside nothing: it goes when the VMM does.
-                let dir = std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into());
-                tempfile_in(Path::new(&dir)).map_err(|e| err(base, format!("layer: {e}")))?
+                // An unnamed file: it goes when the VMM does. $TMPDIR, else /var/tmp (on
+                // disk, usually), else /tmp.
+                let dir = std::env::var_os("TMPDIR")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        ["/var/tmp", "/tmp"]
+                            .map(PathBuf::from)
+                            .into_iter()
+                            .find(|d| d.is_dir())
+                    })
+                    .unwrap_or_else(|| "/tmp".into());
+                tempfile_in(&dir)
+                    .map_err(|e| err(base, format!("layer in {}: {e}", dir.display())))?
             }
         };
         let at = keep.unwrap_or(base);

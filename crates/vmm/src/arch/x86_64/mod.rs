@@ -1,6 +1,7 @@
 //! x86_64: the guest physical memory map, the Linux boot protocol (zero page, e820, command
 //! line), the MP table for more than one vCPU, and the registers a vCPU starts with.
 
+pub mod acpi;
 pub mod mptable;
 pub mod regs;
 
@@ -76,6 +77,7 @@ pub fn write_boot_params(
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<(GuestAddress, usize)>,
+    rsdp: u64,
 ) -> Result<()> {
     let mut p = boot_params::default();
     if let Some(h) = header {
@@ -91,6 +93,7 @@ pub fn write_boot_params(
         p.hdr.ramdisk_image = addr.raw_value() as u32;
         p.hdr.ramdisk_size = len as u32;
     }
+    p.acpi_rsdp_addr = rsdp;
     let end = mem.last_addr().raw_value() + 1;
     let e820 = [
         (0, EBDA, 1u32),
