@@ -29,7 +29,7 @@ root=$tmp/root
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,host,modules}
 cp /bin/busybox "$root/bin/"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun; do
   ko=$(ls /lib/modules/"$release"/kernel/$m.ko* | head -n 1)
   case "$ko" in
     *.xz) xz -dc "$ko" ;;
@@ -50,7 +50,8 @@ printf '%s\n' "$command" > "$root/command"
 cat > "$root/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
-for m in irqbypass kvm kvm-amd; do insmod /modules/$m.ko; done
+for m in irqbypass kvm kvm-amd tun; do insmod /modules/$m.ko; done
+ip link set lo up
 [ -c /dev/kvm ] || echo "kvm-test-host: no /dev/kvm in the test host"
 cd /host
 if sh /command; then echo "KVM-TEST-HOST: ok"; else echo "KVM-TEST-HOST: failed ($?)"; fi

@@ -32,6 +32,10 @@ pub enum VmCmd {
         /// copy-on-write layer that goes with the VM, PATH,cow=LAYER one kept in LAYER
         #[arg(long = "disk", value_name = "PATH[,ro|,cow[=LAYER]]")]
         disks: Vec<vmm::virtio::block::DiskSpec>,
+        /// A virtio network device on tap device TAP (repeatable: eth0, eth1, ...). A TAP that
+        /// does not exist is created and goes with the VM; ip= gives its host side an address
+        #[arg(long = "net", value_name = "TAP[,mac=MAC][,ip=ADDR/PREFIX]")]
+        nets: Vec<vmm::virtio::net::NetSpec>,
     },
 }
 
@@ -45,6 +49,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
             vcpus,
             console,
             disks,
+            nets,
         } => {
             let mem_bytes = domain::profile::parse_size(mem)
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
@@ -59,6 +64,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
                     None => vmm::Console::Stdout,
                 },
                 disks: disks.clone(),
+                nets: nets.clone(),
             };
             match vmm::run(&cfg).map_err(|e| anyhow!("{e}"))? {
                 vmm::Exit::Reset | vmm::Exit::Poweroff => Ok(0),

@@ -220,6 +220,15 @@ fn the_tiny_guest_drives_a_virtio_block_device() {
     }
 }
 
+/// A guest that drops to ring 3, prints "x" and spins there until stopped.
+fn spin_guest(dir: &Path) -> PathBuf {
+    assemble(
+        dir,
+        "spin",
+        ".intel_syntax noprefix\n.code64\n.globl _start\n_start:\n push 0x2b\n push 0x70000\n push 0x3002\n push 0x23\n lea rax, [rip + user]\n push rax\n iretq\nuser:\n mov dx, 0x3f8\n mov al, 'x'\n out dx, al\nspin:\n jmp spin\n",
+    )
+}
+
 /// Bad input: one line, a non-zero exit, no VM.
 #[test]
 fn bad_input_gets_one_line() {
@@ -284,11 +293,7 @@ fn sigterm_stops_a_running_vm() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let k = assemble(
-        t.path(),
-        "spin",
-        ".intel_syntax noprefix\n.code64\n.globl _start\n_start:\n push 0x2b\n push 0x70000\n push 0x3002\n push 0x23\n lea rax, [rip + user]\n push rax\n iretq\nuser:\n mov dx, 0x3f8\n mov al, 'x'\n out dx, al\nspin:\n jmp spin\n",
-    );
+    let k = spin_guest(t.path());
     let mut child = Command::new(common::BIN)
         .args(["vm", "run", "--mem", "32M", "--vcpus", "2", "--kernel"])
         .arg(&k)
@@ -349,6 +354,62 @@ fn sigterm_stops_a_running_vm() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
 }
 
+/// A tap the VMM creates exists while the VM runs (with the host address asked for) and is
+/// gone when the VMM is — even when it is SIGKILLed. Bad network options: one line, no tap.
+#[test]
+fn a_tap_goes_with_its_vm() {
+    if !can_run_vms() || !Path::new("/dev/net/tun").exists() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = spin_guest(t.path());
+    let tap = format!("cvt{}", std::process::id() % 100000);
+    let link = |name: &str| {
+        let o = Command::new("ip")
+            .args(["-4", "addr", "show", name])
+            .output()
+            .unwrap();
+        o.status.success().then(|| common::stdout(&o))
+    };
+    let mut child = Command::new(common::BIN)
+        .args(["vm", "run", "--mem", "32M", "--net"])
+        .arg(format!("{tap},ip=10.123.0.1/24"))
+        .arg("--kernel")
+        .arg(&k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    use std::io::Read;
+    let _ = child.stdout.as_mut().unwrap().read_exact(&mut first);
+    let during = link(&tap);
+    let _ = child.kill();
+    let _ = child.wait();
+    let during = during.unwrap_or_else(|| panic!("no tap {tap} while the VM ran"));
+    assert!(during.contains("10.123.0.1/24"), "{during}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while link(&tap).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(link(&tap).is_none(), "tap {tap} left behind after SIGKILL");
+    for (net, want) in [
+        ("", "not a tap device name"),
+        ("a-name-longer-than-15", "not a tap device name"),
+        ("cvbad0,ip=10.0.0.1", "bad ip"),
+        ("cvbad0,mtu=9000", "unknown option"),
+    ] {
+        let o = vm(&["--kernel", k.to_str().unwrap(), "--net", net]);
+        assert!(!o.status.success());
+        assert!(
+            common::stderr(&o).contains(want),
+            "{want:?}: {}",
+            common::stderr(&o)
+        );
+    }
+    assert!(link("cvbad0").is_none());
+}
+
 /// Several VMs at once with the idle guest: `bench vms` measures them and stops them all
 /// cleanly; the VMM's own overhead stays far below Firecracker's 5 MiB bound.
 #[test]
@@ -387,8 +448,9 @@ fn many_idle_vms_and_their_memory() {
 }
 
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
-/// inside the emulated KVM test host (real hardware-virtualization semantics), with two vCPUs
-/// and a copy-on-write virtio disk, ending in an ACPI poweroff. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
+/// inside the emulated KVM test host (real hardware-virtualization semantics), with two vCPUs,
+/// a copy-on-write virtio disk and virtio-net on a tap (the guest pings the host side), ending
+/// in an ACPI poweroff after which the tap is gone. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
 /// the nested guest runs), so each attempt has a deadline and there are three.
 #[test]
 fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
@@ -427,14 +489,17 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
     // the L1 checks the shared base is unchanged.
     let guest = "echo IN-GUEST-$((6*7)); uname -r; echo CPUS-$(nproc); head -n1 /dev/vda; \
                  echo guest-wrote-this | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null; \
-                 dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -n1; poweroff -f";
+                 dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -n1; \
+                 ip addr add 10.0.2.2/24 dev eth0; ip link set eth0 up; \
+                 ping -c 2 -W 5 10.0.2.1 | grep -q 2.packets.received && echo PING-OK; poweroff -f";
     let cmd = format!(
         "before=$(md5sum base.img); \
          ./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --vcpus 2 \
-         --disk base.img,cow --console /tmp/guest.log \
+         --disk base.img,cow --net cvtap0,ip=10.0.2.1/24 --console /tmp/guest.log \
          --cmdline 'console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 \
          i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"{guest}\"'; \
-         rc=$?; cat /tmp/guest.log; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; exit $rc"
+         rc=$?; cat /tmp/guest.log; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; \
+         ip link show cvtap0 >/dev/null 2>&1 || echo TAP-GONE; exit $rc"
     );
     let mut last = String::new();
     for attempt in 0..3 {
@@ -469,6 +534,8 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                 "cellvisor disk 0\n",
                 "guest-wrote-this\n",
                 "BASE-UNCHANGED",
+                "PING-OK",
+                "TAP-GONE",
             ] {
                 assert!(out.contains(want), "missing {want:?} in:\n{out}");
             }

@@ -61,6 +61,8 @@ pub struct Config {
     pub console: Console,
     /// virtio block devices, in order (the guest's vda, vdb, ...).
     pub disks: Vec<virtio::block::DiskSpec>,
+    /// virtio network devices on tap devices, in order (the guest's eth0, eth1, ...).
+    pub nets: Vec<virtio::net::NetSpec>,
 }
 
 /// How a VM ended.
@@ -151,6 +153,15 @@ fn virtio_devices(
         let dev = virtio::block::Block::new(disk, &format!("cellvisor-vd{i}"));
         out.push(Box::new(dev) as Box<dyn virtio::Device>);
     }
+    for (i, spec) in cfg.nets.iter().enumerate() {
+        let tap = virtio::net::open_tap(spec).map_err(Error::Config)?;
+        // A locally administered MAC, distinct per VMM process and device.
+        let pid = std::process::id().to_be_bytes();
+        let mac = spec
+            .mac
+            .unwrap_or([0x02, 0xcc, pid[1], pid[2], pid[3], i as u8]);
+        out.push(Box::new(virtio::net::Net::new(tap, mac)));
+    }
     let mut devices = Vec::new();
     for (i, dev) in out.into_iter().enumerate() {
         let base = arch::MMIO_START + i as u64 * virtio::mmio::WINDOW;
@@ -174,7 +185,11 @@ fn virtio_devices(
     Ok(devices)
 }
 
-/// The main thread's loop: queue notifications to their devices, until `exit_evt`.
+/// In an event token: a device's host descriptor, not a queue.
+const HOST_FD: u64 = 0x8000;
+
+/// The main thread's loop: queue notifications and host descriptors to their devices, until
+/// `exit_evt`.
 fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -193,6 +208,19 @@ fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
+        // The device's own descriptors (a tap), edge-triggered: the device drains them.
+        for (i, fd) in devices::lock(&shared.virtio[d])
+            .fds()
+            .into_iter()
+            .enumerate()
+        {
+            let token = ((d as u64) << 16) | HOST_FD | i as u64;
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, token),
+            )?;
+        }
     }
     // From here on the main thread only works the queues, waits, kicks and tears down.
     seccomp::apply(seccomp::Thread::Main).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -209,7 +237,13 @@ fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
                 let _ = exit_evt.read();
                 return Ok(());
             }
-            let (d, q) = ((token >> 16) as usize, (token & 0xffff) as usize);
+            let d = (token >> 16) as usize;
+            if token & HOST_FD != 0 {
+                let i = (token & (HOST_FD - 1)) as usize;
+                devices::lock(&shared.virtio[d]).event(i, &shared.mem);
+                continue;
+            }
+            let q = (token & 0xffff) as usize;
             let _ = shared.notify[d][q].read();
             devices::lock(&shared.virtio[d]).notify(q, &shared.mem);
         }

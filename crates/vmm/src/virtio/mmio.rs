@@ -223,6 +223,26 @@ impl Transport {
         }
     }
 
+    /// A host descriptor of the device is ready (a tap has frames).
+    pub fn event(&mut self, fd: usize, mem: &GuestMemoryMmap) {
+        if self.status & DRIVER_OK == 0 || self.fault.is_some() {
+            return;
+        }
+        match self.dev.event(fd, &mut self.queues, mem) {
+            Ok(None) => {}
+            Ok(Some(q)) => {
+                if self.queues[q].needs_notification(mem).unwrap_or(true) {
+                    self.interrupt(INT_USED);
+                }
+            }
+            Err(f) => self.fail(f),
+        }
+    }
+
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.dev.fds()
+    }
+
     /// The driver broke the rules: the device needs a reset before it works again.
     fn fail(&mut self, f: Fault) {
         self.fault = Some(f);

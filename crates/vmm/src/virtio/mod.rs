@@ -1,5 +1,5 @@
 //! Paravirtual devices on virtio-mmio (virtio 1.x, transport version 2): the transport's
-//! registers (`mmio`) and the devices behind them (`block`). The guest finds each device from
+//! registers (`mmio`) and the devices behind them (`block`, `net`). The guest finds each device from
 //! `virtio_mmio.device=4K@ADDR:IRQ` on its command line.
 //!
 //! The vCPU thread that touches a device's registers only updates its state; the queues are
@@ -12,6 +12,7 @@
 pub mod block;
 pub mod fuzz;
 pub mod mmio;
+pub mod net;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -44,4 +45,18 @@ pub trait Device: Send {
     ) -> Result<bool, Fault>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Host descriptors the device waits on (a tap), watched edge-triggered by the VMM.
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+    /// Host descriptor `fd` (an index into `fds()`) is ready. Returns the queue that got used
+    /// buffers, if any.
+    fn event(
+        &mut self,
+        _fd: usize,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<Option<usize>, Fault> {
+        Ok(None)
+    }
 }
