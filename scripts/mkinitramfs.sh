@@ -6,9 +6,11 @@
 # the newest /lib/modules/*-amd64), it also carries the virtio drivers the Debian kernel
 # builds as modules (mmio, block, net, vsock) and /init loads them, giving virtio_mmio the
 # devices the VMM put on the command line (virtio_mmio.device=...).
-# usage: mkinitramfs.sh OUT.cpio.gz [KVER]
+# usage: mkinitramfs.sh [-a FILE]... OUT.cpio.gz [KVER]   (-a: a static program put in /bin)
 set -euo pipefail
-out=${1:?usage: mkinitramfs.sh OUT.cpio.gz [KVER]}
+add=()
+while [ "${1:-}" = -a ]; do add+=("$2"); shift 2; done
+out=${1:?usage: mkinitramfs.sh [-a FILE]... OUT.cpio.gz [KVER]}
 kver=${2:-$(ls -d /lib/modules/*-amd64 2>/dev/null | sort -V | tail -n1 | xargs -r basename)}
 bb=/bin/busybox
 [ -x "$bb" ] || { echo "no $bb: apt-get install busybox-static" >&2; exit 1; }
@@ -16,6 +18,7 @@ dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir"/{bin,sbin,proc,sys,dev,tmp,etc,root}
 cp "$bb" "$dir/bin/busybox"
 for a in $("$bb" --list); do [ "$a" = busybox ] || ln -s busybox "$dir/bin/$a"; done
+for f in ${add[@]+"${add[@]}"}; do cp "$f" "$dir/bin/"; done
 if [ -n "$kver" ] && [ -d "/lib/modules/$kver/kernel" ]; then
     mkdir -p "$dir/lib/modules"
     n=10

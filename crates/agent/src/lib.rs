@@ -1,6 +1,8 @@
 //! What runs inside a domain: [`port`] asks the daemon, over the domain's own port socket,
 //! for the domain's side of an open channel; [`pingpong`] holds the round-trip and bandwidth
-//! loops the channel benchmarks run, between two processes or two domains.
+//! loops the channel benchmarks run, between two processes or two domains; [`vsock`] holds
+//! both ends of a microVM's vsock.
 
 pub mod pingpong;
 pub mod port;
+pub mod vsock;

@@ -7,6 +7,10 @@
 //!   echo CHANNEL [--prefix TEXT]         answer every message with TEXT + the message
 //!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
 //!                                        domains, over descriptors 3..11 (see `bench`)
+//!   vsock-echo PORT                      (microVM guest) echo one vsock connection on PORT
+//!   vsock-send PORT MESSAGE              (microVM guest) send a line to host PORT, print the reply
+//!   uds-send PATH PORT MESSAGE           (host) the same to guest PORT through the VMM's socket
+//!   uds-echo PATH                        (host) echo one guest connection on PATH (= VMM's PATH_PORT)
 //! Common flags: --peer DOMAIN (which channel of that name), --wait SECONDS (for it to open,
 //! default 10), --port PATH.
 
@@ -199,6 +203,36 @@ fn bench_drive(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+fn vsock_cmd(cmd: &str, o: &Opts) -> Result<(), String> {
+    use agent::vsock;
+    let arg = |i: usize| {
+        o.args
+            .get(i)
+            .map(String::as_str)
+            .ok_or(format!("{cmd}: missing arguments"))
+    };
+    let port = |s: &str| s.parse::<u32>().map_err(|_| format!("{s:?}: not a port"));
+    match cmd {
+        "vsock-echo" => {
+            let n = vsock::guest_echo(port(arg(0)?)?)?;
+            say(&format!("echoed {n} bytes"));
+        }
+        "vsock-send" => say(&format!(
+            "reply: {}",
+            vsock::guest_send(port(arg(0)?)?, arg(1)?)?
+        )),
+        "uds-send" => say(&format!(
+            "reply: {}",
+            vsock::host_send(arg(0)?.as_ref(), port(arg(1)?)?, arg(2)?, o.wait)?
+        )),
+        _ => {
+            let n = vsock::host_echo(arg(0)?.as_ref())?;
+            say(&format!("echoed {n} bytes"));
+        }
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let (cmd, o) = parse()?;
     match cmd.as_str() {
@@ -249,6 +283,7 @@ fn run() -> Result<(), String> {
         }
         "bench-echo" => bench_echo()?,
         "bench-drive" => bench_drive(&o)?,
+        "vsock-echo" | "vsock-send" | "uds-send" | "uds-echo" => vsock_cmd(&cmd, &o)?,
         c => return Err(format!("unknown command {c:?}")),
     }
     Ok(())

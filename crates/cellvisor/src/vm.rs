@@ -36,6 +36,11 @@ pub enum VmCmd {
         /// does not exist is created and goes with the VM; ip= gives its host side an address
         #[arg(long = "net", value_name = "TAP[,mac=MAC][,ip=ADDR/PREFIX]")]
         nets: Vec<vmm::virtio::net::NetSpec>,
+        /// A virtio vsock device with guest CID CID; host programs reach guest port P by
+        /// connecting to the Unix socket PATH and writing "CONNECT P\n"; the guest reaches host
+        /// port P at the Unix socket PATH_P
+        #[arg(long, value_name = "CID,uds=PATH")]
+        vsock: Option<vmm::virtio::vsock::VsockSpec>,
     },
 }
 
@@ -50,6 +55,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
             console,
             disks,
             nets,
+            vsock,
         } => {
             let mem_bytes = domain::profile::parse_size(mem)
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
@@ -65,6 +71,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
                 },
                 disks: disks.clone(),
                 nets: nets.clone(),
+                vsock: vsock.clone(),
             };
             match vmm::run(&cfg).map_err(|e| anyhow!("{e}"))? {
                 vmm::Exit::Reset | vmm::Exit::Poweroff => Ok(0),

@@ -410,6 +410,62 @@ fn a_tap_goes_with_its_vm() {
     assert!(link("cvbad0").is_none());
 }
 
+/// The vsock socket exists while the VM runs and is removed when it ends (under the VMM's
+/// seccomp filter); a stale socket is replaced; one in use is refused in one line and left alone.
+#[test]
+fn the_vsock_socket_goes_with_its_vm() {
+    if !can_run_vms() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = tiny(t.path());
+    let uds = t.path().join("v.sock");
+    let spec = format!("3,uds={}", uds.display());
+    let run = || {
+        vm(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--mem",
+            "32M",
+            "--vsock",
+            &spec,
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!uds.exists(), "the vsock socket was left behind");
+    // Stale: bound once, nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(&uds).unwrap());
+    assert!(uds.exists());
+    let o = run();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!uds.exists(), "the stale socket was left behind");
+    // In use by someone else.
+    let other = std::os::unix::net::UnixListener::bind(&uds).unwrap();
+    let o = run();
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains("in use") && e.lines().count() == 1, "{e}");
+    assert!(uds.exists(), "someone else's socket was removed");
+    drop(other);
+    for (bad, want) in [
+        ("2,uds=/tmp/x".to_string(), "CID 3 or more"),
+        ("3".to_string(), "CID,uds=PATH"),
+        (
+            format!("3,uds={}/none/v.sock", t.path().display()),
+            "No such file",
+        ),
+    ] {
+        let o = vm(&["--kernel", k.to_str().unwrap(), "--vsock", &bad]);
+        assert!(!o.status.success());
+        assert!(
+            common::stderr(&o).contains(want),
+            "{want:?}: {}",
+            common::stderr(&o)
+        );
+    }
+}
+
 /// Several VMs at once with the idle guest: `bench vms` measures them and stops them all
 /// cleanly; the VMM's own overhead stays far below Firecracker's 5 MiB bound.
 #[test]
@@ -449,8 +505,10 @@ fn many_idle_vms_and_their_memory() {
 
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,
 /// inside the emulated KVM test host (real hardware-virtualization semantics), with two vCPUs,
-/// a copy-on-write virtio disk and virtio-net on a tap (the guest pings the host side), ending
-/// in an ACPI poweroff after which the tap is gone. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
+/// a copy-on-write virtio disk, virtio-net on a tap (the guest pings the host side) and vsock
+/// both ways (a guest program reaches a host echo server at PATH_5000; a host program reaches
+/// the guest's echo server on port 1234 through PATH), ending in an ACPI poweroff after which
+/// the tap and the socket are gone. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
 /// the nested guest runs), so each attempt has a deadline and there are three.
 #[test]
 fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
@@ -476,8 +534,11 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
     };
     let t = tempfile::tempdir().unwrap();
     let initrd = t.path().join("initramfs.cpio.gz");
+    let agent = common::agent();
     assert!(Command::new("bash")
         .arg(Path::new(WORKSPACE).join("scripts/mkinitramfs.sh"))
+        .arg("-a")
+        .arg(&agent)
         .arg(&initrd)
         .status()
         .unwrap()
@@ -491,14 +552,20 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                  echo guest-wrote-this | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null; \
                  dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -n1; \
                  ip addr add 10.0.2.2/24 dev eth0; ip link set eth0 up; \
-                 ping -c 2 -W 5 10.0.2.1 | grep -q 2.packets.received && echo PING-OK; poweroff -f";
+                 ping -c 2 -W 5 10.0.2.1 | grep -q 2.packets.received && echo PING-OK; \
+                 cellvisor-agent vsock-send 5000 from-guest; cellvisor-agent vsock-echo 1234; \
+                 poweroff -f";
     let cmd = format!(
         "before=$(md5sum base.img); \
+         ./cellvisor-agent uds-echo /tmp/v.sock_5000 > /tmp/host-echo.log 2>&1 & \
          ./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --vcpus 2 \
-         --disk base.img,cow --net cvtap0,ip=10.0.2.1/24 --console /tmp/guest.log \
+         --disk base.img,cow --net cvtap0,ip=10.0.2.1/24 --vsock 3,uds=/tmp/v.sock \
+         --console /tmp/guest.log \
          --cmdline 'console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 \
-         i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"{guest}\"'; \
-         rc=$?; cat /tmp/guest.log; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; \
+         i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"{guest}\"' & \
+         vmm=$!; ./cellvisor-agent uds-send /tmp/v.sock 1234 hello-guest --wait 100; \
+         wait $vmm; rc=$?; cat /tmp/guest.log /tmp/host-echo.log; \
+         [ -e /tmp/v.sock ] || echo UDS-GONE; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; \
          ip link show cvtap0 >/dev/null 2>&1 || echo TAP-GONE; exit $rc"
     );
     let mut last = String::new();
@@ -511,6 +578,8 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
             .arg(&initrd)
             .arg("-f")
             .arg(&base)
+            .arg("-f")
+            .arg(&agent)
             .arg("--")
             .arg(&cmd)
             .env("KVM_TEST_HOST_TIMEOUT", "150")
@@ -536,6 +605,10 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                 "BASE-UNCHANGED",
                 "PING-OK",
                 "TAP-GONE",
+                "reply: from-guest",
+                "reply: hello-guest",
+                "echoed 12 bytes",
+                "UDS-GONE",
             ] {
                 assert!(out.contains(want), "missing {want:?} in:\n{out}");
             }

@@ -63,6 +63,8 @@ pub struct Config {
     pub disks: Vec<virtio::block::DiskSpec>,
     /// virtio network devices on tap devices, in order (the guest's eth0, eth1, ...).
     pub nets: Vec<virtio::net::NetSpec>,
+    /// A virtio vsock device, its host side on Unix sockets.
+    pub vsock: Option<virtio::vsock::VsockSpec>,
 }
 
 /// How a VM ended.
@@ -162,6 +164,11 @@ fn virtio_devices(
             .unwrap_or([0x02, 0xcc, pid[1], pid[2], pid[3], i as u8]);
         out.push(Box::new(virtio::net::Net::new(tap, mac)));
     }
+    if let Some(spec) = &cfg.vsock {
+        out.push(Box::new(
+            virtio::vsock::Vsock::new(spec).map_err(Error::Config)?,
+        ));
+    }
     let mut devices = Vec::new();
     for (i, dev) in out.into_iter().enumerate() {
         let base = arch::MMIO_START + i as u64 * virtio::mmio::WINDOW;
@@ -223,7 +230,12 @@ fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
         }
     }
     // From here on the main thread only works the queues, waits, kicks and tears down.
-    seccomp::apply(seccomp::Thread::Main).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let dirs: Vec<_> = shared
+        .virtio
+        .iter()
+        .flat_map(|d| devices::lock(d).unlink_dirs())
+        .collect();
+    seccomp::apply_main(&dirs).map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut events = vec![EpollEvent::default(); 16];
     loop {
         let n = match epoll.wait(-1, &mut events) {

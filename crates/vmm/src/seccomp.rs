@@ -2,7 +2,8 @@
 //! setting up: from then on a vCPU thread may only run its vCPU (KVM_RUN, and read its
 //! registers for an exit report), move bytes to and from the console and its eventfds, and
 //! manage its own memory and signals; the main thread may additionally wait for device
-//! notifications, read and write its disks, sleep and kick vCPU threads. Anything else — opening files, sockets, new processes or threads, other
+//! notifications, read and write its disks and taps, take and make Unix-socket connections
+//! for vsock, sleep and kick vCPU threads. Anything else — opening files, sockets, new processes or threads, other
 //! ioctls — kills the VMM.
 
 use std::collections::BTreeMap;
@@ -39,6 +40,23 @@ fn err(e: impl std::fmt::Debug) -> Error {
 
 /// The filter of one kind of thread.
 pub fn filter(t: Thread) -> Result<BpfProgram> {
+    filter_with(t, &[])
+}
+
+/// An argument-equality rule: argument `arg` (32 bits) is `v`.
+fn arg_is(arg: u8, v: u64) -> Result<SeccompRule> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        v,
+    )
+    .map_err(err)?])
+    .map_err(err)
+}
+
+/// The filter of `t`; the main thread may also unlinkat through the directories `dirs`.
+fn filter_with(t: Thread, dirs: &[std::os::fd::RawFd]) -> Result<BpfProgram> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let common = [
         libc::SYS_read,
@@ -110,6 +128,28 @@ pub fn filter(t: Thread) -> Result<BpfProgram> {
             rules.insert(libc::SYS_fdatasync, vec![]);
             rules.insert(libc::SYS_getpid, vec![]);
             rules.insert(libc::SYS_gettid, vec![]);
+            // vsock's host side: Unix sockets only (made non-blocking with FIONBIO), its own
+            // epoll set.
+            rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
+            rules.insert(libc::SYS_socket, vec![arg_is(0, libc::AF_UNIX as u64)?]);
+            for s in [
+                libc::SYS_connect,
+                libc::SYS_accept4,
+                libc::SYS_epoll_ctl,
+                libc::SYS_shutdown,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+            ] {
+                rules.insert(s, vec![]);
+            }
+            // Removing the vsock socket at the end: through its directory's descriptor only.
+            if !dirs.is_empty() {
+                let r = dirs
+                    .iter()
+                    .map(|&d| arg_is(0, d as u64))
+                    .collect::<Result<_>>()?;
+                rules.insert(libc::SYS_unlinkat, r);
+            }
         }
     }
     let f = SeccompFilter::new(
@@ -120,6 +160,13 @@ pub fn filter(t: Thread) -> Result<BpfProgram> {
     )
     .map_err(err)?;
     f.try_into().map_err(err)
+}
+
+/// Install the main thread's filter on the calling thread (`dirs`: see `filter_with`).
+pub fn apply_main(dirs: &[std::os::fd::RawFd]) -> Result<()> {
+    let p = filter_with(Thread::Main, dirs)?;
+    seccompiler::apply_filter(&p)
+        .map_err(|e| Error::Io(format!("installing the seccomp filter: {e}")))
 }
 
 /// Install the filter for `t` on the calling thread.

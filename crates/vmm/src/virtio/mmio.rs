@@ -213,12 +213,9 @@ impl Transport {
         }
         match self.dev.process(q, &mut self.queues, mem) {
             Ok(false) => {}
-            Ok(true) => {
-                let wanted = self.queues[q].needs_notification(mem).unwrap_or(true);
-                if wanted {
-                    self.interrupt(INT_USED);
-                }
-            }
+            // Always interrupt: work on one queue may have used another's buffers (vsock
+            // answers on RX what came on TX), and a spare interrupt is harmless.
+            Ok(true) => self.interrupt(INT_USED),
             Err(f) => self.fail(f),
         }
     }
@@ -230,17 +227,17 @@ impl Transport {
         }
         match self.dev.event(fd, &mut self.queues, mem) {
             Ok(None) => {}
-            Ok(Some(q)) => {
-                if self.queues[q].needs_notification(mem).unwrap_or(true) {
-                    self.interrupt(INT_USED);
-                }
-            }
+            Ok(Some(_)) => self.interrupt(INT_USED),
             Err(f) => self.fail(f),
         }
     }
 
     pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
         self.dev.fds()
+    }
+
+    pub fn unlink_dirs(&self) -> Vec<std::os::fd::RawFd> {
+        self.dev.unlink_dirs()
     }
 
     /// The driver broke the rules: the device needs a reset before it works again.

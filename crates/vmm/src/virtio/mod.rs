@@ -1,5 +1,5 @@
 //! Paravirtual devices on virtio-mmio (virtio 1.x, transport version 2): the transport's
-//! registers (`mmio`) and the devices behind them (`block`, `net`). The guest finds each device from
+//! registers (`mmio`) and the devices behind them (`block`, `net`, `vsock`). The guest finds each device from
 //! `virtio_mmio.device=4K@ADDR:IRQ` on its command line.
 //!
 //! The vCPU thread that touches a device's registers only updates its state; the queues are
@@ -13,6 +13,7 @@ pub mod block;
 pub mod fuzz;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -45,6 +46,11 @@ pub trait Device: Send {
     ) -> Result<bool, Fault>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Directory descriptors the device removes a file through at the end (the VMM's seccomp
+    /// filter allows unlinkat on these only).
+    fn unlink_dirs(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
     /// Host descriptors the device waits on (a tap), watched edge-triggered by the VMM.
     fn fds(&self) -> Vec<std::os::fd::RawFd> {
         Vec::new()
