@@ -183,7 +183,7 @@ impl Transport {
         if v & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
             let offered = self.dev.features();
             if self.drv_features & !offered != 0 || self.drv_features & F_VERSION_1 == 0 {
-                self.status = v & !FEATURES_OK;
+                self.status = (v & !FEATURES_OK) | (self.status & NEEDS_RESET);
                 return;
             }
         }
