@@ -1,6 +1,7 @@
 //! A hostile driver for the queue handling: bytes become guest memory (descriptor tables,
-//! rings, request headers), the queue's size and addresses, and a sequence of register writes
-//! and queue notifications against a copy-on-write virtio block device. Whatever the bytes,
+//! rings, request headers), the queues' size and addresses, and a sequence of register writes,
+//! queue notifications and host-side events against one of the devices: a copy-on-write
+//! virtio block device, virtio-net (a socket pair for its tap) or vsock (a fresh socket). Whatever the bytes,
 //! the VMM must not panic, touch nothing outside guest memory (vm-memory checks every access)
 //! or write the shared base; a device given garbage either did its work or failed with
 //! DEVICE_NEEDS_RESET. Driven by a proptest (`cargo test -p vmm`) and by the cargo-fuzz
@@ -44,49 +45,48 @@ fn base() -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
-/// Run one input. Panics only when the VMM broke its promises; returns whether the device
-/// failed, and the guest memory afterwards.
-pub fn block_queue(data: &[u8]) -> (bool, GuestMemoryMmap) {
-    let spec = DiskSpec {
-        path: base(),
-        mode: Mode::Cow(None),
-    };
-    let disk = Disk::open(&spec).expect("opening the fuzz disk");
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).expect("memory");
-    let (head, image) = data.split_at(data.len().min(HEAD));
-    mem.write_slice(&image[..image.len().min(MEM)], GuestAddress(0))
-        .expect("filling memory");
-    let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-    let mut t = Transport::new(Box::new(Block::new(disk, "fuzz")), irq).expect("transport");
-
-    // A driver that sets the queue up as the first bytes say (addresses mostly inside the
-    // small memory, so requests get parsed) ...
+/// Set a device up as a driver would, its queues where the first 8 bytes of `head` say
+/// (addresses mostly inside the small memory, so requests get parsed), then poke registers,
+/// rewrite memory, notify queues, signal host events and make the host side act (`host`) as
+/// the rest says. Panics only when the transport broke a promise.
+fn drive(t: &mut Transport, head: &[u8], mem: &GuestMemoryMmap, host: &mut dyn FnMut(u32)) {
     let mut h = [0u8; 8];
     h[..head.len().min(8)].copy_from_slice(&head[..head.len().min(8)]);
     let addr = |i: usize| u32::from(u16::from_le_bytes([h[i], h[i + 1]])) % (MEM as u32 + 0x400);
-    let setup = [
+    for (reg, v) in [
         (0x70, 3),
         (0x24, 1),
         (0x20, 1),
         (0x24, 0),
         (0x20, 0),
         (0x70, 0xb),
-        (0x30, 0),
-        (0x38, u32::from(h[0]) + 1),
-        (0x80, addr(2)),
-        (0x90, addr(4)),
-        (0xa0, addr(6)),
-        (0x44, 1),
-        (0x70, 0xf),
-    ];
-    for (reg, v) in setup {
-        t.write(reg, &v.to_le_bytes());
+    ] {
+        t.write(reg, &u32::to_le_bytes(v));
     }
-    // ... then pokes registers, rewrites memory and notifies as the rest says.
+    let queues = t.queue_count();
+    for q in 0..queues as u32 {
+        let off = q * 0x800;
+        for (reg, v) in [
+            (0x30, q),
+            (0x38, u32::from(h[0]) + 1),
+            (0x80, addr(2) + off),
+            (0x90, addr(4) + off),
+            (0xa0, addr(6) + off),
+            (0x44, 1),
+        ] {
+            t.write(reg, &v.to_le_bytes());
+        }
+    }
+    t.write(0x70, &0xfu32.to_le_bytes());
+    let check = |t: &Transport| {
+        if t.fault().is_some() {
+            assert!(t.status() & NEEDS_RESET != 0, "a failed device must say so");
+        }
+    };
     for op in head.get(8..).unwrap_or_default().chunks_exact(6) {
         let reg = u64::from(op[0] & 0xfc);
         let v = u32::from_le_bytes([op[1], op[2], op[3], op[4]]);
-        match op[5] % 4 {
+        match op[5] % 6 {
             0 => {
                 t.write(reg, &v.to_le_bytes());
             }
@@ -97,16 +97,96 @@ pub fn block_queue(data: &[u8]) -> (bool, GuestMemoryMmap) {
             2 => {
                 let _ = mem.write_obj(v, GuestAddress(u64::from(v >> 16) % MEM as u64));
             }
-            _ => t.notify(0, &mem),
+            3 => t.notify(v as usize % queues, mem),
+            4 => t.event(0, mem),
+            _ => host(v),
         }
-        if t.fault().is_some() {
-            assert!(t.status() & NEEDS_RESET != 0, "a failed device must say so");
+        check(t);
+    }
+    for q in 0..queues {
+        t.notify(q, mem);
+    }
+    t.event(0, mem);
+    check(t);
+}
+
+fn memory(image: &[u8]) -> GuestMemoryMmap {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).expect("memory");
+    mem.write_slice(&image[..image.len().min(MEM)], GuestAddress(0))
+        .expect("filling memory");
+    mem
+}
+
+fn transport(dev: Box<dyn super::Device>) -> Transport {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    Transport::new(dev, irq).expect("transport")
+}
+
+/// Any of the devices: the first byte picks block, net or vsock.
+pub fn devices(data: &[u8]) {
+    match data.split_first() {
+        Some((k, rest)) if k % 3 == 1 => net_queues(rest),
+        Some((k, rest)) if k % 3 == 2 => vsock_queues(rest),
+        Some((_, rest)) => {
+            block_queue(rest);
         }
+        None => {}
     }
-    t.notify(0, &mem);
-    if t.fault().is_some() {
-        assert!(t.status() & NEEDS_RESET != 0, "a failed device must say so");
-    }
+}
+
+/// virtio-net with a datagram socket pair standing in for the tap: the host side sends frames.
+pub fn net_queues(data: &[u8]) {
+    let (tap, peer) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
+    tap.set_nonblocking(true).expect("non-blocking");
+    peer.set_nonblocking(true).expect("non-blocking");
+    let tap = std::fs::File::from(std::os::fd::OwnedFd::from(tap));
+    let (head, image) = data.split_at(data.len().min(HEAD));
+    let mem = memory(image);
+    let mut t = transport(Box::new(super::net::Net::new(tap, [2, 0, 0, 0, 0, 1])));
+    let frame: Vec<u8> = (0..=255u8).cycle().take(1600).collect();
+    drive(&mut t, head, &mem, &mut |v| {
+        let _ = peer.send(&frame[..(v as usize % 1500) + 1]);
+    });
+}
+
+/// virtio-vsock on a fresh Unix socket: the host side connects to guest ports and sends.
+pub fn vsock_queues(data: &[u8]) {
+    use std::io::Write;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let uds = std::env::temp_dir().join(format!("cellvisor-fuzz-{}-{n}.sock", std::process::id()));
+    let spec = super::vsock::VsockSpec {
+        cid: 3,
+        uds: uds.clone(),
+    };
+    let dev = super::vsock::Vsock::new(&spec).expect("vsock");
+    let (head, image) = data.split_at(data.len().min(HEAD));
+    let mem = memory(image);
+    let mut t = transport(Box::new(dev));
+    let mut clients = Vec::new();
+    drive(&mut t, head, &mem, &mut |v| {
+        if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&uds) {
+            let _ = c.set_nonblocking(true);
+            let _ = write!(c, "CONNECT {}\nsome bytes {v}", v % 4);
+            clients.push(c);
+        }
+    });
+    drop(t);
+    assert!(!uds.exists(), "the vsock socket outlived its device");
+}
+
+/// Run one input against the copy-on-write block device. Panics only when the VMM broke its
+/// promises; returns whether the device failed, and the guest memory afterwards.
+pub fn block_queue(data: &[u8]) -> (bool, GuestMemoryMmap) {
+    let spec = DiskSpec {
+        path: base(),
+        mode: Mode::Cow(None),
+    };
+    let disk = Disk::open(&spec).expect("opening the fuzz disk");
+    let (head, image) = data.split_at(data.len().min(HEAD));
+    let mem = memory(image);
+    let mut t = transport(Box::new(Block::new(disk, "fuzz")));
+    drive(&mut t, head, &mem, &mut |_| {});
     let now = std::fs::read(base()).expect("reading the base");
     assert!(now == base_pattern(), "the shared base was written");
     (t.fault().is_some(), mem)
@@ -120,21 +200,8 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
         #[test]
         fn hostile_queues_never_break_the_vmm(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
-            super::block_queue(&data);
+            super::devices(&data);
         }
-    }
-
-    /// Inputs cargo fuzz found breaking a promise once (crates/vmm/fuzz-regressions): a
-    /// rejected FEATURES_OK write used to clear DEVICE_NEEDS_RESET on a failed device.
-    #[test]
-    fn fuzz_regressions_stay_fixed() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-regressions");
-        let mut n = 0;
-        for e in std::fs::read_dir(dir).unwrap() {
-            super::block_queue(&std::fs::read(e.unwrap().path()).unwrap());
-            n += 1;
-        }
-        assert!(n >= 2);
     }
 
     /// A well-formed read request among the inputs: the harness does reach the device.
