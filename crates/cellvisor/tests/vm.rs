@@ -507,7 +507,8 @@ fn many_idle_vms_and_their_memory() {
 /// inside the emulated KVM test host (real hardware-virtualization semantics), with two vCPUs,
 /// a copy-on-write virtio disk, virtio-net on a tap (the guest pings the host side) and vsock
 /// both ways (a guest program reaches a host echo server at PATH_5000; a host program reaches
-/// the guest's echo server on port 1234 through PATH), ending in an ACPI poweroff after which
+/// the guest's echo server on port 1234 through PATH), a line piped into the VMM read by the
+/// guest from its console, ending in an ACPI poweroff after which
 /// the tap and the socket are gone. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
 /// the nested guest runs), so each attempt has a deadline and there are three.
 #[test]
@@ -548,7 +549,7 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
     // Two vCPUs (found through the ACPI MADT), the disk as vda (found through the DSDT) under
     // a private copy-on-write layer, and an ACPI poweroff at the end (the VMM exits 0). Then
     // the L1 checks the shared base is unchanged.
-    let guest = "echo IN-GUEST-$((6*7)); uname -r; echo CPUS-$(nproc); head -n1 /dev/vda; \
+    let guest = "read -t 60 line; echo GOT-$line; echo IN-GUEST-$((6*7)); uname -r; echo CPUS-$(nproc); head -n1 /dev/vda; \
                  echo guest-wrote-this | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null; \
                  dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -n1; \
                  ip addr add 10.0.2.2/24 dev eth0; ip link set eth0 up; \
@@ -558,7 +559,7 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
     let cmd = format!(
         "before=$(md5sum base.img); \
          ./cellvisor-agent uds-echo /tmp/v.sock_5000 > /tmp/host-echo.log 2>&1 & \
-         ./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --vcpus 2 \
+         printf 'serial-input\\n' | ./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --vcpus 2 \
          --disk base.img,cow --net cvtap0,ip=10.0.2.1/24 --vsock 3,uds=/tmp/v.sock \
          --console /tmp/guest.log \
          --cmdline 'console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 \
@@ -609,6 +610,7 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                 "reply: hello-guest",
                 "echoed 12 bytes",
                 "UDS-GONE",
+                "GOT-serial-input",
             ] {
                 assert!(out.contains(want), "missing {want:?} in:\n{out}");
             }

@@ -194,10 +194,16 @@ fn virtio_devices(
 
 /// In an event token: a device's host descriptor, not a queue.
 const HOST_FD: u64 = 0x8000;
+/// The event token of console input.
+const INPUT: u64 = u64::MAX - 1;
 
 /// The main thread's loop: queue notifications and host descriptors to their devices, until
 /// `exit_evt`.
-fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
+fn event_loop(
+    shared: &Shared,
+    exit_evt: &EventFd,
+    input: Option<std::os::fd::RawFd>,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
     let epoll = Epoll::new()?;
@@ -229,6 +235,18 @@ fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
             )?;
         }
     }
+    // Input waits in its pipe or terminal while the guest cannot take it (then the loop looks
+    // again every 50 ms). A descriptor epoll cannot watch (/dev/null, a file) is no input.
+    let mut input = input.filter(|&fd| {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, INPUT),
+            )
+            .is_ok()
+    });
+    let mut paused = false;
     // From here on the main thread only works the queues, waits, kicks and tears down.
     let dirs: Vec<_> = shared
         .virtio
@@ -238,7 +256,18 @@ fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
     seccomp::apply_main(&dirs).map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut events = vec![EpollEvent::default(); 16];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let n = match epoll.wait(if paused { 50 } else { -1 }, &mut events) {
+            Ok(0) if paused => {
+                if let Some(fd) = input {
+                    paused = false;
+                    epoll.ctl(
+                        ControlOperation::Modify,
+                        fd,
+                        EpollEvent::new(EventSet::IN, INPUT),
+                    )?;
+                }
+                continue;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -248,6 +277,30 @@ fn event_loop(shared: &Shared, exit_evt: &EventFd) -> std::io::Result<()> {
             if token == u64::MAX {
                 let _ = exit_evt.read();
                 return Ok(());
+            }
+            if token == INPUT {
+                let Some(fd) = input else { continue };
+                let room = shared.legacy.input_room().min(64);
+                if room == 0 {
+                    paused = true;
+                    epoll.ctl(
+                        ControlOperation::Modify,
+                        fd,
+                        EpollEvent::new(EventSet::empty(), INPUT),
+                    )?;
+                    continue;
+                }
+                let mut buf = [0u8; 64];
+                // SAFETY: read(2) into a live local buffer of at least `room` bytes.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), room) };
+                if n <= 0 {
+                    // End of input (or an error): no more of it.
+                    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                    input = None;
+                } else {
+                    shared.legacy.input(&buf[..n as usize]);
+                }
+                continue;
             }
             let d = (token >> 16) as usize;
             if token & HOST_FD != 0 {
@@ -412,7 +465,8 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
         .collect::<std::io::Result<_>>()
         .map_err(io("starting a vCPU thread"))?;
     // Work on the devices' queues until a vCPU or the i8042 says the VM is over.
-    if let Err(e) = event_loop(&shared, &exit_evt) {
+    // Console input: the terminal's (or a pipe's) bytes on stdin go to the serial port.
+    if let Err(e) = event_loop(&shared, &exit_evt, Some(libc::STDIN_FILENO)) {
         shared.end(Exit::Error(e.to_string()));
     }
     shared.stop.store(true, Ordering::SeqCst);

@@ -83,6 +83,20 @@ impl Legacy {
         None
     }
 
+    /// How many input bytes the guest can take now: none until a program has the port open
+    /// — data terminal ready and OUT2 (the PC's interrupt gate) set, not in loopback, the
+    /// receive interrupt enabled. (The driver's probe toggles these registers and resets the
+    /// FIFO: bytes sent then would be lost.)
+    pub fn input_room(&self) -> usize {
+        let s = lock(&self.serial);
+        let st = s.state();
+        let open = st.modem_control & 0x19 == 0x09 && st.interrupt_enable & 1 != 0;
+        if !open {
+            return 0;
+        }
+        s.fifo_capacity()
+    }
+
     /// Bytes typed on the console, for the guest to read.
     pub fn input(&self, bytes: &[u8]) {
         let _ = lock(&self.serial).enqueue_raw_bytes(bytes);
