@@ -53,14 +53,7 @@ fn drive(t: &mut Transport, head: &[u8], mem: &GuestMemoryMmap, host: &mut dyn F
     let mut h = [0u8; 8];
     h[..head.len().min(8)].copy_from_slice(&head[..head.len().min(8)]);
     let addr = |i: usize| u32::from(u16::from_le_bytes([h[i], h[i + 1]])) % (MEM as u32 + 0x400);
-    for (reg, v) in [
-        (0x70, 3),
-        (0x24, 1),
-        (0x20, 1),
-        (0x24, 0),
-        (0x20, 0),
-        (0x70, 0xb),
-    ] {
+    for (reg, v) in super::mmio::NEGOTIATE_VERSION_1 {
         t.write(reg, &u32::to_le_bytes(v));
     }
     let queues = t.queue_count();

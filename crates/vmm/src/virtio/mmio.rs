@@ -17,6 +17,17 @@ pub const QUEUE_NOTIFY: u64 = 0x50;
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VENDOR: u32 = 0x4c56_4543; // "CEVL"
 
+/// The register writes of a driver that acknowledges the device and accepts VERSION_1 alone,
+/// up to FEATURES_OK (for the test and fuzz drivers).
+pub const NEGOTIATE_VERSION_1: [(u64, u32); 6] = [
+    (0x70, ACKNOWLEDGE | DRIVER),
+    (0x24, 1),
+    (0x20, 1),
+    (0x24, 0),
+    (0x20, 0),
+    (0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK),
+];
+
 /// Device status bits.
 pub const ACKNOWLEDGE: u32 = 1;
 pub const DRIVER: u32 = 2;
