@@ -21,6 +21,7 @@ type Samples = (Transport, usize, Vec<f64>, Vec<f64>);
 
 fn domain(name: &str, cpus: usize, command: &[&str]) -> Domain {
     Domain {
+        vm: None,
         name: name.into(),
         role: Role::Common,
         backend: BackendKind::Container,

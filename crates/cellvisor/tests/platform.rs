@@ -1014,3 +1014,105 @@ devices.exclusive = ["display"]
     let pids: Vec<i32> = ["a", "b"].map(|n| d.pid(n)).to_vec();
     d.teardown_and_check(&pids);
 }
+
+/// A microvm domain beside a container domain: its VMM runs jailed in a container domain
+/// (namespaces, cgroups, only /dev/kvm of the host's devices), boots the idle test guest,
+/// is frozen in the background with its guest paused and thawed in the foreground, and
+/// leaves nothing behind. Profile errors for microvm domains are one line each.
+#[test]
+fn a_microvm_domain_runs_beside_a_container_domain() {
+    need_root!();
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let idle = t.path().join("idle.elf");
+    assert!(Command::new("bash")
+        .arg(Path::new(common::WORKSPACE).join("scripts/mktiny.sh"))
+        .arg(&idle)
+        .arg("idle")
+        .status()
+        .unwrap()
+        .success());
+    let profile = format!(
+        r#"name = "vmtest"
+base = "rootfs"
+
+[foreground]
+initial = "apps"
+background = "freeze"
+
+[[domain]]
+name = "apps"
+role = "trusted"
+command = ["/bin/sh", "-c", "echo apps up; exec sleep 1000000"]
+
+[[domain]]
+name = "guest"
+role = "common"
+backend = "microvm"
+kernel = {:?}
+memory = "32M"
+vcpus = 2
+"#,
+        idle.display().to_string()
+    );
+    let d = Daemon::with_profile("vm", &profile, &[]);
+    d.ok(&["up"]);
+    let vmm = d.pid("guest");
+    let comm = std::fs::read_to_string(format!("/proc/{vmm}/cmdline")).unwrap();
+    assert!(
+        comm.contains("vm\0run\0"),
+        "the domain's process is not the VMM: {comm:?}"
+    );
+    // Jailed: its own mount and pid namespaces; /dev/kvm is the only host device it sees
+    // besides the standard ones.
+    for ns in ["mnt", "pid"] {
+        let own = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        assert_ne!(own, its, "{ns} namespace shared with the host");
+    }
+    assert!(Path::new(&format!("/proc/{vmm}/root/dev/kvm")).exists());
+    // Background: frozen from the start (the VMM and its vCPU threads stopped); foreground:
+    // running, and the guest's console line reaches the domain's log.
+    assert_eq!(d.domain("guest")["status"], "frozen");
+    d.ok(&["fg", "guest"]);
+    assert_eq!(d.domain("guest")["status"], "running");
+    assert_eq!(d.domain("apps")["status"], "frozen");
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while !log.contains("idle guest: up") && Instant::now() < end {
+        log = d.ok(&["logs", "guest"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log.contains("idle guest: up"), "{log}");
+    d.ok(&["fg", "apps"]);
+    assert_eq!(d.domain("guest")["status"], "frozen");
+    assert_eq!(d.pid("guest"), vmm, "the VMM was restarted");
+    let pids = vec![vmm, d.pid("apps")];
+    d.teardown_and_check(&pids);
+
+    // Profile errors.
+    let bad = |extra: &str| {
+        let p = t.path().join("bad.toml");
+        std::fs::write(
+            &p,
+            format!("name = \"b\"\nbase = \"/\"\n[[domain]]\nname = \"g\"\nrole = \"common\"\nbackend = \"microvm\"\n{extra}"),
+        )
+        .unwrap();
+        let o = Command::new(common::BIN)
+            .args(["profile", "check"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        common::stderr(&o)
+    };
+    assert!(bad("").contains("needs a kernel"));
+    assert!(bad("kernel = \"k\"\ncommand = [\"sh\"]\n").contains("no command"));
+    assert!(bad("kernel = \"k\"\nvcpus = 64\n").contains("outside 1..32"));
+    assert!(
+        bad("kernel = \"k\"\ndevices.exclusive = [\"display\"]\n").contains("exclusive devices")
+    );
+}

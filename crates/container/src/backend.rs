@@ -16,6 +16,8 @@ pub struct ContainerBackend {
     dir: PathBuf,
     /// Prefix of the container ids (and so of the cgroup paths) of this backend's domains.
     prefix: String,
+    /// The `cellvisor` binary whose `vm run` is a microvm domain's VMM.
+    vmm: Option<PathBuf>,
 }
 
 fn err(e: impl std::fmt::Display) -> BackendError {
@@ -96,13 +98,98 @@ pub fn oci_config(
     Ok(c)
 }
 
+/// Where a jailed VMM finds its binary, kernel and initrd.
+const VM_DIR: &str = "/run/cellvisor-vm";
+/// What a microvm domain's cgroup allows beyond its guest memory: the VMM itself, its page
+/// tables and device buffers.
+const VMM_MEMORY_MARGIN: u64 = 64 << 20;
+
+/// A microvm domain is its VMM jailed in a container domain (Firecracker's jailer model): the
+/// domain's namespaces, cgroups (weight, freezer, memory = guest + margin) and devices cgroup
+/// hold the VMM process, which may open /dev/kvm and nothing else of the host's devices. The
+/// binary, kernel and initrd are bound in read-only, with the host's libraries for the binary.
+fn jail_vmm(
+    c: &mut serde_json::Value,
+    d: &Domain,
+    vm: &domain::profile::VmSpec,
+    vmm: &Path,
+) -> Result<(), BackendError> {
+    let ro = |src: &Path, dst: &str| {
+        json!({"destination": dst, "type": "bind", "source": src,
+               "options": ["rbind", "ro", "nosuid", "nodev"]})
+    };
+    let mut mounts = vec![
+        ro(vmm, &format!("{VM_DIR}/cellvisor")),
+        ro(&vm.kernel, &format!("{VM_DIR}/kernel")),
+    ];
+    let mem = d.memory_bytes.unwrap_or(domain::profile::DEFAULT_VM_MEMORY);
+    let mut args = vec![
+        format!("{VM_DIR}/cellvisor"),
+        "vm".into(),
+        "run".into(),
+        "--kernel".into(),
+        format!("{VM_DIR}/kernel"),
+        "--mem".into(),
+        format!("{}M", mem >> 20),
+        "--vcpus".into(),
+        vm.vcpus.to_string(),
+    ];
+    if let Some(i) = &vm.initrd {
+        mounts.push(ro(i, &format!("{VM_DIR}/initrd")));
+        args.extend(["--initrd".into(), format!("{VM_DIR}/initrd")]);
+    }
+    if let Some(cl) = &vm.cmdline {
+        args.extend(["--cmdline".into(), cl.clone()]);
+    }
+    for lib in ["/lib", "/lib64", "/usr"] {
+        if Path::new(lib).exists() {
+            mounts.push(ro(Path::new(lib), lib));
+        }
+    }
+    for p in [vm.kernel.as_path(), vmm]
+        .into_iter()
+        .chain(vm.initrd.as_deref())
+    {
+        if !p.is_file() {
+            return Err(err(format!(
+                "domain {}: {}: no such file",
+                d.name,
+                p.display()
+            )));
+        }
+    }
+    if let Some(m) = c["mounts"].as_array_mut() {
+        m.extend(mounts);
+    }
+    c["process"]["args"] = json!(args);
+    c["linux"]["resources"]["memory"] =
+        json!({"limit": mem + VMM_MEMORY_MARGIN, "swap": mem + VMM_MEMORY_MARGIN});
+    let kvm = Path::new("/dev/kvm");
+    let (typ, major, minor, mode) =
+        device_node(kvm).map_err(|e| err(format!("domain {}: {e}", d.name)))?;
+    if let Some(devs) = c["linux"]["devices"].as_array_mut() {
+        devs.push(json!({"path": kvm, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
+    }
+    if let Some(rules) = c["linux"]["resources"]["devices"].as_array_mut() {
+        rules.push(json!({"allow": true, "type": typ.to_string(), "major": major, "minor": minor, "access": "rwm"}));
+    }
+    Ok(())
+}
+
 impl ContainerBackend {
     /// A backend keeping its state in `dir`; its containers are named `<prefix>-<domain>`.
     pub fn new(dir: &Path, prefix: &str) -> Self {
         ContainerBackend {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
+            vmm: None,
         }
+    }
+
+    /// Run microvm domains with this `cellvisor` binary's `vm run`.
+    pub fn with_vmm(mut self, cellvisor: PathBuf) -> Self {
+        self.vmm = Some(cellvisor);
+        self
     }
 
     /// The container id of a domain.
@@ -186,7 +273,16 @@ impl Backend for ContainerBackend {
             }
         };
         let r = (|| {
-            let cfg = oci_config(d, &rootfs, o)?;
+            let mut cfg = oci_config(d, &rootfs, o)?;
+            if let Some(vm) = &d.vm {
+                let vmm = self.vmm.as_deref().ok_or_else(|| {
+                    err(format!(
+                        "domain {}: no VMM binary for microvm domains",
+                        d.name
+                    ))
+                })?;
+                jail_vmm(&mut cfg, d, vm, vmm)?;
+            }
             std::fs::write(bundle.join("config.json"), cfg.to_string())
                 .map_err(|e| err(format!("writing the bundle: {e}")))?;
             let co = CreateOpts {

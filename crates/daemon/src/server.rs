@@ -453,7 +453,15 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
 /// Open the platform, bind the sockets (recorded in `made`, for removal), and answer
 /// requests until SIGTERM or SIGINT.
 async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> {
-    let backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);
+    let mut backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);
+    // microvm domains run `cellvisor vm run`, the binary installed beside this one.
+    if let Some(vmm) = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("cellvisor"))
+        .filter(|p| p.is_file())
+    {
+        backend = backend.with_vmm(vmm);
+    }
     let profile = cfg.profile.clone();
     let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())
         .map_err(|e| e.to_string())?;

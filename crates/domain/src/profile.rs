@@ -91,7 +91,11 @@ struct RawDomain {
     #[serde(default = "container")]
     backend: Spanned<BackendKind>,
     rootfs: Option<Spanned<String>>,
-    command: Spanned<Vec<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    kernel: Option<Spanned<String>>,
+    initrd: Option<Spanned<String>>,
+    cmdline: Option<Spanned<String>>,
+    vcpus: Option<Spanned<u8>>,
     cpus: Option<Spanned<String>>,
     cpu_weight: Option<Spanned<u32>>,
     memory: Option<Spanned<String>>,
@@ -129,7 +133,22 @@ pub struct Domain {
     pub exclusive_devices: Vec<String>,
     pub shared_devices: Vec<String>,
     pub passthrough: Vec<PathBuf>,
+    /// What a microvm domain boots (its VMM runs jailed in a container domain).
+    pub vm: Option<VmSpec>,
 }
+
+/// The guest of a microvm domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (the VMM's default when absent).
+    pub cmdline: Option<String>,
+    pub vcpus: u8,
+}
+
+/// The guest memory of a microvm domain without `memory`.
+pub const DEFAULT_VM_MEMORY: u64 = 128 << 20;
 
 /// A validated device profile.
 #[derive(Debug, Clone)]
@@ -263,20 +282,66 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
         if !names.insert(name.clone()) {
             r.at(d.name.span(), format!("domain {name:?} is defined twice"));
         }
-        if *d.backend.get_ref() == BackendKind::Microvm {
-            r.at(
-                d.backend.span(),
-                format!(
-                    "domain {name:?}: the microvm backend is not available yet; use \"container\""
+        let vm = if *d.backend.get_ref() == BackendKind::Microvm {
+            if let Some(c) = &d.command {
+                r.at(c.span(), format!("domain {name:?}: a microvm domain boots its kernel: no command (put what the guest runs in its initrd or cmdline)"));
+            }
+            if let Some(dev) = d.devices.exclusive.first() {
+                r.at(
+                    dev.span(),
+                    format!("domain {name:?}: a microvm domain cannot own exclusive devices yet"),
+                );
+            }
+            if let Some(v) = &d.vcpus {
+                if !(1..=32).contains(v.get_ref()) {
+                    r.at(
+                        v.span(),
+                        format!("domain {name:?}: vcpus {} is outside 1..32", v.get_ref()),
+                    );
+                }
+            }
+            match &d.kernel {
+                Some(k) => Some(VmSpec {
+                    kernel: dir.join(k.get_ref()),
+                    initrd: d.initrd.as_ref().map(|i| dir.join(i.get_ref())),
+                    cmdline: d.cmdline.as_ref().map(|c| c.get_ref().clone()),
+                    vcpus: d.vcpus.as_ref().map_or(1, |v| *v.get_ref()),
+                }),
+                None => {
+                    r.at(
+                        d.name.span(),
+                        format!("domain {name:?}: a microvm domain needs a kernel"),
+                    );
+                    None
+                }
+            }
+        } else {
+            for (field, span) in [
+                ("kernel", d.kernel.as_ref().map(|x| x.span())),
+                ("initrd", d.initrd.as_ref().map(|x| x.span())),
+                ("cmdline", d.cmdline.as_ref().map(|x| x.span())),
+                ("vcpus", d.vcpus.as_ref().map(|x| x.span())),
+            ] {
+                if let Some(sp) = span {
+                    r.at(
+                        sp,
+                        format!("domain {name:?}: {field} is for microvm domains"),
+                    );
+                }
+            }
+            match &d.command {
+                Some(c) if c.get_ref().is_empty() => r.at(
+                    c.span(),
+                    format!("domain {name:?}: command must not be empty"),
                 ),
-            );
-        }
-        if d.command.get_ref().is_empty() {
-            r.at(
-                d.command.span(),
-                format!("domain {name:?}: command must not be empty"),
-            );
-        }
+                None => r.at(
+                    d.name.span(),
+                    format!("domain {name:?}: command is missing"),
+                ),
+                Some(_) => {}
+            }
+            None
+        };
         if let Some(c) = &d.cpus {
             if !is_cpu_list(c.get_ref()) {
                 r.at(
@@ -381,7 +446,11 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
             role: d.role,
             backend: *d.backend.get_ref(),
             rootfs: d.rootfs.as_ref().map(|p| dir.join(p.get_ref())),
-            command: d.command.get_ref().clone(),
+            command: d
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default(),
             cpus: d.cpus.as_ref().map(|c| c.get_ref().clone()),
             cpu_weight: d.cpu_weight.as_ref().map_or(100, |w| *w.get_ref()),
             memory_bytes,
@@ -404,6 +473,7 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
                 .iter()
                 .map(|s| PathBuf::from(s.get_ref()))
                 .collect(),
+            vm,
         });
     }
     if raw.domains.is_empty() {
@@ -456,6 +526,20 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
         for end in [&a.from, &a.to] {
             if !names.contains(end.get_ref()) {
                 r.at(end.span(), format!("allow: no domain {:?}", end.get_ref()));
+            }
+        }
+        for end in [&a.from, &a.to] {
+            if domains
+                .iter()
+                .any(|d| d.name == *end.get_ref() && d.vm.is_some())
+            {
+                r.at(
+                    end.span(),
+                    format!(
+                        "allow: channels to microvm domain {:?} are not supported yet",
+                        end.get_ref()
+                    ),
+                );
             }
         }
         if a.from.get_ref() == a.to.get_ref() {
