@@ -3,7 +3,9 @@
 # a common domain (third-party apps) and a realtime domain (the modem) on one shared read-only
 # base with a private layer each. It passes messages over a channel the policy allows, is
 # refused one the policy forbids, moves the foreground (display, input, camera) twice, and
-# tears everything down with nothing left behind.
+# tears everything down with nothing left behind. Then (with /dev/kvm) examples/vm.toml: a
+# microVM domain beside a container domain, frozen in the background, its guest's console in
+# its log, and again nothing left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CELLVISOR_BIN:-target/release}
@@ -67,4 +69,36 @@ left+=$(find /sys/fs/cgroup -maxdepth 3 -name "$prefix-*" 2>/dev/null || true)
 left+=$(ls "$state" "$CELLVISOR_SOCKET" 2>/dev/null || true)
 left+=$(pgrep -f "/run/cellvisor/agent" || true)
 if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
-echo "nothing left behind (no mount, cgroup, process, socket or state). Demo done."
+echo "nothing left behind (no mount, cgroup, process, socket or state)."
+
+if [ -c /dev/kvm ]; then
+    step "a microVM domain beside a container domain (examples/vm.toml; its VMM jailed in a container domain)"
+    scripts/mktiny.sh "$work/idle.elf" idle
+    run "$cv" profile check examples/vm.toml
+    export CELLVISOR_SOCKET=$work/vm-api.sock
+    "$cvd" --profile examples/vm.toml --state "$state" --socket "$CELLVISOR_SOCKET" --agent "$agent" --prefix "${prefix}vm" > "$work/daemon-vm.log" 2>&1 &
+    daemon=$!
+    trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do [ -S "$CELLVISOR_SOCKET" ] && break; sleep 0.05; done
+    run "$cv" up
+    run "$cv" ps
+    run "$cv" fg sandbox
+    for _ in $(seq 100); do "$cv" logs sandbox | grep -q "idle guest" && break; sleep 0.05; done
+    echo "--- sandbox's log (the guest's console)"; "$cv" logs sandbox
+    vmm=$(pid_of sandbox)
+    echo "the sandbox's process: $(tr '\0' ' ' < /proc/$vmm/cmdline)"
+    run "$cv" fg apps
+    run "$cv" ps
+    run "$cv" down --purge
+    kill -TERM $daemon
+    wait $daemon || true
+    trap - EXIT
+    left=$(grep -F "$PWD/$state" /proc/mounts || true)
+    left+=$(find /sys/fs/cgroup -maxdepth 3 -name "${prefix}vm-*" 2>/dev/null || true)
+    left+=$(ls "$state" "$CELLVISOR_SOCKET" 2>/dev/null || true)
+    for _ in $(seq 100); do [ -d "/proc/$vmm" ] || break; sleep 0.05; done
+    if [ -d "/proc/$vmm" ]; then left+=" VMM $vmm"; fi
+    if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
+    echo "nothing left behind (no mount, cgroup, process, socket or state)."
+fi
+echo "Demo done."
