@@ -411,7 +411,8 @@ fn a_tap_goes_with_its_vm() {
 }
 
 /// The vsock socket exists while the VM runs and is removed when it ends (under the VMM's
-/// seccomp filter); a stale socket is replaced; one in use is refused in one line and left alone.
+/// seccomp filter), or by its reaper when the VMM is SIGKILLed; a stale socket is replaced;
+/// one in use is refused in one line and left alone.
 #[test]
 fn the_vsock_socket_goes_with_its_vm() {
     if !can_run_vms() {
@@ -434,6 +435,30 @@ fn the_vsock_socket_goes_with_its_vm() {
     let o = run();
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(!uds.exists(), "the vsock socket was left behind");
+    // A VMM that is SIGKILLed cannot remove it: its reaper does.
+    let spin = spin_guest(t.path());
+    let mut child = Command::new(common::BIN)
+        .args(["vm", "run", "--mem", "32M", "--vsock", &spec, "--kernel"])
+        .arg(&spin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    use std::io::Read;
+    let _ = child.stdout.as_mut().unwrap().read_exact(&mut first);
+    let bound = uds.exists();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(bound, "no vsock socket while the VM ran");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while uds.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !uds.exists(),
+        "the socket of a SIGKILLed VMM was left behind"
+    );
     // Stale: bound once, nobody listening.
     drop(std::os::unix::net::UnixListener::bind(&uds).unwrap());
     assert!(uds.exists());

@@ -128,6 +128,8 @@ fn filter_with(t: Thread, dirs: &[std::os::fd::RawFd]) -> Result<BpfProgram> {
             rules.insert(libc::SYS_fdatasync, vec![]);
             rules.insert(libc::SYS_getpid, vec![]);
             rules.insert(libc::SYS_gettid, vec![]);
+            // Reaping the vsock socket's reaper at the end.
+            rules.insert(libc::SYS_wait4, vec![]);
             // vsock's host side: Unix sockets only (made non-blocking with FIONBIO), its own
             // epoll set.
             rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);

@@ -5,7 +5,9 @@
 //! socket `PATH_P`. Stream sockets only, with the virtio-vsock credit flow control.
 //!
 //! The VMM keeps an epoll set of its own for these sockets and gives the device loop that one
-//! descriptor, so connections come and go without the loop knowing.
+//! descriptor, so connections come and go without the loop knowing. The socket is removed when
+//! the VMM ends; if it dies without doing so (SIGKILL, a seccomp kill, a crash), a reaper
+//! process forked at start removes it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -213,6 +215,86 @@ pub struct Vsock {
     ctl: VecDeque<Hdr>,
     next_port: u32,
     buf: Vec<u8>,
+    /// Removes the socket if the VMM dies without doing it (SIGKILL, a seccomp kill, a crash).
+    reaper: Option<Reaper>,
+}
+
+/// A small process forked before the VMM starts its vCPUs: it waits for the end of a pipe
+/// whose other end only the VMM holds, and then removes the socket if it is still the one the
+/// VMM bound (same inode: a later VMM's socket at the same path is left alone).
+struct Reaper {
+    pid: libc::pid_t,
+    pipe: Option<std::os::fd::OwnedFd>,
+}
+
+fn spawn_reaper(path: &Path) -> Result<Reaper, String> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io_err(path, "a NUL in the path"))?;
+    // SAFETY: stat(2) into a zeroed local struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live stat buffer.
+    if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+        return Err(io_err(path, std::io::Error::last_os_error()));
+    }
+    let (ino, dev) = (st.st_ino, st.st_dev);
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io_err(path, std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child only makes async-signal-safe calls (signal, dup2, close_range, read,
+    // stat, unlink) on data prepared before the fork, then _exits.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: closing the pipe we just made.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            Err(io_err(path, e))
+        }
+        // SAFETY: in the forked child: async-signal-safe calls only (see above).
+        0 => unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::dup2(fds[0], 0);
+            // Nothing of the VMM's stays open here: not the pipe's write end, not its VM.
+            libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+            let mut b = 0u8;
+            loop {
+                let n = libc::read(0, (&mut b as *mut u8).cast(), 1);
+                if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                    break;
+                }
+            }
+            let mut now: libc::stat = std::mem::zeroed();
+            if libc::stat(c.as_ptr(), &mut now) == 0 && now.st_ino == ino && now.st_dev == dev {
+                libc::unlink(c.as_ptr());
+            }
+            libc::_exit(0)
+        },
+        pid => {
+            // SAFETY: the read end is the child's now; the write end is ours alone.
+            unsafe { libc::close(fds[0]) };
+            Ok(Reaper {
+                pid,
+                // SAFETY: a descriptor pipe2 gave us and nobody else owns.
+                pipe: Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) }),
+            })
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Closing our end wakes the reaper, which finds the socket gone and exits.
+        self.pipe.take();
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+    }
 }
 
 fn io_err(p: &Path, e: impl std::fmt::Display) -> String {
@@ -247,6 +329,7 @@ impl Vsock {
             .set_nonblocking(true)
             .map_err(|e| cleanup(io_err(p, e)))?;
         let epoll = Epoll::new().map_err(|e| cleanup(io_err(p, e)))?;
+        let reaper = spawn_reaper(p).map_err(cleanup)?;
         let mut v = Vsock {
             cid: spec.cid,
             config: spec.cid.to_le_bytes(),
@@ -259,6 +342,7 @@ impl Vsock {
             ctl: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
             buf: vec![0; MAX_PAYLOAD],
+            reaper: Some(reaper),
         };
         let fd = v.listener.as_raw_fd();
         v.add_watch(fd, Watch::Listener).map_err(cleanup)?;
@@ -623,6 +707,7 @@ impl Drop for Vsock {
         };
         // SAFETY: unlinkat with a directory descriptor we own and a NUL-terminated name.
         unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+        self.reaper.take();
     }
 }
 
