@@ -229,6 +229,23 @@ fn spin_guest(dir: &Path) -> PathBuf {
     )
 }
 
+/// `vm run --mem 32M ARGS --kernel K` (the spin guest), once the guest has printed its byte.
+fn spinning(args: &[&str], k: &Path) -> std::process::Child {
+    use std::io::Read;
+    let mut child = Command::new(common::BIN)
+        .args(["vm", "run", "--mem", "32M"])
+        .args(args)
+        .arg("--kernel")
+        .arg(k)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    let _ = child.stdout.as_mut().unwrap().read_exact(&mut first);
+    child
+}
+
 /// Bad input: one line, a non-zero exit, no VM.
 #[test]
 fn bad_input_gets_one_line() {
@@ -371,18 +388,8 @@ fn a_tap_goes_with_its_vm() {
             .unwrap();
         o.status.success().then(|| common::stdout(&o))
     };
-    let mut child = Command::new(common::BIN)
-        .args(["vm", "run", "--mem", "32M", "--net"])
-        .arg(format!("{tap},ip=10.123.0.1/24"))
-        .arg("--kernel")
-        .arg(&k)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 1];
-    use std::io::Read;
-    let _ = child.stdout.as_mut().unwrap().read_exact(&mut first);
+    let net = format!("{tap},ip=10.123.0.1/24");
+    let mut child = spinning(&["--net", &net], &k);
     let during = link(&tap);
     let _ = child.kill();
     let _ = child.wait();
@@ -436,17 +443,7 @@ fn the_vsock_socket_goes_with_its_vm() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(!uds.exists(), "the vsock socket was left behind");
     // A VMM that is SIGKILLed cannot remove it: its reaper does.
-    let spin = spin_guest(t.path());
-    let mut child = Command::new(common::BIN)
-        .args(["vm", "run", "--mem", "32M", "--vsock", &spec, "--kernel"])
-        .arg(&spin)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 1];
-    use std::io::Read;
-    let _ = child.stdout.as_mut().unwrap().read_exact(&mut first);
+    let mut child = spinning(&["--vsock", &spec], &spin_guest(t.path()));
     let bound = uds.exists();
     let _ = child.kill();
     let _ = child.wait();
