@@ -1093,6 +1093,46 @@ vcpus = 2
     let pids = vec![vmm, d.pid("apps")];
     d.teardown_and_check(&pids);
 
+    // A microvm domain with a disk: the tiny guest reads the shared base and writes its
+    // private copy-on-write layer, then resets (its VMM exits, the domain stops). The base
+    // image is unchanged.
+    let tiny = t.path().join("tiny.elf");
+    assert!(Command::new("bash")
+        .arg(Path::new(common::WORKSPACE).join("scripts/mktiny.sh"))
+        .arg(&tiny)
+        .status()
+        .unwrap()
+        .success());
+    let base = t.path().join("base.img");
+    let mut bytes = b"shared base image\n".to_vec();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(&base, &bytes).unwrap();
+    let profile = format!(
+        "name = \"disk\"\nbase = \"rootfs\"\n[[domain]]\nname = \"disky\"\nrole = \"common\"\nbackend = \"microvm\"\nkernel = {:?}\nmemory = \"32M\"\ndisks = [{:?}]\n",
+        tiny.display().to_string(),
+        format!("{},cow", base.display())
+    );
+    let d = Daemon::with_profile("vmd", &profile, &[]);
+    d.ok(&["up"]);
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while !log.contains("tiny guest: done") && Instant::now() < end {
+        log = d.ok(&["logs", "disky"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for want in [
+        "virtio-blk sector 0: shared base image",
+        "virtio-blk sector 1: written by the tiny guest",
+        "hostile head index: device failed, as it must",
+    ] {
+        assert!(log.contains(want), "{want:?} not in {log}");
+    }
+    assert!(
+        std::fs::read(&base).unwrap() == bytes,
+        "the shared base was written"
+    );
+    d.teardown_and_check(&[]);
+
     // Profile errors.
     let bad = |extra: &str| {
         let p = t.path().join("bad.toml");

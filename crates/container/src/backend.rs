@@ -141,6 +141,19 @@ fn jail_vmm(
     if let Some(cl) = &vm.cmdline {
         args.extend(["--cmdline".into(), cl.clone()]);
     }
+    for (i, (path, mode)) in vm.disks.iter().enumerate() {
+        use domain::profile::DiskMode;
+        let at = format!("{VM_DIR}/disk{i}");
+        // Bound read-only unless the guest writes the image itself; a copy-on-write layer is
+        // an unnamed file in the domain's private /tmp.
+        let (opts, suffix) = match mode {
+            DiskMode::ReadWrite => (vec!["rbind", "nosuid", "nodev"], ""),
+            DiskMode::ReadOnly => (vec!["rbind", "ro", "nosuid", "nodev"], ",ro"),
+            DiskMode::CopyOnWrite => (vec!["rbind", "ro", "nosuid", "nodev"], ",cow"),
+        };
+        mounts.push(json!({"destination": at, "type": "bind", "source": path, "options": opts}));
+        args.extend(["--disk".into(), format!("{at}{suffix}")]);
+    }
     for lib in ["/lib", "/lib64", "/usr"] {
         if Path::new(lib).exists() {
             mounts.push(ro(Path::new(lib), lib));

@@ -96,6 +96,7 @@ struct RawDomain {
     initrd: Option<Spanned<String>>,
     cmdline: Option<Spanned<String>>,
     vcpus: Option<Spanned<u8>>,
+    disks: Option<Spanned<Vec<String>>>,
     cpus: Option<Spanned<String>>,
     cpu_weight: Option<Spanned<u32>>,
     memory: Option<Spanned<String>>,
@@ -145,6 +146,17 @@ pub struct VmSpec {
     /// The kernel command line (the VMM's default when absent).
     pub cmdline: Option<String>,
     pub vcpus: u8,
+    /// Raw disk images, in order: read-write, `,ro`, or `,cow` (read-only, shared by every VM
+    /// that names it, under a private copy-on-write layer).
+    pub disks: Vec<(PathBuf, DiskMode)>,
+}
+
+/// How a microvm domain sees one of its disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskMode {
+    ReadWrite,
+    ReadOnly,
+    CopyOnWrite,
 }
 
 /// The guest memory of a microvm domain without `memory`.
@@ -300,12 +312,31 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
                     );
                 }
             }
+            let mut disks = Vec::new();
+            for disk in d.disks.iter().flat_map(|v| v.get_ref()) {
+                let (path, mode) = match disk.rsplit_once(',') {
+                    Some((p, "ro")) => (p, DiskMode::ReadOnly),
+                    Some((p, "cow")) => (p, DiskMode::CopyOnWrite),
+                    Some((p, "rw")) => (p, DiskMode::ReadWrite),
+                    Some(_) | None if disk.contains(',') => {
+                        let sp = d.disks.as_ref().map_or(0..0, |v| v.span());
+                        r.at(
+                            sp,
+                            format!("domain {name:?}: disk {disk:?}: PATH, PATH,ro or PATH,cow"),
+                        );
+                        continue;
+                    }
+                    _ => (disk.as_str(), DiskMode::ReadWrite),
+                };
+                disks.push((dir.join(path), mode));
+            }
             match &d.kernel {
                 Some(k) => Some(VmSpec {
                     kernel: dir.join(k.get_ref()),
                     initrd: d.initrd.as_ref().map(|i| dir.join(i.get_ref())),
                     cmdline: d.cmdline.as_ref().map(|c| c.get_ref().clone()),
                     vcpus: d.vcpus.as_ref().map_or(1, |v| *v.get_ref()),
+                    disks,
                 }),
                 None => {
                     r.at(
@@ -321,6 +352,7 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
                 ("initrd", d.initrd.as_ref().map(|x| x.span())),
                 ("cmdline", d.cmdline.as_ref().map(|x| x.span())),
                 ("vcpus", d.vcpus.as_ref().map(|x| x.span())),
+                ("disks", d.disks.as_ref().map(|x| x.span())),
             ] {
                 if let Some(sp) = span {
                     r.at(

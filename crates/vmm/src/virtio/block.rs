@@ -249,14 +249,37 @@ impl Layer {
     }
 }
 
-/// An O_TMPFILE in `dir`: never visible by name, gone with its last descriptor.
+/// An O_TMPFILE in `dir`: never visible by name, gone with its last descriptor. Where the
+/// file system cannot make one (overlayfs before Linux 6.6), a named file removed at once.
 fn tempfile_in(dir: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let unnamed = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_TMPFILE)
-        .open(dir)
+        .open(dir);
+    match unnamed {
+        Ok(f) => Ok(f),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = dir.join(format!(".cellvisor-layer-{}-{n}", std::process::id()));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)?;
+            std::fs::remove_file(&p)?;
+            Ok(f)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The data (non-hole) extents of a sparse file.
