@@ -20,6 +20,34 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 pid_of() { "$cv" ps --format json | sed 's/},{/}\n{/g' | grep "\"name\":\"$1\"" | sed 's/.*"pid":\([0-9]*\).*/\1/'; }
 devs() { ls "/proc/$(pid_of "$1")/root/dev" | grep -E '^(vcs1|tty1|vcsa1)$' | tr '\n' ' '; }
+# cellvisord on profile $1 with cgroup prefix $2, its API on $CELLVISOR_SOCKET.
+start_daemon() {
+    echo "\$ $cvd --profile $1 --state $state --socket $CELLVISOR_SOCKET --agent $agent --prefix $2 &"
+    "$cvd" --profile "$1" --state "$state" --socket "$CELLVISOR_SOCKET" --agent "$agent" --prefix "$2" > "$work/daemon-$2.log" 2>&1 &
+    daemon=$!
+    trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do [ -S "$CELLVISOR_SOCKET" ] && break; sleep 0.05; done
+}
+# Every domain down with its private layer, then the daemon; fails if a mount, a cgroup of
+# prefix $1, the state, the socket, an agent or one of the processes $2... is left.
+stop_and_check() {
+    local prefix=$1 left pid
+    shift
+    run "$cv" down --purge
+    kill -TERM $daemon
+    wait $daemon || true
+    trap - EXIT
+    left=$(grep -F "$PWD/$state" /proc/mounts || true)
+    left+=$(find /sys/fs/cgroup -maxdepth 3 -name "$prefix-*" 2>/dev/null || true)
+    left+=$(ls "$state" "$CELLVISOR_SOCKET" 2>/dev/null || true)
+    left+=$(pgrep -f "/run/cellvisor/agent" || true)
+    for pid in "$@"; do
+        for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.05; done
+        if [ -d "/proc/$pid" ]; then left+=" process $pid"; fi
+    done
+    if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
+    echo "nothing left behind (no mount, cgroup, process, socket or state)."
+}
 
 mkdir -p "$work"
 step "the shared read-only base (examples/rootfs: busybox) and the profile"
@@ -27,11 +55,7 @@ scripts/mkrootfs.sh examples/rootfs
 run "$cv" profile check examples/phone.toml
 
 step "cellvisord (state in $state, API on $CELLVISOR_SOCKET)"
-echo "\$ $cvd --profile examples/phone.toml --state $state --socket $CELLVISOR_SOCKET --agent $agent --prefix $prefix &"
-"$cvd" --profile examples/phone.toml --state "$state" --socket "$CELLVISOR_SOCKET" --agent "$agent" --prefix "$prefix" > "$work/daemon.log" 2>&1 &
-daemon=$!
-trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$CELLVISOR_SOCKET" ] && break; sleep 0.05; done
+start_daemon examples/phone.toml "$prefix"
 
 step "up: the realtime domain first, then the foreground one, then the rest"
 run "$cv" up
@@ -60,26 +84,14 @@ echo "trusted sees: $(devs trusted)   common sees: $(devs common)"
 run "$cv" top -n 1 --interval 0.5
 
 step "teardown: every domain down with its private layer, then the daemon"
-run "$cv" down --purge
-kill -TERM $daemon
-wait $daemon || true
-trap - EXIT
-left=$(grep -F "$PWD/$state" /proc/mounts || true)
-left+=$(find /sys/fs/cgroup -maxdepth 3 -name "$prefix-*" 2>/dev/null || true)
-left+=$(ls "$state" "$CELLVISOR_SOCKET" 2>/dev/null || true)
-left+=$(pgrep -f "/run/cellvisor/agent" || true)
-if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
-echo "nothing left behind (no mount, cgroup, process, socket or state)."
+stop_and_check "$prefix"
 
 if [ -c /dev/kvm ]; then
     step "a microVM domain beside a container domain (examples/vm.toml; its VMM jailed in a container domain)"
     scripts/mktiny.sh "$work/idle.elf" idle
     run "$cv" profile check examples/vm.toml
     export CELLVISOR_SOCKET=$work/vm-api.sock
-    "$cvd" --profile examples/vm.toml --state "$state" --socket "$CELLVISOR_SOCKET" --agent "$agent" --prefix "${prefix}vm" > "$work/daemon-vm.log" 2>&1 &
-    daemon=$!
-    trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
-    for _ in $(seq 100); do [ -S "$CELLVISOR_SOCKET" ] && break; sleep 0.05; done
+    start_daemon examples/vm.toml "${prefix}vm"
     run "$cv" up
     run "$cv" ps
     run "$cv" fg sandbox
@@ -89,16 +101,6 @@ if [ -c /dev/kvm ]; then
     echo "the sandbox's process: $(tr '\0' ' ' < /proc/$vmm/cmdline)"
     run "$cv" fg apps
     run "$cv" ps
-    run "$cv" down --purge
-    kill -TERM $daemon
-    wait $daemon || true
-    trap - EXIT
-    left=$(grep -F "$PWD/$state" /proc/mounts || true)
-    left+=$(find /sys/fs/cgroup -maxdepth 3 -name "${prefix}vm-*" 2>/dev/null || true)
-    left+=$(ls "$state" "$CELLVISOR_SOCKET" 2>/dev/null || true)
-    for _ in $(seq 100); do [ -d "/proc/$vmm" ] || break; sleep 0.05; done
-    if [ -d "/proc/$vmm" ]; then left+=" VMM $vmm"; fi
-    if [ -n "$left" ]; then echo "left behind: $left"; exit 1; fi
-    echo "nothing left behind (no mount, cgroup, process, socket or state)."
+    stop_and_check "${prefix}vm" "$vmm"
 fi
 echo "Demo done."

@@ -1027,14 +1027,7 @@ fn a_microvm_domain_runs_beside_a_container_domain() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let idle = t.path().join("idle.elf");
-    assert!(Command::new("bash")
-        .arg(Path::new(common::WORKSPACE).join("scripts/mktiny.sh"))
-        .arg(&idle)
-        .arg("idle")
-        .status()
-        .unwrap()
-        .success());
+    let idle = common::test_guest(t.path(), "idle");
     let profile = format!(
         r#"name = "vmtest"
 base = "rootfs"
@@ -1096,13 +1089,7 @@ vcpus = 2
     // A microvm domain with a disk: the tiny guest reads the shared base and writes its
     // private copy-on-write layer, then resets (its VMM exits, the domain stops). The base
     // image is unchanged.
-    let tiny = t.path().join("tiny.elf");
-    assert!(Command::new("bash")
-        .arg(Path::new(common::WORKSPACE).join("scripts/mktiny.sh"))
-        .arg(&tiny)
-        .status()
-        .unwrap()
-        .success());
+    let tiny = common::test_guest(t.path(), "tiny");
     let base = t.path().join("base.img");
     let mut bytes = b"shared base image\n".to_vec();
     bytes.resize(1 << 20, 0);

@@ -59,15 +59,7 @@ fn assemble(dir: &Path, name: &str, src: &str) -> PathBuf {
 }
 
 fn tiny(dir: &Path) -> PathBuf {
-    let elf = dir.join("tiny.elf");
-    let ok = Command::new("bash")
-        .arg(Path::new(WORKSPACE).join("scripts/mktiny.sh"))
-        .arg(&elf)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "building the tiny guest failed");
-    elf
+    common::test_guest(dir, "tiny")
 }
 
 /// The project's tiny guest on this machine's /dev/kvm: it reaches ring 3, prints on the
@@ -496,14 +488,7 @@ fn many_idle_vms_and_their_memory() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let k = t.path().join("idle.elf");
-    assert!(Command::new("bash")
-        .arg(Path::new(WORKSPACE).join("scripts/mktiny.sh"))
-        .arg(&k)
-        .arg("idle")
-        .status()
-        .unwrap()
-        .success());
+    let k = common::test_guest(t.path(), "idle");
     let o = Command::new(common::BIN)
         .args(["bench", "vms", "-n", "4", "--mem", "64M", "--out"])
         .arg(t.path())

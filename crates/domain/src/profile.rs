@@ -315,10 +315,11 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
             let mut disks = Vec::new();
             for disk in d.disks.iter().flat_map(|v| v.get_ref()) {
                 let (path, mode) = match disk.rsplit_once(',') {
+                    None => (disk.as_str(), DiskMode::ReadWrite),
+                    Some((p, "rw")) => (p, DiskMode::ReadWrite),
                     Some((p, "ro")) => (p, DiskMode::ReadOnly),
                     Some((p, "cow")) => (p, DiskMode::CopyOnWrite),
-                    Some((p, "rw")) => (p, DiskMode::ReadWrite),
-                    Some(_) | None if disk.contains(',') => {
+                    Some(_) => {
                         let sp = d.disks.as_ref().map_or(0..0, |v| v.span());
                         r.at(
                             sp,
@@ -326,7 +327,6 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
                         );
                         continue;
                     }
-                    _ => (disk.as_str(), DiskMode::ReadWrite),
                 };
                 disks.push((dir.join(path), mode));
             }

@@ -93,8 +93,6 @@ pub(crate) struct Shared {
     pub mem: GuestMemoryMmap,
     /// The virtio-mmio devices, one 4 KiB window each from `arch::MMIO_START`.
     pub virtio: Vec<Mutex<virtio::mmio::Transport>>,
-    /// Each device's queue-notify eventfds (also signalled by KVM's ioeventfds).
-    pub notify: Vec<Vec<EventFd>>,
 }
 
 impl Shared {
@@ -145,10 +143,7 @@ fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResul
 
 /// The virtio devices of `cfg`, each with an irqfd on its interrupt line and an ioeventfd
 /// per queue on its QueueNotify register.
-fn virtio_devices(
-    vm: &kvm_ioctls::VmFd,
-    cfg: &Config,
-) -> Result<Vec<(virtio::mmio::Transport, Vec<EventFd>)>> {
+fn virtio_devices(vm: &kvm_ioctls::VmFd, cfg: &Config) -> Result<Vec<virtio::mmio::Transport>> {
     let mut out = Vec::new();
     for (i, spec) in cfg.disks.iter().enumerate() {
         let disk = virtio::block::Disk::open(spec).map_err(Error::Config)?;
@@ -176,18 +171,15 @@ fn virtio_devices(
         vm.register_irqfd(&irq, arch::FIRST_DEVICE_IRQ + i as u32)
             .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
         let t = virtio::mmio::Transport::new(dev, irq).map_err(io("virtio device"))?;
-        let mut notify = Vec::new();
         for q in 0..t.queue_count() {
-            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
             vm.register_ioevent(
-                &evt,
+                t.notify_evt(q),
                 &kvm_ioctls::IoEventAddress::Mmio(base + virtio::mmio::QUEUE_NOTIFY),
                 q as u32,
             )
             .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
-            notify.push(evt);
         }
-        devices.push((t, notify));
+        devices.push(t);
     }
     Ok(devices)
 }
@@ -212,22 +204,19 @@ fn event_loop(
         exit_evt.as_raw_fd(),
         EpollEvent::new(EventSet::IN, u64::MAX),
     )?;
-    for (d, evts) in shared.notify.iter().enumerate() {
-        for (q, e) in evts.iter().enumerate() {
+    for (d, t) in shared.virtio.iter().enumerate() {
+        let t = devices::lock(t);
+        for q in 0..t.queue_count() {
             let token = ((d as u64) << 16) | q as u64;
             epoll.ctl(
                 ControlOperation::Add,
-                e.as_raw_fd(),
+                t.notify_evt(q).as_raw_fd(),
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
-        // The device's own descriptors (a tap), edge-triggered: the device drains them.
-        for (i, fd) in devices::lock(&shared.virtio[d])
-            .fds()
-            .into_iter()
-            .enumerate()
-        {
-            let token = ((d as u64) << 16) | HOST_FD | i as u64;
+        // The device's own descriptor (a tap), edge-triggered: the device drains it.
+        if let Some(fd) = t.fd() {
+            let token = ((d as u64) << 16) | HOST_FD;
             epoll.ctl(
                 ControlOperation::Add,
                 fd,
@@ -251,7 +240,7 @@ fn event_loop(
     let dirs: Vec<_> = shared
         .virtio
         .iter()
-        .flat_map(|d| devices::lock(d).unlink_dirs())
+        .filter_map(|d| devices::lock(d).unlink_dir())
         .collect();
     seccomp::apply_main(&dirs).map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut events = vec![EpollEvent::default(); 16];
@@ -304,13 +293,11 @@ fn event_loop(
             }
             let d = (token >> 16) as usize;
             if token & HOST_FD != 0 {
-                let i = (token & (HOST_FD - 1)) as usize;
-                devices::lock(&shared.virtio[d]).event(i, &shared.mem);
+                devices::lock(&shared.virtio[d]).event(&shared.mem);
                 continue;
             }
             let q = (token & 0xffff) as usize;
-            let _ = shared.notify[d][q].read();
-            devices::lock(&shared.virtio[d]).notify(q, &shared.mem);
+            devices::lock(&shared.virtio[d]).notified(q, &shared.mem);
         }
     }
 }
@@ -437,12 +424,7 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
         exit: Mutex::new(None),
         exit_evt: exit_evt.try_clone().map_err(io("eventfd"))?,
         mem: mem.clone(),
-        notify: devices
-            .iter()
-            .map(|(_, n)| n.iter().map(|e| e.try_clone()).collect())
-            .collect::<std::io::Result<_>>()
-            .map_err(io("eventfd"))?,
-        virtio: devices.into_iter().map(|(t, _)| Mutex::new(t)).collect(),
+        virtio: devices.into_iter().map(Mutex::new).collect(),
     });
 
     let mut vcpus = Vec::new();

@@ -84,31 +84,12 @@ fn filter_with(t: Thread, dirs: &[std::os::fd::RawFd]) -> Result<BpfProgram> {
     }
     // Only F_GETFD: the standard library checks a descriptor is open before it closes it
     // (in debug builds).
-    rules.insert(
-        libc::SYS_fcntl,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::F_GETFD as u64,
-        )
-        .map_err(err)?])
-        .map_err(err)?],
-    );
+    rules.insert(libc::SYS_fcntl, vec![arg_is(1, libc::F_GETFD as u64)?]);
     match t {
         Thread::Vcpu => {
             // c_ulong is u64 here but u32 on 32-bit ARM.
             #[allow(clippy::useless_conversion)]
-            let ioctl = |nr: libc::c_ulong| -> Result<SeccompRule> {
-                SeccompRule::new(vec![SeccompCondition::new(
-                    1,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    u64::from(nr),
-                )
-                .map_err(err)?])
-                .map_err(err)
-            };
+            let ioctl = |nr: libc::c_ulong| arg_is(1, u64::from(nr));
             rules.insert(
                 libc::SYS_ioctl,
                 vec![
@@ -166,15 +147,16 @@ fn filter_with(t: Thread, dirs: &[std::os::fd::RawFd]) -> Result<BpfProgram> {
 
 /// Install the main thread's filter on the calling thread (`dirs`: see `filter_with`).
 pub fn apply_main(dirs: &[std::os::fd::RawFd]) -> Result<()> {
-    let p = filter_with(Thread::Main, dirs)?;
-    seccompiler::apply_filter(&p)
-        .map_err(|e| Error::Io(format!("installing the seccomp filter: {e}")))
+    install(&filter_with(Thread::Main, dirs)?)
 }
 
 /// Install the filter for `t` on the calling thread.
 pub fn apply(t: Thread) -> Result<()> {
-    let p = filter(t)?;
-    seccompiler::apply_filter(&p)
+    install(&filter(t)?)
+}
+
+fn install(p: &BpfProgram) -> Result<()> {
+    seccompiler::apply_filter(p)
         .map_err(|e| Error::Io(format!("installing the seccomp filter: {e}")))
 }
 

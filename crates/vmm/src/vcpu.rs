@@ -137,11 +137,7 @@ fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if let Some((d, off)) = s.mmio_device(addr) {
-                    let q = crate::devices::lock(&s.virtio[d]).write(off, data);
-                    // A notify KVM's ioeventfd did not catch (e.g. another width): pass it on.
-                    if let Some(e) = q.and_then(|q| s.notify[d].get(q)) {
-                        let _ = e.write(1);
-                    }
+                    crate::devices::lock(&s.virtio[d]).write(off, data);
                 }
                 continue;
             }

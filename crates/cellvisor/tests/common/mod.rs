@@ -185,6 +185,20 @@ pub fn config(args: &[&str]) -> Value {
     c
 }
 
+/// One of the project's test guests (guests/NAME/NAME.S: "tiny" or "idle"), built into DIR.
+pub fn test_guest(dir: &Path, name: &str) -> PathBuf {
+    let elf = dir.join(format!("{name}.elf"));
+    let ok = Command::new("bash")
+        .arg(Path::new(WORKSPACE).join("scripts/mktiny.sh"))
+        .arg(&elf)
+        .arg(name)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building the {name} test guest failed");
+    elf
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

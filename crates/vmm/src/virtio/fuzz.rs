@@ -91,7 +91,7 @@ fn drive(t: &mut Transport, head: &[u8], mem: &GuestMemoryMmap, host: &mut dyn F
                 let _ = mem.write_obj(v, GuestAddress(u64::from(v >> 16) % MEM as u64));
             }
             3 => t.notify(v as usize % queues, mem),
-            4 => t.event(0, mem),
+            4 => t.event(mem),
             _ => host(v),
         }
         check(t);
@@ -99,7 +99,7 @@ fn drive(t: &mut Transport, head: &[u8], mem: &GuestMemoryMmap, host: &mut dyn F
     for q in 0..queues {
         t.notify(q, mem);
     }
-    t.event(0, mem);
+    t.event(mem);
     check(t);
 }
 

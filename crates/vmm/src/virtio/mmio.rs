@@ -52,6 +52,9 @@ pub struct Transport {
     interrupt_status: AtomicU32,
     config_generation: u32,
     irq: EventFd,
+    /// One per queue: signalled when the guest writes QueueNotify (by KVM through an
+    /// ioeventfd, or by `write` for a notify KVM did not catch).
+    notify: Vec<EventFd>,
     /// Why the device failed, if it did (kept until the driver resets it).
     fault: Option<Fault>,
 }
@@ -64,6 +67,9 @@ impl Transport {
             .map(|&n| Queue::new(n))
             .collect::<Result<_, _>>()
             .map_err(|e| std::io::Error::other(format!("virtio queue: {e}")))?;
+        let notify = (0..dev.queue_max_sizes().len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<std::io::Result<_>>()?;
         Ok(Transport {
             dev,
             queues,
@@ -75,8 +81,14 @@ impl Transport {
             interrupt_status: AtomicU32::new(0),
             config_generation: 0,
             irq,
+            notify,
             fault: None,
         })
+    }
+
+    /// Queue `q`'s notification eventfd (for KVM's ioeventfd and the device loop).
+    pub fn notify_evt(&self, q: usize) -> &EventFd {
+        &self.notify[q]
     }
 
     pub fn queue_count(&self) -> usize {
@@ -129,15 +141,15 @@ impl Transport {
         }
     }
 
-    /// A register write by the guest. Returns true when the guest notified a queue through
-    /// the register (when no ioeventfd caught it): the caller then processes that queue.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
+    /// A register write by the guest. A QueueNotify that reaches here (KVM's ioeventfd did
+    /// not catch it: another width) signals the queue's eventfd as KVM would.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= 0x100 {
             // No device here has writable configuration.
-            return None;
+            return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            return None;
+            return;
         };
         let v = u32::from_le_bytes(bytes);
         // Queue and feature registers only count before DRIVER_OK (virtio 1.2, 4.2.2.2).
@@ -161,7 +173,11 @@ impl Transport {
                     q.set_ready(v == 1);
                 }
             }
-            QUEUE_NOTIFY => return Some(v as usize),
+            QUEUE_NOTIFY => {
+                if let Some(e) = self.notify.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
             0x64 => {
                 self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
             }
@@ -182,7 +198,6 @@ impl Transport {
             }
             _ => {}
         }
-        None
     }
 
     fn set_status(&mut self, v: u32) {
@@ -213,6 +228,14 @@ impl Transport {
         self.fault = None;
     }
 
+    /// Queue `q`'s eventfd was signalled: consume it, then work on the queue.
+    pub fn notified(&mut self, q: usize, mem: &GuestMemoryMmap) {
+        if let Some(e) = self.notify.get(q) {
+            let _ = e.read();
+        }
+        self.notify(q, mem);
+    }
+
     /// The guest notified queue `q`: work on it, interrupt the guest if it should know.
     pub fn notify(&mut self, q: usize, mem: &GuestMemoryMmap) {
         if self.status & DRIVER_OK == 0 || self.fault.is_some() || q >= self.queues.len() {
@@ -222,7 +245,22 @@ impl Transport {
             self.fail(Fault(format!("queue {q} notified but not valid")));
             return;
         }
-        match self.dev.process(q, &mut self.queues, mem) {
+        let r = self.dev.process(q, &mut self.queues, mem);
+        self.done(r);
+    }
+
+    /// The device's host descriptor is ready (a tap has frames).
+    pub fn event(&mut self, mem: &GuestMemoryMmap) {
+        if self.status & DRIVER_OK == 0 || self.fault.is_some() {
+            return;
+        }
+        let r = self.dev.event(&mut self.queues, mem);
+        self.done(r);
+    }
+
+    /// After the device worked: interrupt the guest if buffers were used, or fail the device.
+    fn done(&mut self, r: Result<bool, Fault>) {
+        match r {
             Ok(false) => {}
             // Always interrupt: work on one queue may have used another's buffers (vsock
             // answers on RX what came on TX), and a spare interrupt is harmless.
@@ -231,24 +269,12 @@ impl Transport {
         }
     }
 
-    /// A host descriptor of the device is ready (a tap has frames).
-    pub fn event(&mut self, fd: usize, mem: &GuestMemoryMmap) {
-        if self.status & DRIVER_OK == 0 || self.fault.is_some() {
-            return;
-        }
-        match self.dev.event(fd, &mut self.queues, mem) {
-            Ok(None) => {}
-            Ok(Some(_)) => self.interrupt(INT_USED),
-            Err(f) => self.fail(f),
-        }
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        self.dev.fd()
     }
 
-    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.dev.fds()
-    }
-
-    pub fn unlink_dirs(&self) -> Vec<std::os::fd::RawFd> {
-        self.dev.unlink_dirs()
+    pub fn unlink_dir(&self) -> Option<std::os::fd::RawFd> {
+        self.dev.unlink_dir()
     }
 
     /// The driver broke the rules: the device needs a reset before it works again.

@@ -46,23 +46,44 @@ pub trait Device: Send {
     ) -> Result<bool, Fault>;
     /// The driver reset the device.
     fn reset(&mut self) {}
-    /// Directory descriptors the device removes a file through at the end (the VMM's seccomp
-    /// filter allows unlinkat on these only).
-    fn unlink_dirs(&self) -> Vec<std::os::fd::RawFd> {
-        Vec::new()
+    /// The directory descriptor the device removes a file through at the end (the VMM's
+    /// seccomp filter allows unlinkat on it only).
+    fn unlink_dir(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
-    /// Host descriptors the device waits on (a tap), watched edge-triggered by the VMM.
-    fn fds(&self) -> Vec<std::os::fd::RawFd> {
-        Vec::new()
+    /// The host descriptor the device waits on (a tap), watched edge-triggered by the VMM.
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
-    /// Host descriptor `fd` (an index into `fds()`) is ready. Returns the queue that got used
-    /// buffers, if any.
-    fn event(
-        &mut self,
-        _fd: usize,
-        _queues: &mut [Queue],
-        _mem: &GuestMemoryMmap,
-    ) -> Result<Option<usize>, Fault> {
-        Ok(None)
+    /// That descriptor is ready. Returns whether any buffer was used, as `process` does.
+    fn event(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> Result<bool, Fault> {
+        Ok(false)
+    }
+}
+
+/// Serve every chain the driver made available on `q`: `serve` returns how many bytes it
+/// wrote into the chain, which then goes on the used ring. Returns whether any chain was used;
+/// a broken ring or a `Fault` from `serve` fails the device (`what` names it).
+pub fn drain(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    what: &str,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> Result<u32, Fault>,
+) -> Result<bool, Fault> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    let mut used = false;
+    loop {
+        let chain = q
+            .iter(mem)
+            .map_err(|e| Fault(format!("{what}: available ring: {e}")))?
+            .next();
+        let Some(chain) = chain else {
+            return Ok(used);
+        };
+        let head = chain.head_index();
+        let len = serve(chain)?;
+        q.add_used(mem, head, len)
+            .map_err(|e| Fault(format!("{what}: used ring: {e}")))?;
+        used = true;
     }
 }

@@ -191,13 +191,7 @@ impl Net {
     /// Guest → tap: every frame the driver queued. A frame the tap cannot take is dropped,
     /// as a NIC would.
     fn transmit(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, Fault> {
-        let mut used = false;
-        while let Some(chain) = q
-            .iter(mem)
-            .map_err(|e| Fault(format!("net: tx ring: {e}")))?
-            .next()
-        {
-            let head = chain.head_index();
+        super::drain(q, mem, "net tx", |chain| {
             let mut r = chain
                 .reader(mem)
                 .map_err(|e| Fault(format!("net: tx buffers: {e}")))?;
@@ -208,11 +202,8 @@ impl Net {
             r.read_exact(&mut self.buf[..n])
                 .map_err(|e| Fault(format!("net: tx buffers: {e}")))?;
             let _ = self.tap.write(&self.buf[..n]);
-            q.add_used(mem, head, 0)
-                .map_err(|e| Fault(format!("net: tx used ring: {e}")))?;
-            used = true;
-        }
-        Ok(used)
+            Ok(0)
+        })
     }
 
     /// Tap → guest: as many frames as the driver has buffers for.
@@ -280,20 +271,12 @@ impl Device for Net {
             _ => self.receive(&mut queues[RX], mem),
         }
     }
-    fn fds(&self) -> Vec<RawFd> {
-        vec![self.tap.as_raw_fd()]
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.tap.as_raw_fd())
     }
-    fn event(
-        &mut self,
-        _fd: usize,
-        queues: &mut [Queue],
-        mem: &GuestMemoryMmap,
-    ) -> Result<Option<usize>, Fault> {
+    fn event(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Result<bool, Fault> {
         // Only RX can be ready before the driver is.
-        if !queues[RX].ready() {
-            return Ok(None);
-        }
-        Ok(self.receive(&mut queues[RX], mem)?.then_some(RX))
+        Ok(queues[RX].ready() && self.receive(&mut queues[RX], mem)?)
     }
 }
 

@@ -215,6 +215,8 @@ pub struct Vsock {
     ctl: VecDeque<Hdr>,
     next_port: u32,
     buf: Vec<u8>,
+    /// The payload of the packet the guest sent last (its capacity kept).
+    tx_buf: Vec<u8>,
     /// Removes the socket if the VMM dies without doing it (SIGKILL, a seccomp kill, a crash).
     reaper: Option<Reaper>,
 }
@@ -342,6 +344,7 @@ impl Vsock {
             ctl: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
             buf: vec![0; MAX_PAYLOAD],
+            tx_buf: Vec::new(),
             reaper: Some(reaper),
         };
         let fd = v.listener.as_raw_fd();
@@ -659,13 +662,9 @@ impl Vsock {
     }
 
     fn take_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, Fault> {
-        let mut used = false;
-        while let Some(chain) = q
-            .iter(mem)
-            .map_err(|e| Fault(format!("vsock: tx ring: {e}")))?
-            .next()
-        {
-            let head = chain.head_index();
+        // One payload buffer for every packet (taken out so that `on_packet` may borrow self).
+        let mut payload = std::mem::take(&mut self.tx_buf);
+        let r = super::drain(q, mem, "vsock tx", |chain| {
             let mut r = chain
                 .reader(mem)
                 .map_err(|e| Fault(format!("vsock: tx buffers: {e}")))?;
@@ -677,22 +676,14 @@ impl Vsock {
             if len > MAX_PAYLOAD || len > r.available_bytes() {
                 return Err(Fault(format!("vsock: a tx packet claims {len} bytes")));
             }
-            let mut payload = vec![0u8; len];
+            payload.resize(len, 0);
             r.read_exact(&mut payload)
                 .map_err(|e| Fault(format!("vsock: tx buffers: {e}")))?;
             self.on_packet(h, &payload)?;
-            q.add_used(mem, head, 0)
-                .map_err(|e| Fault(format!("vsock: tx used ring: {e}")))?;
-            used = true;
-        }
-        Ok(used)
-    }
-}
-
-impl Vsock {
-    /// The descriptor the socket is removed through at the end.
-    pub fn dir_fd(&self) -> RawFd {
-        self.dir.as_raw_fd()
+            Ok(0)
+        });
+        self.tx_buf = payload;
+        r
     }
 }
 
@@ -748,23 +739,15 @@ impl Device for Vsock {
         self.conns.clear();
         self.ctl.clear();
     }
-    fn fds(&self) -> Vec<RawFd> {
-        vec![self.epoll.as_raw_fd()]
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
     }
-    fn unlink_dirs(&self) -> Vec<RawFd> {
-        vec![self.dir_fd()]
+    fn unlink_dir(&self) -> Option<RawFd> {
+        Some(self.dir.as_raw_fd())
     }
-    fn event(
-        &mut self,
-        _fd: usize,
-        queues: &mut [Queue],
-        mem: &GuestMemoryMmap,
-    ) -> Result<Option<usize>, Fault> {
+    fn event(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Result<bool, Fault> {
         self.host_events();
-        if !queues[RX].ready() {
-            return Ok(None);
-        }
-        Ok(self.fill_rx(&mut queues[RX], mem)?.then_some(RX))
+        Ok(queues[RX].ready() && self.fill_rx(&mut queues[RX], mem)?)
     }
 }
 
@@ -914,7 +897,7 @@ mod tests {
         /// Let the device see its host sockets (what the VMM's loop does on an event).
         fn poll_host(&mut self) {
             for _ in 0..50 {
-                self.t.event(0, &self.mem);
+                self.t.event(&self.mem);
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
         }
