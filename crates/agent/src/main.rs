@@ -12,11 +12,11 @@
 //!   uds-send PATH PORT MESSAGE           (host) the same to guest PORT through the VMM's socket
 //!   uds-echo PATH                        (host) echo one guest connection on PATH (= VMM's PATH_PORT)
 //! Common flags: --peer DOMAIN (which channel of that name), --wait SECONDS (for it to open,
-//! default 10), --port PATH.
+//! default 10), --port PATH|vsock (default: /run/cellvisor/port in a container domain, the
+//! host's vsock port 1024 in a microVM, where the daemon carries the channel over the stream).
 
 use std::io::{BufRead, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use agent::pingpong::{self, Case, Side};
@@ -26,7 +26,7 @@ struct Opts {
     args: Vec<String>,
     peer: Option<String>,
     wait: Duration,
-    port: PathBuf,
+    port: port::Port,
     reply: bool,
     count: Option<usize>,
     prefix: String,
@@ -37,7 +37,7 @@ fn parse() -> Result<(String, Opts), String> {
         args: Vec::new(),
         peer: None,
         wait: Duration::from_secs(10),
-        port: PathBuf::from(port::PORT),
+        port: port::Port::here(),
         reply: false,
         count: None,
         prefix: String::new(),
@@ -57,7 +57,7 @@ fn parse() -> Result<(String, Opts), String> {
                         .map_err(|_| format!("--wait {v:?}: not a number"))?,
                 );
             }
-            "--port" => o.port = PathBuf::from(val("--port")?),
+            "--port" => o.port = port::Port::parse(&val("--port")?),
             "--reply" => o.reply = true,
             "--count" => {
                 let v = val("--count")?;
@@ -73,7 +73,7 @@ fn parse() -> Result<(String, Opts), String> {
     Ok((cmd, o))
 }
 
-fn end(o: &Opts) -> Result<channel::End, String> {
+fn link(o: &Opts) -> Result<port::Link, String> {
     let name = o.args.first().ok_or("which channel?")?;
     port::get(&o.port, name, o.peer.as_deref(), o.wait).map(|(e, _)| e)
 }
@@ -238,47 +238,38 @@ fn run() -> Result<(), String> {
     match cmd.as_str() {
         "ls" => say(&port::list(&o.port)?),
         "send" => {
-            let e = end(&o)?;
+            let mut l = link(&o)?;
             let mut buf = Vec::new();
             for m in &o.args[1..] {
-                e.send(m.as_bytes(), true).map_err(|e| e.to_string())?;
+                l.send(m.as_bytes())?;
                 say(&format!("sent: {m}"));
                 if o.reply {
-                    e.recv(&mut buf, true).map_err(|e| e.to_string())?;
+                    if !l.recv(&mut buf)? {
+                        return Err(channel::Error::Closed.to_string());
+                    }
                     say(&format!("reply: {}", String::from_utf8_lossy(&buf)));
                 }
             }
             // Leave the channel open for the domain's next sender: only the daemon closes it.
-            e.release();
+            l.keep();
         }
         "recv" => {
-            let e = end(&o)?;
+            let mut l = link(&o)?;
             let mut buf = Vec::new();
             let mut n = 0;
-            while o.count.is_none_or(|c| n < c) {
-                match e.recv(&mut buf, true) {
-                    Ok(()) => say(&format!("got: {}", String::from_utf8_lossy(&buf))),
-                    Err(channel::Error::Closed) => break,
-                    Err(err) => return Err(err.to_string()),
-                }
+            while o.count.is_none_or(|c| n < c) && l.recv(&mut buf)? {
+                say(&format!("got: {}", String::from_utf8_lossy(&buf)));
                 n += 1;
             }
-            e.release();
+            l.keep();
         }
         "echo" => {
-            let e = end(&o)?;
+            let mut l = link(&o)?;
             let mut buf = Vec::new();
-            loop {
-                match e.recv(&mut buf, true) {
-                    Ok(()) => {
-                        let m = String::from_utf8_lossy(&buf).into_owned();
-                        say(&format!("got: {m}"));
-                        e.send(format!("{}{m}", o.prefix).as_bytes(), true)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Err(channel::Error::Closed) => break,
-                    Err(err) => return Err(err.to_string()),
-                }
+            while l.recv(&mut buf)? {
+                let m = String::from_utf8_lossy(&buf).into_owned();
+                say(&format!("got: {m}"));
+                l.send(format!("{}{m}", o.prefix).as_bytes())?;
             }
         }
         "bench-echo" => bench_echo()?,

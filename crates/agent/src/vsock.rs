@@ -79,8 +79,8 @@ pub fn guest_echo(port: u32) -> Result<usize, String> {
     echo(&f, &f)
 }
 
-/// Guest: connect to the host's `port`, send `msg` and a newline, return the reply line.
-pub fn guest_send(port: u32, msg: &str) -> Result<String, String> {
+/// Guest: a stream to the host's vsock `port`.
+pub fn connect_host(port: u32) -> Result<std::fs::File, String> {
     use std::os::fd::AsRawFd;
     let s = vsock_socket()?;
     let a = addr(libc::VMADDR_CID_HOST, port);
@@ -89,7 +89,12 @@ pub fn guest_send(port: u32, msg: &str) -> Result<String, String> {
     if unsafe { libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), len) } < 0 {
         return Err(os(&format!("vsock connect to host port {port}")));
     }
-    let f = std::fs::File::from(s);
+    Ok(std::fs::File::from(s))
+}
+
+/// Guest: connect to the host's `port`, send `msg` and a newline, return the reply line.
+pub fn guest_send(port: u32, msg: &str) -> Result<String, String> {
+    let f = connect_host(port)?;
     (&f).write_all(format!("{msg}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut line = String::new();

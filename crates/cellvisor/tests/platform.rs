@@ -1015,6 +1015,93 @@ devices.exclusive = ["display"]
     d.teardown_and_check(&pids);
 }
 
+/// The channel between a microvm domain and a container domain. The guest's side is a vsock
+/// stream to host port 1024, which the domain's VMM connects to `vsock_1024` in the domain's
+/// run directory, where the daemon listens and carries the channel over the stream. The
+/// idle guest has no vsock driver, so this drives that socket as the VMM would for the
+/// guest's agent (`cellvisor-agent --port PATH`); the guest side itself runs in the KVM
+/// test host (tests/vm.rs).
+fn microvm_channel(d: &Daemon, vmm: i32) {
+    let run = d.state().join("run/guest");
+    let port = run.join("vsock_1024");
+    let cmdline = std::fs::read_to_string(format!("/proc/{vmm}/cmdline")).unwrap();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--vsock", "3,uds=/run/cellvisor/vsock"]),
+        "{args:?}"
+    );
+    assert!(run.join("vsock").exists(), "the VMM has no vsock socket");
+    let guest = |args: &[&str]| {
+        let o = Command::new(agent())
+            .args(args)
+            .arg("--port")
+            .arg(&port)
+            .output()
+            .unwrap();
+        (o.status.success(), common::stdout(&o) + &common::stderr(&o))
+    };
+    // Not open yet: the daemon's answer after the wait; then opened under the policy.
+    let (ok, out) = guest(&["send", "msg", "x", "--wait", "0"]);
+    assert!(!ok && out.contains("no open channel"), "{out}");
+    let o = d.cv(&["channel", "open", "guest", "apps", "other"]);
+    assert!(!o.status.success(), "a channel the policy does not allow");
+    assert!(
+        common::stderr(&o).contains("policy"),
+        "{}",
+        common::stderr(&o)
+    );
+    d.ok(&["channel", "open", "guest", "apps", "msg"]);
+    let (ok, out) = guest(&["send", "msg", "hello", "world", "--reply"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reply: apps got: hello") && out.contains("reply: apps got: world"),
+        "{out}"
+    );
+    d.wait_log("apps", "got: world");
+    let (ok, out) = guest(&["ls"]);
+    assert!(ok && out.contains("\"msg\""), "{out}");
+    // Too big for the 4 KiB buffer: refused by the agent, and a frame that claims it is
+    // refused by the daemon, which drops that stream and keeps the channel.
+    let (ok, out) = guest(&["send", "msg", &"x".repeat(5000)]);
+    assert!(!ok && out.contains("does not fit"), "{out}");
+    let mut s = UnixStream::connect(&port).unwrap();
+    s.write_all(b"{\"op\":\"get\",\"channel\":\"msg\"}\n")
+        .unwrap();
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("\"stream\":true"), "{answer}");
+    let (ok, out) = guest(&["send", "msg", "again", "--reply"]);
+    assert!(ok && out.contains("reply: apps got: again"), "{out}");
+    // Garbage instead of a request: one error line.
+    let mut s = UnixStream::connect(&port).unwrap();
+    s.write_all(b"garbage\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("bad request"), "{answer}");
+    // Closing the channel ends the guest's stream.
+    let mut recv = Command::new(agent())
+        .args(["recv", "msg", "--port"])
+        .arg(&port)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, chans) = d.api("GET", "/v1/channels", None);
+    let id = chans[0]["id"].to_string();
+    d.ok(&["channel", "close", &id]);
+    let end = Instant::now() + Duration::from_secs(10);
+    while recv.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < end,
+            "the guest's stream outlived its channel"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(recv.wait().unwrap().success());
+}
+
 /// A microvm domain beside a container domain: its VMM runs jailed in a container domain
 /// (namespaces, cgroups, only /dev/kvm of the host's devices), boots the idle test guest,
 /// is frozen in the background with its guest paused and thawed in the foreground, and
@@ -1039,7 +1126,7 @@ background = "freeze"
 [[domain]]
 name = "apps"
 role = "trusted"
-command = ["/bin/sh", "-c", "echo apps up; exec sleep 1000000"]
+command = ["/bin/sh", "-c", "echo apps up; exec /run/cellvisor/agent echo msg --wait 600 --prefix 'apps got: '"]
 
 [[domain]]
 name = "guest"
@@ -1048,6 +1135,12 @@ backend = "microvm"
 kernel = {:?}
 memory = "32M"
 vcpus = 2
+
+[[allow]]
+from = "guest"
+to = "apps"
+channel = "msg"
+buffer = "4K"
 "#,
         idle.display().to_string()
     );
@@ -1084,6 +1177,7 @@ vcpus = 2
     assert_eq!(d.domain("guest")["status"], "frozen");
     assert_eq!(d.pid("guest"), vmm, "the VMM was restarted");
     let pids = vec![vmm, d.pid("apps")];
+    microvm_channel(&d, vmm);
     d.teardown_and_check(&pids);
 
     // A microvm domain with a disk: the tiny guest reads the shared base and writes its

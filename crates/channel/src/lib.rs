@@ -10,8 +10,9 @@
 //! fail with [`Error::Corrupt`], never read or write outside the mapping.
 
 pub mod handoff;
+pub mod stream;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
@@ -496,6 +497,60 @@ impl End {
             notify(&self.space[d]);
         }
         Ok(out)
+    }
+}
+
+impl End {
+    /// Wait until a message can be received or the channel is closed (false), or until
+    /// `other` is readable or hung up (true), whichever comes first. A receiver that must also
+    /// watch something else (a stop signal, a socket) waits here, then calls `recv` without
+    /// blocking.
+    pub fn wait_recv_or(&self, other: BorrowedFd) -> Result<bool> {
+        let d = 1 - self.side;
+        let r = self.ring(d);
+        let head = r.head.load(Ordering::Relaxed);
+        let ready =
+            || r.tail.load(Ordering::SeqCst) != head || r.closed.load(Ordering::SeqCst) != 0;
+        loop {
+            if ready() {
+                return Ok(false);
+            }
+            r.reader_waiting.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if ready() {
+                r.reader_waiting.store(0, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let mut pfd = [
+                libc::pollfd {
+                    fd: self.data[d].as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: other.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll on two valid pollfd entries.
+            let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+            r.reader_waiting.store(0, Ordering::Relaxed);
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            if pfd[0].revents != 0 {
+                // Consume the notification; the loop re-checks the ring.
+                wait(&self.data[d])?;
+            }
+            if pfd[1].revents != 0 {
+                return Ok(true);
+            }
+        }
     }
 }
 

@@ -64,11 +64,15 @@ pub fn oci_config(
         }
     }
     if let Some(run) = o.run_dir {
+        // A microvm domain's VMM makes its vsock socket there (the daemon listens beside it
+        // for the guest's port); a container domain only reads it.
+        let opts = if d.vm.is_some() {
+            json!(["rbind", "nosuid", "nodev"])
+        } else {
+            json!(["rbind", "ro", "nosuid", "nodev"])
+        };
         if let Some(m) = c["mounts"].as_array_mut() {
-            m.push(
-                json!({"destination": "/run/cellvisor", "type": "bind", "source": run,
-                          "options": ["rbind", "ro", "nosuid", "nodev"]}),
-            );
+            m.push(json!({"destination": RUN_DIR, "type": "bind", "source": run, "options": opts}));
         }
     }
     let mut res = json!({"cpu": {}});
@@ -98,8 +102,13 @@ pub fn oci_config(
     Ok(c)
 }
 
+/// Where a domain sees its run directory (its port, the agent).
+const RUN_DIR: &str = "/run/cellvisor";
 /// Where a jailed VMM finds its binary, kernel and initrd.
 const VM_DIR: &str = "/run/cellvisor-vm";
+/// A microvm domain's vsock: the guest's context id and the VMM's socket in the run directory.
+const GUEST_CID: u32 = 3;
+pub const VSOCK_SOCKET: &str = "vsock";
 /// What a microvm domain's cgroup allows beyond its guest memory: the VMM itself, its page
 /// tables and device buffers.
 const VMM_MEMORY_MARGIN: u64 = 64 << 20;
@@ -113,6 +122,7 @@ fn jail_vmm(
     d: &Domain,
     vm: &domain::profile::VmSpec,
     vmm: &Path,
+    with_port: bool,
 ) -> Result<(), BackendError> {
     let ro = |src: &Path, dst: &str| {
         json!({"destination": dst, "type": "bind", "source": src,
@@ -140,6 +150,14 @@ fn jail_vmm(
     }
     if let Some(cl) = &vm.cmdline {
         args.extend(["--cmdline".into(), cl.clone()]);
+    }
+    if with_port {
+        // The guest reaches its port as vsock port 1024 of the host (CID 2): the VMM connects
+        // such a stream to `vsock_1024` beside its socket, where the daemon listens.
+        args.extend([
+            "--vsock".into(),
+            format!("{GUEST_CID},uds={RUN_DIR}/{VSOCK_SOCKET}"),
+        ]);
     }
     for (i, (path, mode)) in vm.disks.iter().enumerate() {
         use domain::profile::DiskMode;
@@ -294,7 +312,7 @@ impl Backend for ContainerBackend {
                         d.name
                     ))
                 })?;
-                jail_vmm(&mut cfg, d, vm, vmm)?;
+                jail_vmm(&mut cfg, d, vm, vmm, o.run_dir.is_some())?;
             }
             std::fs::write(bundle.join("config.json"), cfg.to_string())
                 .map_err(|e| err(format!("writing the bundle: {e}")))?;

@@ -6,7 +6,7 @@
 //! The daemon runs on one thread: every request is handled to the end before the next, so
 //! the platform needs no finer locking, and starting a domain may fork.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use container::backend::ContainerBackend;
+use channel::stream::VSOCK_PORT;
+use container::backend::{ContainerBackend, VSOCK_SOCKET};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -300,7 +301,10 @@ struct PortRequest {
 /// Woken whenever a channel is opened, for the ports' waiting `get`s.
 static OPENED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-async fn port_session(s: Shared, who: String, stream: UnixStream) {
+/// One request on a domain's port. A container domain's port answers a `get` with the end's
+/// descriptors; a microVM's (`stream`, reached from the guest over vsock) answers with
+/// `"stream": true` and then carries the channel itself, as frames ([`channel::stream`]).
+async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) {
     let mut r = BufReader::new(stream);
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -308,6 +312,8 @@ async fn port_session(s: Shared, who: String, stream: UnixStream) {
         limited.read_line(&mut line).await
     })
     .await;
+    // Bytes the peer sent after its request line: the first frames, in stream mode.
+    let pending = r.buffer().to_vec();
     let stream = r.into_inner();
     if !matches!(read, Ok(Ok(n)) if n > 0) {
         return;
@@ -341,11 +347,13 @@ async fn port_session(s: Shared, who: String, stream: UnixStream) {
                 let r = lock(&s).take_end(&who, &ch, req.peer.as_deref());
                 match r {
                     Ok((c, side, fds)) => {
-                        return reply(
-                            json!({"channel": c.channel, "id": c.id, "side": side,
-                                   "peer": if side == 0 { &c.to } else { &c.from }, "buffer": c.buffer}),
-                            &fds,
-                        )
+                        let mut answer = json!({"channel": c.channel, "id": c.id, "side": side,
+                                   "peer": if side == 0 { &c.to } else { &c.from }, "buffer": c.buffer});
+                        if !framed {
+                            return reply(answer, &fds);
+                        }
+                        answer["stream"] = json!(true);
+                        return bridge(stream, side, fds, pending, answer);
                     }
                     Err(ApiError::NotFound(_)) if tokio::time::Instant::now() < deadline => {
                         // Wait for a channel to open, the deadline, or the domain hanging up.
@@ -369,27 +377,70 @@ async fn port_session(s: Shared, who: String, stream: UnixStream) {
     }
 }
 
+/// Carry a channel over a microVM's port stream: `answer` first, then the domain's side of
+/// the channel (rebuilt from the daemon's descriptors, one end per direction) bridged to the
+/// stream on a thread of its own until the guest hangs up or the channel closes.
+fn bridge(stream: UnixStream, side: usize, fds: [RawFd; 5], pending: Vec<u8>, answer: Value) {
+    use std::io::Write;
+    let start = || -> std::io::Result<_> {
+        let dup = |fd: RawFd| {
+            // SAFETY: the platform's end holds `fd` open: we run on the daemon's only thread,
+            // before anything else can close the channel.
+            unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+        };
+        let end = || -> std::io::Result<channel::End> {
+            channel::End::from_fds(
+                side,
+                dup(fds[0])?,
+                [dup(fds[1])?, dup(fds[2])?],
+                [dup(fds[3])?, dup(fds[4])?],
+            )
+            .map_err(std::io::Error::other)
+        };
+        let (tx, rx) = (end()?, end()?);
+        let mut s = stream.into_std()?;
+        s.set_nonblocking(false)?;
+        s.write_all(format!("{answer}\n").as_bytes())?;
+        Ok((tx, rx, s))
+    };
+    let started = start().and_then(|(tx, rx, s)| {
+        std::thread::Builder::new()
+            .name("bridge".into())
+            .spawn(move || channel::stream::bridge(tx, rx, s, pending))
+    });
+    if let Err(e) = started {
+        eprintln!("cellvisord: bridging channel {}: {e}", answer["id"]);
+    }
+}
+
 /// Listen on every domain's port.
 fn bind_ports(s: &Shared) -> std::io::Result<Vec<PathBuf>> {
-    let names: Vec<(String, PathBuf)> = {
+    let names: Vec<(String, PathBuf, bool)> = {
         let p = lock(s);
         p.profile
             .domains
             .iter()
-            .map(|d| (d.name.clone(), p.run_dir(&d.name)))
+            .map(|d| (d.name.clone(), p.run_dir(&d.name), d.vm.is_some()))
             .collect()
     };
     let mut paths = Vec::new();
-    for (name, dir) in names {
+    for (name, dir, vm) in names {
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join("port");
+        // A container domain's port; a microVM's guest reaches its port over vsock, which its
+        // VMM connects to the socket `vsock_1024` beside its own.
+        let (file, framed) = if vm {
+            (format!("{VSOCK_SOCKET}_{VSOCK_PORT}"), true)
+        } else {
+            ("port".to_string(), false)
+        };
+        let path = dir.join(file);
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path)?;
         paths.push(path);
         let s = s.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = l.accept().await {
-                tokio::spawn(port_session(s.clone(), name.clone(), stream));
+                tokio::spawn(port_session(s.clone(), name.clone(), stream, framed));
             }
         });
     }

@@ -16,7 +16,7 @@ use crate::policy::{Policy, Rule};
 pub enum BackendKind {
     /// OS-level virtualization (namespaces, cgroups): the `container` crate.
     Container,
-    /// Hardware-assisted full virtualization: the microVM backend (not yet available).
+    /// Hardware-assisted full virtualization: a microVM whose VMM runs jailed in a container.
     Microvm,
 }
 
@@ -558,20 +558,6 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
         for end in [&a.from, &a.to] {
             if !names.contains(end.get_ref()) {
                 r.at(end.span(), format!("allow: no domain {:?}", end.get_ref()));
-            }
-        }
-        for end in [&a.from, &a.to] {
-            if domains
-                .iter()
-                .any(|d| d.name == *end.get_ref() && d.vm.is_some())
-            {
-                r.at(
-                    end.span(),
-                    format!(
-                        "allow: channels to microvm domain {:?} are not supported yet",
-                        end.get_ref()
-                    ),
-                );
             }
         }
         if a.from.get_ref() == a.to.get_ref() {
