@@ -514,7 +514,8 @@ fn many_idle_vms_and_their_memory() {
 /// inside the emulated KVM test host (real hardware-virtualization semantics), with two vCPUs,
 /// a copy-on-write virtio disk, virtio-net on a tap (the guest pings the host side) and vsock
 /// both ways (a guest program reaches a host echo server at PATH_5000; a host program reaches
-/// the guest's echo server on port 1234 through PATH), a line piped into the VMM read by the
+/// the guest's echo server on port 1234 through PATH; the guest's agent reaches its port at
+/// PATH_1024), a line piped into the VMM read by the
 /// guest from its console, ending in an ACPI poweroff after which
 /// the tap and the socket are gone. Slow (about 20 s); the emulated host itself sometimes stalls for good (its timer interrupts stop while
 /// the nested guest runs), so each attempt has a deadline and there are three.
@@ -562,17 +563,18 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                  ip addr add 10.0.2.2/24 dev eth0; ip link set eth0 up; \
                  ping -c 2 -W 5 10.0.2.1 | grep -q 2.packets.received && echo PING-OK; \
                  cellvisor-agent vsock-send 5000 from-guest; cellvisor-agent vsock-echo 1234; \
-                 poweroff -f";
+                 cellvisor-agent ls; poweroff -f";
     let cmd = format!(
         "before=$(md5sum base.img); \
          ./cellvisor-agent uds-echo /tmp/v.sock_5000 > /tmp/host-echo.log 2>&1 & \
+         ./cellvisor-agent uds-echo /tmp/v.sock_1024 > /tmp/port-echo.log 2>&1 & \
          printf 'serial-input\\n' | ./cellvisor vm run --kernel {kname} --initrd initramfs.cpio.gz --mem 256M --vcpus 2 \
          --disk base.img,cow --net cvtap0,ip=10.0.2.1/24 --vsock 3,uds=/tmp/v.sock \
          --console /tmp/guest.log \
          --cmdline 'console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 \
          i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cellvisor.run=\"{guest}\"' & \
          vmm=$!; ./cellvisor-agent uds-send /tmp/v.sock 1234 hello-guest --wait 100; \
-         wait $vmm; rc=$?; cat /tmp/guest.log /tmp/host-echo.log; \
+         wait $vmm; rc=$?; cat /tmp/guest.log /tmp/host-echo.log /tmp/port-echo.log; \
          [ -e /tmp/v.sock ] || echo UDS-GONE; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; \
          ip link show cvtap0 >/dev/null 2>&1 || echo TAP-GONE; exit $rc"
     );
@@ -618,6 +620,9 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
                 "echoed 12 bytes",
                 "UDS-GONE",
                 "GOT-serial-input",
+                // The guest's agent finds its port at host vsock port 1024 (PATH_1024, where
+                // cellvisord listens for a microvm domain; an echo here).
+                "{\"op\":\"ls\"}",
             ] {
                 assert!(out.contains(want), "missing {want:?} in:\n{out}");
             }

@@ -1,10 +1,13 @@
 //! cellvisord's two kinds of socket: the REST API (one Unix socket, root or one group only,
 //! described by `docs/api/openapi.json`), and one *port* per domain, which the domain sees at
 //! `/run/cellvisor/port` and nobody else sees: there a domain's program asks for its side of
-//! an open channel and receives it as descriptors.
+//! an open channel and receives it as descriptors (a microVM's guest, over vsock, receives the
+//! channel carried as a stream instead).
 //!
 //! The daemon runs on one thread: every request is handled to the end before the next, so
-//! the platform needs no finer locking, and starting a domain may fork.
+//! the platform needs no finer locking, and starting a domain may fork. The only other threads
+//! are the bridges carrying a microVM's channels over its port stream; they hold their own
+//! descriptors and touch no platform state.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
