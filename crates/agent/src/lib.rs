@@ -1,8 +1,10 @@
 //! What runs inside a domain: [`port`] asks the daemon, over the domain's own port socket,
 //! for the domain's side of an open channel; [`pingpong`] holds the round-trip and bandwidth
 //! loops the channel benchmarks run, between two processes or two domains; [`vsock`] holds
-//! both ends of a microVM's vsock.
+//! both ends of a microVM's vsock; [`micro`] the LMbench-style microbenchmarks `cellvisor bench`
+//! runs in every backend.
 
+pub mod micro;
 pub mod pingpong;
 pub mod port;
 pub mod vsock;

@@ -7,6 +7,9 @@
 //!   echo CHANNEL [--prefix TEXT]         answer every message with TEXT + the message
 //!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
 //!                                        domains, over descriptors 3..11 (see `bench`)
+//!   micro [--interval-ms 50] [--host-fds R,W]
+//!                                        LMbench-style microbenchmarks, as JSON (see micro.rs)
+//!   hello                                print "Hello world" (what micro's fork+exec runs)
 //!   vsock-echo PORT                      (microVM guest) echo one vsock connection on PORT
 //!   vsock-send PORT MESSAGE              (microVM guest) send a line to host PORT, print the reply
 //!   uds-send PATH PORT MESSAGE           (host) the same to guest PORT through the VMM's socket
@@ -30,6 +33,8 @@ struct Opts {
     reply: bool,
     count: Option<usize>,
     prefix: String,
+    interval_ms: u64,
+    host_fds: Option<(i32, i32)>,
 }
 
 fn parse() -> Result<(String, Opts), String> {
@@ -41,6 +46,8 @@ fn parse() -> Result<(String, Opts), String> {
         reply: false,
         count: None,
         prefix: String::new(),
+        interval_ms: 50,
+        host_fds: None,
     };
     let mut it = std::env::args().skip(1);
     let cmd = it
@@ -67,6 +74,20 @@ fn parse() -> Result<(String, Opts), String> {
                 );
             }
             "--prefix" => o.prefix = val("--prefix")?,
+            "--interval-ms" => {
+                let v = val("--interval-ms")?;
+                o.interval_ms = v
+                    .parse()
+                    .map_err(|_| format!("--interval-ms {v:?}: not a number"))?;
+            }
+            "--host-fds" => {
+                let v = val("--host-fds")?;
+                let (r, w) = v
+                    .split_once(',')
+                    .and_then(|(r, w)| Some((r.parse().ok()?, w.parse().ok()?)))
+                    .ok_or(format!("--host-fds {v:?}: not R,W"))?;
+                o.host_fds = Some((r, w));
+            }
             _ => o.args.push(a),
         }
     }
@@ -272,6 +293,24 @@ fn run() -> Result<(), String> {
                 l.send(format!("{}{m}", o.prefix).as_bytes())?;
             }
         }
+        "micro" => {
+            // Our own path as we were run (a chroot may have no /proc), else from /proc.
+            let exe = match std::env::args().next().filter(|a| a.starts_with('/')) {
+                Some(a) => a,
+                None => std::env::current_exe()
+                    .map_err(|e| format!("finding this program: {e}"))?
+                    .display()
+                    .to_string(),
+            };
+            let opts = agent::micro::Opts {
+                interval: Duration::from_millis(o.interval_ms.max(1)),
+                exe,
+                host: o.host_fds,
+            };
+            let figs = agent::micro::run(&opts, &mut |name| eprintln!("micro: {name}"))?;
+            say(&agent::micro::json(&figs));
+        }
+        "hello" => say("Hello world"),
         "bench-echo" => bench_echo()?,
         "bench-drive" => bench_drive(&o)?,
         "vsock-echo" | "vsock-send" | "uds-send" | "uds-echo" => vsock_cmd(&cmd, &o)?,

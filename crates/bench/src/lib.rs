@@ -4,8 +4,10 @@
 
 pub mod domains;
 pub mod ipc;
+pub mod plot;
 pub mod start;
 pub mod stats;
+pub mod suite;
 
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]

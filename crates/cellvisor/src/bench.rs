@@ -5,7 +5,100 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+
+/// `cellvisor bench [SUITE OPTIONS]` or `cellvisor bench SUBCOMMAND ...`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCmd>,
+    #[command(flatten)]
+    suite: SuiteArgs,
+}
+
+/// The suite: the survey's Section 5 natively and in every backend, side by side.
+#[derive(Args, Debug)]
+pub struct SuiteArgs {
+    /// Fewer rounds, shorter timings (for CI)
+    #[arg(long)]
+    quick: bool,
+    /// Backends beside native: container (cellvisor), runc, crun
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "native,container,runc,crun"
+    )]
+    backends: Vec<String>,
+    /// Rounds (every backend once per round, shuffled; default 5, --quick 2)
+    #[arg(short = 'n', long)]
+    rounds: Option<usize>,
+    /// Write results.json, results.csv and the SVG plots here
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The static in-domain agent (default: cellvisor-agent beside this binary)
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+pub fn run(a: &BenchArgs) -> Result<i32> {
+    match &a.cmd {
+        Some(c) => run_cmd(c),
+        None => suite(&a.suite),
+    }
+}
+
+fn suite(a: &SuiteArgs) -> Result<i32> {
+    let me = std::env::current_exe().context("finding this binary")?;
+    let backends = bench::suite::backends(&a.backends, &me).map_err(|e| anyhow!("{e}"))?;
+    let agent = agent_path(&a.agent)?;
+    let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 5 });
+    let interval_ms = if a.quick { 5 } else { 50 };
+    if rounds == 0 {
+        return Err(anyhow!("--rounds must be at least 1"));
+    }
+    let work = tempdir()?;
+    let bar = indicatif::ProgressBar::new((rounds * backends.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut started = false;
+    let r = bench::suite::run(
+        &backends,
+        &agent,
+        &work,
+        rounds,
+        interval_ms,
+        a.quick,
+        &mut |msg| {
+            if started {
+                bar.inc(1);
+            }
+            started = true;
+            bar.set_message(msg.to_string());
+        },
+    );
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&work);
+    let report = r.map_err(|e| anyhow!("{e}"))?;
+    print!("{}", bench::suite::table(&report));
+    if let Some(dir) = &a.out {
+        write_report(dir, "results.json", &report)?;
+        let csv = dir.join("results.csv");
+        std::fs::write(&csv, bench::suite::csv(&report))
+            .with_context(|| format!("writing {}", csv.display()))?;
+        let svg = dir.join("micro.svg");
+        bench::plot::normalized(
+            &report,
+            "LMbench-style microbenchmarks and guest/host switch, normalized to native (lower is better; pipe_bandwidth: higher)",
+            &svg,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        eprintln!("wrote {} and {}", csv.display(), svg.display());
+    }
+    Ok(0)
+}
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -109,7 +202,7 @@ fn agent_path(given: &Option<PathBuf>) -> Result<PathBuf> {
     Ok(p)
 }
 
-pub fn run(cmd: &BenchCmd) -> Result<i32> {
+fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
     match cmd {
         BenchCmd::Channel {
             rounds,

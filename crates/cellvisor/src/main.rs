@@ -46,9 +46,9 @@ pub struct Cli {
 pub enum Cmd {
     #[command(flatten)]
     Oci(oci::OciCmd),
-    /// Benchmarks, side by side with peers
-    #[command(subcommand)]
-    Bench(bench::BenchCmd),
+    /// Benchmarks, side by side with native and peers: with no subcommand, the survey's
+    /// Section 5 suite
+    Bench(bench::BenchArgs),
     /// Device profiles: the domains of a device and the policy between them
     #[command(subcommand)]
     Profile(profile::ProfileCmd),

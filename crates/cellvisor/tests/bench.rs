@@ -75,3 +75,119 @@ fn bench_fg_smoke() {
         );
     }
 }
+
+/// The suite, `--quick` as CI runs it: every backend present in results.json with a figure
+/// for every test, the CSV one line per run and test, the SVG plot; a bad backend is one line
+/// and leaves no work directory.
+#[test]
+fn bench_suite_quick() {
+    if !common::can_run() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let peers: Vec<&str> = ["runc", "crun"]
+        .into_iter()
+        .filter(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    let backends = ["native", "container"]
+        .into_iter()
+        .chain(peers.iter().copied())
+        .collect::<Vec<_>>()
+        .join(",");
+    let o = Command::new(common::BIN)
+        .args([
+            "bench",
+            "--quick",
+            "-n",
+            "1",
+            "--backends",
+            &backends,
+            "--out",
+        ])
+        .arg(out.path())
+        .arg("--agent")
+        .arg(common::agent())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let table = common::stdout(&o);
+    assert!(
+        table.contains("null_syscall") && table.contains("container"),
+        "{table}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    for t in [
+        "null_syscall",
+        "null_read",
+        "null_write",
+        "fork_exit",
+        "fork_exec",
+        "fork_sh",
+        "pipe_latency",
+        "unix_latency",
+        "ctx_2",
+        "ctx_8",
+        "ctx_16",
+        "pipe_bandwidth",
+        "host_switch_pinned",
+        "host_switch_free",
+    ] {
+        assert!(tests.contains(&t), "{t} missing: {tests:?}");
+    }
+    let nb = 2 + peers.len();
+    for r in rows {
+        let cells = r["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), nb, "{r}");
+        assert_eq!(cells[0]["ratio_to_native"].as_f64(), Some(1.0), "{r}");
+        for c in cells {
+            assert!(c["median"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    // Every run keeps its 11 timings per test.
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), nb);
+    for run in runs {
+        for f in run["figures"].as_array().unwrap() {
+            assert_eq!(f["samples"].as_array().unwrap().len(), 11, "{f}");
+        }
+    }
+    assert!(doc["host"]["kernel"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty()));
+    let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + nb * tests.len());
+    let svg = std::fs::read_to_string(out.path().join("micro.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("null_syscall"));
+
+    // Bad input: one line, no work directory left.
+    let before = leftovers();
+    let o = Command::new(common::BIN)
+        .args(["bench", "--backends", "native,nosuch"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("unknown backend \"nosuch\""), "{err}");
+    assert_eq!(leftovers(), before);
+}
+
+fn leftovers() -> usize {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("cellvisor-bench-")
+        })
+        .count()
+}

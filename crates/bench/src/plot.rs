@@ -1,0 +1,89 @@
+//! SVG plots of a suite report, in the manner of the survey's figures: each test's figure
+//! normalized to native (native = 1), one bar per backend.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::suite::Report;
+use crate::{Error, Result};
+
+const COLORS: [RGBColor; 5] = [
+    RGBColor(90, 90, 90),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
+
+/// Draw `r`'s rows as grouped bars of the ratio to native into `path` (SVG).
+pub fn normalized(r: &Report, title: &str, path: &Path) -> Result<()> {
+    let plot = |e: &dyn std::fmt::Display| Error::Msg(format!("plotting {}: {e}", path.display()));
+    let rows = &r.rows;
+    let nb = r.backends.len().max(1);
+    let top = rows
+        .iter()
+        .flat_map(|row| row.cells.iter().map(|c| c.ratio_to_native))
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let width = (120 + rows.len() * (nb * 14 + 20)).max(640) as u32;
+    let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(90)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..rows.len() as f64, 0.0..top)
+        .map_err(|e| plot(&e))?;
+    let names: Vec<String> = rows.iter().map(|r| r.test.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(rows.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 1e-6 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(
+            ("sans-serif", 11)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .y_desc("ratio to native (native = 1)")
+        .draw()
+        .map_err(|e| plot(&e))?;
+    let bar = 0.8 / nb as f64;
+    for (k, b) in r.backends.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(rows.iter().enumerate().filter_map(|(i, row)| {
+                let v = row.cells.get(k)?.ratio_to_native;
+                let x0 = i as f64 + 0.1 + k as f64 * bar;
+                v.is_finite()
+                    .then(|| Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, v)], color.filled()))
+            }))
+            .map_err(|e| plot(&e))?
+            .label(b.name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (rows.len() as f64, 1.0)],
+            BLACK.stroke_width(1),
+        )))
+        .map_err(|e| plot(&e))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot(&e))?;
+    root.present().map_err(|e| plot(&e))?;
+    Ok(())
+}
