@@ -117,6 +117,14 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Every run, with every timing.
     pub runs: Vec<Run>,
+    /// Backends that could not run (left out of rows and runs).
+    pub failed: Vec<Failed>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failed {
+    pub backend: String,
+    pub error: String,
 }
 
 /// Run the agent's `micro` once in `b`; `work` holds the bundle (made by [`prepare`]).
@@ -278,6 +286,7 @@ pub fn run(
 ) -> Result<Report> {
     prepare(work, agent, interval_ms)?;
     let mut runs = Vec::new();
+    let mut failed: Vec<Option<String>> = vec![None; backends.len()];
     let mut rng = Rng::new(0x5eed_5eed);
     let mut order: Vec<usize> = (0..backends.len()).collect();
     for round in 0..rounds {
@@ -285,15 +294,39 @@ pub fn run(
         for &i in &order {
             let b = &backends[i];
             progress(&format!("round {}/{rounds}: {}", round + 1, b.name));
+            if failed[i].is_some() {
+                continue;
+            }
             let id = format!("suite-{}-{round}", std::process::id());
-            let figures = run_once(b, work, &id, interval_ms)?;
-            runs.push(Run {
-                round,
-                backend: b.name.clone(),
-                figures,
-            });
+            match run_once(b, work, &id, interval_ms) {
+                Ok(figures) => runs.push(Run {
+                    round,
+                    backend: b.name.clone(),
+                    figures,
+                }),
+                // Native must run; a peer that cannot is reported and left out.
+                Err(e) if i > 0 => failed[i] = Some(e.to_string()),
+                Err(e) => return Err(e),
+            }
         }
     }
+    let failed: Vec<Failed> = backends
+        .iter()
+        .zip(failed)
+        .filter_map(|(b, e)| {
+            Some(Failed {
+                backend: b.name.clone(),
+                error: e?,
+            })
+        })
+        .collect();
+    runs.retain(|r| !failed.iter().any(|f| f.backend == r.backend));
+    let backends: Vec<Backend> = backends
+        .iter()
+        .filter(|b| !failed.iter().any(|f| f.backend == b.name))
+        .cloned()
+        .collect();
+    let backends = &backends[..];
     let mut host = crate::start::host_facts();
     host["peers"] = backends
         .iter()
@@ -310,6 +343,7 @@ pub fn run(
         backends: backends.to_vec(),
         rows: rows(backends, &runs),
         runs,
+        failed,
     })
 }
 
@@ -374,6 +408,9 @@ pub fn table(r: &Report) -> String {
             s += &format!(" {:>12}", format!("{:.3}x", c.ratio_to_native));
         }
         s += "\n";
+    }
+    for f in &r.failed {
+        s += &format!("could not run {}\n", f.error);
     }
     s
 }

@@ -142,7 +142,14 @@ fn bench_suite_quick() {
     ] {
         assert!(tests.contains(&t), "{t} missing: {tests:?}");
     }
-    let nb = 2 + peers.len();
+    // A peer that cannot run here (crun without the hugetlb hierarchy on a hybrid machine)
+    // is reported with its error and left out.
+    let failed = doc["failed"].as_array().unwrap();
+    for f in failed {
+        assert!(!f["error"].as_str().unwrap().is_empty(), "{f}");
+        assert!(peers.contains(&f["backend"].as_str().unwrap()), "{f}");
+    }
+    let nb = 2 + peers.len() - failed.len();
     for r in rows {
         let cells = r["cells"].as_array().unwrap();
         assert_eq!(cells.len(), nb, "{r}");
