@@ -7,9 +7,13 @@
 //!   echo CHANNEL [--prefix TEXT]         answer every message with TEXT + the message
 //!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
 //!                                        domains, over descriptors 3..11 (see `bench`)
-//!   micro [--interval-ms 50] [--host-fds R,W]
-//!                                        LMbench-style microbenchmarks, as JSON (see micro.rs)
+//!   micro [--interval-ms 50] [--host-fds R,W] [--macro [--files 100]]
+//!                                        LMbench-style microbenchmarks, as JSON (see micro.rs);
+//!                                        --macro adds the macrobenchmarks (workload.rs: the
+//!                                        application /app/cellvisor-app, files in /data)
 //!   hello                                print "Hello world" (what micro's fork+exec runs)
+//!   spin FROM_MS TO_MS                   wait for FROM, count loop iterations until TO (epoch
+//!                                        ms), print the count (bench's busy domains)
 //!   vsock-echo PORT                      (microVM guest) echo one vsock connection on PORT
 //!   vsock-send PORT MESSAGE              (microVM guest) send a line to host PORT, print the reply
 //!   uds-send PATH PORT MESSAGE           (host) the same to guest PORT through the VMM's socket
@@ -35,6 +39,8 @@ struct Opts {
     prefix: String,
     interval_ms: u64,
     host_fds: Option<(i32, i32)>,
+    macros: bool,
+    files: usize,
 }
 
 fn parse() -> Result<(String, Opts), String> {
@@ -48,6 +54,8 @@ fn parse() -> Result<(String, Opts), String> {
         prefix: String::new(),
         interval_ms: 50,
         host_fds: None,
+        macros: false,
+        files: 100,
     };
     let mut it = std::env::args().skip(1);
     let cmd = it
@@ -79,6 +87,13 @@ fn parse() -> Result<(String, Opts), String> {
                 o.interval_ms = v
                     .parse()
                     .map_err(|_| format!("--interval-ms {v:?}: not a number"))?;
+            }
+            "--macro" => o.macros = true,
+            "--files" => {
+                let v = val("--files")?;
+                o.files = v
+                    .parse()
+                    .map_err(|_| format!("--files {v:?}: not a number"))?;
             }
             "--host-fds" => {
                 let v = val("--host-fds")?;
@@ -307,10 +322,31 @@ fn run() -> Result<(), String> {
                 exe,
                 host: o.host_fds,
             };
-            let figs = agent::micro::run(&opts, &mut |name| eprintln!("micro: {name}"))?;
+            let mut figs = agent::micro::run(&opts, &mut |name| eprintln!("micro: {name}"))?;
+            if o.macros {
+                let w = agent::workload::Opts {
+                    app: "/app/cellvisor-app".into(),
+                    app_files: "/app/files".into(),
+                    save_dir: "/data".into(),
+                    files: o.files,
+                    interval: opts.interval,
+                };
+                figs.extend(agent::workload::run(&w, &mut |name| {
+                    eprintln!("macro: {name}")
+                })?);
+            }
             say(&agent::micro::json(&figs));
         }
         "hello" => say("Hello world"),
+        "spin" => {
+            let ms = |i: usize| -> Result<u64, String> {
+                o.args
+                    .get(i)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("spin FROM_MS TO_MS (milliseconds since the epoch)".to_string())
+            };
+            say(&agent::micro::spin(ms(0)?, ms(1)?).to_string());
+        }
         "bench-echo" => bench_echo()?,
         "bench-drive" => bench_drive(&o)?,
         "vsock-echo" | "vsock-send" | "uds-send" | "uds-echo" => vsock_cmd(&cmd, &o)?,

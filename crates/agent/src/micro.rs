@@ -60,7 +60,7 @@ fn os<T: PartialOrd + Default>(r: T, what: &str) -> Result<T, String> {
 
 /// Time `op(n)` (which does n operations) as LMbench does: warm up, grow n until one run takes
 /// the interval, then TRIES runs; per-operation microseconds.
-fn measure(
+pub fn measure(
     interval: Duration,
     mut op: impl FnMut(u64) -> Result<(), String>,
 ) -> Result<Vec<f64>, String> {
@@ -476,6 +476,28 @@ pub fn host_echo(rx: RawFd, tx: RawFd) {
         }
     }
     pin(None);
+}
+
+/// Wait until `from`, then count loop iterations until `to` (milliseconds since the epoch):
+/// the work a busy domain gets done in a window all domains share.
+pub fn spin(from: u64, to: u64) -> u64 {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(u64::MAX)
+    };
+    let t = now();
+    if from > t {
+        std::thread::sleep(Duration::from_millis(from - t));
+    }
+    let mut count: u64 = 0;
+    while now() < to {
+        for _ in 0..4096 {
+            count = std::hint::black_box(count + 1);
+        }
+    }
+    count
 }
 
 /// The figures as one JSON object (the agent has no serde).

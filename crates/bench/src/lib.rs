@@ -5,6 +5,7 @@
 pub mod domains;
 pub mod ipc;
 pub mod plot;
+pub mod scale;
 pub mod start;
 pub mod stats;
 pub mod suite;

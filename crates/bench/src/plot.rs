@@ -16,10 +16,11 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(214, 39, 40),
 ];
 
-/// Draw `r`'s rows as grouped bars of the ratio to native into `path` (SVG).
-pub fn normalized(r: &Report, title: &str, path: &Path) -> Result<()> {
+/// Draw the rows of `r` that `keep` selects as grouped bars of the ratio to native into `path`
+/// (SVG).
+pub fn normalized(r: &Report, keep: impl Fn(&str) -> bool, title: &str, path: &Path) -> Result<()> {
     let plot = |e: &dyn std::fmt::Display| Error::Msg(format!("plotting {}: {e}", path.display()));
-    let rows = &r.rows;
+    let rows: Vec<_> = r.rows.iter().filter(|row| keep(&row.test)).collect();
     let nb = r.backends.len().max(1);
     let top = rows
         .iter()
@@ -64,6 +65,7 @@ pub fn normalized(r: &Report, title: &str, path: &Path) -> Result<()> {
         chart
             .draw_series(rows.iter().enumerate().filter_map(|(i, row)| {
                 let v = row.cells.get(k)?.ratio_to_native;
+                let v = if v.is_finite() { v } else { f64::NAN };
                 let x0 = i as f64 + 0.1 + k as f64 * bar;
                 v.is_finite()
                     .then(|| Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, v)], color.filled()))
@@ -80,6 +82,63 @@ pub fn normalized(r: &Report, title: &str, path: &Path) -> Result<()> {
         .map_err(|e| plot(&e))?;
     chart
         .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot(&e))?;
+    root.present().map_err(|e| plot(&e))?;
+    Ok(())
+}
+
+/// One line per series over n, as the survey's Figures 8–10.
+pub fn lines(
+    title: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    path: &Path,
+) -> Result<()> {
+    let plot = |e: &dyn std::fmt::Display| Error::Msg(format!("plotting {}: {e}", path.display()));
+    let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
+    let x_max = xs.fold(1.0f64, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let root = SVGBackend::new(path, (640, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max)
+        .map_err(|e| plot(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("domains (n)")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| plot(&e))?;
+    for (k, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| plot(&e))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| plot(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

@@ -8,7 +8,10 @@
 //! OCI runtime of this project, default spec with its seccomp filter, namespaces and cgroups),
 //! `runc` and `crun` (the same bundle under the peers). The agent's `micro` measures the
 //! LMbench-style microbenchmarks and the guest/host switch: a 1-byte round trip with a host
-//! thread over a pipe pair handed into the domain (descriptors 3 and 4).
+//! thread over a pipe pair handed into the domain (descriptors 3 and 4). Then the
+//! macrobenchmarks (`--macro`): the start of a dynamically linked application mapping 32 MiB
+//! of assets (cold: its files evicted from the page cache first; warm), a PNG codec's frames
+//! per second, and saving 100 files of 10 KB to 5 MB, each synced, into the domain's own root.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -128,7 +131,30 @@ pub struct Failed {
 }
 
 /// Run the agent's `micro` once in `b`; `work` holds the bundle (made by [`prepare`]).
-fn run_once(b: &Backend, work: &Path, id: &str, interval_ms: u64) -> Result<Vec<Figure>> {
+/// The agent's command line in every backend.
+fn agent_args(interval_ms: u64, files: usize) -> Vec<String> {
+    [
+        "/bin/cellvisor-agent",
+        "micro",
+        "--host-fds",
+        "3,4",
+        "--interval-ms",
+        &interval_ms.to_string(),
+        "--macro",
+        "--files",
+        &files.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_once(
+    b: &Backend,
+    work: &Path,
+    id: &str,
+    interval_ms: u64,
+    files: usize,
+) -> Result<Vec<Figure>> {
     let mut to_host = [0i32; 2];
     let mut to_dom = [0i32; 2];
     // SAFETY: pipe2 fills the arrays.
@@ -156,9 +182,9 @@ fn run_once(b: &Backend, work: &Path, id: &str, interval_ms: u64) -> Result<Vec<
             // Native: a plain host process, chrooted into the bundle's root only so that it
             // runs the very same programs (the agent, busybox's sh) as the domains.
             let rootfs = crate::suite::cstr(&work.join("bundle/rootfs"))?;
-            let mut c = Command::new("/bin/cellvisor-agent");
-            c.args(["micro", "--host-fds", "3,4", "--interval-ms"])
-                .arg(interval_ms.to_string());
+            let args = agent_args(interval_ms, files);
+            let mut c = Command::new(&args[0]);
+            c.args(&args[1..]);
             // SAFETY: chroot and chdir with valid C strings between fork and exec.
             unsafe {
                 c.pre_exec(move || {
@@ -220,7 +246,7 @@ fn run_once(b: &Backend, work: &Path, id: &str, interval_ms: u64) -> Result<Vec<
     parse(&out.stdout).map_err(|e| Error::Msg(format!("{}: {e}", b.name)))
 }
 
-fn cstr(p: &Path) -> Result<std::ffi::CString> {
+pub(crate) fn cstr(p: &Path) -> Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes())
         .map_err(|_| Error::Msg(format!("{}: a NUL in the path", p.display())))
@@ -238,8 +264,70 @@ pub fn parse(stdout: &[u8]) -> std::result::Result<Vec<Figure>, String> {
     serde_json::from_value(v["micro"].clone()).map_err(|e| e.to_string())
 }
 
-/// The bundle every OCI backend runs: a busybox root with the agent at /bin/cellvisor-agent.
-pub fn prepare(work: &Path, agent: &Path, interval_ms: u64) -> Result<()> {
+/// The shared libraries a dynamic program loads (as `ldd` lists them), its interpreter too.
+fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    let out = io(Command::new("ldd").arg(program).output(), || {
+        format!("ldd {}", program.display())
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// The application of the macrobenchmarks in `rootfs/app`: the dynamically linked
+/// `cellvisor-app` with its libraries (copies, at their paths: a start after eviction reads
+/// them from disk), 32 MiB of assets, and the list of those files (`/app/files`).
+fn install_app(rootfs: &Path, app: &Path) -> Result<()> {
+    let dir = rootfs.join("app");
+    io(std::fs::create_dir_all(&dir), || {
+        format!("creating {}", dir.display())
+    })?;
+    io(std::fs::copy(app, dir.join("cellvisor-app")), || {
+        format!("copying {}", app.display())
+    })?;
+    let mut files = vec![PathBuf::from("/app/cellvisor-app")];
+    for lib in libraries(app)? {
+        let rel = lib.strip_prefix("/").unwrap_or(&lib);
+        let dst = rootfs.join(rel);
+        if let Some(d) = dst.parent() {
+            io(std::fs::create_dir_all(d), || {
+                format!("creating {}", d.display())
+            })?;
+        }
+        io(std::fs::copy(&lib, &dst), || {
+            format!("copying {}", lib.display())
+        })?;
+        files.push(lib);
+    }
+    let mut assets = vec![0u8; 32 << 20];
+    let mut seed: u64 = 0x1234_5678_9abc_def1;
+    for chunk in assets.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    io(std::fs::write(dir.join("assets.bin"), &assets), || {
+        "writing the assets".into()
+    })?;
+    files.push("/app/assets.bin".into());
+    let list: String = files.iter().map(|f| format!("{}\n", f.display())).collect();
+    io(std::fs::write(dir.join("files"), list), || {
+        "writing /app/files".into()
+    })
+}
+
+/// The bundle every OCI backend runs: a busybox root with the agent at /bin/cellvisor-agent,
+/// the application, and /data for the saved files; a writable root (the domain's own storage).
+pub fn prepare(
+    work: &Path,
+    agent: &Path,
+    app: &Path,
+    interval_ms: u64,
+    files: usize,
+) -> Result<()> {
     let bundle = work.join("bundle");
     let rootfs = bundle.join("rootfs");
     crate::start::busybox_rootfs(&rootfs)?;
@@ -247,6 +335,10 @@ pub fn prepare(work: &Path, agent: &Path, interval_ms: u64) -> Result<()> {
         std::fs::copy(agent, rootfs.join("bin/cellvisor-agent")),
         || format!("copying {}", agent.display()),
     )?;
+    install_app(&rootfs, app)?;
+    io(std::fs::create_dir_all(rootfs.join("data")), || {
+        "creating /data".into()
+    })?;
     // The native run's /dev (a domain's runtime mounts its own over it).
     for (name, minor) in [("null", 3), ("zero", 5)] {
         let p = cstr(&rootfs.join("dev").join(name))?;
@@ -260,14 +352,8 @@ pub fn prepare(work: &Path, agent: &Path, interval_ms: u64) -> Result<()> {
     }
     let mut spec = container::runtime::default_spec(false);
     spec["process"]["terminal"] = serde_json::json!(false);
-    spec["process"]["args"] = serde_json::json!([
-        "/bin/cellvisor-agent",
-        "micro",
-        "--host-fds",
-        "3,4",
-        "--interval-ms",
-        interval_ms.to_string()
-    ]);
+    spec["root"]["readonly"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(agent_args(interval_ms, files));
     io(
         std::fs::write(bundle.join("config.json"), spec.to_string()),
         || "writing config.json".into(),
@@ -275,16 +361,19 @@ pub fn prepare(work: &Path, agent: &Path, interval_ms: u64) -> Result<()> {
 }
 
 /// Run the suite: `rounds` rounds over `backends` (native first), `interval_ms` per timing.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     backends: &[Backend],
     agent: &Path,
+    app: &Path,
     work: &Path,
     rounds: usize,
     interval_ms: u64,
+    files: usize,
     quick: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report> {
-    prepare(work, agent, interval_ms)?;
+    prepare(work, agent, app, interval_ms, files)?;
     let mut runs = Vec::new();
     let mut failed: Vec<Option<String>> = vec![None; backends.len()];
     let mut rng = Rng::new(0x5eed_5eed);
@@ -298,7 +387,7 @@ pub fn run(
                 continue;
             }
             let id = format!("suite-{}-{round}", std::process::id());
-            match run_once(b, work, &id, interval_ms) {
+            match run_once(b, work, &id, interval_ms, files) {
                 Ok(figures) => runs.push(Run {
                     round,
                     backend: b.name.clone(),
@@ -335,7 +424,7 @@ pub fn run(
         .collect::<serde_json::Map<_, _>>()
         .into();
     Ok(Report {
-        benchmark: "survey Section 5: LMbench-style microbenchmarks and the guest/host switch",
+        benchmark: "survey Section 5: microbenchmarks, guest/host switch, macrobenchmarks",
         rounds,
         quick,
         interval_ms,

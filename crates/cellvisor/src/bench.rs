@@ -48,28 +48,47 @@ pub fn run(a: &BenchArgs) -> Result<i32> {
     }
 }
 
+/// The macrobenchmarks' figures (the rest are microbenchmarks).
+const MACRO: [&str; 3] = ["app_start", "codec", "save_"];
+
+fn progress(len: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 fn suite(a: &SuiteArgs) -> Result<i32> {
     let me = std::env::current_exe().context("finding this binary")?;
     let backends = bench::suite::backends(&a.backends, &me).map_err(|e| anyhow!("{e}"))?;
     let agent = agent_path(&a.agent)?;
+    let app = std::env::current_exe()?.with_file_name("cellvisor-app");
+    if !app.is_file() {
+        return Err(anyhow!(
+            "the benchmark application {} is missing (cargo build puts it beside cellvisor)",
+            app.display()
+        ));
+    }
     let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 5 });
+    // The survey saves 100 files; --quick saves 20.
+    let files = if a.quick { 20 } else { 100 };
     let interval_ms = if a.quick { 5 } else { 50 };
     if rounds == 0 {
         return Err(anyhow!("--rounds must be at least 1"));
     }
     let work = tempdir()?;
-    let bar = indicatif::ProgressBar::new((rounds * backends.len()) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress(rounds * backends.len());
     let mut started = false;
     let r = bench::suite::run(
         &backends,
         &agent,
+        &app,
         &work,
         rounds,
         interval_ms,
+        files,
         a.quick,
         &mut |msg| {
             if started {
@@ -80,22 +99,74 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         },
     );
     bar.finish_and_clear();
-    let _ = std::fs::remove_dir_all(&work);
-    let report = r.map_err(|e| anyhow!("{e}"))?;
+    let report = r.map_err(|e| anyhow!("{e}"));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
     print!("{}", bench::suite::table(&report));
+    // Scalability: the backends that ran, n up to 32 (--quick: 4).
+    let ns: Vec<usize> = if a.quick {
+        vec![1, 2, 4]
+    } else {
+        vec![1, 2, 4, 8, 16, 32]
+    };
+    let window = std::time::Duration::from_millis(if a.quick { 300 } else { 1000 });
+    let scale_dir = work.join("scale");
+    let bar = progress(ns.len() * report.backends.len());
+    let mut started = false;
+    let scale = bench::scale::run(
+        &report.backends,
+        &agent,
+        &scale_dir,
+        &ns,
+        window,
+        &mut |msg| {
+            if started {
+                bar.inc(1);
+            }
+            started = true;
+            bar.set_message(msg.to_string());
+        },
+    );
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&work);
+    let scale = scale.map_err(|e| anyhow!("{e}"))?;
+    print!("{}", bench::scale::table(&scale));
     if let Some(dir) = &a.out {
-        write_report(dir, "results.json", &report)?;
-        let csv = dir.join("results.csv");
-        std::fs::write(&csv, bench::suite::csv(&report))
-            .with_context(|| format!("writing {}", csv.display()))?;
-        let svg = dir.join("micro.svg");
+        let mut doc = serde_json::to_value(&report)?;
+        doc["scale"] = serde_json::to_value(&scale)?;
+        write_report(dir, "results.json", &doc)?;
+        for (name, text) in [
+            ("results.csv", bench::suite::csv(&report)),
+            ("scale.csv", bench::scale::csv(&scale)),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        let micro = |t: &str| !MACRO.iter().any(|m| t.starts_with(m));
         bench::plot::normalized(
             &report,
-            "LMbench-style microbenchmarks and guest/host switch, normalized to native (lower is better; pipe_bandwidth: higher)",
-            &svg,
+            micro,
+            "Microbenchmarks and guest/host switch, normalized to native (lower is better; pipe_bandwidth higher)",
+            &dir.join("micro.svg"),
         )
         .map_err(|e| anyhow!("{e}"))?;
-        eprintln!("wrote {} and {}", csv.display(), svg.display());
+        bench::plot::normalized(
+            &report,
+            |t| !micro(t),
+            "Macrobenchmarks, normalized to native (app start, save: lower is better; codec: higher)",
+            &dir.join("macro.svg"),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        bench::scale::plots(&scale, dir).map_err(|e| anyhow!("{e}"))?;
+        eprintln!(
+            "wrote results.csv, scale.csv, micro.svg, macro.svg, scale-{{cpu,memory,storage}}.svg in {}",
+            dir.display()
+        );
     }
     Ok(0)
 }

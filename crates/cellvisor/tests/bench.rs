@@ -77,7 +77,7 @@ fn bench_fg_smoke() {
 }
 
 /// The suite, `--quick` as CI runs it: every backend present in results.json with a figure
-/// for every test, the CSV one line per run and test, the SVG plot; a bad backend is one line
+/// for every micro- and macrobenchmark, the CSV one line per run and test, the SVG plot; a bad backend is one line
 /// and leaves no work directory.
 #[test]
 fn bench_suite_quick() {
@@ -139,6 +139,11 @@ fn bench_suite_quick() {
         "pipe_bandwidth",
         "host_switch_pinned",
         "host_switch_free",
+        "app_start_cold",
+        "app_start_warm",
+        "codec_encode",
+        "codec_decode",
+        "save_20_files",
     ] {
         assert!(tests.contains(&t), "{t} missing: {tests:?}");
     }
@@ -158,12 +163,13 @@ fn bench_suite_quick() {
             assert!(c["median"].as_f64().unwrap() > 0.0, "{r}");
         }
     }
-    // Every run keeps its 11 timings per test.
+    // Every run keeps its 11 timings per test (the file saving is one timing of 20 files).
     let runs = doc["runs"].as_array().unwrap();
     assert_eq!(runs.len(), nb);
     for run in runs {
         for f in run["figures"].as_array().unwrap() {
-            assert_eq!(f["samples"].as_array().unwrap().len(), 11, "{f}");
+            let n = if f["name"] == "save_20_files" { 1 } else { 11 };
+            assert_eq!(f["samples"].as_array().unwrap().len(), n, "{f}");
         }
     }
     assert!(doc["host"]["kernel"]
@@ -173,6 +179,41 @@ fn bench_suite_quick() {
     assert_eq!(csv.lines().count(), 1 + nb * tests.len());
     let svg = std::fs::read_to_string(out.path().join("micro.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("null_syscall"));
+    let svg = std::fs::read_to_string(out.path().join("macro.svg")).unwrap();
+    assert!(svg.contains("codec_encode") && !svg.contains("null_syscall"));
+
+    // Scalability: n = 1, 2, 4 for every backend that ran, with figures that make sense.
+    let points = doc["scale"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3 * nb);
+    for p in points {
+        let n = p["n"].as_u64().unwrap() as usize;
+        assert_eq!(p["start_ms"].as_array().unwrap().len(), n, "{p}");
+        assert!(p["creation_per_s"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["pss_kib_per_domain"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["busy_iterations"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["shared_kib_per_domain"].as_f64().unwrap() > 0.0, "{p}");
+        if p["backend"] != "native" {
+            assert!(p["cgroup_kib_per_domain"].as_f64().unwrap() > 0.0, "{p}");
+        }
+    }
+    assert_eq!(doc["scale"]["slopes"].as_array().unwrap().len(), nb);
+    let csv = std::fs::read_to_string(out.path().join("scale.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * nb);
+    for f in ["scale-cpu.svg", "scale-memory.svg", "scale-storage.svg"] {
+        let svg = std::fs::read_to_string(out.path().join(f)).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("native"), "{f}");
+    }
+    // Nothing left: no domain cgroup, no work directory.
+    let cg: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with("cvscale-") || n.starts_with("cvspin-") || n.starts_with("suite-")
+        })
+        .collect();
+    assert!(cg.is_empty(), "cgroups left: {cg:?}");
 
     // Bad input: one line, no work directory left.
     let before = leftovers();

@@ -1,0 +1,650 @@
+//! Scalability with the number of domains, as the survey's Figures 8–10: for n = 1, 2, 4, ...
+//! concurrent domains of each backend (native: n plain processes), the start latency (p50,
+//! p99) and creation rate, the host's CPU use with the n domains idle, the throughput of n
+//! busy domains (relative to n native processes), memory (PSS summed over each domain's
+//! processes, the cgroup's own figure, and the host's MemTotal − MemAvailable, with its slope
+//! per domain) and storage (each domain's private bytes plus the shared root over n).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::stats::{median, quantile};
+use crate::suite::Backend;
+use crate::{io, Error, Result};
+
+/// One backend at one n.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub backend: String,
+    pub n: usize,
+    /// Each domain's start (create + start, detached), ms.
+    pub start_ms: Vec<f64>,
+    pub start_p50_ms: f64,
+    pub start_p99_ms: f64,
+    /// Domains started per second, all n one after another.
+    pub creation_per_s: f64,
+    /// The host's CPU use with the n domains idle, % of all CPUs, less the use before.
+    pub idle_cpu_pct: f64,
+    /// Loop iterations all n busy domains did in the same wall time, / native's at this n.
+    pub busy_ratio_to_native: Option<f64>,
+    pub busy_iterations: u64,
+    /// PSS summed over every domain's processes, per domain, KiB.
+    pub pss_kib_per_domain: f64,
+    /// The domain cgroup's own memory figure, per domain, KiB (none for native).
+    pub cgroup_kib_per_domain: Option<f64>,
+    /// MemTotal − MemAvailable with the n domains up, less before, KiB.
+    pub host_used_kib: f64,
+    /// Private storage per domain (its runtime state), KiB.
+    pub private_kib_per_domain: f64,
+    /// The shared root filesystem over n, KiB.
+    pub shared_kib_per_domain: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Slope {
+    pub backend: String,
+    /// Least-squares slope of host_used_kib over n: host memory per added domain, KiB.
+    pub host_kib_per_domain: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ns: Vec<usize>,
+    pub points: Vec<Point>,
+    pub slopes: Vec<Slope>,
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// (busy, total) jiffies of all CPUs.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = read(Path::new("/proc/stat"));
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The host's CPU use over `d`, % of all CPUs.
+fn cpu_use(d: Duration) -> f64 {
+    let (b0, t0) = cpu_jiffies();
+    std::thread::sleep(d);
+    let (b1, t1) = cpu_jiffies();
+    100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64
+}
+
+/// MemTotal − MemAvailable, KiB.
+fn host_used_kib() -> f64 {
+    let info = read(Path::new("/proc/meminfo"));
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    field("MemTotal:") - field("MemAvailable:")
+}
+
+fn pss_kib(pid: u32) -> f64 {
+    read(Path::new(&format!("/proc/{pid}/smaps_rollup")))
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The cgroup directory of `path` for `controller` (v1), or the unified one (v2).
+fn cgroup_dir(controller: &str, path: &str) -> PathBuf {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        root.join(path.trim_start_matches('/'))
+    } else {
+        root.join(controller).join(path.trim_start_matches('/'))
+    }
+}
+
+fn cgroup_memory_kib(path: &str) -> Option<f64> {
+    let d = cgroup_dir("memory", path);
+    let v = read(&d.join("memory.current"));
+    let v = if v.is_empty() {
+        read(&d.join("memory.usage_in_bytes"))
+    } else {
+        v
+    };
+    v.trim().parse::<f64>().ok().map(|b| b / 1024.0)
+}
+
+fn cgroup_pids(path: &str) -> Vec<u32> {
+    read(&cgroup_dir("memory", path).join("cgroup.procs"))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Bytes under `p` (files only, each counted once by its allocated blocks), KiB.
+fn du_kib(p: &Path) -> f64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total as f64 / 1024.0
+}
+
+/// The bundles on one shared read-only root: `idle` runs sleep (each domain started with its
+/// own cgroupsPath, `/cvscale-<pid>/<backend>-<i>`), `busy` the agent's spin.
+fn prepare(work: &Path, agent: &Path) -> Result<()> {
+    let rootfs = work.join("rootfs");
+    crate::start::busybox_rootfs(&rootfs)?;
+    io(
+        std::fs::copy(agent, rootfs.join("bin/cellvisor-agent")),
+        || format!("copying {}", agent.display()),
+    )?;
+    for (name, args) in [
+        ("idle", vec!["/bin/sleep", "1000000"]),
+        ("busy", vec!["/bin/cellvisor-agent", "spin", "0", "0"]),
+    ] {
+        let b = work.join(name);
+        io(std::fs::create_dir_all(&b), || {
+            format!("creating {}", b.display())
+        })?;
+        let mut spec = container::runtime::default_spec(false);
+        spec["process"]["terminal"] = serde_json::json!(false);
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["root"]["path"] = serde_json::json!(rootfs);
+        io(
+            std::fs::write(b.join("config.json"), spec.to_string()),
+            || "writing config.json".into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Set a bundle's cgroupsPath for one domain.
+fn with_cgroup(work: &Path, bundle: &str, cg: &str) -> Result<PathBuf> {
+    let b = work.join(bundle);
+    let text = io(std::fs::read_to_string(b.join("config.json")), || {
+        "reading config.json".into()
+    })?;
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Msg(e.to_string()))?;
+    spec["linux"]["cgroupsPath"] = serde_json::json!(cg);
+    io(
+        std::fs::write(b.join("config.json"), spec.to_string()),
+        || "writing config.json".into(),
+    )?;
+    Ok(b)
+}
+
+/// One domain of a backend.
+struct Domain {
+    id: String,
+    cgroup: String,
+    /// Native: the process itself.
+    child: Option<Child>,
+}
+
+fn runtime_cmd(rt: &Path, state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(rt);
+    c.arg("--root").arg(state).args(args);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Run a runtime command whose container may outlive it (`run -d`: the container inherits the
+/// runtime's stdio), so its errors go to a file, not a pipe that would stay open.
+fn checked(mut c: Command, err_file: &Path, what: &str) -> Result<()> {
+    let f = io(std::fs::File::create(err_file), || {
+        format!("creating {}", err_file.display())
+    })?;
+    let st = io(c.stderr(f).status(), || what.to_string())?;
+    if !st.success() {
+        let e = read(err_file);
+        return Err(Error::Msg(format!(
+            "{what}: {}",
+            e.lines().last().unwrap_or("failed")
+        )));
+    }
+    Ok(())
+}
+
+/// A native process: `args` chrooted into the shared root (the same programs as the domains).
+fn native_cmd(work: &Path, args: &[String]) -> Result<Command> {
+    let root = crate::suite::cstr(&work.join("rootfs"))?;
+    let mut c = Command::new(&args[0]);
+    c.args(&args[1..])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: chroot and chdir with valid C strings between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(c)
+}
+
+/// Start domain `i` of `b` running bundle `bundle` (detached); its start time, ms.
+fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f64)> {
+    let id = format!("cvscale-{}-{bundle}-{i}", std::process::id());
+    let cgroup = format!("/cvscale-{}/{}-{i}", std::process::id(), b.name);
+    let t = Instant::now();
+    let d = match &b.runtime {
+        None => {
+            let spec = read(&work.join(bundle).join("config.json"));
+            let v: serde_json::Value =
+                serde_json::from_str(&spec).map_err(|e| Error::Msg(e.to_string()))?;
+            let args: Vec<String> = serde_json::from_value(v["process"]["args"].clone())
+                .map_err(|e| Error::Msg(e.to_string()))?;
+            let mut c = native_cmd(work, &args)?;
+            c.stdout(Stdio::null());
+            let child = io(c.spawn(), || "starting a native process".into())?;
+            Domain {
+                id,
+                cgroup,
+                child: Some(child),
+            }
+        }
+        Some(rt) => {
+            let bdir = with_cgroup(work, bundle, &cgroup)?;
+            let state = work.join(format!("state-{}", b.name));
+            let mut c = runtime_cmd(rt, &state, &["run", "-d", "--bundle"]);
+            c.arg(&bdir).arg(&id);
+            checked(c, &work.join("run.err"), &format!("{}: run -d", b.name))?;
+            Domain {
+                id,
+                cgroup,
+                child: None,
+            }
+        }
+    };
+    Ok((d, t.elapsed().as_secs_f64() * 1e3))
+}
+
+fn stop(b: &Backend, work: &Path, d: Domain) {
+    match (&b.runtime, d.child) {
+        (None, Some(mut c)) => {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        (Some(rt), _) => {
+            let state = work.join(format!("state-{}", b.name));
+            let mut c = runtime_cmd(rt, &state, &["delete", "--force"]);
+            c.arg(&d.id);
+            let _ = c.output();
+        }
+        _ => {}
+    }
+}
+
+fn pids(b: &Backend, d: &Domain) -> Vec<u32> {
+    match &d.child {
+        Some(c) if b.runtime.is_none() => vec![c.id()],
+        _ => cgroup_pids(&d.cgroup),
+    }
+}
+
+/// Milliseconds since the epoch (the host's and every domain's clock).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// n busy domains at once: each waits for a common start, spins until a common end and
+/// prints how many loop iterations it did; their sum.
+fn busy_round(b: &Backend, work: &Path, n: usize, window: Duration) -> Result<u64> {
+    // Far enough ahead for every domain to be up before the start.
+    let from = now_ms() + 1000 + 150 * n as u64;
+    let to = from + window.as_millis() as u64;
+    let args = [
+        "/bin/cellvisor-agent".to_string(),
+        "spin".into(),
+        from.to_string(),
+        to.to_string(),
+    ];
+    let bdir = work.join("busy");
+    let text = io(std::fs::read_to_string(bdir.join("config.json")), || {
+        "reading config.json".into()
+    })?;
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Msg(e.to_string()))?;
+    spec["process"]["args"] = serde_json::json!(args);
+    io(
+        std::fs::write(bdir.join("config.json"), spec.to_string()),
+        || "writing config.json".into(),
+    )?;
+    let mut kids = Vec::new();
+    for i in 0..n {
+        let mut c = match &b.runtime {
+            None => native_cmd(work, &args)?,
+            Some(rt) => {
+                let state = work.join(format!("state-{}", b.name));
+                let mut c = runtime_cmd(rt, &state, &["run", "--bundle"]);
+                c.arg(&bdir)
+                    .arg(format!("cvspin-{}-{i}", std::process::id()));
+                c
+            }
+        };
+        c.stdout(Stdio::piped());
+        kids.push(io(c.spawn(), || format!("starting {}", b.name))?);
+    }
+    let mut total = 0u64;
+    let mut bad = None;
+    for k in kids {
+        let o = io(k.wait_with_output(), || "waiting for spin".into())?;
+        match String::from_utf8_lossy(&o.stdout).trim().parse::<u64>() {
+            Ok(v) if o.status.success() => total += v,
+            _ => bad = Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        }
+    }
+    match bad {
+        Some(e) => Err(Error::Msg(format!("{}: busy domain failed: {e}", b.name))),
+        None => Ok(total),
+    }
+}
+
+fn fit_slope(xy: &[(f64, f64)]) -> f64 {
+    let n = xy.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let mx = xy.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = xy.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = xy.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = xy.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    sxy / sxx.max(f64::MIN_POSITIVE)
+}
+
+/// Remove the parent cgroups the domains' cgroupsPaths made (`/cvscale-<pid>`), in every
+/// hierarchy; the runtimes remove the domains' own.
+fn remove_parent_cgroups() {
+    let name = format!("cvscale-{}", std::process::id());
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        dirs.extend(rd.flatten().map(|e| e.path()));
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir(d.join(&name));
+    }
+}
+
+/// Run the scalability measurements for `ns` over `backends` (native first).
+pub fn run(
+    backends: &[Backend],
+    agent: &Path,
+    work: &Path,
+    ns: &[usize],
+    window: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    let r = measure(backends, agent, work, ns, window, progress);
+    remove_parent_cgroups();
+    r
+}
+
+fn measure(
+    backends: &[Backend],
+    agent: &Path,
+    work: &Path,
+    ns: &[usize],
+    window: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    prepare(work, agent)?;
+    let shared = du_kib(&work.join("rootfs"));
+    let mut points = Vec::new();
+    for &n in ns {
+        for b in backends {
+            progress(&format!("{n} domains: {}", b.name));
+            let cpu0 = cpu_use(window);
+            let mem0 = host_used_kib();
+            let mut ds = Vec::new();
+            let mut times = Vec::new();
+            let t = Instant::now();
+            let started = (|| -> Result<()> {
+                for i in 0..n {
+                    let (d, ms) = start(b, work, "idle", i)?;
+                    ds.push(d);
+                    times.push(ms);
+                }
+                Ok(())
+            })();
+            let all_ms = t.elapsed().as_secs_f64() * 1e3;
+            let measured = started.map(|()| {
+                std::thread::sleep(window / 2);
+                let cpu = cpu_use(window);
+                let mem = host_used_kib();
+                let pss: f64 = ds.iter().flat_map(|d| pids(b, d)).map(pss_kib).sum();
+                let cg: Option<f64> = match b.runtime {
+                    None => None,
+                    Some(_) => ds.iter().map(|d| cgroup_memory_kib(&d.cgroup)).sum(),
+                };
+                let state = du_kib(&work.join(format!("state-{}", b.name)));
+                (cpu, mem, pss, cg, state)
+            });
+            for d in ds {
+                stop(b, work, d);
+            }
+            let (cpu, mem, pss, cg, state) = measured?;
+            let busy = busy_round(b, work, n, window)?;
+            let nf = n as f64;
+            points.push(Point {
+                backend: b.name.clone(),
+                n,
+                start_p50_ms: median(&times).unwrap_or(f64::NAN),
+                start_p99_ms: quantile(&times, 0.99).unwrap_or(f64::NAN),
+                start_ms: times,
+                creation_per_s: nf / (all_ms / 1e3),
+                idle_cpu_pct: (cpu - cpu0).max(0.0),
+                busy_ratio_to_native: None,
+                busy_iterations: busy,
+                pss_kib_per_domain: pss / nf,
+                cgroup_kib_per_domain: cg.map(|c| c / nf),
+                host_used_kib: mem - mem0,
+                private_kib_per_domain: state / nf,
+                shared_kib_per_domain: shared / nf,
+            });
+        }
+    }
+    for i in 0..points.len() {
+        let native = points
+            .iter()
+            .find(|p| p.backend == "native" && p.n == points[i].n)
+            .map(|p| p.busy_iterations);
+        points[i].busy_ratio_to_native = native
+            .filter(|&x| x > 0)
+            .map(|x| points[i].busy_iterations as f64 / x as f64);
+    }
+    let slopes = backends
+        .iter()
+        .map(|b| Slope {
+            backend: b.name.clone(),
+            host_kib_per_domain: fit_slope(
+                &points
+                    .iter()
+                    .filter(|p| p.backend == b.name)
+                    .map(|p| (p.n as f64, p.host_used_kib))
+                    .collect::<Vec<_>>(),
+            ),
+        })
+        .collect();
+    Ok(Report {
+        ns: ns.to_vec(),
+        points,
+        slopes,
+    })
+}
+
+/// The terminal table: one line per n and backend, then the memory slopes.
+pub fn table(r: &Report) -> String {
+    let mut s = String::from("scalability: n domains of each backend (native: n processes)\n");
+    s += &format!(
+        "{:>3} {:<10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}\n",
+        "n",
+        "backend",
+        "start p50",
+        "p99 ms",
+        "new/s",
+        "idle %",
+        "busy/nat",
+        "PSS KiB",
+        "cg KiB",
+        "host KiB",
+        "store KiB"
+    );
+    for p in &r.points {
+        s += &format!(
+            "{:>3} {:<10} {:>9.1} {:>9.1} {:>8.1} {:>8.2} {:>8} {:>9.0} {:>9} {:>10.0} {:>10.0}\n",
+            p.n,
+            p.backend,
+            p.start_p50_ms,
+            p.start_p99_ms,
+            p.creation_per_s,
+            p.idle_cpu_pct,
+            p.busy_ratio_to_native
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            p.pss_kib_per_domain,
+            p.cgroup_kib_per_domain
+                .map_or("-".into(), |v| format!("{v:.0}")),
+            p.host_used_kib,
+            p.private_kib_per_domain + p.shared_kib_per_domain,
+        );
+    }
+    for sl in &r.slopes {
+        s += &format!(
+            "{}: host memory per added domain {:.0} KiB\n",
+            sl.backend, sl.host_kib_per_domain
+        );
+    }
+    s
+}
+
+/// One line per n and backend.
+pub fn csv(r: &Report) -> String {
+    let mut s = String::from("n,backend,start_p50_ms,start_p99_ms,creation_per_s,idle_cpu_pct,busy_ratio_to_native,pss_kib_per_domain,cgroup_kib_per_domain,host_used_kib,private_kib_per_domain,shared_kib_per_domain\n");
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
+    for p in &r.points {
+        s += &format!(
+            "{},{},{:.3},{:.3},{:.3},{:.3},{},{:.1},{},{:.1},{:.1},{:.1}\n",
+            p.n,
+            p.backend,
+            p.start_p50_ms,
+            p.start_p99_ms,
+            p.creation_per_s,
+            p.idle_cpu_pct,
+            opt(p.busy_ratio_to_native),
+            p.pss_kib_per_domain,
+            opt(p.cgroup_kib_per_domain),
+            p.host_used_kib,
+            p.private_kib_per_domain,
+            p.shared_kib_per_domain
+        );
+    }
+    s
+}
+
+/// The survey's Figures 8–10 for this run: CPU, memory and storage over n, into `dir`.
+pub fn plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+    let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        let mut names: Vec<String> = Vec::new();
+        for p in &r.points {
+            if !names.contains(&p.backend) {
+                names.push(p.backend.clone());
+            }
+        }
+        names
+            .into_iter()
+            .map(|b| {
+                let pts = r
+                    .points
+                    .iter()
+                    .filter(|p| p.backend == b)
+                    .map(|p| (p.n as f64, f(p)))
+                    .collect();
+                (b, pts)
+            })
+            .collect()
+    };
+    let out = [
+        (
+            "scale-cpu.svg",
+            "CPU use with n idle domains (Figure 8)",
+            "host CPU, % of all CPUs",
+            series(&|p| p.idle_cpu_pct),
+        ),
+        (
+            "scale-memory.svg",
+            "Memory with n domains (Figure 9)",
+            "host MemTotal - MemAvailable, MiB",
+            series(&|p| p.host_used_kib / 1024.0),
+        ),
+        (
+            "scale-storage.svg",
+            "Storage with n domains (Figure 10)",
+            "private x n + shared, MiB",
+            series(&|p| (p.private_kib_per_domain + p.shared_kib_per_domain) * p.n as f64 / 1024.0),
+        ),
+    ];
+    let mut paths = Vec::new();
+    for (file, title, y, s) in out {
+        let p = dir.join(file);
+        crate::plot::lines(title, y, &s, &p)?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slope_of_a_line() {
+        let pts: Vec<(f64, f64)> = [1.0, 2.0, 4.0, 8.0]
+            .iter()
+            .map(|&n| (n, 100.0 + 250.0 * n))
+            .collect();
+        assert!((fit_slope(&pts) - 250.0).abs() < 1e-9);
+        assert!(fit_slope(&pts[..1]).is_nan());
+    }
+
+    #[test]
+    fn host_figures_read() {
+        let (b, t) = cpu_jiffies();
+        assert!(t > 0 && b <= t);
+        assert!(host_used_kib() > 0.0);
+        assert!(pss_kib(std::process::id()) > 0.0);
+    }
+}
