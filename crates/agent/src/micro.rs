@@ -254,18 +254,35 @@ fn spawn_and_wait(args: &[std::ffi::CString], devnull: RawFd) -> Result<(), Stri
     reap(pid)
 }
 
-/// Every microbenchmark, in order.
-pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, String> {
-    let iv = o.interval;
-    let mut out = Vec::new();
-    let mut fig = |name: &str, unit: &'static str, samples: Vec<f64>| {
-        progress(name);
-        out.push(Figure {
+/// Figures as they are measured, each announced to `progress`.
+pub struct Figures<'a> {
+    pub out: Vec<Figure>,
+    progress: &'a mut dyn FnMut(&str),
+}
+
+impl<'a> Figures<'a> {
+    pub fn new(progress: &'a mut dyn FnMut(&str)) -> Self {
+        Figures {
+            out: Vec::new(),
+            progress,
+        }
+    }
+
+    pub fn add(&mut self, name: &str, unit: &'static str, samples: Vec<f64>) {
+        (self.progress)(name);
+        self.out.push(Figure {
             name: name.into(),
             unit,
             samples,
         });
-    };
+    }
+}
+
+/// Every microbenchmark, in order.
+pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, String> {
+    let iv = o.interval;
+    let mut figs = Figures::new(progress);
+    let mut fig = |name: &str, unit: &'static str, samples: Vec<f64>| figs.add(name, unit, samples);
     fig(
         "null_syscall",
         "us",
@@ -369,7 +386,7 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, Stri
         }
         pin(None);
     }
-    Ok(out)
+    Ok(figs.out)
 }
 
 /// What one hop of the ring costs besides the switch: a 1-byte write and read on a pipe, in

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::micro::{Figure, TRIES};
+use crate::micro::{Figure, Figures, TRIES};
 
 /// Where the application and its files are, inside the domain's root.
 pub struct Opts {
@@ -200,15 +200,8 @@ fn save_files(dir: &str, n: usize) -> Result<f64, String> {
 
 /// Every macrobenchmark, in order.
 pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, String> {
-    let mut out = Vec::new();
-    let mut fig = |name: &str, unit: &'static str, samples: Vec<f64>| {
-        progress(name);
-        out.push(Figure {
-            name: name.into(),
-            unit,
-            samples,
-        });
-    };
+    let mut figs = Figures::new(progress);
+    let mut fig = |name: &str, unit: &'static str, samples: Vec<f64>| figs.add(name, unit, samples);
     let [cold, warm] = app_start(o)?;
     fig("app_start_cold", "ms", cold);
     fig("app_start_warm", "ms", warm);
@@ -217,5 +210,5 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, Stri
     fig("codec_decode", "frames/s", dec);
     let ms = save_files(&o.save_dir, o.files)?;
     fig(&format!("save_{}_files", o.files), "ms", vec![ms]);
-    Ok(out)
+    Ok(figs.out)
 }

@@ -184,19 +184,26 @@ fn prepare(work: &Path, agent: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Set a bundle's cgroupsPath for one domain.
-fn with_cgroup(work: &Path, bundle: &str, cg: &str) -> Result<PathBuf> {
-    let b = work.join(bundle);
-    let text = io(std::fs::read_to_string(b.join("config.json")), || {
-        "reading config.json".into()
+/// Change a bundle's config.json.
+fn edit_config(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
+    let path = bundle.join("config.json");
+    let text = io(std::fs::read_to_string(&path), || {
+        format!("reading {}", path.display())
     })?;
     let mut spec: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Msg(e.to_string()))?;
-    spec["linux"]["cgroupsPath"] = serde_json::json!(cg);
-    io(
-        std::fs::write(b.join("config.json"), spec.to_string()),
-        || "writing config.json".into(),
-    )?;
+    f(&mut spec);
+    io(std::fs::write(&path, spec.to_string()), || {
+        format!("writing {}", path.display())
+    })
+}
+
+/// Set a bundle's cgroupsPath for one domain.
+fn with_cgroup(work: &Path, bundle: &str, cg: &str) -> Result<PathBuf> {
+    let b = work.join(bundle);
+    edit_config(&b, |spec| {
+        spec["linux"]["cgroupsPath"] = serde_json::json!(cg)
+    })?;
     Ok(b)
 }
 
@@ -334,16 +341,9 @@ fn busy_round(b: &Backend, work: &Path, n: usize, window: Duration) -> Result<u6
         to.to_string(),
     ];
     let bdir = work.join("busy");
-    let text = io(std::fs::read_to_string(bdir.join("config.json")), || {
-        "reading config.json".into()
+    edit_config(&bdir, |spec| {
+        spec["process"]["args"] = serde_json::json!(args)
     })?;
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Msg(e.to_string()))?;
-    spec["process"]["args"] = serde_json::json!(args);
-    io(
-        std::fs::write(bdir.join("config.json"), spec.to_string()),
-        || "writing config.json".into(),
-    )?;
     let mut kids = Vec::new();
     for i in 0..n {
         let mut c = match &b.runtime {

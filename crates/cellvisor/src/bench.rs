@@ -51,13 +51,38 @@ pub fn run(a: &BenchArgs) -> Result<i32> {
 /// The macrobenchmarks' figures (the rest are microbenchmarks).
 const MACRO: [&str; 3] = ["app_start", "codec", "save_"];
 
-fn progress(len: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
+/// A progress bar of `len` steps; each message starts the next step.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: bool,
+}
+
+impl Progress {
+    fn new(len: usize) -> Self {
+        let bar = indicatif::ProgressBar::new(len as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Progress {
+            bar,
+            started: false,
+        }
+    }
+
+    fn step(&mut self, msg: &str) {
+        if self.started {
+            self.bar.inc(1);
+        }
+        self.started = true;
+        self.bar.set_message(msg.to_string());
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn suite(a: &SuiteArgs) -> Result<i32> {
@@ -79,8 +104,7 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         return Err(anyhow!("--rounds must be at least 1"));
     }
     let work = tempdir()?;
-    let bar = progress(rounds * backends.len());
-    let mut started = false;
+    let mut bar = Progress::new(rounds * backends.len());
     let r = bench::suite::run(
         &backends,
         &agent,
@@ -90,15 +114,9 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         interval_ms,
         files,
         a.quick,
-        &mut |msg| {
-            if started {
-                bar.inc(1);
-            }
-            started = true;
-            bar.set_message(msg.to_string());
-        },
+        &mut |msg| bar.step(msg),
     );
-    bar.finish_and_clear();
+    drop(bar);
     let report = r.map_err(|e| anyhow!("{e}"));
     let report = match report {
         Ok(r) => r,
@@ -116,23 +134,16 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
     };
     let window = std::time::Duration::from_millis(if a.quick { 300 } else { 1000 });
     let scale_dir = work.join("scale");
-    let bar = progress(ns.len() * report.backends.len());
-    let mut started = false;
+    let mut bar = Progress::new(ns.len() * report.backends.len());
     let scale = bench::scale::run(
         &report.backends,
         &agent,
         &scale_dir,
         &ns,
         window,
-        &mut |msg| {
-            if started {
-                bar.inc(1);
-            }
-            started = true;
-            bar.set_message(msg.to_string());
-        },
+        &mut |msg| bar.step(msg),
     );
-    bar.finish_and_clear();
+    drop(bar);
     let _ = std::fs::remove_dir_all(&work);
     let scale = scale.map_err(|e| anyhow!("{e}"))?;
     print!("{}", bench::scale::table(&scale));
