@@ -27,14 +27,14 @@ pub fn normalized(r: &Report, keep: impl Fn(&str) -> bool, title: &str, path: &P
         .flat_map(|row| row.cells.iter().map(|c| c.ratio_to_native))
         .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max)
-        * 1.15;
-    let width = (120 + rows.len() * (nb * 14 + 20)).max(640) as u32;
+        * 1.3;
+    let width = (120 + rows.len() * (nb * 14 + 40).max(96)).max(640) as u32;
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(90)
+        .x_label_area_size(30)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..rows.len() as f64, 0.0..top)
         .map_err(|e| plot(&e))?;
@@ -51,11 +51,7 @@ pub fn normalized(r: &Report, keep: impl Fn(&str) -> bool, title: &str, path: &P
                 String::new()
             }
         })
-        .x_label_style(
-            ("sans-serif", 11)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
+        .x_label_style(("sans-serif", 11))
         .y_desc("ratio to native (native = 1)")
         .draw()
         .map_err(|e| plot(&e))?;
@@ -82,6 +78,7 @@ pub fn normalized(r: &Report, keep: impl Fn(&str) -> bool, title: &str, path: &P
         .map_err(|e| plot(&e))?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -100,13 +97,14 @@ pub fn lines(
     let plot = |e: &dyn std::fmt::Display| Error::Msg(format!("plotting {}: {e}", path.display()));
     let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
     let x_max = xs.fold(1.0f64, f64::max);
-    let y_max = series
-        .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.1))
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-9)
-        * 1.15;
+    let ys = || {
+        series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+    };
+    let y_max = ys().fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    let y_min = ys().fold(0.0f64, f64::min) * 1.15;
     let root = SVGBackend::new(path, (640, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -114,7 +112,7 @@ pub fn lines(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max)
+        .build_cartesian_2d(0.0..x_max * 1.05, y_min..y_max)
         .map_err(|e| plot(&e))?;
     chart
         .configure_mesh()

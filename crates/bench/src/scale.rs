@@ -607,8 +607,8 @@ pub fn plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         (
             "scale-memory.svg",
             "Memory with n domains (Figure 9)",
-            "host MemTotal - MemAvailable, MiB",
-            series(&|p| p.host_used_kib / 1024.0),
+            "PSS of all their processes, MiB",
+            series(&|p| p.pss_kib_per_domain * p.n as f64 / 1024.0),
         ),
         (
             "scale-storage.svg",
