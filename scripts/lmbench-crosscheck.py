@@ -70,7 +70,7 @@ def lmbench(bindir, case):
 
 
 def ours(agent):
-    p = subprocess.run([agent, "micro", "--interval-ms", "50"], capture_output=True, text=True,
+    p = subprocess.run([agent, "micro", "--interval-ms", "5"], capture_output=True, text=True,
                        check=True)
     figs = json.loads(p.stdout.strip().splitlines()[-1])["micro"]
     out = {f["name"]: f["median"] for f in figs}

@@ -7,7 +7,7 @@
 //!   echo CHANNEL [--prefix TEXT]         answer every message with TEXT + the message
 //!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
 //!                                        domains, over descriptors 3..11 (see `bench`)
-//!   micro [--interval-ms 50] [--host-fds R,W] [--macro [--files 100]]
+//!   micro [--interval-ms 5] [--host-fds R,W] [--macro [--files 100]]
 //!                                        LMbench-style microbenchmarks, as JSON (see micro.rs);
 //!                                        --macro adds the macrobenchmarks (workload.rs: the
 //!                                        application /app/cellvisor-app, files in /data)
@@ -52,7 +52,7 @@ fn parse() -> Result<(String, Opts), String> {
         reply: false,
         count: None,
         prefix: String::new(),
-        interval_ms: 50,
+        interval_ms: 5,
         host_fds: None,
         macros: false,
         files: 100,
