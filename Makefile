@@ -30,6 +30,9 @@ lint:
 # Unit tests need no root; the end-to-end tests (crates/*/tests) run as root. Both demos run
 # too (on the debug build), so they cannot rot.
 test: deps lint agent
+	# Every binary, the benchmark's cellvisor-app too (cargo test builds only those of
+	# packages with integration tests).
+	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 	cp $(AGENT) target/debug/cellvisor-agent
 	CELLVISOR=target/debug/cellvisor scripts/demo-oci.sh > target/demo-oci.log 2>&1 || { cat target/demo-oci.log; exit 1; }
