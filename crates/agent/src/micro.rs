@@ -87,7 +87,8 @@ pub fn measure(
     Ok(out)
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     let mut p = [0i32; 2];
     // SAFETY: pipe2 fills the array.
     let r = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) };

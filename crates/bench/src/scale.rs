@@ -243,7 +243,7 @@ fn checked(mut c: Command, err_file: &Path, what: &str) -> Result<()> {
 
 /// A native process: `args` chrooted into the shared root (the same programs as the domains).
 fn native_cmd(work: &Path, args: &[String]) -> Result<Command> {
-    let root = crate::suite::cstr(&work.join("rootfs"))?;
+    let root = container::util::cstring(work.join("rootfs"));
     let mut c = Command::new(&args[0]);
     c.args(&args[1..])
         .stdin(Stdio::null())

@@ -13,7 +13,7 @@
 //! of assets (cold: its files evicted from the page cache first; warm), a PNG codec's frames
 //! per second, and saving 100 files of 10 KB to 5 MB, each synced, into the domain's own root.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -155,33 +155,13 @@ fn run_once(
     interval_ms: u64,
     files: usize,
 ) -> Result<Vec<Figure>> {
-    let mut to_host = [0i32; 2];
-    let mut to_dom = [0i32; 2];
-    // SAFETY: pipe2 fills the arrays.
-    let ok = unsafe {
-        libc::pipe2(to_host.as_mut_ptr(), libc::O_CLOEXEC) == 0
-            && libc::pipe2(to_dom.as_mut_ptr(), libc::O_CLOEXEC) == 0
-    };
-    if !ok {
-        return Err(Error::Msg(format!(
-            "pipe: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: four new descriptors owned here.
-    let (host_rx, dom_tx, dom_rx, host_tx) = unsafe {
-        (
-            OwnedFd::from_raw_fd(to_host[0]),
-            OwnedFd::from_raw_fd(to_host[1]),
-            OwnedFd::from_raw_fd(to_dom[0]),
-            OwnedFd::from_raw_fd(to_dom[1]),
-        )
-    };
+    let (host_rx, dom_tx) = agent::micro::pipe().map_err(Error::Msg)?;
+    let (dom_rx, host_tx) = agent::micro::pipe().map_err(Error::Msg)?;
     let mut cmd = match &b.runtime {
         None => {
             // Native: a plain host process, chrooted into the bundle's root only so that it
             // runs the very same programs (the agent, busybox's sh) as the domains.
-            let rootfs = crate::suite::cstr(&work.join("bundle/rootfs"))?;
+            let rootfs = container::util::cstring(work.join("bundle/rootfs"));
             let args = agent_args(interval_ms, files);
             let mut c = Command::new(&args[0]);
             c.args(&args[1..]);
@@ -244,12 +224,6 @@ fn run_once(
         )));
     }
     parse(&out.stdout).map_err(|e| Error::Msg(format!("{}: {e}", b.name)))
-}
-
-pub(crate) fn cstr(p: &Path) -> Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::Msg(format!("{}: a NUL in the path", p.display())))
 }
 
 /// The agent's JSON line.
@@ -341,7 +315,7 @@ pub fn prepare(
     })?;
     // The native run's /dev (a domain's runtime mounts its own over it).
     for (name, minor) in [("null", 3), ("zero", 5)] {
-        let p = cstr(&rootfs.join("dev").join(name))?;
+        let p = container::util::cstring(rootfs.join("dev").join(name));
         // SAFETY: mknod with a valid C string.
         if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) } < 0 {
             return Err(Error::Msg(format!(

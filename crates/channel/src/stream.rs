@@ -142,20 +142,24 @@ pub fn bridge(tx: End, rx: End, stream: UnixStream, pending: Vec<u8>) -> Ended {
     }
 }
 
-/// This process's copy of an end, as a second `End` on new descriptors (for [`bridge`]'s
-/// second direction).
-pub fn dup_end(e: &End) -> crate::Result<End> {
-    let [m, d0, d1, s0, s1] = e.fds();
+/// An `End` of `side` on new descriptors duplicated from `fds` (as [`End::fds`] lists them):
+/// a second end for [`bridge`]'s other direction, or an end of another side of the channel.
+///
+/// # Safety
+/// Every descriptor in `fds` must stay open for the duration of the call.
+pub unsafe fn dup_from_raw(side: usize, fds: [std::os::fd::RawFd; 5]) -> crate::Result<End> {
     let dup = |fd| {
-        // SAFETY: `fd` is a descriptor `e` holds open for the duration of this call.
+        // SAFETY: the caller keeps `fd` open for the duration of this call.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
     };
-    End::from_fds(
-        e.side(),
-        dup(m)?,
-        [dup(d0)?, dup(d1)?],
-        [dup(s0)?, dup(s1)?],
-    )
+    let [m, d0, d1, s0, s1] = fds;
+    End::from_fds(side, dup(m)?, [dup(d0)?, dup(d1)?], [dup(s0)?, dup(s1)?])
+}
+
+/// This process's copy of an end, as a second `End` on new descriptors.
+pub fn dup_end(e: &End) -> crate::Result<End> {
+    // SAFETY: `e` holds its descriptors open for the duration of this call.
+    unsafe { dup_from_raw(e.side(), e.fds()) }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! are the bridges carrying a microVM's channels over its port stream; they hold their own
 //! descriptors and touch no platform state.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -386,19 +386,10 @@ async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) 
 fn bridge(stream: UnixStream, side: usize, fds: [RawFd; 5], pending: Vec<u8>, answer: Value) {
     use std::io::Write;
     let start = || -> std::io::Result<_> {
-        let dup = |fd: RawFd| {
-            // SAFETY: the platform's end holds `fd` open: we run on the daemon's only thread,
-            // before anything else can close the channel.
-            unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
-        };
-        let end = || -> std::io::Result<channel::End> {
-            channel::End::from_fds(
-                side,
-                dup(fds[0])?,
-                [dup(fds[1])?, dup(fds[2])?],
-                [dup(fds[3])?, dup(fds[4])?],
-            )
-            .map_err(std::io::Error::other)
+        let end = || {
+            // SAFETY: the platform's end holds `fds` open: we run on the daemon's only
+            // thread, before anything else can close the channel.
+            unsafe { channel::stream::dup_from_raw(side, fds) }.map_err(std::io::Error::other)
         };
         let (tx, rx) = (end()?, end()?);
         let mut s = stream.into_std()?;
