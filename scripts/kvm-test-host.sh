@@ -49,6 +49,14 @@ done
 printf '%s\n' "$command" > "$root/command"
 cat > "$root/init" <<'INIT'
 #!/bin/sh
+# Move from the initramfs to a tmpfs root first: pivot_root (container domains) refuses the
+# initramfs's rootfs.
+if [ ! -e /.moved ]; then
+  mkdir /newroot; mount -t tmpfs -o size=90% root /newroot
+  for d in /*; do [ "$d" = /newroot ] || cp -a "$d" /newroot/; done
+  touch /newroot/.moved
+  exec switch_root /newroot /init
+fi
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 for m in irqbypass kvm kvm-amd tun; do insmod /modules/$m.ko; done
 ip link set lo up

@@ -5,7 +5,8 @@
 # (which ends a microVM booted with reboot=k). With a kernel's modules at hand (KVER, default:
 # the newest /lib/modules/*-amd64), it also carries the virtio drivers the Debian kernel
 # builds as modules (mmio, block, net, vsock) and /init loads them, giving virtio_mmio the
-# devices the VMM put on the command line (virtio_mmio.device=...).
+# devices the VMM put on the command line (virtio_mmio.device=...). With cellvisor.root=DEV
+# the command runs chrooted into the ext4 file system on DEV (proc, sys, dev, tmp mounted there).
 # usage: mkinitramfs.sh [-a FILE]... OUT.cpio.gz [KVER]   (-a: a static program put in /bin)
 set -euo pipefail
 add=()
@@ -49,7 +50,23 @@ for m in /lib/modules/*.ko; do
 done
 echo "GUEST-UP $(cut -d' ' -f1 /proc/uptime)"
 cmd=$(sed -n 's/.*cellvisor\.run="\([^"]*\)".*/\1/p' /proc/cmdline)
-[ -n "$cmd" ] && sh -c "$cmd"
+root=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^cellvisor\.root=//p')
+if [ -n "$root" ]; then
+    # The command runs chrooted in an ext4 root on a disk (the benchmark suite's domain root).
+    mkdir -p /newroot
+    if mount -t ext4 "$root" /newroot; then
+        for d in proc sys dev tmp; do mkdir -p "/newroot/$d"; done
+        mount -t proc proc /newroot/proc
+        mount -t sysfs sys /newroot/sys
+        mount -t devtmpfs dev /newroot/dev
+        mount -t tmpfs tmp /newroot/tmp
+        [ -n "$cmd" ] && chroot /newroot /bin/sh -c "$cmd"
+    else
+        echo "GUEST-ROOT-FAILED $root"
+    fi
+elif [ -n "$cmd" ]; then
+    sh -c "$cmd"
+fi
 echo "GUEST-DONE"
 reboot -f
 INIT

@@ -7,13 +7,15 @@
 //!   echo CHANNEL [--prefix TEXT]         answer every message with TEXT + the message
 //!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
 //!                                        domains, over descriptors 3..11 (see `bench`)
-//!   micro [--interval-ms 5] [--host-fds R,W] [--macro [--files 100]]
-//!                                        LMbench-style microbenchmarks, as JSON (see micro.rs);
+//!   micro [--interval-ms 5] [--host-fds R,W | --host-vsock PORT] [--exit-port]
+//!         [--macro [--files 100]]        LMbench-style microbenchmarks, as JSON (see micro.rs);
 //!                                        --macro adds the macrobenchmarks (workload.rs: the
 //!                                        application /app/cellvisor-app, files in /data)
 //!   hello                                print "Hello world" (what micro's fork+exec runs)
 //!   spin FROM_MS TO_MS                   wait for FROM, count loop iterations until TO (epoch
 //!                                        ms), print the count (bench's busy domains)
+//!   spin-go PORT MS                      (microVM guest) connect to host vsock PORT, wait for
+//!                                        a byte, count iterations for MS ms, answer the count
 //!   vsock-echo PORT                      (microVM guest) echo one vsock connection on PORT
 //!   vsock-send PORT MESSAGE              (microVM guest) send a line to host PORT, print the reply
 //!   uds-send PATH PORT MESSAGE           (host) the same to guest PORT through the VMM's socket
@@ -23,7 +25,7 @@
 //! host's vsock port 1024 in a microVM, where the daemon carries the channel over the stream).
 
 use std::io::{BufRead, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use agent::pingpong::{self, Case, Side};
@@ -39,6 +41,8 @@ struct Opts {
     prefix: String,
     interval_ms: u64,
     host_fds: Option<(i32, i32)>,
+    host_vsock: Option<u32>,
+    exit_port: bool,
     macros: bool,
     files: usize,
 }
@@ -54,6 +58,8 @@ fn parse() -> Result<(String, Opts), String> {
         prefix: String::new(),
         interval_ms: 5,
         host_fds: None,
+        host_vsock: None,
+        exit_port: false,
         macros: false,
         files: 100,
     };
@@ -89,6 +95,14 @@ fn parse() -> Result<(String, Opts), String> {
                     .map_err(|_| format!("--interval-ms {v:?}: not a number"))?;
             }
             "--macro" => o.macros = true,
+            "--exit-port" => o.exit_port = true,
+            "--host-vsock" => {
+                let v = val("--host-vsock")?;
+                o.host_vsock = Some(
+                    v.parse()
+                        .map_err(|_| format!("--host-vsock {v:?}: not a port"))?,
+                );
+            }
             "--files" => {
                 let v = val("--files")?;
                 o.files = v
@@ -317,10 +331,20 @@ fn run() -> Result<(), String> {
                     .display()
                     .to_string(),
             };
+            // In a microVM the host's echo is a vsock stream, read and written both ways.
+            let stream = match o.host_vsock {
+                Some(p) => Some(agent::vsock::connect_host(p)?),
+                None => None,
+            };
+            let host = match &stream {
+                Some(s) => Some((s.as_raw_fd(), s.as_raw_fd())),
+                None => o.host_fds,
+            };
             let opts = agent::micro::Opts {
                 interval: Duration::from_millis(o.interval_ms.max(1)),
                 exe,
-                host: o.host_fds,
+                host,
+                exit_port: o.exit_port,
             };
             let mut figs = agent::micro::run(&opts, &mut |name| eprintln!("micro: {name}"))?;
             if o.macros {
@@ -346,6 +370,17 @@ fn run() -> Result<(), String> {
                     .ok_or("spin FROM_MS TO_MS (milliseconds since the epoch)".to_string())
             };
             say(&agent::micro::spin(ms(0)?, ms(1)?).to_string());
+        }
+        "spin-go" => {
+            let arg = |i: usize, what: &str| -> Result<u64, String> {
+                o.args
+                    .get(i)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("spin-go PORT MS: {what}?"))
+            };
+            let port = u32::try_from(arg(0, "port")?).map_err(|e| e.to_string())?;
+            let link = agent::vsock::connect_host(port)?;
+            say(&agent::micro::spin_on_signal(&link, arg(1, "milliseconds")?)?.to_string());
         }
         "bench-echo" => bench_echo()?,
         "bench-drive" => bench_drive(&o)?,

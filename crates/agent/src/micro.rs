@@ -11,7 +11,10 @@
 //!   cost of the pipe operations themselves (measured in one process), as lat_ctx reports it
 //! - pipe bandwidth: 64 KiB writes from one process to another, MiB/s
 //! - with `--host-fds R,W`: the guest/host switch, a 1-byte round trip with a process on the
-//!   host over a pipe pair (the host echoes), both pinned to CPU 0 and both free
+//!   host over a pipe pair (the host echoes), both pinned to CPU 0 and both free; in a microVM
+//!   (`--host-vsock PORT`) the same over a vsock stream to the host's PORT
+//! - with `--exit-port` (a microVM guest, x86_64): the exit round trip, a write to I/O port
+//!   0x80 that traps to the VMM and back
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ pub struct Opts {
     pub exe: String,
     /// Descriptors to the host's echo (read, write), for the guest/host switch.
     pub host: Option<(RawFd, RawFd)>,
+    /// Time the exit round trip to the VMM (only inside a microVM).
+    pub exit_port: bool,
 }
 
 /// One figure: its samples (per operation, in `unit`) and their median.
@@ -387,7 +392,42 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, Stri
         }
         pin(None);
     }
+    if o.exit_port {
+        fig("vm_exit", "us", exit_round_trip(iv)?);
+    }
     Ok(figs.out)
+}
+
+/// The port the exit round trip writes: the legacy POST/delay port, which a VMM answers by
+/// doing nothing (cellvisor's ignores it).
+#[cfg(target_arch = "x86_64")]
+const EXIT_PORT: u16 = 0x80;
+
+/// A microVM's exit round trip: each 1-byte write to [`EXIT_PORT`] leaves the guest for the
+/// VMM's vCPU thread and comes back (a guest kernel needs root for ioperm).
+#[cfg(target_arch = "x86_64")]
+fn exit_round_trip(iv: Duration) -> Result<Vec<f64>, String> {
+    // SAFETY: ioperm grants this process one I/O port; no memory is involved.
+    let r = unsafe { libc::ioperm(EXIT_PORT.into(), 1, 1) };
+    os(
+        r,
+        "ioperm (the exit round trip needs root in a microVM guest)",
+    )?;
+    measure(iv, |n| {
+        for _ in 0..n {
+            // SAFETY: a port write the process was granted above; it touches no memory.
+            unsafe {
+                std::arch::asm!("out dx, al", in("dx") EXIT_PORT, in("al") 0u8,
+                                options(nomem, nostack, preserves_flags));
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn exit_round_trip(_iv: Duration) -> Result<Vec<f64>, String> {
+    Err("the exit round trip is measured on x86_64 guests only".into())
 }
 
 /// What one hop of the ring costs besides the switch: a 1-byte write and read on a pipe, in
@@ -509,13 +549,32 @@ pub fn spin(from: u64, to: u64) -> u64 {
     if from > t {
         std::thread::sleep(Duration::from_millis(from - t));
     }
+    spin_until(|| now() >= to)
+}
+
+/// Count loop iterations until `done()` (asked every 4096 iterations).
+fn spin_until(mut done: impl FnMut() -> bool) -> u64 {
     let mut count: u64 = 0;
-    while now() < to {
+    while !done() {
         for _ in 0..4096 {
             count = std::hint::black_box(count + 1);
         }
     }
     count
+}
+
+/// A busy domain whose clock is not the host's (a microVM guest): wait for one byte on
+/// `link` (the host's go), count loop iterations for `ms` milliseconds, and answer the count
+/// as a decimal line.
+pub fn spin_on_signal(link: &std::fs::File, ms: u64) -> Result<u64, String> {
+    let mut b = [0u8];
+    if !get(link.as_raw_fd(), &mut b)? {
+        return Err("the host hung up before the start".into());
+    }
+    let end = Instant::now() + Duration::from_millis(ms);
+    let count = spin_until(|| Instant::now() >= end);
+    put(link.as_raw_fd(), format!("{count}\n").as_bytes())?;
+    Ok(count)
 }
 
 /// The figures as one JSON object (the agent has no serde).

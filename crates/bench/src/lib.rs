@@ -9,6 +9,7 @@ pub mod scale;
 pub mod start;
 pub mod stats;
 pub mod suite;
+pub mod vm;
 
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,14 @@
 //! busy domains (relative to n native processes), memory (PSS summed over each domain's
 //! processes, the cgroup's own figure, and the host's MemTotal − MemAvailable, with its slope
 //! per domain) and storage (each domain's private bytes plus the shared root over n).
+//!
+//! A microvm domain (vm.rs) boots its guest with the scale root as a shared ext4 image; it is
+//! up when its guest prints DOMAIN-UP (start latency includes the guest kernel's boot), its
+//! private storage is its copy-on-write layer (an unnamed file its VMM holds) and runtime
+//! state, the shared is the image, kernel and initramfs. Its guest's clock is not the host's,
+//! so a busy guest spins on the host's signal (over vsock) rather than on a wall-clock window.
 
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +21,7 @@ use serde::Serialize;
 
 use crate::stats::{median, quantile};
 use crate::suite::Backend;
-use crate::{io, Error, Result};
+use crate::{io, vm, Error, Result};
 
 /// One backend at one n.
 #[derive(Debug, Clone, Serialize)]
@@ -137,7 +144,7 @@ fn cgroup_pids(path: &str) -> Vec<u32> {
 }
 
 /// Bytes under `p` (files only, each counted once by its allocated blocks), KiB.
-fn du_kib(p: &Path) -> f64 {
+pub(crate) fn du_kib(p: &Path) -> f64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0u64;
     let mut stack = vec![p.to_path_buf()];
@@ -155,15 +162,29 @@ fn du_kib(p: &Path) -> f64 {
     total as f64 / 1024.0
 }
 
+/// A microvm domain's guest memory here (the profile's default).
+const VM_MEM_MIB: u64 = domain::profile::DEFAULT_VM_MEMORY >> 20;
+/// The host's vsock port a busy guest waits on for its start signal.
+const SPIN_PORT: u32 = 5001;
+/// What an idle microVM guest runs once up.
+const VM_IDLE: &str = "echo DOMAIN-UP; exec sleep 1000000";
+
 /// The bundles on one shared read-only root: `idle` runs sleep (each domain started with its
-/// own cgroupsPath, `/cvscale-<pid>/<backend>-<i>`), `busy` the agent's spin.
-fn prepare(work: &Path, agent: &Path) -> Result<()> {
+/// own cgroupsPath, `/cvscale-<pid>/<backend>-<i>`), `busy` the agent's spin. With a microvm
+/// backend, that root as an ext4 image too (`vm/root.img`).
+fn prepare(work: &Path, agent: &Path, guest: Option<&vm::Guest>) -> Result<()> {
     let rootfs = work.join("rootfs");
     crate::start::busybox_rootfs(&rootfs)?;
     io(
         std::fs::copy(agent, rootfs.join("bin/cellvisor-agent")),
         || format!("copying {}", agent.display()),
     )?;
+    if guest.is_some() {
+        io(std::fs::create_dir_all(work.join("vm")), || {
+            "creating vm/".into()
+        })?;
+        vm::root_image(&rootfs, &work.join("vm/root.img"), 16)?;
+    }
     for (name, args) in [
         ("idle", vec!["/bin/sleep", "1000000"]),
         ("busy", vec!["/bin/cellvisor-agent", "spin", "0", "0"]),
@@ -213,6 +234,8 @@ struct Domain {
     cgroup: String,
     /// Native: the process itself.
     child: Option<Child>,
+    /// A microVM: its console, read until the VMM ends (its reader must outlive the domain).
+    _console: Option<vm::Console>,
 }
 
 fn runtime_cmd(rt: &Path, state: &Path, args: &[&str]) -> Command {
@@ -260,8 +283,84 @@ fn native_cmd(work: &Path, args: &[String]) -> Result<Command> {
     Ok(c)
 }
 
+/// Microvm domain `i` of kind `kind`: its run directory (its VMM's vsock socket; made here).
+fn vm_run_dir(work: &Path, kind: &str, i: usize) -> Result<PathBuf> {
+    let run = work.join(format!("vm/run-{kind}-{i}"));
+    io(std::fs::create_dir_all(&run), || {
+        format!("creating {}", run.display())
+    })?;
+    Ok(run)
+}
+
+/// Start microvm domain `i` of kind `kind` (detached) running `cmd` in its guest, and wait for
+/// the guest's DOMAIN-UP; its start time, ms.
+fn start_vm(b: &Backend, work: &Path, kind: &str, i: usize, cmd: &str) -> Result<(Domain, f64)> {
+    let (Some(g), Some(rt)) = (&b.guest, &b.runtime) else {
+        return Err(Error::Msg(format!("{}: not a microvm backend", b.name)));
+    };
+    let id = format!("cvscale-{}-{kind}-{i}", std::process::id());
+    let cgroup = format!("/cvscale-{}/{}-{i}", std::process::id(), b.name);
+    let bdir = work.join(format!("vm/{kind}-{i}"));
+    let run = vm_run_dir(work, kind, i)?;
+    vm::bundle(
+        g,
+        &work.join("vm/root.img"),
+        &bdir,
+        Some(&run),
+        cmd,
+        VM_MEM_MIB,
+        1,
+    )?;
+    edit_config(&bdir, |spec| {
+        spec["linux"]["cgroupsPath"] = serde_json::json!(cgroup)
+    })?;
+    let state = work.join(format!("state-{}", b.name));
+    // The VMM's own errors go there too, for as long as it runs.
+    let err_file = work.join(format!("vm/{kind}-{i}.err"));
+    let errf = io(std::fs::File::create(&err_file), || {
+        format!("creating {}", err_file.display())
+    })?;
+    let t = Instant::now();
+    let mut c = runtime_cmd(rt, &state, &["run", "-d", "--bundle"]);
+    c.arg(&bdir).arg(&id).stdout(Stdio::piped()).stderr(errf);
+    let mut child = io(c.spawn(), || format!("{}: run -d", b.name))?;
+    let mut console = vm::Console::new(child.stdout.take().expect("piped"));
+    let st = io(child.wait(), || format!("{}: run -d", b.name))?;
+    let d = Domain {
+        id,
+        cgroup,
+        child: None,
+        _console: None,
+    };
+    if !st.success() {
+        let e = read(&err_file);
+        return Err(Error::Msg(format!(
+            "{}: run -d: {}",
+            b.name,
+            e.lines().last().unwrap_or("failed")
+        )));
+    }
+    let up = vm::wait_boot(&mut console, &err_file)
+        .and_then(|()| console.expect("DOMAIN-UP", Instant::now() + vm::BOOT_DEADLINE));
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if let Err(e) = up {
+        stop(b, work, d);
+        return Err(Error::Msg(format!("{}: {e}", b.name)));
+    }
+    Ok((
+        Domain {
+            _console: Some(console),
+            ..d
+        },
+        ms,
+    ))
+}
+
 /// Start domain `i` of `b` running bundle `bundle` (detached); its start time, ms.
 fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f64)> {
+    if b.guest.is_some() {
+        return start_vm(b, work, bundle, i, VM_IDLE);
+    }
     let id = format!("cvscale-{}-{bundle}-{i}", std::process::id());
     let cgroup = format!("/cvscale-{}/{}-{i}", std::process::id(), b.name);
     let t = Instant::now();
@@ -279,6 +378,7 @@ fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f6
                 id,
                 cgroup,
                 child: Some(child),
+                _console: None,
             }
         }
         Some(rt) => {
@@ -291,6 +391,7 @@ fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f6
                 id,
                 cgroup,
                 child: None,
+                _console: None,
             }
         }
     };
@@ -328,9 +429,84 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// n busy microVMs: each guest, once up, connects to the host's SPIN_PORT; when all have,
+/// each gets the start signal, spins for the window and answers its count; their sum.
+fn busy_vms(b: &Backend, work: &Path, n: usize, window: Duration) -> Result<u64> {
+    use std::io::{BufRead, Write};
+    let cmd = format!(
+        "echo DOMAIN-UP; exec /bin/cellvisor-agent spin-go {SPIN_PORT} {}",
+        window.as_millis()
+    );
+    let mut ds = Vec::new();
+    let r = (|| -> Result<u64> {
+        let mut listeners = Vec::new();
+        for i in 0..n {
+            let sock = vm::vsock_path(&vm_run_dir(work, "busy", i)?, SPIN_PORT);
+            let _ = std::fs::remove_file(&sock);
+            let l = io(UnixListener::bind(&sock), || {
+                format!("listening on {}", sock.display())
+            })?;
+            io(l.set_nonblocking(true), || "a non-blocking listener".into())?;
+            listeners.push(l);
+            ds.push(start_vm(b, work, "busy", i, &cmd)?.0);
+        }
+        let deadline = Instant::now() + vm::BOOT_DEADLINE;
+        let mut links = Vec::new();
+        for l in &listeners {
+            let s = loop {
+                match l.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline {
+                            return Err(Error::Msg(format!(
+                                "{}: a busy guest never connected",
+                                b.name
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(source) => {
+                        return Err(Error::Io {
+                            what: format!("{}: accept", b.name),
+                            source,
+                        })
+                    }
+                }
+            };
+            io(s.set_nonblocking(false), || "a blocking stream".into())?;
+            io(s.set_read_timeout(Some(window + vm::BOOT_DEADLINE)), || {
+                "a read timeout".into()
+            })?;
+            links.push(s);
+        }
+        for s in &mut links {
+            io(s.write_all(b"g"), || "signalling a busy guest".into())?;
+        }
+        let mut total = 0;
+        for s in links {
+            let mut line = String::new();
+            io(std::io::BufReader::new(s).read_line(&mut line), || {
+                "reading a busy guest's count".into()
+            })?;
+            total += line
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| Error::Msg(format!("{}: a busy guest answered {line:?}", b.name)))?;
+        }
+        Ok(total)
+    })();
+    for d in ds {
+        stop(b, work, d);
+    }
+    r
+}
+
 /// n busy domains at once: each waits for a common start, spins until a common end and
 /// prints how many loop iterations it did; their sum.
 fn busy_round(b: &Backend, work: &Path, n: usize, window: Duration) -> Result<u64> {
+    if b.guest.is_some() {
+        return busy_vms(b, work, n, window);
+    }
     // Far enough ahead for every domain to be up before the start.
     let from = now_ms() + 1000 + 150 * n as u64;
     let to = from + window.as_millis() as u64;
@@ -422,8 +598,14 @@ fn measure(
     window: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report> {
-    prepare(work, agent)?;
-    let shared = du_kib(&work.join("rootfs"));
+    let guest = backends.iter().find_map(|b| b.guest.as_ref());
+    prepare(work, agent, guest)?;
+    let shared_root = du_kib(&work.join("rootfs"));
+    // A microVM shares the root image, its kernel and its initramfs.
+    let shared_vm = guest.map_or(0.0, |g| {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0.0, |m| m.len() as f64 / 1024.0);
+        du_kib(&work.join("vm/root.img")) + size(&g.kernel) + size(&g.initrd)
+    });
     let mut points = Vec::new();
     for &n in ns {
         for b in backends {
@@ -451,7 +633,15 @@ fn measure(
                     None => None,
                     Some(_) => ds.iter().map(|d| cgroup_memory_kib(&d.cgroup)).sum(),
                 };
-                let state = du_kib(&work.join(format!("state-{}", b.name)));
+                let mut state = du_kib(&work.join(format!("state-{}", b.name)));
+                if b.guest.is_some() {
+                    // The copy-on-write layers: unnamed files the VMMs hold.
+                    state += ds
+                        .iter()
+                        .flat_map(|d| pids(b, d))
+                        .map(vm::unnamed_files_kib)
+                        .sum::<f64>();
+                }
                 (cpu, mem, pss, cg, state)
             });
             for d in ds {
@@ -474,7 +664,11 @@ fn measure(
                 cgroup_kib_per_domain: cg.map(|c| c / nf),
                 host_used_kib: mem - mem0,
                 private_kib_per_domain: state / nf,
-                shared_kib_per_domain: shared / nf,
+                shared_kib_per_domain: if b.guest.is_some() {
+                    shared_vm
+                } else {
+                    shared_root
+                } / nf,
             });
         }
     }

@@ -6,38 +6,52 @@
 //! Backends: `native` (the agent as a host process, chrooted into the bundle's root so that
 //! it runs the same programs), `container` (a cellvisor container: the
 //! OCI runtime of this project, default spec with its seccomp filter, namespaces and cgroups),
-//! `runc` and `crun` (the same bundle under the peers). The agent's `micro` measures the
-//! LMbench-style microbenchmarks and the guest/host switch: a 1-byte round trip with a host
-//! thread over a pipe pair handed into the domain (descriptors 3 and 4). Then the
+//! `runc` and `crun` (the same bundle under the peers), `microvm` (a cellvisor microVM domain:
+//! its VMM jailed in a container domain, booting a stock kernel whose root is that bundle's
+//! root as a shared ext4 image under a private copy-on-write layer; see vm.rs). The agent's
+//! `micro` measures the LMbench-style microbenchmarks and the guest/host switch: a 1-byte
+//! round trip with a host thread over a pipe pair handed into the domain (descriptors 3 and
+//! 4; in a microVM a vsock stream), plus in a microVM the exit round trip. Then the
 //! macrobenchmarks (`--macro`): the start of a dynamically linked application mapping 32 MiB
 //! of assets (cold: its files evicted from the page cache first; warm), a PNG codec's frames
 //! per second, and saving 100 files of 10 KB to 5 MB, each synced, into the domain's own root.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::stats::{median, Rng};
-use crate::{io, Error, Result};
+use crate::{io, vm, Error, Result};
 
 /// One way to run the workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct Backend {
     pub name: String,
-    /// The OCI runtime (none for native).
+    /// The OCI runtime (none for native; cellvisor for a microVM, whose VMM it jails).
     pub runtime: Option<PathBuf>,
     pub version: String,
+    /// What a microvm backend boots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<vm::Guest>,
 }
 
-/// The backends named (native first, always), or why one cannot run.
-pub fn backends(names: &[String], cellvisor: &Path) -> Result<Vec<Backend>> {
+/// The backends named (native first, always), or why one cannot run. `guest` is what the
+/// microvm backend boots (`--kernel`, `--initrd`).
+pub fn backends(
+    names: &[String],
+    cellvisor: &Path,
+    guest: Option<vm::Guest>,
+) -> Result<Vec<Backend>> {
     let mut out = vec![Backend {
         name: "native".into(),
         runtime: None,
         version: String::new(),
+        guest: None,
     }];
     for n in names {
         match n.as_str() {
@@ -49,6 +63,7 @@ pub fn backends(names: &[String], cellvisor: &Path) -> Result<Vec<Backend>> {
                     name: "container".into(),
                     runtime: Some(rt.path),
                     version: rt.version,
+                    guest: None,
                 });
             }
             "runc" | "crun" => match crate::start::runtime(n, cellvisor) {
@@ -56,17 +71,30 @@ pub fn backends(names: &[String], cellvisor: &Path) -> Result<Vec<Backend>> {
                     name: n.clone(),
                     runtime: Some(rt.path),
                     version: rt.version,
+                    guest: None,
                 }),
                 None => return Err(Error::Msg(format!("--backends: {n} is not installed"))),
             },
             "microvm" => {
-                return Err(Error::Msg(
-                    "--backends: microvm is not in the suite yet (its boot, memory and exit figures: `cellvisor bench boot|vms`)".into(),
-                ))
+                let g = guest.clone().ok_or_else(|| {
+                    Error::Msg(
+                        "--backends microvm needs --kernel K --initrd I (scripts/mkinitramfs.sh makes I)"
+                            .into(),
+                    )
+                })?;
+                let rt = crate::start::runtime("cellvisor", cellvisor)
+                    .ok_or_else(|| Error::Msg(format!("{}: cannot run", cellvisor.display())))?;
+                let kernel = g.kernel.file_name().unwrap_or_default().to_string_lossy();
+                out.push(Backend {
+                    name: "microvm".into(),
+                    runtime: Some(rt.path),
+                    version: format!("{}, guest {kernel}", rt.version),
+                    guest: Some(g),
+                });
             }
             other => {
                 return Err(Error::Msg(format!(
-                    "--backends: unknown backend {other:?} (native, container, runc, crun)"
+                    "--backends: unknown backend {other:?} (native, container, microvm, runc, crun)"
                 )))
             }
         }
@@ -130,24 +158,35 @@ pub struct Failed {
     pub error: String,
 }
 
-/// Run the agent's `micro` once in `b`; `work` holds the bundle (made by [`prepare`]).
-/// The agent's command line in every backend.
-fn agent_args(interval_ms: u64, files: usize) -> Vec<String> {
-    [
-        "/bin/cellvisor-agent",
-        "micro",
-        "--host-fds",
-        "3,4",
-        "--interval-ms",
-        &interval_ms.to_string(),
-        "--macro",
-        "--files",
-        &files.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+/// The host's vsock port that a microVM guest's agent reaches for the guest/host switch.
+const HOST_PORT: u32 = 5000;
+/// A microVM's memory and vCPUs in the suite (the codec, 32 MiB of assets and up to 5 MB
+/// files in its page cache).
+const VM_MEM_MIB: u64 = 512;
+/// How long one microVM run may take once its guest is up.
+const VM_RUN_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The agent's command line in every backend: the host's echo on descriptors 3 and 4, or in
+/// a microVM on a vsock stream, where it also times the exit round trip.
+fn agent_args(interval_ms: u64, files: usize, microvm: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["/bin/cellvisor-agent", "micro", "--interval-ms"]
+        .map(String::from)
+        .to_vec();
+    a.push(interval_ms.to_string());
+    if microvm {
+        a.extend([
+            "--host-vsock".into(),
+            HOST_PORT.to_string(),
+            "--exit-port".into(),
+        ]);
+    } else {
+        a.extend(["--host-fds".into(), "3,4".into()]);
+    }
+    a.extend(["--macro".into(), "--files".into(), files.to_string()]);
+    a
 }
 
+/// Run the agent's `micro` once in `b`; `work` holds the bundle (made by [`prepare`]).
 fn run_once(
     b: &Backend,
     work: &Path,
@@ -155,6 +194,9 @@ fn run_once(
     interval_ms: u64,
     files: usize,
 ) -> Result<Vec<Figure>> {
+    if b.guest.is_some() {
+        return run_vm_once(b, work, id);
+    }
     let (host_rx, dom_tx) = agent::micro::pipe().map_err(Error::Msg)?;
     let (dom_rx, host_tx) = agent::micro::pipe().map_err(Error::Msg)?;
     let mut cmd = match &b.runtime {
@@ -162,7 +204,7 @@ fn run_once(
             // Native: a plain host process, chrooted into the bundle's root only so that it
             // runs the very same programs (the agent, busybox's sh) as the domains.
             let rootfs = container::util::cstring(work.join("bundle/rootfs"));
-            let args = agent_args(interval_ms, files);
+            let args = agent_args(interval_ms, files, false);
             let mut c = Command::new(&args[0]);
             c.args(&args[1..]);
             // SAFETY: chroot and chdir with valid C strings between fork and exec.
@@ -226,6 +268,97 @@ fn run_once(
     parse(&out.stdout).map_err(|e| Error::Msg(format!("{}: {e}", b.name)))
 }
 
+/// Run the agent's `micro` once in a microVM (the bundle made by [`prepare_vm`]): the host's
+/// echo listens at the guest's host port, the figures come on the VMM's console.
+fn run_vm_once(b: &Backend, work: &Path, id: &str) -> Result<Vec<Figure>> {
+    let rt = b.runtime.as_deref().unwrap_or(Path::new("cellvisor"));
+    let dir = work.join("vm");
+    let sock = vm::vsock_path(&dir.join("run"), HOST_PORT);
+    let _ = std::fs::remove_file(&sock);
+    let listener = io(UnixListener::bind(&sock), || {
+        format!("listening on {}", sock.display())
+    })?;
+    let echo = std::thread::spawn(move || {
+        if let Ok((s, _)) = listener.accept() {
+            agent::micro::host_echo(s.as_raw_fd(), s.as_raw_fd());
+        }
+    });
+    let state = work.join("state-microvm");
+    let err_file = dir.join("run.err");
+    let errf = io(std::fs::File::create(&err_file), || {
+        format!("creating {}", err_file.display())
+    })?;
+    let child = Command::new(rt)
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(dir.join("bundle"))
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(errf)
+        .spawn();
+    let r = match child {
+        Ok(mut child) => {
+            let mut console = vm::Console::new(child.stdout.take().expect("piped"));
+            let r = vm::wait_boot(&mut console, &err_file)
+                .and_then(|()| console.expect("GUEST-DONE", Instant::now() + VM_RUN_DEADLINE));
+            if r.is_err() {
+                let _ = Command::new(rt)
+                    .arg("--root")
+                    .arg(&state)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+            console.drain();
+            let status = child.wait();
+            r.and_then(|()| match status {
+                Ok(s) if s.success() => parse(console.text.as_bytes()).map_err(Error::Msg),
+                _ => Err(Error::Msg(format!(
+                    "the VMM failed: {}",
+                    std::fs::read_to_string(&err_file)
+                        .unwrap_or_default()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ))),
+            })
+        }
+        Err(e) => Err(Error::Msg(format!("starting {}: {e}", rt.display()))),
+    };
+    // Wake the echo if the guest never connected.
+    let _ = std::os::unix::net::UnixStream::connect(&sock);
+    let _ = echo.join();
+    let _ = std::fs::remove_file(&sock);
+    r.map_err(|e| Error::Msg(format!("{}: {e}", b.name)))
+}
+
+/// The microvm backend's bundle in `work/vm`: the suite's root (the bundle's rootfs, with
+/// room for the saved files) as a shared ext4 image, and the jailed VMM running the agent.
+fn prepare_vm(work: &Path, g: &vm::Guest, interval_ms: u64, files: usize) -> Result<()> {
+    let dir = work.join("vm");
+    io(std::fs::create_dir_all(dir.join("run")), || {
+        format!("creating {}", dir.display())
+    })?;
+    let saved: usize = agent::workload::file_sizes(files).iter().sum();
+    let image = dir.join("root.img");
+    vm::root_image(
+        &work.join("bundle/rootfs"),
+        &image,
+        (saved >> 20) as u64 * 2 + 64,
+    )?;
+    let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(32) as u8);
+    vm::bundle(
+        g,
+        &image,
+        &dir.join("bundle"),
+        Some(&dir.join("run")),
+        &agent_args(interval_ms, files, true).join(" "),
+        VM_MEM_MIB,
+        vcpus,
+    )
+}
+
 /// The agent's JSON line.
 pub fn parse(stdout: &[u8]) -> std::result::Result<Vec<Figure>, String> {
     let text = String::from_utf8_lossy(stdout);
@@ -238,11 +371,40 @@ pub fn parse(stdout: &[u8]) -> std::result::Result<Vec<Figure>, String> {
     serde_json::from_value(v["micro"].clone()).map_err(|e| e.to_string())
 }
 
-/// The shared libraries a dynamic program loads (as `ldd` lists them), its interpreter too.
+/// The interpreter (dynamic loader) an ELF program names (PT_INTERP), if any.
+fn interpreter(elf: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    // A 64-bit little-endian ELF only (the suite's application is built here).
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+    (0..phnum as usize).find_map(|i| {
+        let ph = phoff + i * phentsize as usize;
+        if elf.get(ph..ph + 4)? != 3u32.to_le_bytes() {
+            return None; // not PT_INTERP
+        }
+        let (off, len) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+        let name = elf.get(off..off + len)?.split(|&b| b == 0).next()?;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+    })
+}
+
+/// The shared libraries a dynamic program loads, its interpreter too: what its loader's
+/// `--list` prints (as `ldd` does, without needing ldd on the machine).
 fn libraries(program: &Path) -> Result<Vec<PathBuf>> {
-    let out = io(Command::new("ldd").arg(program).output(), || {
-        format!("ldd {}", program.display())
+    let elf = io(std::fs::read(program), || {
+        format!("reading {}", program.display())
     })?;
+    let Some(interp) = interpreter(&elf) else {
+        return Ok(Vec::new()); // static
+    };
+    let out = io(
+        Command::new(&interp).arg("--list").arg(program).output(),
+        || format!("{} --list {}", interp.display(), program.display()),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter(|w| w.starts_with('/'))
@@ -327,7 +489,7 @@ pub fn prepare(
     let mut spec = container::runtime::default_spec(false);
     spec["process"]["terminal"] = serde_json::json!(false);
     spec["root"]["readonly"] = serde_json::json!(false);
-    spec["process"]["args"] = serde_json::json!(agent_args(interval_ms, files));
+    spec["process"]["args"] = serde_json::json!(agent_args(interval_ms, files, false));
     io(
         std::fs::write(bundle.join("config.json"), spec.to_string()),
         || "writing config.json".into(),
@@ -348,6 +510,9 @@ pub fn run(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report> {
     prepare(work, agent, app, interval_ms, files)?;
+    if let Some(g) = backends.iter().find_map(|b| b.guest.as_ref()) {
+        prepare_vm(work, g, interval_ms, files)?;
+    }
     let mut runs = Vec::new();
     let mut failed: Vec<Option<String>> = vec![None; backends.len()];
     let mut rng = Rng::new(0x5eed_5eed);
@@ -411,10 +576,20 @@ pub fn run(
 }
 
 /// Per test and backend: the median over rounds, and the median of the in-round ratios.
+/// Tests in native's order, then those only some backends have (the microVM's exit round
+/// trip: no native figure, no ratio).
 fn rows(backends: &[Backend], runs: &[Run]) -> Vec<Row> {
-    let Some(first) = runs.iter().find(|r| r.backend == "native") else {
+    if !runs.iter().any(|r| r.backend == "native") {
         return Vec::new();
-    };
+    }
+    let mut tests: Vec<&Figure> = Vec::new();
+    for r in runs.iter().filter(|r| r.backend == "native").chain(runs) {
+        for f in &r.figures {
+            if !tests.iter().any(|t| t.name == f.name) {
+                tests.push(f);
+            }
+        }
+    }
     let value = |round: usize, backend: &str, test: &str| {
         runs.iter()
             .find(|r| r.round == round && r.backend == backend)
@@ -422,9 +597,8 @@ fn rows(backends: &[Backend], runs: &[Run]) -> Vec<Row> {
             .map(|f| f.median)
     };
     let rounds = runs.iter().map(|r| r.round + 1).max().unwrap_or(0);
-    first
-        .figures
-        .iter()
+    tests
+        .into_iter()
         .map(|f| Row {
             test: f.name.clone(),
             unit: f.unit.clone(),
@@ -468,7 +642,13 @@ pub fn table(r: &Report) -> String {
             row.test, row.unit, row.cells[0].median
         );
         for c in row.cells.iter().skip(1) {
-            s += &format!(" {:>12}", format!("{:.3}x", c.ratio_to_native));
+            let cell = match (c.ratio_to_native.is_nan(), c.median.is_nan()) {
+                (false, _) => format!("{:.3}x", c.ratio_to_native),
+                // No native figure: the backend's own (the microVM's exit round trip).
+                (true, false) => format!("{:.3}", c.median),
+                (true, true) => "-".into(),
+            };
+            s += &format!(" {cell:>12}");
         }
         s += "\n";
     }
@@ -528,6 +708,7 @@ mod tests {
                 name: n.to_string(),
                 runtime: None,
                 version: String::new(),
+                guest: None,
             })
             .collect();
         // A noisy machine: round 1 is twice as slow for both; the ratio stays 1.1.
@@ -544,6 +725,53 @@ mod tests {
         assert!((rows[0].cells[1].ratio_to_native - 1.1).abs() < 1e-9);
         assert_eq!(rows[0].cells[0].median, 1.0);
         assert!(!rows[0].higher_is_better);
+    }
+
+    #[test]
+    fn a_dynamic_programs_loader_and_libraries_are_found() {
+        // This test binary is dynamically linked: its loader, then libc among its libraries.
+        let me = std::env::current_exe().unwrap();
+        let interp = interpreter(&std::fs::read(&me).unwrap()).unwrap();
+        assert!(
+            interp.is_absolute() && interp.exists(),
+            "{}",
+            interp.display()
+        );
+        let libs = libraries(&me).unwrap();
+        assert!(libs.contains(&interp), "{libs:?}");
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+        assert_eq!(interpreter(b"\x7fELF\x01\x01 32-bit"), None);
+        assert_eq!(interpreter(b"#!/bin/sh"), None);
+    }
+
+    #[test]
+    fn a_figure_only_one_backend_has_gets_a_row_without_ratio() {
+        let bs: Vec<Backend> = ["native", "microvm"]
+            .iter()
+            .map(|n| Backend {
+                name: n.to_string(),
+                runtime: None,
+                version: String::new(),
+                guest: None,
+            })
+            .collect();
+        let mut vm = run(0, "microvm", 2.0);
+        vm.figures.push(Figure {
+            name: "vm_exit".into(),
+            unit: "us".into(),
+            median: 9.0,
+            samples: vec![9.0],
+        });
+        let rows = rows(&bs, &[run(0, "native", 1.0), vm]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].test, "vm_exit");
+        assert!(rows[1].cells[0].median.is_nan());
+        assert_eq!(rows[1].cells[1].median, 9.0);
+        assert!(rows[1].cells[1].ratio_to_native.is_nan());
+        assert!((rows[0].cells[1].ratio_to_native - 2.0).abs() < 1e-9);
     }
 
     #[test]

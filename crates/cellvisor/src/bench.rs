@@ -23,13 +23,24 @@ pub struct SuiteArgs {
     /// Fewer rounds, shorter timings (for CI)
     #[arg(long)]
     quick: bool,
-    /// Backends beside native: container (cellvisor), runc, crun
+    /// Backends beside native: container (cellvisor), microvm (cellvisor's VMM; needs
+    /// --kernel and --initrd), runc, crun
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "native,container,runc,crun"
     )]
     backends: Vec<String>,
+    /// The microvm backend's guest kernel (a stock bzImage or vmlinux)
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The microvm backend's initramfs (scripts/mkinitramfs.sh: virtio drivers, mounts the
+    /// suite's root disk)
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Scalability up to this many domains per backend (default 32, --quick 4)
+    #[arg(long)]
+    max_domains: Option<usize>,
     /// Rounds (every backend once per round, shuffled; default 7, --quick 2)
     #[arg(short = 'n', long)]
     rounds: Option<usize>,
@@ -87,7 +98,12 @@ impl Drop for Progress {
 
 fn suite(a: &SuiteArgs) -> Result<i32> {
     let me = std::env::current_exe().context("finding this binary")?;
-    let backends = bench::suite::backends(&a.backends, &me).map_err(|e| anyhow!("{e}"))?;
+    let guest = match (&a.kernel, &a.initrd) {
+        (Some(k), Some(i)) => Some(bench::vm::Guest::new(&me, k, i).map_err(|e| anyhow!("{e}"))?),
+        (None, None) => None,
+        _ => return Err(anyhow!("--kernel and --initrd go together")),
+    };
+    let backends = bench::suite::backends(&a.backends, &me, guest).map_err(|e| anyhow!("{e}"))?;
     let agent = agent_path(&a.agent)?;
     let app = std::env::current_exe()?.with_file_name("cellvisor-app");
     if !app.is_file() {
@@ -127,12 +143,11 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         }
     };
     print!("{}", bench::suite::table(&report));
-    // Scalability: the backends that ran, n up to 32 (--quick: 4).
-    let ns: Vec<usize> = if a.quick {
-        vec![1, 2, 4]
-    } else {
-        vec![1, 2, 4, 8, 16, 32]
-    };
+    // Scalability: the backends that ran, n = 1, 2, 4, ... up to 32 (--quick: 4).
+    let max = a.max_domains.unwrap_or(if a.quick { 4 } else { 32 }).max(1);
+    let ns: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2))
+        .take_while(|&n| n <= max)
+        .collect();
     let window = std::time::Duration::from_millis(if a.quick { 300 } else { 1000 });
     let scale_dir = work.join("scale");
     let mut bar = Progress::new(ns.len() * report.backends.len());

@@ -10,10 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+// The command line both VMMs boot with.
+use bench::vm::CMDLINE;
 use serde::Serialize;
-
-/// The command line both VMMs boot with.
-pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet pci=off nomodules 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 #[derive(Debug, Serialize)]
 pub struct VmmReport {

@@ -228,6 +228,187 @@ fn bench_suite_quick() {
     assert_eq!(leftovers(), before);
 }
 
+/// The microvm backend's bad input: without a kernel, one line; with files that are no
+/// kernel, the suite runs the rest and reports the microVM as unable to run (the VMM's own
+/// error), leaving no work directory, cgroup, mount or VMM behind.
+#[test]
+fn bench_suite_microvm_bad_input() {
+    if !common::can_run() || !std::path::Path::new("/dev/kvm").exists() {
+        return;
+    }
+    let before = leftovers();
+    let o = Command::new(common::BIN)
+        .args(["bench", "--backends", "native,microvm"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("needs --kernel"), "{err}");
+    let o = Command::new(common::BIN)
+        .args(["bench", "--backends", "native,microvm"])
+        .args(["--kernel", "/nonexistent", "--initrd", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent: no such file"), "{err}");
+    assert_eq!(leftovers(), before);
+
+    let t = tempfile::tempdir().unwrap();
+    let junk = t.path().join("junk");
+    std::fs::write(&junk, b"not a kernel").unwrap();
+    let out = t.path().join("out");
+    let o = Command::new(common::BIN)
+        .args(["bench", "--quick", "-n", "1", "--max-domains", "1"])
+        .args(["--backends", "native,microvm", "--kernel"])
+        .arg(&junk)
+        .arg("--initrd")
+        .arg(&junk)
+        .arg("--agent")
+        .arg(common::agent())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let table = common::stdout(&o);
+    assert!(
+        table.contains("could not run microvm: the VM ended before its guest's userspace"),
+        "{table}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(doc["failed"][0]["backend"], "microvm", "{}", doc["failed"]);
+    assert_eq!(doc["backends"].as_array().unwrap().len(), 1);
+    assert_eq!(leftovers(), before);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("cellvisor-bench-"), "{mounts}");
+    let vmms = Command::new("pgrep")
+        .args(["-f", "cellvisor-vm/cellvisor vm run"])
+        .output()
+        .unwrap();
+    assert!(vmms.stdout.is_empty(), "a VMM is left");
+}
+
+/// The microvm column where a stock kernel boots: the suite over native, container and
+/// microvm inside the emulated KVM test host (scripts/bench-suite-vm.sh --quick -n 1
+/// --max-domains 2): every figure for every backend, the microVM's exit round trip, its
+/// scalability points (start to the guest's DOMAIN-UP, PSS, cgroup memory, busy iterations,
+/// copy-on-write storage) and the report's files. Slow (about 90 s); the emulated host
+/// sometimes stalls for good, so each attempt has a deadline and there are three.
+#[test]
+fn bench_suite_microvm_in_the_test_host() {
+    use std::path::Path;
+    if !common::can_run() {
+        return;
+    }
+    let kernel = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"));
+    if !kernel || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!(
+            "skipped: no /boot/vmlinuz-* or qemu-system-x86_64 (scripts/deps.sh installs them)"
+        );
+        return;
+    }
+    let bin = Path::new(common::BIN).parent().unwrap();
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let out = tempfile::tempdir().unwrap();
+        let o = Command::new("bash")
+            .arg(Path::new(common::WORKSPACE).join("scripts/bench-suite-vm.sh"))
+            .args(["--quick", "-n", "1", "--max-domains", "2"])
+            .arg(out.path())
+            .env("CELLVISOR_BIN", bin)
+            .env("CELLVISOR_AGENT", common::agent())
+            .env("KVM_TEST_HOST_TIMEOUT", "400")
+            .output()
+            .unwrap();
+        last = format!(
+            "attempt {attempt}: {}{}",
+            common::stdout(&o),
+            common::stderr(&o)
+        );
+        if !o.status.success() {
+            continue;
+        }
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap())
+                .unwrap();
+        assert_eq!(doc["failed"].as_array().unwrap().len(), 0, "{last}");
+        let names: Vec<&str> = doc["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["native", "container", "microvm"]);
+        for r in doc["rows"].as_array().unwrap() {
+            let cells = r["cells"].as_array().unwrap();
+            assert_eq!(cells.len(), 3, "{r}");
+            assert!(cells[2]["median"].as_f64().unwrap() > 0.0, "{r}");
+            if r["test"] == "vm_exit" {
+                // The microVM's own: no native figure, no ratio.
+                assert!(cells[0]["median"].is_null(), "{r}");
+                assert!(cells[2]["ratio_to_native"].is_null(), "{r}");
+            } else {
+                assert!(cells[2]["ratio_to_native"].as_f64().unwrap() > 0.0, "{r}");
+            }
+        }
+        let tests: Vec<&str> = doc["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["test"].as_str().unwrap())
+            .collect();
+        for t in [
+            "null_syscall",
+            "fork_exec",
+            "host_switch_pinned",
+            "codec_decode",
+            "vm_exit",
+        ] {
+            assert!(tests.contains(&t), "{t} missing: {tests:?}");
+        }
+        let points = doc["scale"]["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2 * 3);
+        for p in points.iter().filter(|p| p["backend"] == "microvm") {
+            let n = p["n"].as_u64().unwrap() as usize;
+            assert_eq!(p["start_ms"].as_array().unwrap().len(), n, "{p}");
+            for k in [
+                "start_p50_ms",
+                "pss_kib_per_domain",
+                "cgroup_kib_per_domain",
+                "private_kib_per_domain",
+                "shared_kib_per_domain",
+            ] {
+                assert!(p[k].as_f64().unwrap() > 0.0, "{k}: {p}");
+            }
+            assert!(p["busy_iterations"].as_u64().unwrap() > 0, "{p}");
+        }
+        let table = std::fs::read_to_string(out.path().join("table.txt")).unwrap();
+        assert!(
+            table.contains("microvm") && table.contains("vm_exit"),
+            "{table}"
+        );
+        for f in [
+            "micro.svg",
+            "macro.svg",
+            "scale-memory.svg",
+            "results.csv",
+            "scale.csv",
+        ] {
+            assert!(out.path().join(f).is_file(), "{f} missing");
+        }
+        return;
+    }
+    panic!("the suite did not run in the test host:\n{last}");
+}
+
 fn leftovers() -> usize {
     std::fs::read_dir(std::env::temp_dir())
         .unwrap()

@@ -108,6 +108,7 @@ const RUN_DIR: &str = "/run/cellvisor";
 const VM_DIR: &str = "/run/cellvisor-vm";
 /// A microvm domain's vsock: the guest's context id and the VMM's socket in the run directory.
 const GUEST_CID: u32 = 3;
+/// The VMM's vsock socket in the run directory; the guest's host port P is `vsock_P` beside it.
 pub const VSOCK_SOCKET: &str = "vsock";
 /// What a microvm domain's cgroup allows beyond its guest memory: the VMM itself, its page
 /// tables and device buffers.
@@ -207,6 +208,27 @@ fn jail_vmm(
     Ok(())
 }
 
+/// The OCI config that runs domain `d`: [`oci_config`], and for a microvm domain its VMM
+/// (`vmm vm run`) jailed in it.
+pub fn domain_config(
+    d: &Domain,
+    rootfs: &Path,
+    o: &UpOpts,
+    vmm: Option<&Path>,
+) -> Result<serde_json::Value, BackendError> {
+    let mut cfg = oci_config(d, rootfs, o)?;
+    if let Some(vm) = &d.vm {
+        let vmm = vmm.ok_or_else(|| {
+            err(format!(
+                "domain {}: no VMM binary for microvm domains",
+                d.name
+            ))
+        })?;
+        jail_vmm(&mut cfg, d, vm, vmm, o.run_dir.is_some())?;
+    }
+    Ok(cfg)
+}
+
 impl ContainerBackend {
     /// A backend keeping its state in `dir`; its containers are named `<prefix>-<domain>`.
     pub fn new(dir: &Path, prefix: &str) -> Self {
@@ -304,16 +326,7 @@ impl Backend for ContainerBackend {
             }
         };
         let r = (|| {
-            let mut cfg = oci_config(d, &rootfs, o)?;
-            if let Some(vm) = &d.vm {
-                let vmm = self.vmm.as_deref().ok_or_else(|| {
-                    err(format!(
-                        "domain {}: no VMM binary for microvm domains",
-                        d.name
-                    ))
-                })?;
-                jail_vmm(&mut cfg, d, vm, vmm, o.run_dir.is_some())?;
-            }
+            let cfg = domain_config(d, &rootfs, o, self.vmm.as_deref())?;
             std::fs::write(bundle.join("config.json"), cfg.to_string())
                 .map_err(|e| err(format!("writing the bundle: {e}")))?;
             let co = CreateOpts {
