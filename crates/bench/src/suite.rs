@@ -637,10 +637,13 @@ pub fn table(r: &Report) -> String {
     }
     s += "\n";
     for row in &r.rows {
-        s += &format!(
-            "{:<20} {:>8} {:>12.3}",
-            row.test, row.unit, row.cells[0].median
-        );
+        let native = row.cells[0].median;
+        let native = if native.is_nan() {
+            "-".into()
+        } else {
+            format!("{native:.3}")
+        };
+        s += &format!("{:<20} {:>8} {native:>12}", row.test, row.unit);
         for c in row.cells.iter().skip(1) {
             let cell = match (c.ratio_to_native.is_nan(), c.median.is_nan()) {
                 (false, _) => format!("{:.3}x", c.ratio_to_native),
