@@ -703,9 +703,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ratios_are_taken_within_a_round() {
-        let bs: Vec<Backend> = ["native", "container"]
+    fn backends(names: &[&str]) -> Vec<Backend> {
+        names
             .iter()
             .map(|n| Backend {
                 name: n.to_string(),
@@ -713,7 +712,12 @@ mod tests {
                 version: String::new(),
                 guest: None,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn ratios_are_taken_within_a_round() {
+        let bs = backends(&["native", "container"]);
         // A noisy machine: round 1 is twice as slow for both; the ratio stays 1.1.
         let runs = vec![
             run(0, "native", 1.0),
@@ -752,15 +756,7 @@ mod tests {
 
     #[test]
     fn a_figure_only_one_backend_has_gets_a_row_without_ratio() {
-        let bs: Vec<Backend> = ["native", "microvm"]
-            .iter()
-            .map(|n| Backend {
-                name: n.to_string(),
-                runtime: None,
-                version: String::new(),
-                guest: None,
-            })
-            .collect();
+        let bs = backends(&["native", "microvm"]);
         let mut vm = run(0, "microvm", 2.0);
         vm.figures.push(Figure {
             name: "vm_exit".into(),

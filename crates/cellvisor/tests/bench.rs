@@ -285,11 +285,11 @@ fn bench_suite_microvm_bad_input() {
     assert_eq!(leftovers(), before);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("cellvisor-bench-"), "{mounts}");
-    let vmms = Command::new("pgrep")
-        .args(["-f", "cellvisor-vm/cellvisor vm run"])
-        .output()
-        .unwrap();
-    assert!(vmms.stdout.is_empty(), "a VMM is left");
+    assert_eq!(
+        common::processes_with("cellvisor-vm/cellvisor\0vm\0run"),
+        Vec::<i32>::new(),
+        "a VMM is left"
+    );
 }
 
 /// The microvm column where a stock kernel boots: the suite over native, container and
@@ -304,109 +304,97 @@ fn bench_suite_microvm_in_the_test_host() {
     if !common::can_run() {
         return;
     }
-    let kernel = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"));
-    if !kernel || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        eprintln!(
-            "skipped: no /boot/vmlinuz-* or qemu-system-x86_64 (scripts/deps.sh installs them)"
-        );
+    if common::stock_kernel().is_none() {
         return;
     }
     let bin = Path::new(common::BIN).parent().unwrap();
-    let mut last = String::new();
-    for attempt in 0..3 {
-        let out = tempfile::tempdir().unwrap();
-        let o = Command::new("bash")
-            .arg(Path::new(common::WORKSPACE).join("scripts/bench-suite-vm.sh"))
-            .args(["--quick", "-n", "1", "--max-domains", "2"])
-            .arg(out.path())
-            .env("CELLVISOR_BIN", bin)
-            .env("CELLVISOR_AGENT", common::agent())
-            .env("KVM_TEST_HOST_TIMEOUT", "400")
-            .output()
-            .unwrap();
-        last = format!(
-            "attempt {attempt}: {}{}",
-            common::stdout(&o),
-            common::stderr(&o)
-        );
-        if !o.status.success() {
-            continue;
+    let out = tempfile::tempdir().unwrap();
+    common::in_test_host(
+        "the suite did not run in the test host",
+        || {
+            let mut c = Command::new("bash");
+            c.arg(Path::new(common::WORKSPACE).join("scripts/bench-suite-vm.sh"))
+                .args(["--quick", "-n", "1", "--max-domains", "2"])
+                .arg(out.path())
+                .env("CELLVISOR_BIN", bin)
+                .env("CELLVISOR_AGENT", common::agent())
+                .env("KVM_TEST_HOST_TIMEOUT", "400");
+            c
+        },
+        |o| o.status.success(),
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        doc["failed"].as_array().unwrap().len(),
+        0,
+        "{}",
+        doc["failed"]
+    );
+    let names: Vec<&str> = doc["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["native", "container", "microvm"]);
+    for r in doc["rows"].as_array().unwrap() {
+        let cells = r["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 3, "{r}");
+        assert!(cells[2]["median"].as_f64().unwrap() > 0.0, "{r}");
+        if r["test"] == "vm_exit" {
+            // The microVM's own: no native figure, no ratio.
+            assert!(cells[0]["median"].is_null(), "{r}");
+            assert!(cells[2]["ratio_to_native"].is_null(), "{r}");
+        } else {
+            assert!(cells[2]["ratio_to_native"].as_f64().unwrap() > 0.0, "{r}");
         }
-        let doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap())
-                .unwrap();
-        assert_eq!(doc["failed"].as_array().unwrap().len(), 0, "{last}");
-        let names: Vec<&str> = doc["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, ["native", "container", "microvm"]);
-        for r in doc["rows"].as_array().unwrap() {
-            let cells = r["cells"].as_array().unwrap();
-            assert_eq!(cells.len(), 3, "{r}");
-            assert!(cells[2]["median"].as_f64().unwrap() > 0.0, "{r}");
-            if r["test"] == "vm_exit" {
-                // The microVM's own: no native figure, no ratio.
-                assert!(cells[0]["median"].is_null(), "{r}");
-                assert!(cells[2]["ratio_to_native"].is_null(), "{r}");
-            } else {
-                assert!(cells[2]["ratio_to_native"].as_f64().unwrap() > 0.0, "{r}");
-            }
-        }
-        let tests: Vec<&str> = doc["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["test"].as_str().unwrap())
-            .collect();
-        for t in [
-            "null_syscall",
-            "fork_exec",
-            "host_switch_pinned",
-            "codec_decode",
-            "vm_exit",
-        ] {
-            assert!(tests.contains(&t), "{t} missing: {tests:?}");
-        }
-        let points = doc["scale"]["points"].as_array().unwrap();
-        assert_eq!(points.len(), 2 * 3);
-        for p in points.iter().filter(|p| p["backend"] == "microvm") {
-            let n = p["n"].as_u64().unwrap() as usize;
-            assert_eq!(p["start_ms"].as_array().unwrap().len(), n, "{p}");
-            for k in [
-                "start_p50_ms",
-                "pss_kib_per_domain",
-                "cgroup_kib_per_domain",
-                "private_kib_per_domain",
-                "shared_kib_per_domain",
-            ] {
-                assert!(p[k].as_f64().unwrap() > 0.0, "{k}: {p}");
-            }
-            assert!(p["busy_iterations"].as_u64().unwrap() > 0, "{p}");
-        }
-        let table = std::fs::read_to_string(out.path().join("table.txt")).unwrap();
-        assert!(
-            table.contains("microvm") && table.contains("vm_exit"),
-            "{table}"
-        );
-        for f in [
-            "micro.svg",
-            "macro.svg",
-            "scale-memory.svg",
-            "results.csv",
-            "scale.csv",
-        ] {
-            assert!(out.path().join(f).is_file(), "{f} missing");
-        }
-        return;
     }
-    panic!("the suite did not run in the test host:\n{last}");
+    let tests: Vec<&str> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test"].as_str().unwrap())
+        .collect();
+    for t in [
+        "null_syscall",
+        "fork_exec",
+        "host_switch_pinned",
+        "codec_decode",
+        "vm_exit",
+    ] {
+        assert!(tests.contains(&t), "{t} missing: {tests:?}");
+    }
+    let points = doc["scale"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2 * 3);
+    for p in points.iter().filter(|p| p["backend"] == "microvm") {
+        let n = p["n"].as_u64().unwrap() as usize;
+        assert_eq!(p["start_ms"].as_array().unwrap().len(), n, "{p}");
+        for k in [
+            "start_p50_ms",
+            "pss_kib_per_domain",
+            "cgroup_kib_per_domain",
+            "private_kib_per_domain",
+            "shared_kib_per_domain",
+        ] {
+            assert!(p[k].as_f64().unwrap() > 0.0, "{k}: {p}");
+        }
+        assert!(p["busy_iterations"].as_u64().unwrap() > 0, "{p}");
+    }
+    let table = std::fs::read_to_string(out.path().join("table.txt")).unwrap();
+    assert!(
+        table.contains("microvm") && table.contains("vm_exit"),
+        "{table}"
+    );
+    for f in [
+        "micro.svg",
+        "macro.svg",
+        "scale-memory.svg",
+        "results.csv",
+        "scale.csv",
+    ] {
+        assert!(out.path().join(f).is_file(), "{f} missing");
+    }
 }
 
 fn leftovers() -> usize {

@@ -524,21 +524,7 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
     if !can_run_vms() {
         return;
     }
-    let kernel = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz-")
-                && p.to_string_lossy().ends_with("-amd64")
-        })
-        .max();
-    let (Some(kernel), true) = (kernel, Path::new("/usr/bin/qemu-system-x86_64").exists()) else {
-        eprintln!("skipped: no /boot/vmlinuz-*-amd64 or qemu-system-x86_64 (scripts/deps.sh installs them)");
+    let Some(kernel) = common::stock_kernel() else {
         return;
     };
     let t = tempfile::tempdir().unwrap();
@@ -578,58 +564,50 @@ fn a_stock_debian_kernel_boots_to_userspace_in_the_test_host() {
          [ -e /tmp/v.sock ] || echo UDS-GONE; [ \"$before\" = \"$(md5sum base.img)\" ] && echo BASE-UNCHANGED; \
          ip link show cvtap0 >/dev/null 2>&1 || echo TAP-GONE; exit $rc"
     );
-    let mut last = String::new();
-    for attempt in 0..3 {
-        let o = Command::new("bash")
-            .arg(Path::new(WORKSPACE).join("scripts/kvm-test-host.sh"))
-            .args(["-m", "1024", "-f", common::BIN, "-f"])
-            .arg(&kernel)
-            .arg("-f")
-            .arg(&initrd)
-            .arg("-f")
-            .arg(&base)
-            .arg("-f")
-            .arg(&agent)
-            .arg("--")
-            .arg(&cmd)
-            .env("KVM_TEST_HOST_TIMEOUT", "150")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        last = format!(
-            "attempt {attempt}: {}{}",
-            common::stdout(&o),
-            common::stderr(&o)
-        );
-        let out = common::stdout(&o);
-        if o.status.success() && out.contains("GUEST-UP ") {
-            assert!(out.contains("IN-GUEST-42"), "{out}");
-            assert!(
-                out.contains(kname.trim_start_matches("vmlinuz-")),
-                "uname -r: {out}"
-            );
-            for want in [
-                "CPUS-2\n",
-                "cellvisor disk 0\n",
-                "guest-wrote-this\n",
-                "BASE-UNCHANGED",
-                "PING-OK",
-                "TAP-GONE",
-                "reply: from-guest",
-                "reply: hello-guest",
-                "echoed 12 bytes",
-                "UDS-GONE",
-                "GOT-serial-input",
-                // The guest's agent finds its port at host vsock port 1024 (PATH_1024, where
-                // cellvisord listens for a microvm domain; an echo here).
-                "{\"op\":\"ls\"}",
-            ] {
-                assert!(out.contains(want), "missing {want:?} in:\n{out}");
-            }
-            // Powered off through ACPI before the init's own reboot.
-            assert!(!out.contains("GUEST-DONE"), "{out}");
-            return;
-        }
+    let o = common::in_test_host(
+        "the Debian kernel did not reach userspace",
+        || {
+            let mut c = Command::new("bash");
+            c.arg(Path::new(WORKSPACE).join("scripts/kvm-test-host.sh"))
+                .args(["-m", "1024", "-f", common::BIN, "-f"])
+                .arg(&kernel)
+                .arg("-f")
+                .arg(&initrd)
+                .arg("-f")
+                .arg(&base)
+                .arg("-f")
+                .arg(&agent)
+                .arg("--")
+                .arg(&cmd)
+                .env("KVM_TEST_HOST_TIMEOUT", "150");
+            c
+        },
+        |o| o.status.success() && common::stdout(o).contains("GUEST-UP "),
+    );
+    let out = common::stdout(&o);
+    assert!(out.contains("IN-GUEST-42"), "{out}");
+    assert!(
+        out.contains(kname.trim_start_matches("vmlinuz-")),
+        "uname -r: {out}"
+    );
+    for want in [
+        "CPUS-2\n",
+        "cellvisor disk 0\n",
+        "guest-wrote-this\n",
+        "BASE-UNCHANGED",
+        "PING-OK",
+        "TAP-GONE",
+        "reply: from-guest",
+        "reply: hello-guest",
+        "echoed 12 bytes",
+        "UDS-GONE",
+        "GOT-serial-input",
+        // The guest's agent finds its port at host vsock port 1024 (PATH_1024, where
+        // cellvisord listens for a microvm domain; an echo here).
+        "{\"op\":\"ls\"}",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
-    panic!("the Debian kernel did not reach userspace:\n{last}");
+    // Powered off through ACPI before the init's own reboot.
+    assert!(!out.contains("GUEST-DONE"), "{out}");
 }

@@ -199,6 +199,42 @@ pub fn test_guest(dir: &Path, name: &str) -> PathBuf {
     elf
 }
 
+/// The newest stock guest kernel (/boot/vmlinuz-*-amd64), when it and QEMU (for the
+/// emulated KVM test host) are installed; otherwise the test says why and is skipped.
+pub fn stock_kernel() -> Option<PathBuf> {
+    let kernel = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("vmlinuz-") && name.ends_with("-amd64")
+        })
+        .max();
+    if kernel.is_none() || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!("skipped: no /boot/vmlinuz-*-amd64 or qemu-system-x86_64 (scripts/deps.sh installs them)");
+        return None;
+    }
+    kernel
+}
+
+/// Run a command in the emulated KVM test host (`cmd` builds it) until `ok` accepts its
+/// output, at most three times: the emulator itself sometimes stalls for good (its timer
+/// interrupts stop while a nested guest runs), so every attempt has a deadline of its own.
+/// Panics with the last attempt's output.
+pub fn in_test_host(what: &str, cmd: impl Fn() -> Command, ok: impl Fn(&Output) -> bool) -> Output {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let o = cmd().stdin(Stdio::null()).output().unwrap();
+        if ok(&o) {
+            return o;
+        }
+        last = format!("attempt {attempt}: {}{}", stdout(&o), stderr(&o));
+    }
+    panic!("{what}:\n{last}");
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
