@@ -4,6 +4,11 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Mutex;
+
+/// The suite runs on this host one at a time: each checks that it leaves no work directory
+/// or cgroup, which another one running would have.
+static SUITE: Mutex<()> = Mutex::new(());
 
 #[test]
 fn bench_channel_smoke() {
@@ -84,6 +89,7 @@ fn bench_suite_quick() {
     if !common::can_run() {
         return;
     }
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
     let peers: Vec<&str> = ["runc", "crun"]
         .into_iter()
@@ -236,6 +242,7 @@ fn bench_suite_microvm_bad_input() {
     if !common::can_run() || !std::path::Path::new("/dev/kvm").exists() {
         return;
     }
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
     let before = leftovers();
     let o = Command::new(common::BIN)
         .args(["bench", "--backends", "native,microvm"])
