@@ -222,16 +222,11 @@ fn bench_suite_quick() {
     assert!(cg.is_empty(), "cgroups left: {cg:?}");
 
     // Bad input: one line, no work directory left.
-    let before = leftovers();
-    let o = Command::new(common::BIN)
-        .args(["bench", "--backends", "native,nosuch"])
-        .output()
-        .unwrap();
+    let o = bench(["--backends", "native,nosuch"]);
     assert!(!o.status.success());
     let err = common::stderr(&o);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("unknown backend \"nosuch\""), "{err}");
-    assert_eq!(leftovers(), before);
 }
 
 /// The microvm backend's bad input: without a kernel, one line; with files that are no
@@ -243,42 +238,45 @@ fn bench_suite_microvm_bad_input() {
         return;
     }
     let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
-    let before = leftovers();
-    let o = Command::new(common::BIN)
-        .args(["bench", "--backends", "native,microvm"])
-        .output()
-        .unwrap();
+    let o = bench(["--backends", "native,microvm"]);
     assert!(!o.status.success());
     let err = common::stderr(&o);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("needs --kernel"), "{err}");
-    let o = Command::new(common::BIN)
-        .args(["bench", "--backends", "native,microvm"])
-        .args(["--kernel", "/nonexistent", "--initrd", "/nonexistent"])
-        .output()
-        .unwrap();
+    let o = bench([
+        "--backends",
+        "native,microvm",
+        "--kernel",
+        "/nonexistent",
+        "--initrd",
+        "/nonexistent",
+    ]);
     assert!(!o.status.success());
     let err = common::stderr(&o);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent: no such file"), "{err}");
-    assert_eq!(leftovers(), before);
 
     let t = tempfile::tempdir().unwrap();
     let junk = t.path().join("junk");
     std::fs::write(&junk, b"not a kernel").unwrap();
     let out = t.path().join("out");
-    let o = Command::new(common::BIN)
-        .args(["bench", "--quick", "-n", "1", "--max-domains", "1"])
-        .args(["--backends", "native,microvm", "--kernel"])
-        .arg(&junk)
-        .arg("--initrd")
-        .arg(&junk)
-        .arg("--agent")
-        .arg(common::agent())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = bench([
+        "--quick".as_ref(),
+        "-n".as_ref(),
+        "1".as_ref(),
+        "--max-domains".as_ref(),
+        "1".as_ref(),
+        "--backends".as_ref(),
+        "native,microvm".as_ref(),
+        "--kernel".as_ref(),
+        junk.as_os_str(),
+        "--initrd".as_ref(),
+        junk.as_os_str(),
+        "--agent".as_ref(),
+        common::agent().as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let table = common::stdout(&o);
     assert!(
@@ -289,7 +287,6 @@ fn bench_suite_microvm_bad_input() {
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(doc["failed"][0]["backend"], "microvm", "{}", doc["failed"]);
     assert_eq!(doc["backends"].as_array().unwrap().len(), 1);
-    assert_eq!(leftovers(), before);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("cellvisor-bench-"), "{mounts}");
     assert_eq!(
@@ -404,14 +401,18 @@ fn bench_suite_microvm_in_the_test_host() {
     }
 }
 
-fn leftovers() -> usize {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("cellvisor-bench-")
-        })
-        .count()
+/// `cellvisor bench ARGS` as a user runs it; its work directory (named after its pid) must be
+/// gone when it ends, however it ended.
+fn bench<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    let child = Command::new(common::BIN)
+        .arg("bench")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let work = std::env::temp_dir().join(format!("cellvisor-bench-{}", child.id()));
+    let o = child.wait_with_output().unwrap();
+    assert!(!work.exists(), "{} left behind", work.display());
+    o
 }
