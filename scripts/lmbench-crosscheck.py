@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Cross-check the native figures of `cellvisor bench` against LMbench 3 itself.
 
-usage: lmbench-crosscheck.py LMBENCH_SRC AGENT [ROUNDS]
+usage: lmbench-crosscheck.py [--free] LMBENCH_SRC AGENT [ROUNDS]
 
 LMBENCH_SRC is a local clone of the public LMbench 3 repository (github.com/intel/lmbench);
 nothing of it is part of this project. The LMbench programs that match our microbenchmarks are
 built into a temporary directory (lat_proc statically, as our agent is static; its exec target
 is LMbench's own static hello), then LMbench and `AGENT micro` (cellvisor-agent, run natively)
-alternate for ROUNDS rounds (default 3). Prints, per figure, both medians over the rounds and
-their ratio, and whether it lies within 20%. Needs gcc and libtirpc-dev (LMbench's bench.h
-includes <rpc/rpc.h>).
+alternate for ROUNDS rounds (default 3); the agent's fork+exec and fork+sh run LMbench's hello
+too (`--exec`), so both time the same work. Prints, per figure, both medians over the rounds and
+their ratio, and whether it lies within 20%. Both run pinned to CPU 0 (every process they
+fork inherits it), as LMBENCH_SCHED=SINGLE would: on a machine where a wake-up on the other
+CPU costs an IPI through the outer hypervisor, the round trips (pipe, ctx, fork+exit's wait)
+are bimodal otherwise, and which mode a run lands in decides the figure. `--free` lets the
+scheduler place them. Needs gcc and libtirpc-dev (LMbench's bench.h includes <rpc/rpc.h>).
 """
 
 import json
@@ -59,7 +63,7 @@ def build(src, out):
 def lmbench(bindir, case):
     argv, figs = case
     p = subprocess.run([os.path.join(bindir, argv[0]), *argv[1:]], capture_output=True,
-                       text=True, check=True)
+                       text=True, check=True, preexec_fn=PLACE)
     out = {}
     for name, pat in figs:
         m = re.search(pat, p.stdout + p.stderr, re.M)
@@ -70,20 +74,31 @@ def lmbench(bindir, case):
 
 
 def ours(agent):
-    p = subprocess.run([agent, "micro", "--interval-ms", "5"], capture_output=True, text=True,
-                       check=True)
+    # fork+exec and fork+sh run the same program as LMbench's: its static hello.
+    p = subprocess.run([agent, "micro", "--interval-ms", "5", "--exec", "/tmp/hello-s"],
+                       capture_output=True, text=True, check=True, preexec_fn=PLACE)
     figs = json.loads(p.stdout.strip().splitlines()[-1])["micro"]
     out = {f["name"]: f["median"] for f in figs}
     out["pipe_bandwidth"] *= 1.048576
     return out
 
 
+# Where the benchmarks run: CPU 0 (default), or wherever the scheduler puts them (--free).
+PLACE = None
+
+
 def main():
-    if len(sys.argv) < 3:
+    global PLACE
+    args = sys.argv[1:]
+    if "--free" in args:
+        args.remove("--free")
+    else:
+        PLACE = lambda: os.sched_setaffinity(0, {0})  # noqa: E731
+    if len(args) < 2:
         raise SystemExit(__doc__)
-    src = os.path.join(sys.argv[1], "src")
-    agent = os.path.abspath(sys.argv[2])
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    src = os.path.join(args[0], "src")
+    agent = os.path.abspath(args[1])
+    rounds = int(args[2]) if len(args) > 2 else 3
     bindir = tempfile.mkdtemp(prefix="lmbench-")
     try:
         build(src, bindir)
@@ -101,7 +116,8 @@ def main():
         shutil.rmtree(bindir, ignore_errors=True)
         if os.path.exists("/tmp/hello-s"):
             os.remove("/tmp/hello-s")
-    print(f"native figures, cellvisor-agent micro vs LMbench 3 (median of {rounds} alternating rounds)")
+    place = "free" if PLACE is None else "both pinned to CPU 0"
+    print(f"native figures, cellvisor-agent micro vs LMbench 3 (median of {rounds} alternating rounds, {place})")
     print(f"{'figure':<16} {'unit':>6} {'LMbench':>10} {'ours':>10} {'ours/LMb':>9}  within 20%")
     inside = 0
     for name in NAMES:

@@ -8,7 +8,8 @@
 //!   bench-echo | bench-drive ROUNDS      the two sides of the channel benchmark between
 //!                                        domains, over descriptors 3..11 (see `bench`)
 //!   micro [--interval-ms 5] [--host-fds R,W | --host-vsock PORT] [--exit-port]
-//!         [--macro [--files 100]]        LMbench-style microbenchmarks, as JSON (see micro.rs);
+//!         [--exec PROG] [--cpu N] [--macro [--files 100]]
+//!                                        LMbench-style microbenchmarks, as JSON (see micro.rs);
 //!                                        --macro adds the macrobenchmarks (workload.rs: the
 //!                                        application /app/cellvisor-app, files in /data)
 //!   hello                                print "Hello world" (what micro's fork+exec runs)
@@ -43,6 +44,8 @@ struct Opts {
     host_fds: Option<(i32, i32)>,
     host_vsock: Option<u32>,
     exit_port: bool,
+    exec: Option<String>,
+    cpu: Option<usize>,
     macros: bool,
     files: usize,
 }
@@ -60,6 +63,8 @@ fn parse() -> Result<(String, Opts), String> {
         host_fds: None,
         host_vsock: None,
         exit_port: false,
+        exec: None,
+        cpu: None,
         macros: false,
         files: 100,
     };
@@ -96,6 +101,11 @@ fn parse() -> Result<(String, Opts), String> {
             }
             "--macro" => o.macros = true,
             "--exit-port" => o.exit_port = true,
+            "--exec" => o.exec = Some(val("--exec")?),
+            "--cpu" => {
+                let v = val("--cpu")?;
+                o.cpu = Some(v.parse().map_err(|_| format!("--cpu {v:?}: not a CPU"))?);
+            }
             "--host-vsock" => {
                 let v = val("--host-vsock")?;
                 o.host_vsock = Some(
@@ -340,11 +350,16 @@ fn run() -> Result<(), String> {
                 Some(s) => Some((s.as_raw_fd(), s.as_raw_fd())),
                 None => o.host_fds,
             };
+            let exec = match &o.exec {
+                Some(p) => vec![p.clone()],
+                None => vec![exe, "hello".into()],
+            };
             let opts = agent::micro::Opts {
                 interval: Duration::from_millis(o.interval_ms.max(1)),
-                exe,
+                exec,
                 host,
                 exit_port: o.exit_port,
+                cpu: o.cpu,
             };
             let mut figs = agent::micro::run(&opts, &mut |name| eprintln!("micro: {name}"))?;
             if o.macros {

@@ -5,7 +5,8 @@
 //! it); prints one JSON object.
 //!
 //! - null syscall (getppid), 1-byte read of /dev/zero, 1-byte write to /dev/null
-//! - fork+exit, fork+exec (of this static program), fork+sh (`/bin/sh -c` this program)
+//! - fork+exit, fork+exec (of this static program, or `--exec PROG`), fork+sh (`/bin/sh -c`
+//!   the same)
 //! - pipe and Unix-socket latency: a 1-byte round trip between two processes
 //! - context switch among 2, 8, 16 processes passing a token round a ring of pipes, less the
 //!   cost of the pipe operations themselves (measured in one process), as lat_ctx reports it
@@ -25,12 +26,16 @@ pub const TRIES: usize = 11;
 /// How long each timing runs and what to measure.
 pub struct Opts {
     pub interval: Duration,
-    /// This program, for fork+exec and fork+sh.
-    pub exe: String,
+    /// What fork+exec runs (a program and its arguments; fork+sh runs it through
+    /// `/bin/sh -c`): this program's `hello`, or the cross-check's LMbench hello.
+    pub exec: Vec<String>,
     /// Descriptors to the host's echo (read, write), for the guest/host switch.
     pub host: Option<(RawFd, RawFd)>,
     /// Time the exit round trip to the VMM (only inside a microVM).
     pub exit_port: bool,
+    /// Where everything runs (and every child forked, which inherits it): one CPU, as
+    /// LMBENCH_SCHED=SINGLE places LMbench, or wherever the scheduler puts it.
+    pub cpu: Option<usize>,
 }
 
 /// One figure: its samples (per operation, in `unit`) and their median.
@@ -235,12 +240,12 @@ fn round_trips(tx: RawFd, rx: RawFd, n: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn exec_args(exe: &str, sh: bool) -> Vec<std::ffi::CString> {
+fn exec_args(exec: &[String], sh: bool) -> Vec<std::ffi::CString> {
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     if sh {
-        vec![c("/bin/sh"), c("-c"), c(&format!("{exe} hello"))]
+        vec![c("/bin/sh"), c("-c"), c(&exec.join(" "))]
     } else {
-        vec![c(exe), c("hello")]
+        exec.iter().map(|a| c(a)).collect()
     }
 }
 
@@ -287,6 +292,9 @@ impl<'a> Figures<'a> {
 /// Every microbenchmark, in order.
 pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, String> {
     let iv = o.interval;
+    if o.cpu.is_some() {
+        pin(o.cpu);
+    }
     let mut figs = Figures::new(progress);
     let mut fig = |name: &str, unit: &'static str, samples: Vec<f64>| figs.add(name, unit, samples);
     fig(
@@ -333,13 +341,16 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, Stri
         "us",
         measure(iv, |n| {
             for _ in 0..n {
-                reap(fork(None, || 0)?)?;
+                // The child leaves through the C library's exit, as LMbench's does (its exit
+                // handlers and stdio flush touch, and so copy, a few pages).
+                // SAFETY: exit in the forked child ends it; nothing of the parent runs there.
+                reap(fork(None, || unsafe { libc::exit(0) })?)?;
             }
             Ok(())
         })?,
     );
     for (name, sh) in [("fork_exec", false), ("fork_sh", true)] {
-        let args = exec_args(&o.exe, sh);
+        let args = exec_args(&o.exec, sh);
         fig(
             name,
             "us",
@@ -390,7 +401,7 @@ pub fn run(o: &Opts, progress: &mut dyn FnMut(&str)) -> Result<Vec<Figure>, Stri
             let s = measure(iv, |n| round_trips(tx, rx, n))?;
             fig(name, "us", s);
         }
-        pin(None);
+        pin(o.cpu);
     }
     if o.exit_port {
         fig("vm_exit", "us", exit_round_trip(iv)?);

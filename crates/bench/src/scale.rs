@@ -502,13 +502,19 @@ fn busy_vms(b: &Backend, work: &Path, n: usize, window: Duration) -> Result<u64>
 }
 
 /// n busy domains at once: each waits for a common start, spins until a common end and
-/// prints how many loop iterations it did; their sum.
-fn busy_round(b: &Backend, work: &Path, n: usize, window: Duration) -> Result<u64> {
+/// prints how many loop iterations it did; their sum. The start is far enough ahead for all n
+/// to be up: a second, plus twice the slowest start seen with the idle domains, n times.
+fn busy_round(
+    b: &Backend,
+    work: &Path,
+    n: usize,
+    window: Duration,
+    slowest_start_ms: f64,
+) -> Result<u64> {
     if b.guest.is_some() {
         return busy_vms(b, work, n, window);
     }
-    // Far enough ahead for every domain to be up before the start.
-    let from = now_ms() + 1000 + 150 * n as u64;
+    let from = now_ms() + 1000 + (2.0 * slowest_start_ms * n as f64) as u64;
     let to = from + window.as_millis() as u64;
     let args = [
         "/bin/cellvisor-agent".to_string(),
@@ -648,7 +654,8 @@ fn measure(
                 stop(b, work, d);
             }
             let (cpu, mem, pss, cg, state) = measured?;
-            let busy = busy_round(b, work, n, window)?;
+            let slowest = times.iter().copied().fold(0.0, f64::max);
+            let busy = busy_round(b, work, n, window, slowest)?;
             let nf = n as f64;
             points.push(Point {
                 backend: b.name.clone(),

@@ -166,12 +166,20 @@ const VM_MEM_MIB: u64 = 512;
 /// How long one microVM run may take once its guest is up.
 const VM_RUN_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// The agent's command line in every backend: the host's echo on descriptors 3 and 4, or in
-/// a microVM on a vsock stream, where it also times the exit round trip.
+/// The agent's command line in every backend: everything on CPU 0 (as LMBENCH_SCHED=SINGLE:
+/// on two vCPUs of a nested VM a wake-up across CPUs costs an IPI through the outer
+/// hypervisor, and the round trips would be bimodal), the host's echo on descriptors 3 and 4,
+/// or in a microVM on a vsock stream, where it also times the exit round trip.
 fn agent_args(interval_ms: u64, files: usize, microvm: bool) -> Vec<String> {
-    let mut a: Vec<String> = ["/bin/cellvisor-agent", "micro", "--interval-ms"]
-        .map(String::from)
-        .to_vec();
+    let mut a: Vec<String> = [
+        "/bin/cellvisor-agent",
+        "micro",
+        "--cpu",
+        "0",
+        "--interval-ms",
+    ]
+    .map(String::from)
+    .to_vec();
     a.push(interval_ms.to_string());
     if microvm {
         a.extend([
