@@ -298,7 +298,33 @@ pub fn host_facts() -> serde_json::Value {
         "cpu": cpu,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "cgroup": cgroup,
+        "nesting": nesting(&read("/proc/cpuinfo"), Path::new("/dev/kvm").exists()),
     })
+}
+
+/// Where this machine sits: bare metal or a VM (the CPU's `hypervisor` flag), and what its
+/// /dev/kvm runs on (the CPU's vmx/svm, or neither: a nested "PVM"-style KVM that emulates
+/// guest ring 0).
+fn nesting(cpuinfo: &str, kvm: bool) -> String {
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let hw = ["vmx", "svm"].into_iter().find(|f| flags.contains(f));
+    let place = if flags.contains(&"hypervisor") {
+        "a VM"
+    } else {
+        "bare metal"
+    };
+    let kvm = match (kvm, hw) {
+        (false, _) => "no /dev/kvm".to_string(),
+        (true, Some(f)) => format!("/dev/kvm on {f}"),
+        (true, None) => "/dev/kvm without vmx/svm (guest ring 0 emulated, PVM-style)".into(),
+    };
+    format!("{place}; {kvm}")
 }
 
 /// The report as a terminal table.
@@ -334,4 +360,27 @@ pub fn table(r: &Report) -> String {
         s += "\n";
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_named_from_the_cpu_flags() {
+        let info = |flags: &str| format!("processor\t: 0\nflags\t\t: fpu {flags} sse\n");
+        assert_eq!(
+            nesting(&info("hypervisor"), true),
+            "a VM; /dev/kvm without vmx/svm (guest ring 0 emulated, PVM-style)"
+        );
+        assert_eq!(
+            nesting(&info("hypervisor svm"), true),
+            "a VM; /dev/kvm on svm"
+        );
+        assert_eq!(nesting(&info("vmx"), true), "bare metal; /dev/kvm on vmx");
+        assert_eq!(nesting(&info("vmx"), false), "bare metal; no /dev/kvm");
+        assert!(host_facts()["nesting"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
+    }
 }
