@@ -55,7 +55,15 @@ pub struct SuiteArgs {
 pub fn run(a: &BenchArgs) -> Result<i32> {
     match &a.cmd {
         Some(c) => run_cmd(c),
-        None => suite(&a.suite),
+        None => {
+            let r = suite(&a.suite);
+            // A signal's teardown is under way (its children killed, the suite failed): it
+            // ends the process when it is done.
+            while STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::park();
+            }
+            r
+        }
     }
 }
 
@@ -113,14 +121,15 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         ));
     }
     let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 7 });
+    if rounds == 0 {
+        return Err(anyhow!("--rounds must be at least 1"));
+    }
     // The survey saves 100 files; --quick saves 20.
     let files = if a.quick { 20 } else { 100 };
     // 5 ms: the interval LMbench settles on where its clock is fine enough (its "enough").
     let interval_ms = if a.quick { 2 } else { 5 };
-    if rounds == 0 {
-        return Err(anyhow!("--rounds must be at least 1"));
-    }
     let work = tempdir()?;
+    teardown_on_signal(&work, &backends);
     let mut bar = Progress::new(rounds * backends.len());
     let r = bench::suite::run(
         &backends,
@@ -437,6 +446,33 @@ fn write_report(dir: &std::path::Path, name: &str, v: &impl serde::Serialize) ->
         .with_context(|| format!("writing {}", p.display()))?;
     eprintln!("wrote {}", p.display());
     Ok(())
+}
+
+/// Set while a signal's teardown runs.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stopped by SIGINT, SIGTERM or SIGHUP, the suite removes what it made (its children,
+/// containers, cgroups, work directory) and exits 128 + the signal. The signals are blocked
+/// from here on in this thread and the threads it starts, and taken by one thread of their
+/// own; children start with them unblocked (std resets the mask at spawn).
+fn teardown_on_signal(work: &std::path::Path, backends: &[bench::suite::Backend]) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let (work, backends) = (work.to_path_buf(), backends.to_vec());
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("cellvisor bench: {sig}: removing what this run made");
+            bench::suite::teardown(&work, &backends);
+            std::process::exit(128 + sig as i32);
+        }
+    });
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -401,6 +401,71 @@ fn bench_suite_microvm_in_the_test_host() {
     }
 }
 
+/// Stopped by a signal while its scalability runs have domains up, the suite removes what it
+/// made: its work directory, the domains (their cgroups, which a live process would keep) and
+/// its parent cgroups; it exits 128 + the signal.
+#[test]
+fn bench_suite_stopped_by_a_signal_leaves_nothing() {
+    use std::io::BufRead;
+    if !common::can_run() {
+        return;
+    }
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = Command::new(common::BIN)
+        .args([
+            "bench",
+            "--quick",
+            "-n",
+            "1",
+            "--backends",
+            "native,container",
+            "--agent",
+        ])
+        .arg(common::agent())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The suite's table ends with the file saving; the scalability runs come next.
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        if line.unwrap().starts_with("save_20_files") {
+            break;
+        }
+    }
+    let parents = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|c| c.path().join(format!("cvscale-{pid}")))
+            .chain([std::path::PathBuf::from(format!(
+                "/sys/fs/cgroup/cvscale-{pid}"
+            ))])
+            .filter(|p| p.exists())
+            .collect()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while parents().is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!parents().is_empty(), "no domain came up");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let st = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::into_raw(st) >> 8,
+        128 + 15
+    );
+    let work = std::env::temp_dir().join(format!("cellvisor-bench-{pid}"));
+    assert!(!work.exists(), "{} left behind", work.display());
+    assert_eq!(
+        parents(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left behind"
+    );
+}
+
 /// `cellvisor bench ARGS` as a user runs it; its work directory (named after its pid) must be
 /// gone when it ends, however it ended.
 fn bench<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
