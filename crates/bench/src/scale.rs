@@ -63,6 +63,15 @@ pub struct Report {
     pub ns: Vec<usize>,
     pub points: Vec<Point>,
     pub slopes: Vec<Slope>,
+    /// Backends that could not run n domains (their points stop before).
+    pub failed: Vec<Failed>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failed {
+    pub backend: String,
+    pub n: usize,
+    pub error: String,
 }
 
 fn read(p: &Path) -> String {
@@ -596,6 +605,68 @@ pub fn run(
     r
 }
 
+/// One backend with n domains: start them (idle), measure CPU, memory and storage, stop
+/// them, then the busy round. `shared` is the storage all of them share, KiB.
+fn point(b: &Backend, work: &Path, n: usize, window: Duration, shared: f64) -> Result<Point> {
+    let cpu0 = cpu_use(window);
+    let mem0 = host_used_kib();
+    let mut ds = Vec::new();
+    let mut times = Vec::new();
+    let t = Instant::now();
+    let started = (|| -> Result<()> {
+        for i in 0..n {
+            let (d, ms) = start(b, work, "idle", i)?;
+            ds.push(d);
+            times.push(ms);
+        }
+        Ok(())
+    })();
+    let all_ms = t.elapsed().as_secs_f64() * 1e3;
+    let measured = started.map(|()| {
+        std::thread::sleep(window / 2);
+        let cpu = cpu_use(window);
+        let mem = host_used_kib();
+        let pss: f64 = ds.iter().flat_map(|d| pids(b, d)).map(pss_kib).sum();
+        let cg: Option<f64> = match b.runtime {
+            None => None,
+            Some(_) => ds.iter().map(|d| cgroup_memory_kib(&d.cgroup)).sum(),
+        };
+        let mut state = du_kib(&work.join(format!("state-{}", b.name)));
+        if b.guest.is_some() {
+            // The copy-on-write layers: unnamed files the VMMs hold.
+            state += ds
+                .iter()
+                .flat_map(|d| pids(b, d))
+                .map(vm::unnamed_files_kib)
+                .sum::<f64>();
+        }
+        (cpu, mem, pss, cg, state)
+    });
+    for d in ds {
+        stop(b, work, d);
+    }
+    let (cpu, mem, pss, cg, state) = measured?;
+    let slowest = times.iter().copied().fold(0.0, f64::max);
+    let busy = busy_round(b, work, n, window, slowest)?;
+    let nf = n as f64;
+    Ok(Point {
+        backend: b.name.clone(),
+        n,
+        start_p50_ms: median(&times).unwrap_or(f64::NAN),
+        start_p99_ms: quantile(&times, 0.99).unwrap_or(f64::NAN),
+        start_ms: times,
+        creation_per_s: nf / (all_ms / 1e3),
+        idle_cpu_pct: (cpu - cpu0).max(0.0),
+        busy_ratio_to_native: None,
+        busy_iterations: busy,
+        pss_kib_per_domain: pss / nf,
+        cgroup_kib_per_domain: cg.map(|c| c / nf),
+        host_used_kib: mem - mem0,
+        private_kib_per_domain: state / nf,
+        shared_kib_per_domain: shared / nf,
+    })
+}
+
 fn measure(
     backends: &[Backend],
     agent: &Path,
@@ -613,70 +684,29 @@ fn measure(
         du_kib(&work.join("vm/root.img")) + size(&g.kernel) + size(&g.initrd)
     });
     let mut points = Vec::new();
+    let mut failed: Vec<Failed> = Vec::new();
     for &n in ns {
         for b in backends {
-            progress(&format!("{n} domains: {}", b.name));
-            let cpu0 = cpu_use(window);
-            let mem0 = host_used_kib();
-            let mut ds = Vec::new();
-            let mut times = Vec::new();
-            let t = Instant::now();
-            let started = (|| -> Result<()> {
-                for i in 0..n {
-                    let (d, ms) = start(b, work, "idle", i)?;
-                    ds.push(d);
-                    times.push(ms);
-                }
-                Ok(())
-            })();
-            let all_ms = t.elapsed().as_secs_f64() * 1e3;
-            let measured = started.map(|()| {
-                std::thread::sleep(window / 2);
-                let cpu = cpu_use(window);
-                let mem = host_used_kib();
-                let pss: f64 = ds.iter().flat_map(|d| pids(b, d)).map(pss_kib).sum();
-                let cg: Option<f64> = match b.runtime {
-                    None => None,
-                    Some(_) => ds.iter().map(|d| cgroup_memory_kib(&d.cgroup)).sum(),
-                };
-                let mut state = du_kib(&work.join(format!("state-{}", b.name)));
-                if b.guest.is_some() {
-                    // The copy-on-write layers: unnamed files the VMMs hold.
-                    state += ds
-                        .iter()
-                        .flat_map(|d| pids(b, d))
-                        .map(vm::unnamed_files_kib)
-                        .sum::<f64>();
-                }
-                (cpu, mem, pss, cg, state)
-            });
-            for d in ds {
-                stop(b, work, d);
+            if failed.iter().any(|f| f.backend == b.name) {
+                continue;
             }
-            let (cpu, mem, pss, cg, state) = measured?;
-            let slowest = times.iter().copied().fold(0.0, f64::max);
-            let busy = busy_round(b, work, n, window, slowest)?;
-            let nf = n as f64;
-            points.push(Point {
-                backend: b.name.clone(),
-                n,
-                start_p50_ms: median(&times).unwrap_or(f64::NAN),
-                start_p99_ms: quantile(&times, 0.99).unwrap_or(f64::NAN),
-                start_ms: times,
-                creation_per_s: nf / (all_ms / 1e3),
-                idle_cpu_pct: (cpu - cpu0).max(0.0),
-                busy_ratio_to_native: None,
-                busy_iterations: busy,
-                pss_kib_per_domain: pss / nf,
-                cgroup_kib_per_domain: cg.map(|c| c / nf),
-                host_used_kib: mem - mem0,
-                private_kib_per_domain: state / nf,
-                shared_kib_per_domain: if b.guest.is_some() {
-                    shared_vm
-                } else {
-                    shared_root
-                } / nf,
-            });
+            progress(&format!("{n} domains: {}", b.name));
+            let shared = if b.guest.is_some() {
+                shared_vm
+            } else {
+                shared_root
+            };
+            match point(b, work, n, window, shared) {
+                Ok(p) => points.push(p),
+                // Native must run; a backend that cannot run n domains (memory, a guest
+                // that does not boot) is reported, and not tried with more.
+                Err(e) if b.runtime.is_some() => failed.push(Failed {
+                    backend: b.name.clone(),
+                    n,
+                    error: e.to_string(),
+                }),
+                Err(e) => return Err(e),
+            }
         }
     }
     for i in 0..points.len() {
@@ -705,6 +735,7 @@ fn measure(
         ns: ns.to_vec(),
         points,
         slopes,
+        failed,
     })
 }
 
@@ -747,6 +778,12 @@ pub fn table(r: &Report) -> String {
         s += &format!(
             "{}: host memory per added domain {:.0} KiB\n",
             sl.backend, sl.host_kib_per_domain
+        );
+    }
+    for f in &r.failed {
+        s += &format!(
+            "could not run {} with {} domains: {}\n",
+            f.backend, f.n, f.error
         );
     }
     s

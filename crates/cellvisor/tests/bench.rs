@@ -401,6 +401,70 @@ fn bench_suite_microvm_in_the_test_host() {
     }
 }
 
+/// A backend that runs the suite but cannot start detached domains (a fake `crun` on PATH:
+/// cellvisor underneath, but `run -d` fails) is reported by the scalability runs and left out
+/// of them; the run still writes its report and leaves nothing.
+#[test]
+fn a_backend_that_cannot_scale_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::can_run() {
+        return;
+    }
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tempfile::tempdir().unwrap();
+    let fake = t.path().join("crun");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'crun version fake'; exit 0; }}\n\
+             case \" $* \" in *' run -d '*) echo 'fake crun: no detached domains' >&2; exit 1;; esac\n\
+             exec {} \"$@\"\n",
+            common::BIN
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", t.path().display(), std::env::var("PATH").unwrap());
+    let out = t.path().join("out");
+    let child = Command::new(common::BIN)
+        .args(["bench", "--quick", "-n", "1", "--max-domains", "2"])
+        .args(["--backends", "native,crun", "--agent"])
+        .arg(common::agent())
+        .arg("--out")
+        .arg(&out)
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let work = std::env::temp_dir().join(format!("cellvisor-bench-{}", child.id()));
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!work.exists(), "{} left behind", work.display());
+    let table = common::stdout(&o);
+    assert!(
+        table.contains(
+            "could not run crun with 1 domains: crun: run -d: fake crun: no detached domains"
+        ),
+        "{table}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    // The suite ran it; the scalability has native's points only.
+    assert!(doc["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["backend"] == "crun"));
+    let points = doc["scale"]["points"].as_array().unwrap();
+    assert!(
+        points.iter().all(|p| p["backend"] == "native"),
+        "{points:?}"
+    );
+    assert_eq!(points.len(), 2);
+    assert_eq!(doc["scale"]["failed"][0]["n"], 1);
+}
+
 /// Stopped by a signal while its scalability runs have domains up, the suite removes what it
 /// made: its work directory, the domains (their cgroups, which a live process would keep) and
 /// its parent cgroups; it exits 128 + the signal.
