@@ -9,9 +9,13 @@ use clap::Subcommand;
 pub enum VmCmd {
     /// Boot a kernel in a microVM and run it until the guest resets or powers off
     Run {
-        /// The guest kernel: an ELF vmlinux or a bzImage
+        /// The guest kernel: an ELF vmlinux or a bzImage (whose compressed kernel is unpacked
+        /// here, saving the guest its decompressor's memory)
         #[arg(long)]
         kernel: PathBuf,
+        /// Boot a bzImage through its own decompressor in the guest (which keeps its KASLR)
+        #[arg(long)]
+        keep_bzimage: bool,
         /// An initramfs
         #[arg(long)]
         initrd: Option<PathBuf>,
@@ -48,6 +52,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
     match cmd {
         VmCmd::Run {
             kernel,
+            keep_bzimage,
             initrd,
             cmdline,
             mem,
@@ -61,6 +66,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
             let cfg = vmm::Config {
                 kernel: kernel.clone(),
+                keep_bzimage: *keep_bzimage,
                 initrd: initrd.clone(),
                 cmdline: cmdline.clone(),
                 mem_bytes,

@@ -10,6 +10,7 @@
 pub mod arch;
 pub mod devices;
 pub mod seccomp;
+pub mod unpack;
 mod vcpu;
 pub mod virtio;
 
@@ -54,6 +55,9 @@ pub enum Console {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub kernel: PathBuf,
+    /// Boot a compressed bzImage through its own decompressor in the guest (which keeps its
+    /// KASLR) instead of unpacking it here (see unpack.rs).
+    pub keep_bzimage: bool,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub mem_bytes: u64,
@@ -117,27 +121,67 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Io(format!("{what}: {e}"))
 }
 
-/// Load the kernel: an ELF vmlinux, else a bzImage. Returns the loader's result and the
-/// 64-bit entry point.
+/// Load the kernel: an ELF vmlinux; else a bzImage, unpacked here into the vmlinux it carries
+/// when its format is one we decompress (unless `keep_bzimage`), or loaded as it is. Returns
+/// the loader's result and the 64-bit entry point.
 fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResult, u64)> {
     let mut f = File::open(&cfg.kernel).map_err(io(cfg.kernel.display()))?;
     let himem = Some(GuestAddress(arch::HIMEM));
-    match Elf::load(mem, None, &mut f, himem) {
+    let elf = |r: KernelLoaderResult| {
+        let entry = r.kernel_load.raw_value();
+        (r, entry)
+    };
+    let elf_err = match Elf::load(mem, None, &mut f, himem) {
+        Ok(r) => return Ok(elf(r)),
+        Err(e) => e,
+    };
+    if !cfg.keep_bzimage {
+        if let Some(vmlinux) = unpacked(&cfg.kernel, &mut f)? {
+            return Elf::load(mem, None, &mut std::io::Cursor::new(vmlinux), himem)
+                .map(elf)
+                .map_err(|e| {
+                    Error::Boot(format!(
+                        "{}: the kernel it carries: {e}",
+                        cfg.kernel.display()
+                    ))
+                });
+        }
+    }
+    match BzImage::load(mem, None, &mut f, himem) {
+        // The 64-bit entry is 0x200 past the protected-mode code.
         Ok(r) => {
-            let entry = r.kernel_load.raw_value();
+            let entry = r.kernel_load.raw_value() + 0x200;
             Ok((r, entry))
         }
-        Err(elf_err) => match BzImage::load(mem, None, &mut f, himem) {
-            // The 64-bit entry is 0x200 past the protected-mode code.
-            Ok(r) => {
-                let entry = r.kernel_load.raw_value() + 0x200;
-                Ok((r, entry))
-            }
-            Err(bz_err) => Err(Error::Boot(format!(
-                "{}: neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})",
-                cfg.kernel.display()
-            ))),
-        },
+        Err(bz_err) => Err(Error::Boot(format!(
+            "{}: neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})",
+            cfg.kernel.display()
+        ))),
+    }
+}
+
+/// The vmlinux a compressed bzImage carries, when its format is one [`unpack`] knows. One
+/// that fails to unpack is said on stderr and booted as it is, through its own decompressor.
+/// The file is read from its start and left there.
+fn unpacked(path: &std::path::Path, f: &mut File) -> Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek};
+    let mut image = Vec::new();
+    f.rewind()
+        .and_then(|_| f.read_to_end(&mut image))
+        .and_then(|_| f.rewind())
+        .map_err(io(path.display()))?;
+    let Some((format, data, size)) = unpack::payload(&image) else {
+        return Ok(None);
+    };
+    match unpack::unpack(format, data, size) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            eprintln!(
+                "cellvisor vm: {}: {e}; booting it through its own decompressor",
+                path.display()
+            );
+            Ok(None)
+        }
     }
 }
 
