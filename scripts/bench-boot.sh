@@ -17,10 +17,17 @@ for f in /usr/share/seabios/bios-microvm.bin /usr/share/qemu/pvh.bin /usr/share/
          /usr/share/seabios/bios-256k.bin /usr/share/qemu/kvmvapic.bin; do
   fw+=(-f "$f")
 done
-KVM_TEST_HOST_TIMEOUT=${KVM_TEST_HOST_TIMEOUT:-1800} scripts/kvm-test-host.sh -m 1536 \
-  -f "$cv" -f "$kernel" -f "$tmp/initramfs.cpio.gz" -f /usr/bin/qemu-system-x86_64 "${fw[@]}" -- \
-  "./cellvisor bench boot -n $rounds --kernel $(basename "$kernel") --initrd initramfs.cpio.gz --qemu ./qemu-system-x86_64 --qemu-firmware /host" \
-  > "$tmp/out" || { cat "$tmp/out"; exit 1; }
+# The emulator sometimes stalls for good (kvm-test-host.sh then exits 3): up to three tries.
+for try in 1 2 3; do
+  rc=0
+  KVM_TEST_HOST_TIMEOUT=${KVM_TEST_HOST_TIMEOUT:-1800} scripts/kvm-test-host.sh -m 1536 \
+    -f "$cv" -f "$kernel" -f "$tmp/initramfs.cpio.gz" -f /usr/bin/qemu-system-x86_64 "${fw[@]}" -- \
+    "./cellvisor bench boot -n $rounds --kernel $(basename "$kernel") --initrd initramfs.cpio.gz --qemu ./qemu-system-x86_64 --qemu-firmware /host" \
+    > "$tmp/out" || rc=$?
+  [ "$rc" = 3 ] && [ "$try" -lt 3 ] && { echo "the test host stalled; again ($try)" >&2; continue; }
+  [ "$rc" = 0 ] || { cat "$tmp/out"; exit 1; }
+  break
+done
 mkdir -p "$out"
 grep -E '^(vmm|cellvisor|qemu-microvm) ' "$tmp/out" | tee "$out/boot.txt"
 grep '^{"benchmark"' "$tmp/out" > "$out/boot.json"

@@ -6,7 +6,9 @@
 #
 # usage: kvm-test-host.sh [-m MB] [-f FILE]... -- 'COMMAND'
 #   -f FILE  is copied into /host (with the shared libraries of a dynamic program, at their paths)
-# Prints the command's output; exits 0 only if the command succeeded.
+# Prints the command's output; exits 0 only if the command succeeded, 3 if the emulator
+# stalled (its timer interrupts stop for good now and then while a nested guest runs: the
+# host's heartbeat on a second serial port stops, and it is ended within a minute).
 # Needs: qemu-system-x86, linux-image-cloud-amd64, busybox-static, cpio, file (scripts/deps.sh).
 set -euo pipefail
 mem=2048
@@ -60,6 +62,9 @@ fi
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 for m in irqbypass kvm kvm-amd tun; do insmod /modules/$m.ko; done
 ip link set lo up
+# A heartbeat on the second serial port: the emulator sometimes stops this host's timer
+# interrupts for good while a nested guest runs; the script outside then sees it stop.
+(while :; do cut -d' ' -f1 /proc/uptime > /dev/ttyS1; sleep 5; done) &
 [ -c /dev/kvm ] || echo "kvm-test-host: no /dev/kvm in the test host"
 cd /host
 if sh /command; then echo "KVM-TEST-HOST: ok"; else echo "KVM-TEST-HOST: failed ($?)"; fi
@@ -69,6 +74,24 @@ chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$tmp/initrd.gz"
 timeout "${KVM_TEST_HOST_TIMEOUT:-900}" qemu-system-x86_64 -machine q35 -cpu EPYC,+svm -smp 1 \
   -m "$mem" -kernel "$kernel" -initrd "$tmp/initrd.gz" -append 'console=ttyS0 panic=-1 quiet' \
-  -nographic -no-reboot > "$tmp/console" 2>/dev/null || true
+  -display none -serial stdio -serial "file:$tmp/heartbeat" -no-reboot \
+  > "$tmp/console" 2>/dev/null < /dev/null &
+qemu=$!
+# Stalled: no heartbeat for a minute (two, before the first). Stop it at once, so a caller
+# that retries does not wait for the whole timeout.
+stalled=0
+start=$(date +%s)
+while kill -0 "$qemu" 2>/dev/null; do
+  sleep 1
+  last=$(stat -c %Y "$tmp/heartbeat" 2>/dev/null || echo 0)
+  now=$(date +%s)
+  if { [ "$last" -eq 0 ] && [ $((now - start)) -gt 120 ]; } || { [ "$last" -gt 0 ] && [ $((now - last)) -gt 60 ]; }; then
+    stalled=1
+    pkill -P "$qemu" 2>/dev/null; kill "$qemu" 2>/dev/null
+    break
+  fi
+done
+wait "$qemu" 2>/dev/null || true
 grep -v '^KVM-TEST-HOST: ' "$tmp/console" | tr -d '\r' || true
+if [ "$stalled" = 1 ]; then echo "kvm-test-host: the emulated host stalled (no heartbeat for a minute)" >&2; exit 3; fi
 grep -q '^KVM-TEST-HOST: ok' <(tr -d '\r' < "$tmp/console")
