@@ -437,8 +437,33 @@ fn the_vsock_socket_goes_with_its_vm() {
     // A VMM that is SIGKILLed cannot remove it: its reaper does.
     let mut child = spinning(&["--vsock", &spec], &spin_guest(t.path()));
     let bound = uds.exists();
+    // The reaper, forked after the kernel was loaded, shares none of the guest's 32 MiB
+    // (MADV_DONTFORK): no mapping of that size in it, where the VMM has one.
+    let guest_sized = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+                Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+            })
+            .any(|len| len == 32 << 20)
+    };
+    let reaper: Vec<u32> =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    let (in_vmm, in_reaper) = (
+        guest_sized(child.id()),
+        reaper.iter().any(|&p| guest_sized(p)),
+    );
     let _ = child.kill();
     let _ = child.wait();
+    assert_eq!(reaper.len(), 1, "the VMM's children: {reaper:?}");
+    assert!(in_vmm, "no guest memory mapping in the VMM");
+    assert!(!in_reaper, "the reaper maps the guest's memory");
     assert!(bound, "no vsock socket while the VM ran");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while uds.exists() && std::time::Instant::now() < deadline {

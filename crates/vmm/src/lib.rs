@@ -389,6 +389,16 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
     let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
         .map_err(|e| Error::Boot(format!("guest memory: {e}")))?;
     for (slot, r) in mem.iter().enumerate() {
+        // A process the VMM forks (the vsock socket's reaper) must not share guest memory:
+        // copy-on-write would keep, for that child, every page touched before the fork (the
+        // loaded kernel) and the guest would get a second copy of each page it writes.
+        // SAFETY: madvise on a mapping `mem` owns; it changes only what fork(2) inherits.
+        if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
+            return Err(Error::Boot(format!(
+                "guest memory: madvise: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: r.start_addr().raw_value(),
