@@ -3,9 +3,9 @@
 //! size of the setup header's `init_size` (51.5 MiB for Debian's 6.1 cloud kernel) and then,
 //! for KASLR, moves the kernel once more, so a guest touches some 40 MiB of memory it never
 //! uses again before its kernel starts. Unpacked here, at native speed, the vmlinux is loaded
-//! as any ELF kernel: measured with that kernel, 94.5 MiB of a 512 MiB guest resident after
-//! boot instead of 136 MiB. What the guest loses is the decompressor's physical and virtual
-//! KASLR (`--keep-bzimage` keeps it).
+//! as any ELF kernel: measured with that kernel, 92 MiB of a 128 MiB guest resident after
+//! boot instead of 121 (94 of 512 instead of 136). What the guest loses is the decompressor's
+//! physical and virtual KASLR (`--keep-bzimage` keeps it).
 //!
 //! The payload's place and size are in the setup header (boot protocol 2.08 and later); its
 //! format is known by its magic. The kernel's build appends the uncompressed size (4 bytes,
