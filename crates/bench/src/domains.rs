@@ -67,25 +67,28 @@ fn placement(
     quick: bool,
 ) -> Result<Vec<Samples>> {
     let profile = domain::profile::parse(POLICY, "bench.toml", Path::new("/"))
-        .map_err(|e| Error::Msg(e.to_string()))?;
+        .map_err(|e| Error::Msg(format!("the benchmark's profile: {e}")))?;
     let buffer = match profile.policy.check("a", "b", "bench", None) {
         Decision::Allow { buffer } => buffer,
         Decision::Deny(why) => return Err(Error::Msg(why)),
     };
     let run = work.join("run");
-    std::fs::create_dir_all(&run).map_err(|e| Error::Msg(e.to_string()))?;
+    crate::io(std::fs::create_dir_all(&run), || {
+        format!("creating {}", run.display())
+    })?;
     let dst = run.join("agent");
     if !dst.exists() {
         crate::io(std::fs::copy(agent, &dst), || {
             format!("copying {}", agent.display())
         })?;
     }
-    let (ca, cb) = Channel::new(buffer).map_err(|e| Error::Msg(e.to_string()))?;
+    let (ca, cb) = Channel::new(buffer)?;
     let (p_rx, p_tx) = pipe()?; // a -> b
     let (q_rx, q_tx) = pipe()?; // b -> a
     let (c_rx, c_tx) = pipe()?; // control, a -> b
-    let (s_a, s_b) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| Error::Msg(e.to_string()))?;
+    let (s_a, s_b) = crate::io(std::os::unix::net::UnixStream::pair(), || {
+        "a socket pair".into()
+    })?;
     let fds_a: Vec<RawFd> = ca
         .fds()
         .into_iter()
@@ -122,14 +125,14 @@ fn placement(
         fds,
     };
     let r = (|| {
-        be.up(&b, &opts(fds_b)).map_err(|e| Error::Msg(e.0))?;
-        be.up(&a, &opts(fds_a)).map_err(|e| Error::Msg(e.0))?;
+        be.up(&b, &opts(fds_b)).map_err(Error::Backend)?;
+        be.up(&a, &opts(fds_a)).map_err(Error::Backend)?;
         // The domains hold their ends now; ours go without closing the channel.
         ca.release();
         cb.release();
         drop((p_rx, p_tx, q_rx, q_tx, c_rx, c_tx, s_a, s_b));
         let end = Instant::now() + Duration::from_secs(600);
-        while be.status("a").map_err(|e| Error::Msg(e.0))? != DomainStatus::Stopped {
+        while be.status("a").map_err(Error::Backend)? != DomainStatus::Stopped {
             if Instant::now() > end {
                 return Err(Error::Msg("the driving domain did not finish".into()));
             }

@@ -35,7 +35,7 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut p = [0i32; 2];
     // SAFETY: pipe2 fills the array.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(Error::Msg(std::io::Error::last_os_error().to_string()));
+        return crate::io(Err(std::io::Error::last_os_error()), || "pipe".into());
     }
     // SAFETY: two new descriptors, each owned once.
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
@@ -60,7 +60,9 @@ fn err(e: String) -> Error {
 fn pair(t: Transport, msg: usize) -> Result<(Side, Side)> {
     let fds = |r: i32| -> Result<()> {
         if r < 0 {
-            Err(Error::Msg(std::io::Error::last_os_error().to_string()))
+            crate::io(Err(std::io::Error::last_os_error()), || {
+                format!("{t:?} pair")
+            })
         } else {
             Ok(())
         }
@@ -70,7 +72,7 @@ fn pair(t: Transport, msg: usize) -> Result<(Side, Side)> {
     match t {
         Transport::Channel => {
             let buffer = ((msg + 64) * 2).next_power_of_two().max(65536) as u64;
-            let (a, b) = Channel::new(buffer).map_err(|e| Error::Msg(e.to_string()))?;
+            let (a, b) = Channel::new(buffer)?;
             Ok((Side::Chan(a), Side::Chan(b)))
         }
         Transport::Pipe => {

@@ -220,8 +220,9 @@ fn edit_config(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) -> Result<
     let text = io(std::fs::read_to_string(&path), || {
         format!("reading {}", path.display())
     })?;
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Msg(e.to_string()))?;
+    let mut spec: serde_json::Value = crate::json(serde_json::from_str(&text), || {
+        format!("reading {}", path.display())
+    })?;
     f(&mut spec);
     io(std::fs::write(&path, spec.to_string()), || {
         format!("writing {}", path.display())
@@ -354,7 +355,7 @@ fn start_vm(b: &Backend, work: &Path, kind: &str, i: usize, cmd: &str) -> Result
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if let Err(e) = up {
         stop(b, work, d);
-        return Err(Error::Msg(format!("{}: {e}", b.name)));
+        return Err(e.within(&b.name));
     }
     Ok((
         Domain {
@@ -376,10 +377,10 @@ fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f6
     let d = match &b.runtime {
         None => {
             let spec = read(&work.join(bundle).join("config.json"));
-            let v: serde_json::Value =
-                serde_json::from_str(&spec).map_err(|e| Error::Msg(e.to_string()))?;
-            let args: Vec<String> = serde_json::from_value(v["process"]["args"].clone())
-                .map_err(|e| Error::Msg(e.to_string()))?;
+            let what = || format!("{bundle}/config.json");
+            let v: serde_json::Value = crate::json(serde_json::from_str(&spec), what)?;
+            let args: Vec<String> =
+                crate::json(serde_json::from_value(v["process"]["args"].clone()), what)?;
             let mut c = native_cmd(work, &args)?;
             c.stdout(Stdio::null());
             let child = io(c.spawn(), || "starting a native process".into())?;
@@ -703,7 +704,7 @@ fn measure(
                 Err(e) if b.runtime.is_some() => failed.push(Failed {
                     backend: b.name.clone(),
                     n,
-                    error: e.to_string(),
+                    error: domain::chain(&e),
                 }),
                 Err(e) => return Err(e),
             }

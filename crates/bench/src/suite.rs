@@ -273,7 +273,7 @@ fn run_once(
             err.lines().last().unwrap_or("failed")
         )));
     }
-    parse(&out.stdout).map_err(|e| Error::Msg(format!("{}: {e}", b.name)))
+    parse(&out.stdout).map_err(|e| Error::Msg(e).within(&b.name))
 }
 
 /// Run the agent's `micro` once in a microVM (the bundle made by [`prepare_vm`]): the host's
@@ -332,13 +332,13 @@ fn run_vm_once(b: &Backend, work: &Path, id: &str) -> Result<Vec<Figure>> {
                 ))),
             })
         }
-        Err(e) => Err(Error::Msg(format!("starting {}: {e}", rt.display()))),
+        Err(e) => io(Err(e), || format!("starting {}", rt.display())),
     };
     // Wake the echo if the guest never connected.
     let _ = std::os::unix::net::UnixStream::connect(&sock);
     let _ = echo.join();
     let _ = std::fs::remove_file(&sock);
-    r.map_err(|e| Error::Msg(format!("{}: {e}", b.name)))
+    r.map_err(|e| e.within(&b.name))
 }
 
 /// The microvm backend's bundle in `work/vm`: the suite's root (the bundle's rootfs, with
@@ -636,7 +636,7 @@ pub fn run(
                     figures,
                 }),
                 // Native must run; a peer that cannot is reported and left out.
-                Err(e) if i > 0 => failed[i] = Some(e.to_string()),
+                Err(e) if i > 0 => failed[i] = Some(domain::chain(&e)),
                 Err(e) => return Err(e),
             }
         }

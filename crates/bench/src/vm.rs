@@ -151,8 +151,7 @@ pub fn bundle(
         devices: Vec::new(),
         fds: Vec::new(),
     };
-    let mut cfg = container::backend::domain_config(&d, &jail, &o, Some(&g.vmm))
-        .map_err(|e| Error::Msg(e.to_string()))?;
+    let mut cfg = container::backend::domain_config(&d, &jail, &o, Some(&g.vmm))?;
     // The VMM's stdin is not a terminal; its console is its stdout.
     cfg["process"]["terminal"] = serde_json::json!(false);
     io(

@@ -107,11 +107,11 @@ impl Drop for Progress {
 fn suite(a: &SuiteArgs) -> Result<i32> {
     let me = std::env::current_exe().context("finding this binary")?;
     let guest = match (&a.kernel, &a.initrd) {
-        (Some(k), Some(i)) => Some(bench::vm::Guest::new(&me, k, i).map_err(|e| anyhow!("{e}"))?),
+        (Some(k), Some(i)) => Some(bench::vm::Guest::new(&me, k, i)?),
         (None, None) => None,
         _ => return Err(anyhow!("--kernel and --initrd go together")),
     };
-    let backends = bench::suite::backends(&a.backends, &me, guest).map_err(|e| anyhow!("{e}"))?;
+    let backends = bench::suite::backends(&a.backends, &me, guest)?;
     let agent = agent_path(&a.agent)?;
     let app = std::env::current_exe()?.with_file_name("cellvisor-app");
     if !app.is_file() {
@@ -143,12 +143,11 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         &mut |msg| bar.step(msg),
     );
     drop(bar);
-    let report = r.map_err(|e| anyhow!("{e}"));
-    let report = match report {
+    let report = match r {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&work);
-            return Err(e);
+            return Err(e.into());
         }
     };
     print!("{}", bench::suite::table(&report));
@@ -170,7 +169,7 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
     );
     drop(bar);
     let _ = std::fs::remove_dir_all(&work);
-    let scale = scale.map_err(|e| anyhow!("{e}"))?;
+    let scale = scale?;
     print!("{}", bench::scale::table(&scale));
     if let Some(dir) = &a.out {
         let mut doc = serde_json::to_value(&report)?;
@@ -190,15 +189,15 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
             "Microbenchmarks and guest/host switch, normalized to native (lower is better; pipe_bandwidth higher)",
             &dir.join("micro.svg"),
         )
-        .map_err(|e| anyhow!("{e}"))?;
+        ?;
         bench::plot::normalized(
             &report,
             |t| !micro(t),
             "Macrobenchmarks, normalized to native (app start, save: lower is better; codec: higher)",
             &dir.join("macro.svg"),
         )
-        .map_err(|e| anyhow!("{e}"))?;
-        bench::scale::plots(&scale, dir).map_err(|e| anyhow!("{e}"))?;
+        ?;
+        bench::scale::plots(&scale, dir)?;
         eprintln!(
             "wrote results.csv, scale.csv, micro.svg, macro.svg, scale-{{cpu,memory,storage}}.svg in {}",
             dir.display()
@@ -331,7 +330,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
                         let _ = std::io::stderr().flush();
                     });
                 eprintln!();
-                let rows = rows.map_err(|e| anyhow!("{e}"))?;
+                let rows = rows?;
                 println!("between two processes:");
                 print!("{}", bench::ipc::table(&rows));
                 doc["processes"] = serde_json::to_value(&rows)?;
@@ -340,11 +339,11 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
                 let agent = agent_path(agent)?;
                 let work = tempdir()?;
                 let base = work.join("base");
-                bench::start::busybox_rootfs(&base).map_err(|e| anyhow!("{e}"))?;
+                bench::start::busybox_rootfs(&base)?;
                 eprintln!("between two domains: {rounds} rounds...");
                 let rows = bench::domains::run(&base, &agent, *rounds, *quick);
                 let _ = std::fs::remove_dir_all(&work);
-                let rows = rows.map_err(|e| anyhow!("{e}"))?;
+                let rows = rows?;
                 println!("between two container domains (the same two processes for all three):");
                 print!("{}", bench::ipc::table(&rows));
                 doc["domains"] = serde_json::to_value(&rows)?;
@@ -428,7 +427,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             });
             eprintln!();
             let _ = std::fs::remove_dir_all(&work);
-            let report = r.map_err(|e| anyhow!("{e}"))?;
+            let report = r?;
             print!("{}", bench::start::table(&report));
             if let Some(dir) = out {
                 write_report(dir, "start.json", &report)?;

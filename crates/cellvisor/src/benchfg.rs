@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
@@ -157,7 +157,7 @@ impl Drop for Instance {
 pub fn run(switches: usize, agent: &Path) -> Result<Report> {
     let work = std::env::temp_dir().join(format!("cellvisor-bench-fg-{}", std::process::id()));
     let base = work.join("base");
-    bench::start::busybox_rootfs(&base).map_err(|e| anyhow!("{e}"))?;
+    bench::start::busybox_rootfs(&base)?;
     let r = (|| -> Result<Vec<ModeReport>> {
         let insts = [
             Instance::start("throttle", &work, &base, agent)?,

@@ -209,6 +209,9 @@ fn table(domains: &Value) -> String {
             d["cpu_weight"].to_string(),
             devices.join(",")
         );
+        if let Some(e) = d["error"].as_str() {
+            s += &format!("  {e}\n");
+        }
     }
     s
 }

@@ -37,7 +37,7 @@ fn load(file: &Option<PathBuf>) -> Result<Profile> {
             Path::new("."),
         ),
     };
-    r.map_err(|e| anyhow!("{e}"))
+    Ok(r?)
 }
 
 pub fn run(cmd: &ProfileCmd) -> Result<i32> {

@@ -79,7 +79,7 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
                 nets: nets.clone(),
                 vsock: vsock.clone(),
             };
-            match vmm::run(&cfg).map_err(|e| anyhow!("{e}"))? {
+            match vmm::run(&cfg)? {
                 vmm::Exit::Reset | vmm::Exit::Poweroff => Ok(0),
                 vmm::Exit::Stopped(sig) => Ok(128 + sig),
                 vmm::Exit::Shutdown(why) => Err(anyhow!("the guest stopped: {why}")),

@@ -54,6 +54,24 @@ fn bench_channel_smoke() {
     }
 }
 
+/// A benchmark's I/O error says its cause (the errno), not only what it was doing, in one
+/// line.
+#[test]
+fn a_benchmark_error_keeps_its_errno() {
+    let o = Command::new(common::BIN)
+        .args(["bench", "fg", "-n", "1", "--agent", "/bin/sh"])
+        .env("TMPDIR", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("creating /dev/null/") && e.contains("Not a directory (os error 20)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bench_fg_smoke() {
     if !common::can_run() {

@@ -61,7 +61,7 @@ pub enum Error {
     Closed,
     #[error("the channel's shared memory is corrupt")]
     Corrupt,
-    #[error("{0}")]
+    #[error(transparent)]
     Os(#[from] std::io::Error),
 }
 

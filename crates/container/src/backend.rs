@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use domain::{Backend, BackendError, Domain, DomainStats, DomainStatus, UpOpts};
+use domain::{Backend, BackendError, Domain, DomainStats, DomainStatus, Reported, UpOpts};
 use serde_json::json;
 
 use crate::layers::Layered;
@@ -20,20 +20,19 @@ pub struct ContainerBackend {
     vmm: Option<PathBuf>,
 }
 
-fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError(e.to_string())
-}
-
 /// A host device node: (type `c` or `b`, major, minor, permission bits).
-pub fn device_node(p: &Path) -> Result<(char, u32, u32, u32), BackendError> {
+pub fn device_node(p: &Path) -> std::io::Result<(char, u32, u32, u32)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let m = std::fs::metadata(p).map_err(|e| err(format!("device {}: {e}", p.display())))?;
+    let m = std::fs::metadata(p)?;
     let typ = if m.file_type().is_char_device() {
         'c'
     } else if m.file_type().is_block_device() {
         'b'
     } else {
-        return Err(err(format!("{} is not a device node", p.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a device node",
+        ));
     };
     Ok((
         typ,
@@ -91,8 +90,8 @@ pub fn oci_config(
     }
     let (mut devices, mut rules) = (Vec::new(), vec![json!({"allow": false, "access": "rwm"})]);
     for p in d.passthrough.iter().chain(&o.devices) {
-        let (typ, major, minor, mode) =
-            device_node(p).map_err(|e| err(format!("domain {}: {e}", d.name)))?;
+        let (typ, major, minor, mode) = device_node(p)
+            .map_err(|e| BackendError::failed(&d.name, format!("device {}", p.display()), e))?;
         devices.push(json!({"path": p, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
         rules.push(json!({"allow": true, "type": typ.to_string(), "major": major, "minor": minor, "access": "rwm"}));
     }
@@ -183,11 +182,10 @@ fn jail_vmm(
         .chain(vm.initrd.as_deref())
     {
         if !p.is_file() {
-            return Err(err(format!(
-                "domain {}: {}: no such file",
-                d.name,
-                p.display()
-            )));
+            return Err(BackendError::invalid(
+                &d.name,
+                format!("{}: no such file", p.display()),
+            ));
         }
     }
     if let Some(m) = c["mounts"].as_array_mut() {
@@ -197,8 +195,8 @@ fn jail_vmm(
     c["linux"]["resources"]["memory"] =
         json!({"limit": mem + VMM_MEMORY_MARGIN, "swap": mem + VMM_MEMORY_MARGIN});
     let kvm = Path::new("/dev/kvm");
-    let (typ, major, minor, mode) =
-        device_node(kvm).map_err(|e| err(format!("domain {}: {e}", d.name)))?;
+    let (typ, major, minor, mode) = device_node(kvm)
+        .map_err(|e| BackendError::failed(&d.name, format!("device {}", kvm.display()), e))?;
     if let Some(devs) = c["linux"]["devices"].as_array_mut() {
         devs.push(json!({"path": kvm, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
     }
@@ -218,12 +216,8 @@ pub fn domain_config(
 ) -> Result<serde_json::Value, BackendError> {
     let mut cfg = oci_config(d, rootfs, o)?;
     if let Some(vm) = &d.vm {
-        let vmm = vmm.ok_or_else(|| {
-            err(format!(
-                "domain {}: no VMM binary for microvm domains",
-                d.name
-            ))
-        })?;
+        let vmm =
+            vmm.ok_or_else(|| BackendError::invalid(&d.name, "no VMM binary for microvm domains"))?;
         jail_vmm(&mut cfg, d, vm, vmm, o.run_dir.is_some())?;
     }
     Ok(cfg)
@@ -297,6 +291,13 @@ impl ContainerBackend {
         Ok(rules)
     }
 
+    /// The domain's container state.
+    fn load(&self, name: &str) -> Result<crate::state::State, BackendError> {
+        self.root()
+            .load(&self.container_id(name))
+            .map_err(|e| BackendError::failed(name, "reading its state", e))
+    }
+
     fn layer(&self, name: &str, base: &Path) -> Layered {
         Layered::new(base, &self.domain_dir(name).join("layer"))
     }
@@ -305,30 +306,31 @@ impl ContainerBackend {
 impl Backend for ContainerBackend {
     fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
         let base = o.base;
-        if crate::state::exists(&self.root(), &self.container_id(&d.name)) {
-            return Err(err(format!("domain {} is already up", d.name)));
+        let name = d.name.as_str();
+        if crate::state::exists(&self.root(), &self.container_id(name)) {
+            return Err(BackendError::AlreadyUp(name.to_string()));
         }
-        let dd = self.domain_dir(&d.name);
+        let dd = self.domain_dir(name);
         let bundle = dd.join("bundle");
         std::fs::create_dir_all(&bundle)
-            .map_err(|e| err(format!("creating {}: {e}", bundle.display())))?;
+            .map_err(|e| BackendError::failed(name, format!("creating {}", bundle.display()), e))?;
         let (rootfs, layer) = match (&d.rootfs, base) {
             (Some(r), _) => (r.clone(), None),
             (None, Some(b)) => {
-                let l = self.layer(&d.name, b);
-                (l.prepare().map_err(|e| err(e.chain()))?, Some(l))
+                let l = self.layer(name, b);
+                let root = l
+                    .prepare()
+                    .map_err(|e| BackendError::failed(name, "preparing its root", e))?;
+                (root, Some(l))
             }
             (None, None) => {
-                return Err(err(format!(
-                    "domain {}: no rootfs and no shared base",
-                    d.name
-                )))
+                return Err(BackendError::invalid(name, "no rootfs and no shared base"));
             }
         };
         let r = (|| {
             let cfg = domain_config(d, &rootfs, o, self.vmm.as_deref())?;
             std::fs::write(bundle.join("config.json"), cfg.to_string())
-                .map_err(|e| err(format!("writing the bundle: {e}")))?;
+                .map_err(|e| BackendError::failed(name, "writing its bundle", e))?;
             let co = CreateOpts {
                 id: self.container_id(&d.name),
                 bundle: bundle.clone(),
@@ -337,15 +339,15 @@ impl Backend for ContainerBackend {
                 ..Default::default()
             };
             let root = self.root();
+            // The runtime's error crosses the fork as text: it becomes the cause.
             detached(&o.fds, move || {
-                runtime::create(&root, &co)
-                    .map_err(|e| format!("domain {}: {}", co.id, e.chain()))?;
+                runtime::create(&root, &co).map_err(|e| e.chain())?;
                 runtime::start(&root, &co.id).map_err(|e| {
                     let _ = runtime::delete(&root, &co.id, true);
-                    format!("domain {}: {}", co.id, e.chain())
+                    e.chain()
                 })
             })
-            .map_err(|e| err(e.replacen(&format!("domain {}-", self.prefix), "domain ", 1)))
+            .map_err(|e| BackendError::failed(name, "starting it", Reported(e)))
         })();
         if r.is_err() {
             if let Some(l) = layer {
@@ -359,12 +361,12 @@ impl Backend for ContainerBackend {
         let id = self.container_id(name);
         match runtime::delete(&self.root(), &id, true) {
             Ok(()) | Err(crate::Error::NotFound(_)) => {}
-            Err(e) => return Err(err(e.chain())),
+            Err(e) => return Err(BackendError::failed(name, "removing its container", e)),
         }
         // The base path is not needed to unmount.
         self.layer(name, Path::new("/"))
             .unmount()
-            .map_err(|e| err(e.chain()))
+            .map_err(|e| BackendError::failed(name, "unmounting its root", e))
     }
 
     fn destroy(&self, name: &str) -> Result<(), BackendError> {
@@ -373,7 +375,11 @@ impl Backend for ContainerBackend {
         match std::fs::remove_dir_all(&dd) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(format!("removing {}: {e}", dd.display()))),
+            Err(e) => Err(BackendError::failed(
+                name,
+                format!("removing {}", dd.display()),
+                e,
+            )),
         }
     }
 
@@ -386,37 +392,37 @@ impl Backend for ContainerBackend {
                 _ => DomainStatus::Running,
             }),
             Err(crate::Error::NotFound(_)) => Ok(DomainStatus::Stopped),
-            Err(e) => Err(err(e.chain())),
+            Err(e) => Err(BackendError::failed(name, "reading its state", e)),
         }
     }
 
     fn freeze(&self, name: &str, frozen: bool) -> Result<(), BackendError> {
-        runtime::set_paused(&self.root(), &self.container_id(name), frozen)
-            .map_err(|e| err(e.chain()))
+        runtime::set_paused(&self.root(), &self.container_id(name), frozen).map_err(|e| {
+            BackendError::failed(name, if frozen { "freezing it" } else { "thawing it" }, e)
+        })
     }
 
     fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), BackendError> {
         if !(1..=10000).contains(&weight) {
-            return Err(err(format!("cpu weight {weight} is outside 1..10000")));
+            return Err(BackendError::invalid(
+                name,
+                format!("cpu weight {weight} is outside 1..10000"),
+            ));
         }
-        let st = self
-            .root()
-            .load(&self.container_id(name))
-            .map_err(|e| err(e.chain()))?;
+        let st = self.load(name)?;
         st.cgroup()
             .and_then(|c| c.set_cpu_weight(weight))
-            .map_err(|e| err(e.chain()))
+            .map_err(|e| BackendError::failed(name, format!("setting its cpu weight {weight}"), e))
     }
 
     fn set_device(&self, name: &str, node: &Path, present: bool) -> Result<(), BackendError> {
-        let root = self.root();
-        let st = root
-            .load(&self.container_id(name))
-            .map_err(|e| err(e.chain()))?;
+        let st = self.load(name)?;
         if !st.init_alive() {
-            return Err(err(format!("domain {name} is not running")));
+            return Err(BackendError::NotRunning(name.to_string()));
         }
-        let (typ, major, minor, mode) = device_node(node)?;
+        let (typ, major, minor, mode) = device_node(node)
+            .map_err(|e| BackendError::failed(name, format!("device {}", node.display()), e))?;
+        let what = |verb: &str| format!("{verb} {}", node.display());
         let rule = crate::cgroups::plan::DevRule {
             allow: present,
             kind: typ,
@@ -429,24 +435,26 @@ impl Backend for ContainerBackend {
         if !present {
             st.cgroup()
                 .and_then(|c| c.set_device(&rule, v2_rules))
-                .map_err(|e| err(e.chain()))?;
+                .map_err(|e| BackendError::failed(name, what("denying"), e))?;
         }
-        place_node(st.pid, node, present.then_some((typ, major, minor, mode)))
-            .map_err(|e| err(format!("domain {name}: {}: {e}", node.display())))?;
+        place_node(st.pid, node, present.then_some((typ, major, minor, mode))).map_err(|e| {
+            let verb = if present { "making" } else { "removing" };
+            BackendError::failed(name, what(verb), e)
+        })?;
         if present {
             st.cgroup()
                 .and_then(|c| c.set_device(&rule, v2_rules))
-                .map_err(|e| err(e.chain()))?;
+                .map_err(|e| BackendError::failed(name, what("allowing"), e))?;
         }
         Ok(())
     }
 
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
-        let st = self
-            .root()
-            .load(&self.container_id(name))
-            .map_err(|e| err(e.chain()))?;
-        let s = st.cgroup().map_err(|e| err(e.chain()))?.stats();
+        let s = self
+            .load(name)?
+            .cgroup()
+            .map_err(|e| BackendError::failed(name, "reading its cgroup", e))?
+            .stats();
         Ok(DomainStats {
             cpu_ns: s["cpu"]["usage"]["total"].as_u64().unwrap_or(0),
             memory_bytes: s["memory"]["usage"]["usage"].as_u64().unwrap_or(0),

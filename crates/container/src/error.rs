@@ -46,14 +46,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// The whole chain on one line: `what: cause: cause`.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
+        domain::chain(self)
     }
 }
 

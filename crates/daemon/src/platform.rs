@@ -47,6 +47,16 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+/// A backend's error as the API says it: the whole chain, on one line.
+fn backend_err(e: domain::BackendError) -> ApiError {
+    use domain::BackendError as E;
+    let line = domain::chain(&e);
+    match e {
+        E::AlreadyUp(_) | E::NotRunning(_) => ApiError::Conflict(line),
+        E::Invalid { .. } | E::Failed { .. } => ApiError::Internal(line),
+    }
+}
+
 /// One open channel, as it is saved and listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelInfo {
@@ -68,8 +78,11 @@ pub struct DomainInfo {
     pub name: String,
     pub role: String,
     pub backend: String,
-    /// running, frozen or stopped.
+    /// running, frozen or stopped; unknown when the backend cannot tell (see `error`).
     pub status: String,
+    /// Why the backend cannot tell the domain's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub foreground: bool,
     pub pid: Option<i32>,
     /// The CPU weight the domain has now (its own in the foreground, the background one when
@@ -137,7 +150,7 @@ impl<B: Backend> Platform<B> {
             saved,
             ends: BTreeMap::new(),
         };
-        let up: Vec<String> = p.running();
+        let up: Vec<String> = p.running()?;
         if !p.saved.profile.is_empty() && p.saved.profile != p.profile.name && !up.is_empty() {
             return Err(ApiError::Conflict(format!(
                 "domains of profile {:?} are still up ({}); start with that profile, or stop them first",
@@ -149,7 +162,7 @@ impl<B: Backend> Platform<B> {
         // Half-made or exited domains: remove what is left of them.
         for d in p.profile.domains.clone() {
             if p.backend.exists(&d.name) && !up.contains(&d.name) {
-                p.backend.down(&d.name).map_err(internal)?;
+                p.backend.down(&d.name).map_err(backend_err)?;
             }
         }
         for c in &mut p.saved.channels {
@@ -183,18 +196,20 @@ impl<B: Backend> Platform<B> {
         })
     }
 
-    fn status(&self, name: &str) -> DomainStatus {
-        self.backend.status(name).unwrap_or(DomainStatus::Stopped)
+    /// The backend's word on a domain; an error is said, never taken for "stopped".
+    fn status(&self, name: &str) -> Result<DomainStatus> {
+        self.backend.status(name).map_err(backend_err)
     }
 
     /// Names of the domains that are up (running or frozen).
-    pub fn running(&self) -> Vec<String> {
-        self.profile
-            .domains
-            .iter()
-            .filter(|d| self.status(&d.name) != DomainStatus::Stopped)
-            .map(|d| d.name.clone())
-            .collect()
+    pub fn running(&self) -> Result<Vec<String>> {
+        let mut up = Vec::new();
+        for d in &self.profile.domains {
+            if self.status(&d.name)? != DomainStatus::Stopped {
+                up.push(d.name.clone());
+            }
+        }
+        Ok(up)
     }
 
     pub fn foreground(&self) -> Option<&str> {
@@ -217,14 +232,19 @@ impl<B: Backend> Platform<B> {
 
     pub fn info(&self, name: &str) -> Result<DomainInfo> {
         let d = self.domain(name)?;
-        let st = self.status(name);
+        let (st, error) = match self.status(name) {
+            Ok(st) => (Some(st), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let fg = self.foreground() == Some(name);
-        let background = st != DomainStatus::Stopped && !fg && d.role != Role::Realtime;
+        let up = st.is_some_and(|s| s != DomainStatus::Stopped);
+        let background = up && !fg && d.role != Role::Realtime;
         Ok(DomainInfo {
             name: d.name.clone(),
             role: format!("{:?}", d.role).to_lowercase(),
             backend: format!("{:?}", d.backend).to_lowercase(),
-            status: status_name(st).into(),
+            status: st.map_or("unknown", status_name).into(),
+            error,
             foreground: fg,
             pid: self.backend.pid(name),
             cpu_weight: if background && self.profile.background == BackgroundMode::Throttle {
@@ -232,7 +252,7 @@ impl<B: Backend> Platform<B> {
             } else {
                 d.cpu_weight
             },
-            devices: if fg && st != DomainStatus::Stopped {
+            devices: if fg && up {
                 d.exclusive_devices.clone()
             } else {
                 Vec::new()
@@ -252,11 +272,11 @@ impl<B: Backend> Platform<B> {
     /// else is, in the background otherwise.
     pub fn up(&mut self, name: &str) -> Result<DomainInfo> {
         let d = self.domain(name)?;
-        if self.status(name) != DomainStatus::Stopped {
+        if self.status(name)? != DomainStatus::Stopped {
             return Err(ApiError::Conflict(format!("domain {name} is already up")));
         }
         if self.backend.exists(name) {
-            self.backend.down(name).map_err(internal)?;
+            self.backend.down(name).map_err(backend_err)?;
         }
         let run = self.run_dir(name);
         std::fs::create_dir_all(&run)
@@ -285,9 +305,7 @@ impl<B: Backend> Platform<B> {
             devices,
             fds: Vec::new(),
         };
-        self.backend
-            .up(&d, &o)
-            .map_err(|e| ApiError::Internal(e.0))?;
+        self.backend.up(&d, &o).map_err(backend_err)?;
         if becomes_fg {
             self.saved.foreground = Some(name.to_string());
             self.save()?;
@@ -304,11 +322,11 @@ impl<B: Backend> Platform<B> {
     /// domains keep their weight and are never frozen. Idempotent.
     fn place(&mut self, name: &str) -> Result<()> {
         let d = self.domain(name)?;
-        let be = |e: domain::BackendError| ApiError::Internal(format!("domain {name}: {e}"));
+        let be = backend_err;
         if d.role == Role::Realtime {
             return Ok(());
         }
-        let frozen = self.status(name) == DomainStatus::Frozen;
+        let frozen = self.status(name)? == DomainStatus::Frozen;
         let throttle = self.profile.background == BackgroundMode::Throttle;
         if self.foreground() == Some(name) {
             if frozen {
@@ -347,7 +365,7 @@ impl<B: Backend> Platform<B> {
         self.domain(name)?;
         if !self.backend.exists(name) {
             if purge {
-                self.backend.destroy(name).map_err(internal)?;
+                self.backend.destroy(name).map_err(backend_err)?;
                 return self.info(name);
             }
             return Err(ApiError::Conflict(format!("domain {name} is not up")));
@@ -367,9 +385,9 @@ impl<B: Backend> Platform<B> {
             self.save()?;
         }
         if purge {
-            self.backend.destroy(name).map_err(internal)?;
+            self.backend.destroy(name).map_err(backend_err)?;
         } else {
-            self.backend.down(name).map_err(internal)?;
+            self.backend.down(name).map_err(backend_err)?;
         }
         self.info(name)
     }
@@ -382,7 +400,7 @@ impl<B: Backend> Platform<B> {
                 "domain {name} is a realtime domain and cannot be in the foreground"
             )));
         }
-        if self.status(name) == DomainStatus::Stopped {
+        if self.status(name)? == DomainStatus::Stopped {
             return Err(ApiError::Conflict(format!("domain {name} is not up")));
         }
         let t0 = Instant::now();
@@ -391,7 +409,7 @@ impl<B: Backend> Platform<B> {
             self.saved.foreground = Some(name.to_string());
             self.save()?;
             if let Some(old) = &previous {
-                if self.status(old) != DomainStatus::Stopped {
+                if self.status(old)? != DomainStatus::Stopped {
                     self.place(old)?;
                 }
             }
@@ -423,7 +441,7 @@ impl<B: Backend> Platform<B> {
             Decision::Deny(why) => return Err(ApiError::Forbidden(why)),
         };
         for d in [from, to] {
-            if self.status(d) == DomainStatus::Stopped {
+            if self.status(d)? == DomainStatus::Stopped {
                 return Err(ApiError::Conflict(format!("domain {d} is not up")));
             }
         }
@@ -512,10 +530,10 @@ impl<B: Backend> Platform<B> {
     }
 
     /// Per-domain resource use of the running domains.
-    pub fn stats(&self) -> Vec<(String, domain::DomainStats)> {
-        self.running()
+    pub fn stats(&self) -> Result<Vec<(String, domain::DomainStats)>> {
+        self.running()?
             .into_iter()
-            .filter_map(|n| self.backend.stats(&n).ok().map(|s| (n, s)))
+            .map(|n| self.backend.stats(&n).map(|s| (n, s)).map_err(backend_err))
             .collect()
     }
 
@@ -548,5 +566,86 @@ impl<B: Backend> Platform<B> {
     /// Does the backend hold anything of this domain?
     pub fn backend_exists(&self, name: &str) -> bool {
         self.backend.exists(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{BackendError, DomainStats};
+
+    /// A backend that cannot read one domain's state.
+    struct Unreadable;
+
+    impl Backend for Unreadable {
+        fn up(&self, _: &domain::Domain, _: &UpOpts) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn down(&self, _: &str) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn destroy(&self, _: &str) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn status(&self, name: &str) -> std::result::Result<DomainStatus, BackendError> {
+            if name == "common" {
+                let cause = std::io::Error::from_raw_os_error(libc::EACCES);
+                return Err(BackendError::failed(name, "reading its state", cause));
+            }
+            Ok(DomainStatus::Stopped)
+        }
+        fn freeze(&self, _: &str, _: bool) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn set_cpu_weight(&self, _: &str, _: u32) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn set_device(&self, _: &str, _: &Path, _: bool) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn stats(&self, _: &str) -> std::result::Result<DomainStats, BackendError> {
+            Ok(DomainStats::default())
+        }
+        fn pid(&self, _: &str) -> Option<i32> {
+            None
+        }
+        fn exists(&self, _: &str) -> bool {
+            false
+        }
+        fn log_path(&self, _: &str) -> Option<PathBuf> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_status_the_backend_cannot_read_is_said_not_taken_for_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile =
+            domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", Path::new("/")).unwrap();
+        // A daemon cannot start on domains it cannot see.
+        let e = Platform::open(profile.clone(), Unreadable, dir.path(), None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            ApiError::Internal(
+                "domain common: reading its state: Permission denied (os error 13)".into()
+            )
+        );
+        // Once running, `ps` says which domain and why; `up` of it refuses.
+        let mut p = Platform {
+            profile,
+            backend: Unreadable,
+            dir: dir.path().to_path_buf(),
+            agent: None,
+            saved: Saved::default(),
+            ends: BTreeMap::new(),
+        };
+        let info = p.info("common").unwrap();
+        assert_eq!(info.status, "unknown");
+        assert!(info.error.unwrap().contains("Permission denied"));
+        assert_eq!(p.info("trusted").unwrap().status, "stopped");
+        assert!(p.up("common").is_err());
+        assert!(p.running().is_err());
     }
 }

@@ -178,7 +178,7 @@ async fn up_all(State(s): State<Shared>) -> ApiResult {
         })
         .collect();
     order.sort();
-    let running = p.running();
+    let running = p.running()?;
     for (_, n) in order {
         if !running.contains(&n) {
             p.up(&n)?;
@@ -282,7 +282,7 @@ async fn stats(State(s): State<Shared>) -> ApiResult {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let domains: Vec<Value> = p
-        .stats()
+        .stats()?
         .into_iter()
         .map(|(n, st)| json!({"name": n, "cpu_ns": st.cpu_ns, "memory_bytes": st.memory_bytes, "pids": st.pids}))
         .collect();

@@ -23,14 +23,14 @@ struct FakeDomain {
 struct Fake(Rc<RefCell<BTreeMap<String, FakeDomain>>>);
 
 fn nope(name: &str) -> BackendError {
-    BackendError(format!("domain {name} is not up"))
+    BackendError::NotRunning(name.to_string())
 }
 
 impl Backend for Fake {
     fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
         let mut m = self.0.borrow_mut();
         if m.contains_key(&d.name) {
-            return Err(BackendError(format!("domain {} is already up", d.name)));
+            return Err(BackendError::AlreadyUp(d.name.clone()));
         }
         m.insert(
             d.name.clone(),
@@ -70,7 +70,10 @@ impl Backend for Fake {
         let mut m = self.0.borrow_mut();
         let d = m.get_mut(name).ok_or_else(|| nope(name))?;
         if d.frozen {
-            return Err(BackendError("a frozen domain cannot change devices".into()));
+            return Err(BackendError::invalid(
+                name,
+                "a frozen domain cannot change devices",
+            ));
         }
         if present {
             d.devices.insert(node.to_path_buf());
@@ -142,7 +145,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
     let prof = &p.profile;
-    let running = p.running();
+    let running = p.running().unwrap();
     let mut keys = BTreeSet::new();
     for c in p.channels() {
         // Every open channel is one the policy allows, between two domains that are up.
@@ -196,7 +199,7 @@ fn run(ops: Vec<Op>, background: &str) {
     for op in ops {
         match op {
             Op::Up(d) => {
-                let was_up = p.running().iter().any(|r| r == d);
+                let was_up = p.running().unwrap().iter().any(|r| r == d);
                 match p.up(d) {
                     Ok(_) => assert!(!was_up),
                     Err(ApiError::NotFound(_)) => assert_eq!(d, "ghost"),
@@ -206,12 +209,12 @@ fn run(ops: Vec<Op>, background: &str) {
             }
             Op::Down(d, purge) => {
                 let _ = p.down(d, purge);
-                assert!(!p.running().iter().any(|r| r == d));
+                assert!(!p.running().unwrap().iter().any(|r| r == d));
                 assert!(!p.channels().iter().any(|c| c.from == d || c.to == d));
             }
             Op::Fg(d) => {
                 let r = p.set_foreground(d);
-                let ok_expected = p.running().iter().any(|r| r == d)
+                let ok_expected = p.running().unwrap().iter().any(|r| r == d)
                     && p.profile
                         .domain(d)
                         .is_some_and(|x| x.role != Role::Realtime);

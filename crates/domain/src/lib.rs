@@ -31,10 +31,70 @@ pub struct DomainStats {
     pub pids: u64,
 }
 
-/// A backend error, phrased for the user.
+/// The cause of a backend error: the runtime's, the kernel's (an errno), a file's.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a backend could not do. The message says what and for which domain; the cause is
+/// kept as the source, so the caller prints the whole chain once ([`chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("domain {0} is already up")]
+    AlreadyUp(String),
+    /// A change that needs the domain running (devices, weights).
+    #[error("domain {0} is not running")]
+    NotRunning(String),
+    /// The domain or the request asks for what cannot be (no root, a weight out of range).
+    #[error("domain {domain}: {msg}")]
+    Invalid { domain: String, msg: String },
+    /// Doing `what` for `domain` failed.
+    #[error("domain {domain}: {what}")]
+    Failed {
+        domain: String,
+        what: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl BackendError {
+    /// `what` failed for `domain` because of `source`.
+    pub fn failed(
+        domain: &str,
+        what: impl std::fmt::Display,
+        source: impl Into<Cause>,
+    ) -> BackendError {
+        BackendError::Failed {
+            domain: domain.to_string(),
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
+
+    pub fn invalid(domain: &str, msg: impl std::fmt::Display) -> BackendError {
+        BackendError::Invalid {
+            domain: domain.to_string(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+/// An error and its causes on one line, `what: cause: cause`: how an error is printed once,
+/// at the top (a binary's last words, an API answer, a report).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// A cause that reached us as text (from a child process, over a pipe).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BackendError(pub String);
+pub struct Reported(pub String);
 
 /// How a domain comes up.
 #[derive(Debug, Clone, Default)]

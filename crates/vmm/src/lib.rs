@@ -29,17 +29,51 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-/// What went wrong, for the user.
+/// The cause of a boot step's failure (a loader's, guest memory's error).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong: one line saying what, with which input; the cause is the source (the
+/// caller prints the chain once).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The VM's configuration asks for what cannot be.
     #[error("{0}")]
     Config(String),
-    #[error("{0}: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    /// A KVM ioctl failed.
     #[error("{0}")]
-    Boot(String),
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// The guest's layout cannot hold what it must (a table, the initrd).
     #[error("{0}")]
-    Io(String),
+    Layout(String),
+    /// A boot step failed: loading the kernel, writing a table into guest memory.
+    #[error("{what}")]
+    Boot {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Disk(#[from] virtio::block::Error),
+    #[error(transparent)]
+    Net(#[from] virtio::net::Error),
+    #[error(transparent)]
+    Vsock(#[from] virtio::vsock::Error),
+}
+
+impl Error {
+    /// Boot step `what` failed because of `e`.
+    pub(crate) fn boot(what: impl std::fmt::Display, e: impl Into<Cause>) -> Error {
+        Error::Boot {
+            what: what.to_string(),
+            source: e.into(),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -118,7 +152,10 @@ impl Shared {
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::Io(format!("{what}: {e}"))
+    move |source| Error::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Load the kernel: an ELF vmlinux; else a bzImage, unpacked here into the vmlinux it carries
@@ -140,10 +177,10 @@ fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResul
             return Elf::load(mem, None, &mut std::io::Cursor::new(vmlinux), himem)
                 .map(elf)
                 .map_err(|e| {
-                    Error::Boot(format!(
-                        "{}: the kernel it carries: {e}",
-                        cfg.kernel.display()
-                    ))
+                    Error::boot(
+                        format!("{}: the kernel it carries", cfg.kernel.display()),
+                        e,
+                    )
                 });
         }
     }
@@ -153,10 +190,10 @@ fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResul
             let entry = r.kernel_load.raw_value() + 0x200;
             Ok((r, entry))
         }
-        Err(bz_err) => Err(Error::Boot(format!(
-            "{}: neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})",
-            cfg.kernel.display()
-        ))),
+        Err(bz_err) => Err(Error::boot(
+            format!("{}", cfg.kernel.display()),
+            format!("neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})"),
+        )),
     }
 }
 
@@ -176,8 +213,9 @@ fn unpacked(path: &std::path::Path, f: &mut File) -> Result<Option<Vec<u8>>> {
     match unpack::unpack(format, data, size) {
         Ok(v) => Ok(Some(v)),
         Err(e) => {
+            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
             eprintln!(
-                "cellvisor vm: {}: {e}; booting it through its own decompressor",
+                "cellvisor vm: {}: {e}{cause}; booting it through its own decompressor",
                 path.display()
             );
             Ok(None)
@@ -190,12 +228,12 @@ fn unpacked(path: &std::path::Path, f: &mut File) -> Result<Option<Vec<u8>>> {
 fn virtio_devices(vm: &kvm_ioctls::VmFd, cfg: &Config) -> Result<Vec<virtio::mmio::Transport>> {
     let mut out = Vec::new();
     for (i, spec) in cfg.disks.iter().enumerate() {
-        let disk = virtio::block::Disk::open(spec).map_err(Error::Config)?;
+        let disk = virtio::block::Disk::open(spec)?;
         let dev = virtio::block::Block::new(disk, &format!("cellvisor-vd{i}"));
         out.push(Box::new(dev) as Box<dyn virtio::Device>);
     }
     for (i, spec) in cfg.nets.iter().enumerate() {
-        let tap = virtio::net::open_tap(spec).map_err(Error::Config)?;
+        let tap = virtio::net::open_tap(spec)?;
         // A locally administered MAC, distinct per VMM process and device.
         let pid = std::process::id().to_be_bytes();
         let mac = spec
@@ -204,9 +242,7 @@ fn virtio_devices(vm: &kvm_ioctls::VmFd, cfg: &Config) -> Result<Vec<virtio::mmi
         out.push(Box::new(virtio::net::Net::new(tap, mac)));
     }
     if let Some(spec) = &cfg.vsock {
-        out.push(Box::new(
-            virtio::vsock::Vsock::new(spec).map_err(Error::Config)?,
-        ));
+        out.push(Box::new(virtio::vsock::Vsock::new(spec)?));
     }
     let mut devices = Vec::new();
     for (i, dev) in out.into_iter().enumerate() {
@@ -386,18 +422,15 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
         .create_vm()
         .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
     arch::setup_vm(&kvm, &vm)?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
-        .map_err(|e| Error::Boot(format!("guest memory: {e}")))?;
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::boot("guest memory", e))?;
     for (slot, r) in mem.iter().enumerate() {
         // A process the VMM forks (the vsock socket's reaper) must not share guest memory:
         // copy-on-write would keep, for that child, every page touched before the fork (the
         // loaded kernel) and the guest would get a second copy of each page it writes.
         // SAFETY: madvise on a mapping `mem` owns; it changes only what fork(2) inherits.
         if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
-            return Err(Error::Boot(format!(
-                "guest memory: madvise: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(io("guest memory: madvise")(std::io::Error::last_os_error()));
         }
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -413,12 +446,10 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
     }
     let (kernel, entry) = load_kernel(&mem, cfg)?;
     let devices = virtio_devices(&vm, cfg)?;
-    let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_MAX)
-        .map_err(|e| Error::Boot(format!("command line: {e}")))?;
+    let cmd_err = |e| Error::boot("the command line", e);
+    let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_MAX).map_err(cmd_err)?;
     if !cfg.cmdline.is_empty() {
-        cmdline
-            .insert_str(&cfg.cmdline)
-            .map_err(|e| Error::Config(format!("command line: {e}")))?;
+        cmdline.insert_str(&cfg.cmdline).map_err(cmd_err)?;
     }
     for i in 0..devices.len() {
         cmdline
@@ -427,21 +458,21 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
                 arch::MMIO_START + i as u64 * virtio::mmio::WINDOW,
                 arch::FIRST_DEVICE_IRQ + i as u32
             ))
-            .map_err(|e| Error::Config(format!("command line: {e}")))?;
+            .map_err(cmd_err)?;
     }
     let cmdline_len = cmdline
         .as_cstring()
-        .map_err(|e| Error::Boot(format!("command line: {e}")))?
+        .map_err(cmd_err)?
         .as_bytes_with_nul()
         .len();
     linux_loader::loader::load_cmdline(&mem, GuestAddress(arch::CMDLINE), &cmdline)
-        .map_err(|e| Error::Boot(format!("command line: {e}")))?;
+        .map_err(|e| Error::boot("loading the command line", e))?;
     let initrd = match &cfg.initrd {
         Some(p) => {
             let data = std::fs::read(p).map_err(io(p.display()))?;
             let at = arch::initrd_addr(&mem, data.len())?;
             mem.write_slice(&data, at)
-                .map_err(|e| Error::Boot(format!("loading the initrd: {e}")))?;
+                .map_err(|e| Error::boot("loading the initrd", e))?;
             Some((at, data.len()))
         }
         None => None,

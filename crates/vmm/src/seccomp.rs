@@ -35,7 +35,7 @@ fn arch() -> Result<TargetArch> {
 }
 
 fn err(e: impl std::fmt::Debug) -> Error {
-    Error::Io(format!("building the seccomp filter: {e:?}"))
+    Error::boot("building the seccomp filter", format!("{e:?}"))
 }
 
 /// The filter of one kind of thread.
@@ -156,8 +156,7 @@ pub fn apply(t: Thread) -> Result<()> {
 }
 
 fn install(p: &BpfProgram) -> Result<()> {
-    seccompiler::apply_filter(p)
-        .map_err(|e| Error::Io(format!("installing the seccomp filter: {e}")))
+    seccompiler::apply_filter(p).map_err(|e| Error::boot("installing the seccomp filter", e))
 }
 
 #[cfg(test)]

@@ -22,6 +22,25 @@ pub enum Format {
     Zstd,
 }
 
+/// Why a payload would not unpack into a kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{format:?} payload")]
+    Decode {
+        format: Format,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{format:?} payload: {got} bytes unpacked, the image says {want}")]
+    Size {
+        format: Format,
+        got: usize,
+        want: u32,
+    },
+    #[error("{0:?} payload: not an ELF kernel")]
+    NotElf(Format),
+}
+
 /// No kernel is this large unpacked: a payload that claims more is refused.
 const MAX_UNPACKED: u64 = 1 << 30;
 
@@ -60,46 +79,47 @@ pub fn payload(image: &[u8]) -> Option<(Format, &[u8], Option<u32>)> {
 
 /// Decompress `data` of `format`: the ELF kernel it holds (checked: its magic, and the
 /// appended size when there is one).
-pub fn unpack(format: Format, data: &[u8], size: Option<u32>) -> Result<Vec<u8>, String> {
+pub fn unpack(format: Format, data: &[u8], size: Option<u32>) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(size.unwrap_or(0) as usize);
-    let err = |e: &dyn std::fmt::Display| format!("{format:?} payload: {e}");
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Decode { format, source: e };
     match format {
         Format::Gzip => flate2::read::GzDecoder::new(data)
             .take(MAX_UNPACKED)
             .read_to_end(&mut out)
             .map(drop)
-            .map_err(|e| err(&e))?,
+            .map_err(|e| err(e.into()))?,
         Format::Lz4 => lz4_flex::frame::FrameDecoder::new(data)
             .take(MAX_UNPACKED)
             .read_to_end(&mut out)
             .map(drop)
-            .map_err(|e| err(&e))?,
+            .map_err(|e| err(e.into()))?,
         Format::Zstd => {
             // The kernel's zstd -22 --ultra may use a window as large as the kernel.
             let d =
                 ruzstd::decoding::StreamingDecoder::new_with_max_window_size(data, MAX_UNPACKED)
-                    .map_err(|e| err(&e))?;
+                    .map_err(|e| err(e.to_string().into()))?;
             d.take(MAX_UNPACKED)
                 .read_to_end(&mut out)
                 .map(drop)
-                .map_err(|e| err(&e))?
+                .map_err(|e| err(e.into()))?
         }
         Format::Xz => {
             let mut limited = LimitedWriter(&mut out);
             lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut limited)
-                .map_err(|e| err(&e))?
+                .map_err(|e| err(e.to_string().into()))?
         }
     }
-    if let Some(n) = size {
-        if out.len() != n as usize {
-            return Err(format!(
-                "{format:?} payload: {} bytes unpacked, the image says {n}",
-                out.len()
-            ));
+    if let Some(want) = size {
+        if out.len() != want as usize {
+            return Err(Error::Size {
+                format,
+                got: out.len(),
+                want,
+            });
         }
     }
     if !out.starts_with(b"\x7fELF") {
-        return Err(format!("{format:?} payload: not an ELF kernel"));
+        return Err(Error::NotElf(format));
     }
     Ok(out)
 }
@@ -230,14 +250,20 @@ mod tests {
         let not_elf = compressed(Format::Lz4, b"just some bytes, no kernel");
         let img = bzimage(&not_elf);
         let (f, d, s) = payload(&img).unwrap();
-        assert!(unpack(f, d, s).unwrap_err().contains("not an ELF kernel"));
+        assert!(unpack(f, d, s)
+            .unwrap_err()
+            .to_string()
+            .contains("not an ELF kernel"));
         let k = kernel();
         let mut wrong = compressed(Format::Zstd, &k);
         let n = wrong.len();
         wrong[n - 4..].copy_from_slice(&7u32.to_le_bytes());
         let img = bzimage(&wrong);
         let (f, d, s) = payload(&img).unwrap();
-        assert!(unpack(f, d, s).unwrap_err().contains("the image says 7"));
+        assert!(unpack(f, d, s)
+            .unwrap_err()
+            .to_string()
+            .contains("the image says 7"));
         // Garbage behind a good magic fails to decode; it does not panic.
         for f in [Format::Gzip, Format::Lz4, Format::Zstd, Format::Xz] {
             let mut c = compressed(f, &k);

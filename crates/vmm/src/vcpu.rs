@@ -20,13 +20,15 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 
 /// Install the (empty) handler of the kick signal, once per process.
 pub fn install_kick_handler() -> Result<()> {
-    static ONCE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    // The errno, kept for later callers (an error is not Clone).
+    static ONCE: std::sync::OnceLock<std::result::Result<(), i32>> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| format!("installing the vCPU kick handler: {e}"))
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno())
     })
-    .clone()
-    .map_err(Error::Io)
+    .map_err(|errno| Error::Io {
+        what: "installing the vCPU kick handler".into(),
+        source: std::io::Error::from_raw_os_error(errno),
+    })
 }
 
 /// The eventfd that ends the running VM, for the SIGTERM/SIGINT handler (-1: none).
@@ -58,10 +60,10 @@ pub fn stop_on_signals(evt: &vmm_sys_util::eventfd::EventFd) -> Result<()> {
             sa.sa_flags = libc::SA_SIGINFO;
             libc::sigemptyset(&mut sa.sa_mask);
             if libc::sigaction(sig, &sa, std::ptr::null_mut()) < 0 {
-                return Err(Error::Io(format!(
-                    "installing the handler of signal {sig}: {}",
-                    std::io::Error::last_os_error()
-                )));
+                return Err(Error::Io {
+                    what: format!("installing the handler of signal {sig}"),
+                    source: std::io::Error::last_os_error(),
+                });
             }
         }
     }

@@ -31,6 +31,43 @@ const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 
+/// Why a disk cannot be given to the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--disk`'s text is not `PATH[,ro|,cow[=LAYER]]`.
+    #[error("{0}")]
+    Spec(String),
+    #[error("disk {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk {}: {msg}", .path.display())]
+    Invalid { path: PathBuf, msg: String },
+    #[error("disk {}: its copy-on-write layer in {}", .base.display(), .dir.display())]
+    Layer {
+        base: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: p.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(p: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Invalid {
+        path: p.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
 /// How a disk is given to the VM (`--disk PATH[,ro|,cow[=LAYER]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
@@ -48,13 +85,13 @@ pub enum Mode {
 }
 
 impl std::str::FromStr for DiskSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         let mut parts = s.split(',');
         let path = parts
             .next()
             .filter(|p| !p.is_empty())
-            .ok_or("disk: no path")?;
+            .ok_or_else(|| Error::Spec("disk: no path".into()))?;
         let mut mode = Mode::ReadWrite;
         for opt in parts {
             mode = match opt {
@@ -63,9 +100,9 @@ impl std::str::FromStr for DiskSpec {
                 "cow" => Mode::Cow(None),
                 o if o.starts_with("cow=") && o.len() > 4 => Mode::Cow(Some(o[4..].into())),
                 o => {
-                    return Err(format!(
+                    return Err(Error::Spec(format!(
                         "disk {path}: unknown option {o:?} (ro, rw, cow, cow=FILE)"
-                    ))
+                    )))
                 }
             };
         }
@@ -112,26 +149,22 @@ pub struct Disk {
     read_only: bool,
 }
 
-fn err(p: &Path, e: impl std::fmt::Display) -> String {
-    format!("disk {}: {e}", p.display())
-}
-
 impl Disk {
-    pub fn open(spec: &DiskSpec) -> Result<Disk, String> {
+    pub fn open(spec: &DiskSpec) -> Result<Disk, Error> {
         let p = &spec.path;
         let writable = spec.mode == Mode::ReadWrite;
         let base = std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
             .open(p)
-            .map_err(|e| err(p, e))?;
-        let meta = base.metadata().map_err(|e| err(p, e))?;
+            .map_err(io_err(p))?;
+        let meta = base.metadata().map_err(io_err(p))?;
         if !meta.is_file() {
-            return Err(err(p, "not a regular file (a raw image)"));
+            return Err(invalid(p, "not a regular file (a raw image)"));
         }
         let size = meta.len();
         if size == 0 || !size.is_multiple_of(SECTOR) {
-            return Err(err(
+            return Err(invalid(
                 p,
                 format!("size {size} is not a positive multiple of 512"),
             ));
@@ -198,7 +231,7 @@ impl Disk {
 }
 
 impl Layer {
-    fn open(base: &Path, keep: Option<&Path>, size: u64) -> Result<Layer, String> {
+    fn open(base: &Path, keep: Option<&Path>, size: u64) -> Result<Layer, Error> {
         let file = match keep {
             Some(k) => {
                 let f = std::fs::OpenOptions::new()
@@ -207,10 +240,10 @@ impl Layer {
                     .create(true)
                     .truncate(false)
                     .open(k)
-                    .map_err(|e| err(k, e))?;
-                let len = f.metadata().map_err(|e| err(k, e))?.len();
+                    .map_err(io_err(k))?;
+                let len = f.metadata().map_err(io_err(k))?.len();
                 if len != 0 && len != size {
-                    return Err(err(
+                    return Err(invalid(
                         k,
                         format!("layer of {len} bytes over a base of {size}"),
                     ));
@@ -229,18 +262,21 @@ impl Layer {
                             .find(|d| d.is_dir())
                     })
                     .unwrap_or_else(|| "/tmp".into());
-                tempfile_in(&dir)
-                    .map_err(|e| err(base, format!("layer in {}: {e}", dir.display())))?
+                tempfile_in(&dir).map_err(|source| Error::Layer {
+                    base: base.to_path_buf(),
+                    dir: dir.clone(),
+                    source,
+                })?
             }
         };
         let at = keep.unwrap_or(base);
-        file.set_len(size).map_err(|e| err(at, e))?;
+        file.set_len(size).map_err(io_err(at))?;
         let clusters = size.div_ceil(CLUSTER);
         let mut layer = Layer {
             present: vec![0; clusters.div_ceil(64) as usize],
             file,
         };
-        for (start, end) in data_extents(&layer.file, size).map_err(|e| err(at, e))? {
+        for (start, end) in data_extents(&layer.file, size).map_err(io_err(at))? {
             for c in start / CLUSTER..end.div_ceil(CLUSTER) {
                 layer.mark(c);
             }
@@ -510,6 +546,10 @@ mod tests {
             (format!("{}/none", t.path().display()), "No such file"),
         ] {
             let e = Disk::open(&spec.parse().unwrap()).err().unwrap();
+            let e = format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+            );
             assert!(e.contains(want), "{e}");
         }
         // A kept layer of the wrong size is refused, and nothing is made for it.

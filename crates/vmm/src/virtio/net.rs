@@ -25,6 +25,29 @@ const MAX_FRAME: usize = HDR + 65550;
 const RX: usize = 0;
 const TX: usize = 1;
 
+/// Why a network device cannot be given to the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--net`'s text is not `TAP[,mac=MAC][,ip=ADDR/PREFIX]`.
+    #[error("{0}")]
+    Spec(String),
+    /// Setting up the tap: `what` failed.
+    #[error("net: {what}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The last OS error, as what failed doing `what`.
+fn os_err(what: impl std::fmt::Display) -> Error {
+    Error::Os {
+        what: what.to_string(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
 /// How a network device is given to the VM (`--net TAP[,mac=MAC][,ip=ADDR/PREFIX]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
@@ -43,8 +66,14 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 impl std::str::FromStr for NetSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s).map_err(Error::Spec)
+    }
+}
+
+impl NetSpec {
+    fn parse(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let tap = parts.next().unwrap_or_default();
         if tap.is_empty() || tap.len() >= libc::IFNAMSIZ || tap.contains(['/', ' ']) {
@@ -88,12 +117,8 @@ fn ifreq(name: &str) -> libc::ifreq {
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 
-fn os_err(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
-}
-
 /// Open (or create, non-persistent) the tap `name`, non-blocking, with the virtio-net header.
-pub fn open_tap(spec: &NetSpec) -> Result<File, String> {
+pub fn open_tap(spec: &NetSpec) -> Result<File, Error> {
     let name = &spec.tap;
     // SAFETY: open(2) of a constant path.
     let fd = unsafe {
@@ -103,7 +128,7 @@ pub fn open_tap(spec: &NetSpec) -> Result<File, String> {
         )
     };
     if fd < 0 {
-        return Err(os_err("net: /dev/net/tun"));
+        return Err(os_err("/dev/net/tun"));
     }
     // SAFETY: a descriptor we just opened and own.
     let tap = unsafe { File::from_raw_fd(fd) };
@@ -111,12 +136,12 @@ pub fn open_tap(spec: &NetSpec) -> Result<File, String> {
     req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
     // SAFETY: TUNSETIFF reads and writes the ifreq we pass.
     if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-        return Err(os_err(&format!("net: tap {name}")));
+        return Err(os_err(format!("tap {name}")));
     }
     let sz: libc::c_int = HDR as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads an int.
     if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETVNETHDRSZ as _, &sz) } < 0 {
-        return Err(os_err(&format!("net: tap {name}: header size")));
+        return Err(os_err(format!("tap {name}: header size")));
     }
     if let Some((ip, len)) = spec.host_ip {
         host_address(name, ip, len)?;
@@ -125,11 +150,11 @@ pub fn open_tap(spec: &NetSpec) -> Result<File, String> {
 }
 
 /// Give the host side of the tap an address and bring it up.
-fn host_address(name: &str, ip: std::net::Ipv4Addr, len: u8) -> Result<(), String> {
+fn host_address(name: &str, ip: std::net::Ipv4Addr, len: u8) -> Result<(), Error> {
     // SAFETY: socket(2) with constant arguments.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
-        return Err(os_err("net: socket"));
+        return Err(os_err("socket"));
     }
     // SAFETY: a descriptor we just made and own.
     let sock = unsafe { File::from_raw_fd(s) };
@@ -147,12 +172,12 @@ fn host_address(name: &str, ip: std::net::Ipv4Addr, len: u8) -> Result<(), Strin
         sa
     };
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let set = |req: libc::c_ulong, addr: u32, what: &str| -> Result<(), String> {
+    let set = |req: libc::c_ulong, addr: u32, what: &str| -> Result<(), Error> {
         let mut r = ifreq(name);
         r.ifr_ifru.ifru_addr = sin(addr);
         // SAFETY: the ioctl reads the ifreq we pass.
         if unsafe { libc::ioctl(sock.as_raw_fd(), req as _, &r) } < 0 {
-            return Err(os_err(&format!("net: tap {name}: {what}")));
+            return Err(os_err(format!("tap {name}: {what}")));
         }
         Ok(())
     };
@@ -161,13 +186,13 @@ fn host_address(name: &str, ip: std::net::Ipv4Addr, len: u8) -> Result<(), Strin
     let mut r = ifreq(name);
     // SAFETY: SIOCGIFFLAGS fills the ifreq we pass.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut r) } < 0 {
-        return Err(os_err(&format!("net: tap {name}: flags")));
+        return Err(os_err(format!("tap {name}: flags")));
     }
     // SAFETY: the flags member was just filled in.
     unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as i16 };
     // SAFETY: SIOCSIFFLAGS reads the ifreq we pass.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &r) } < 0 {
-        return Err(os_err(&format!("net: tap {name}: up")));
+        return Err(os_err(format!("tap {name}: up")));
     }
     Ok(())
 }

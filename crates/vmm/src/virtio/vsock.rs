@@ -42,6 +42,29 @@ const TX: usize = 1;
 /// Ports the VMM gives host-initiated connections.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
+/// Why a vsock device cannot be given to the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--vsock`'s text is not `CID,uds=PATH`.
+    #[error("{0}")]
+    Spec(String),
+    #[error("vsock {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vsock {}: {msg}", .path.display())]
+    Invalid { path: PathBuf, msg: &'static str },
+}
+
+fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: p.to_path_buf(),
+        source,
+    }
+}
+
 /// How a vsock device is given to the VM (`--vsock CID,uds=PATH`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockSpec {
@@ -50,9 +73,9 @@ pub struct VsockSpec {
 }
 
 impl std::str::FromStr for VsockSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("vsock: {s:?} is not CID,uds=PATH (CID 3 or more)");
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::Spec(format!("vsock: {s:?} is not CID,uds=PATH (CID 3 or more)"));
         let (cid, rest) = s.split_once(',').ok_or_else(bad)?;
         let cid: u64 = cid
             .parse()
@@ -229,22 +252,24 @@ struct Reaper {
     pipe: Option<std::os::fd::OwnedFd>,
 }
 
-fn spawn_reaper(path: &Path) -> Result<Reaper, String> {
+fn spawn_reaper(path: &Path) -> Result<Reaper, Error> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io_err(path, "a NUL in the path"))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Invalid {
+        path: path.to_path_buf(),
+        msg: "a NUL in the path",
+    })?;
     // SAFETY: stat(2) into a zeroed local struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a live stat buffer.
     if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
-        return Err(io_err(path, std::io::Error::last_os_error()));
+        return Err(io_err(path)(std::io::Error::last_os_error()));
     }
     let (ino, dev) = (st.st_ino, st.st_dev);
     let mut fds = [0; 2];
     // SAFETY: pipe2 into a two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io_err(path, std::io::Error::last_os_error()));
+        return Err(io_err(path)(std::io::Error::last_os_error()));
     }
     // SAFETY: the child only makes async-signal-safe calls (signal, dup2, close_range, read,
     // stat, unlink) on data prepared before the fork, then _exits.
@@ -256,7 +281,7 @@ fn spawn_reaper(path: &Path) -> Result<Reaper, String> {
                 libc::close(fds[0]);
                 libc::close(fds[1]);
             }
-            Err(io_err(path, e))
+            Err(io_err(path)(e))
         }
         // SAFETY: in the forked child: async-signal-safe calls only (see above).
         0 => unsafe {
@@ -299,38 +324,38 @@ impl Drop for Reaper {
     }
 }
 
-fn io_err(p: &Path, e: impl std::fmt::Display) -> String {
-    format!("vsock {}: {e}", p.display())
-}
-
 impl Vsock {
     /// Listen on the spec's socket. A stale socket (nobody listening) is replaced; one in use
     /// is an error.
-    pub fn new(spec: &VsockSpec) -> Result<Vsock, String> {
+    pub fn new(spec: &VsockSpec) -> Result<Vsock, Error> {
         let p = &spec.uds;
+        let invalid = |msg| Error::Invalid {
+            path: p.clone(),
+            msg,
+        };
         if p.exists() {
             if UnixStream::connect(p).is_ok() {
-                return Err(io_err(p, "in use by another VMM"));
+                return Err(invalid("in use by another VMM"));
             }
-            std::fs::remove_file(p).map_err(|e| io_err(p, e))?;
+            std::fs::remove_file(p).map_err(io_err(p))?;
         }
         let parent = match p.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let dir = std::fs::File::open(parent).map_err(|e| io_err(p, e))?;
+        let dir = std::fs::File::open(parent).map_err(io_err(p))?;
         if p.file_name().is_none() {
-            return Err(io_err(p, "not a socket path"));
+            return Err(invalid("not a socket path"));
         }
-        let listener = UnixListener::bind(p).map_err(|e| io_err(p, e))?;
-        let cleanup = |e: String| {
+        let listener = UnixListener::bind(p).map_err(io_err(p))?;
+        let cleanup = |e: Error| {
             let _ = std::fs::remove_file(p);
             e
         };
         listener
             .set_nonblocking(true)
-            .map_err(|e| cleanup(io_err(p, e)))?;
-        let epoll = Epoll::new().map_err(|e| cleanup(io_err(p, e)))?;
+            .map_err(|e| cleanup(io_err(p)(e)))?;
+        let epoll = Epoll::new().map_err(|e| cleanup(io_err(p)(e)))?;
         let reaper = spawn_reaper(p).map_err(cleanup)?;
         let mut v = Vsock {
             cid: spec.cid,
@@ -352,7 +377,7 @@ impl Vsock {
         Ok(v)
     }
 
-    fn add_watch(&mut self, fd: RawFd, w: Watch) -> Result<(), String> {
+    fn add_watch(&mut self, fd: RawFd, w: Watch) -> Result<(), Error> {
         self.epoll
             .ctl(
                 ControlOperation::Add,
@@ -365,7 +390,7 @@ impl Vsock {
                     fd as u64,
                 ),
             )
-            .map_err(|e| io_err(&self.uds, e))?;
+            .map_err(io_err(&self.uds))?;
         self.watch.insert(fd, w);
         Ok(())
     }

@@ -129,10 +129,12 @@ pub fn write(mem: &GuestMemoryMmap, vcpus: u8, devices: &[MmioDevice]) -> Result
     let mut put = |bytes: &[u8]| -> Result<u64> {
         let addr = at;
         if addr + bytes.len() as u64 > TABLES_END {
-            return Err(Error::Boot("the ACPI tables do not fit below 1 MiB".into()));
+            return Err(Error::Layout(
+                "the ACPI tables do not fit below 1 MiB".into(),
+            ));
         }
         mem.write_slice(bytes, GuestAddress(addr))
-            .map_err(|e| Error::Boot(format!("writing ACPI tables: {e}")))?;
+            .map_err(|e| Error::boot("writing ACPI tables", e))?;
         at = (addr + bytes.len() as u64 + 15) & !15;
         Ok(addr)
     };
@@ -148,7 +150,7 @@ pub fn write(mem: &GuestMemoryMmap, vcpus: u8, devices: &[MmioDevice]) -> Result
     let mut rb = Vec::new();
     Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut rb);
     mem.write_slice(&rb, GuestAddress(RSDP_ADDR))
-        .map_err(|e| Error::Boot(format!("writing the RSDP: {e}")))?;
+        .map_err(|e| Error::boot("writing the RSDP", e))?;
     Ok(RSDP_ADDR)
 }
 

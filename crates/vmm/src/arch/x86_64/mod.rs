@@ -110,7 +110,7 @@ pub fn write_boot_params(
         &BootParams::new::<boot_params>(&p, GuestAddress(ZERO_PAGE)),
         mem,
     )
-    .map_err(|e| Error::Boot(format!("writing the zero page: {e}")))
+    .map_err(|e| Error::boot("writing the zero page", e))
 }
 
 /// Where the initrd goes: page-aligned, as high in RAM as it fits.
@@ -121,7 +121,7 @@ pub fn initrd_addr(mem: &GuestMemoryMmap, len: usize) -> Result<GuestAddress> {
         .map(|a| a & !0xfff)
         .filter(|&a| a >= HIMEM)
         .ok_or_else(|| {
-            Error::Boot(format!(
+            Error::Layout(format!(
                 "the initrd ({len} bytes) does not fit in guest RAM"
             ))
         })?;

@@ -81,12 +81,12 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<()> {
     }
     let t = build(cpus, EBDA);
     if t.len() as u64 > 0xa0000 - EBDA {
-        return Err(Error::Boot(
+        return Err(Error::Layout(
             "the MP table does not fit below 640 KiB".into(),
         ));
     }
     mem.write_slice(&t, GuestAddress(EBDA))
-        .map_err(|e| Error::Boot(format!("writing the MP table: {e}")))
+        .map_err(|e| Error::boot("writing the MP table", e))
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ fn segment(entry: u64, selector: u16) -> kvm_segment {
 }
 
 fn mem_err(what: &str) -> impl Fn(vm_memory::GuestMemoryError) -> Error + '_ {
-    move |e| Error::Boot(format!("writing {what}: {e}"))
+    move |e| Error::boot(format!("writing {what}"), e)
 }
 
 /// The GDT, an empty IDT, and page tables identity-mapping the first 4 GiB (RAM and the
@@ -166,7 +166,8 @@ pub fn setup_cpu(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<()> {
         msr(0x10, 0),        // TSC
         msr(0x1a0, 1),       // MISC_ENABLE: fast strings
     ];
-    let msrs = Msrs::from_entries(&entries).map_err(|e| Error::Boot(format!("MSRs: {e:?}")))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|e| Error::boot("the MSR list", format!("{e:?}")))?;
     let n = vcpu
         .set_msrs(&msrs)
         .map_err(|e| Error::Kvm("KVM_SET_MSRS", e))?;
