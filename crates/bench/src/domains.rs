@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use channel::Channel;
 use container::backend::ContainerBackend;
-use domain::{Backend, BackendKind, Decision, Domain, DomainStatus, Role, UpOpts};
+use domain::{Backend, Decision, Domain, DomainKind, DomainStatus, Role, UpOpts};
 
 use crate::ipc::{pipe, placements, Row, Transport};
 use crate::stats::median;
@@ -21,12 +21,12 @@ type Samples = (Transport, usize, Vec<f64>, Vec<f64>);
 
 fn domain(name: &str, cpus: usize, command: &[&str]) -> Domain {
     Domain {
-        vm: None,
         name: name.into(),
         role: Role::Common,
-        backend: BackendKind::Container,
+        kind: DomainKind::Container {
+            command: command.iter().map(|s| s.to_string()).collect(),
+        },
         rootfs: None,
-        command: command.iter().map(|s| s.to_string()).collect(),
         cpus: Some(cpus.to_string()),
         cpu_weight: 100,
         memory_bytes: None,

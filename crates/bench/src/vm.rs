@@ -112,7 +112,7 @@ pub fn bundle(
     mem_mib: u64,
     vcpus: u8,
 ) -> Result<()> {
-    use domain::profile::{BackendKind, DiskMode, Domain, Role, VmSpec};
+    use domain::profile::{DiskMode, Domain, DomainKind, Role, VmSpec};
     if cmd.contains('"') {
         return Err(Error::Msg(format!("a guest command with a quote: {cmd}")));
     }
@@ -125,9 +125,7 @@ pub fn bundle(
     let d = Domain {
         name: "bench".into(),
         role: Role::Common,
-        backend: BackendKind::Microvm,
         rootfs: Some(jail.clone()),
-        command: Vec::new(),
         cpus: None,
         cpu_weight: 100,
         memory_bytes: Some(mem_mib << 20),
@@ -135,7 +133,7 @@ pub fn bundle(
         exclusive_devices: Vec::new(),
         shared_devices: Vec::new(),
         passthrough: Vec::new(),
-        vm: Some(VmSpec {
+        kind: DomainKind::Microvm(VmSpec {
             kernel: g.kernel.clone(),
             initrd: Some(g.initrd.clone()),
             cmdline: Some(format!(
@@ -151,7 +149,7 @@ pub fn bundle(
         devices: Vec::new(),
         fds: Vec::new(),
     };
-    let mut cfg = container::backend::domain_config(&d, &jail, &o, Some(&g.vmm))?;
+    let mut cfg = microvm::domain_config(&d, &jail, &o, &g.vmm)?;
     // The VMM's stdin is not a terminal; its console is its stdout.
     cfg["process"]["terminal"] = serde_json::json!(false);
     io(
@@ -162,7 +160,7 @@ pub fn bundle(
 
 /// Where the host side of guest vsock port `port` listens, in a VM's run directory.
 pub fn vsock_path(run: &Path, port: u32) -> PathBuf {
-    run.join(format!("{}_{port}", container::backend::VSOCK_SOCKET))
+    run.join(format!("{}_{port}", microvm::VSOCK_SOCKET))
 }
 
 /// Why a console wait ended without its marker.

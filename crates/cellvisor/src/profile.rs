@@ -68,8 +68,8 @@ pub fn run(cmd: &ProfileCmd) -> Result<i32> {
                 println!(
                     "  {:<12} {:<9} {:<10} cpus {:<6} weight {:<5} memory {:<6} exclusive [{}] shared [{}]",
                     d.name,
-                    format!("{:?}", d.role).to_lowercase(),
-                    format!("{:?}", d.backend).to_lowercase(),
+                    d.role.name(),
+                    d.backend().name(),
                     d.cpus.as_deref().unwrap_or("any"),
                     d.cpu_weight,
                     mem,

@@ -1250,13 +1250,14 @@ fn phone_profile_domains_come_up_and_go_away() {
         domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", t.path()).unwrap();
     // Without the daemon there is no agent: every domain just runs.
     for d in &mut profile.domains {
-        d.command = [
+        let command = [
             "/bin/sh",
             "-c",
             &format!("echo {} domain up; exec sleep 1000000", d.name),
         ]
         .map(String::from)
         .to_vec();
+        d.kind = domain::DomainKind::Container { command };
     }
     let prefix = format!("e2e-phone-{}", std::process::id());
     let be = container::backend::ContainerBackend::new(&t.path().join("state"), &prefix);

@@ -2,6 +2,8 @@
 //! container whose root is an overlay of the profile's shared base with the domain's private
 //! layer (Cells' layout), whose limits come from the profile, and whose state lives under the
 //! backend's directory: `<dir>/domains/<name>/` (layer, bundle) and `<dir>/oci/` (runtime state).
+//! The microVM backend (crates/microvm) jails its VMM in such a domain through
+//! [`ContainerBackend::up_with`]; nothing here knows of VMs.
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +18,6 @@ pub struct ContainerBackend {
     dir: PathBuf,
     /// Prefix of the container ids (and so of the cgroup paths) of this backend's domains.
     prefix: String,
-    /// The `cellvisor` binary whose `vm run` is a microvm domain's VMM.
-    vmm: Option<PathBuf>,
 }
 
 /// A host device node: (type `c` or `b`, major, minor, permission bits).
@@ -44,7 +44,7 @@ pub fn device_node(p: &Path) -> std::io::Result<(char, u32, u32, u32)> {
 
 /// The OCI config of a domain: its command, a private hostname, network (unless it shares
 /// the network device), pid, ipc, uts, mount and cgroup namespaces, the default capabilities,
-/// its limits, its passthrough and granted devices, and its run directory.
+/// its limits, its passthrough and granted devices, and its run directory (read-only).
 pub fn oci_config(
     d: &Domain,
     rootfs: &Path,
@@ -52,10 +52,10 @@ pub fn oci_config(
 ) -> Result<serde_json::Value, BackendError> {
     let mut c = runtime::default_spec(false);
     c["process"]["terminal"] = json!(false);
-    c["process"]["args"] = json!(d.command);
+    c["process"]["args"] = json!(d.command());
     c["hostname"] = json!(d.name);
     c["root"] = json!({"path": rootfs, "readonly": false});
-    c["annotations"] = json!({"io.cellvisor.domain": d.name, "io.cellvisor.role": format!("{:?}", d.role).to_lowercase()});
+    c["annotations"] = json!({"io.cellvisor.domain": d.name, "io.cellvisor.role": d.role.name()});
     if d.shared_devices.iter().any(|s| s == "network") {
         // The shared network device: the host's network namespace.
         if let Some(ns) = c["linux"]["namespaces"].as_array_mut() {
@@ -63,15 +63,11 @@ pub fn oci_config(
         }
     }
     if let Some(run) = o.run_dir {
-        // A microvm domain's VMM makes its vsock socket there (the daemon listens beside it
-        // for the guest's port); a container domain only reads it.
-        let opts = if d.vm.is_some() {
-            json!(["rbind", "nosuid", "nodev"])
-        } else {
-            json!(["rbind", "ro", "nosuid", "nodev"])
-        };
         if let Some(m) = c["mounts"].as_array_mut() {
-            m.push(json!({"destination": RUN_DIR, "type": "bind", "source": run, "options": opts}));
+            m.push(
+                json!({"destination": RUN_DIR, "type": "bind", "source": run,
+                          "options": ["rbind", "ro", "nosuid", "nodev"]}),
+            );
         }
     }
     let mut res = json!({"cpu": {}});
@@ -88,139 +84,30 @@ pub fn oci_config(
     if let Some(p) = d.pids {
         res["pids"] = json!({"limit": p});
     }
-    let (mut devices, mut rules) = (Vec::new(), vec![json!({"allow": false, "access": "rwm"})]);
-    for p in d.passthrough.iter().chain(&o.devices) {
-        let (typ, major, minor, mode) = device_node(p)
-            .map_err(|e| BackendError::failed(&d.name, format!("device {}", p.display()), e))?;
-        devices.push(json!({"path": p, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
-        rules.push(json!({"allow": true, "type": typ.to_string(), "major": major, "minor": minor, "access": "rwm"}));
-    }
-    res["devices"] = json!(rules);
+    res["devices"] = json!([{"allow": false, "access": "rwm"}]);
     c["linux"]["resources"] = res;
-    c["linux"]["devices"] = json!(devices);
+    c["linux"]["devices"] = json!([]);
+    for p in d.passthrough.iter().chain(&o.devices) {
+        allow_device(&mut c, p)
+            .map_err(|e| BackendError::failed(&d.name, format!("device {}", p.display()), e))?;
+    }
     Ok(c)
 }
 
 /// Where a domain sees its run directory (its port, the agent).
-const RUN_DIR: &str = "/run/cellvisor";
-/// Where a jailed VMM finds its binary, kernel and initrd.
-const VM_DIR: &str = "/run/cellvisor-vm";
-/// A microvm domain's vsock: the guest's context id and the VMM's socket in the run directory.
-const GUEST_CID: u32 = 3;
-/// The VMM's vsock socket in the run directory; the guest's host port P is `vsock_P` beside it.
-pub const VSOCK_SOCKET: &str = "vsock";
-/// What a microvm domain's cgroup allows beyond its guest memory: the VMM itself, its page
-/// tables and device buffers.
-const VMM_MEMORY_MARGIN: u64 = 64 << 20;
+pub const RUN_DIR: &str = "/run/cellvisor";
 
-/// A microvm domain is its VMM jailed in a container domain (Firecracker's jailer model): the
-/// domain's namespaces, cgroups (weight, freezer, memory = guest + margin) and devices cgroup
-/// hold the VMM process, which may open /dev/kvm and nothing else of the host's devices. The
-/// binary, kernel and initrd are bound in read-only, with the host's libraries for the binary.
-fn jail_vmm(
-    c: &mut serde_json::Value,
-    d: &Domain,
-    vm: &domain::profile::VmSpec,
-    vmm: &Path,
-    with_port: bool,
-) -> Result<(), BackendError> {
-    let ro = |src: &Path, dst: &str| {
-        json!({"destination": dst, "type": "bind", "source": src,
-               "options": ["rbind", "ro", "nosuid", "nodev"]})
-    };
-    let mut mounts = vec![
-        ro(vmm, &format!("{VM_DIR}/cellvisor")),
-        ro(&vm.kernel, &format!("{VM_DIR}/kernel")),
-    ];
-    let mem = d.memory_bytes.unwrap_or(domain::profile::DEFAULT_VM_MEMORY);
-    let mut args = vec![
-        format!("{VM_DIR}/cellvisor"),
-        "vm".into(),
-        "run".into(),
-        "--kernel".into(),
-        format!("{VM_DIR}/kernel"),
-        "--mem".into(),
-        format!("{}M", mem >> 20),
-        "--vcpus".into(),
-        vm.vcpus.to_string(),
-    ];
-    if let Some(i) = &vm.initrd {
-        mounts.push(ro(i, &format!("{VM_DIR}/initrd")));
-        args.extend(["--initrd".into(), format!("{VM_DIR}/initrd")]);
-    }
-    if let Some(cl) = &vm.cmdline {
-        args.extend(["--cmdline".into(), cl.clone()]);
-    }
-    if with_port {
-        // The guest reaches its port as vsock port 1024 of the host (CID 2): the VMM connects
-        // such a stream to `vsock_1024` beside its socket, where the daemon listens.
-        args.extend([
-            "--vsock".into(),
-            format!("{GUEST_CID},uds={RUN_DIR}/{VSOCK_SOCKET}"),
-        ]);
-    }
-    for (i, (path, mode)) in vm.disks.iter().enumerate() {
-        use domain::profile::DiskMode;
-        let at = format!("{VM_DIR}/disk{i}");
-        // Bound read-only unless the guest writes the image itself; a copy-on-write layer is
-        // an unnamed file in the domain's private /tmp.
-        let (opts, suffix) = match mode {
-            DiskMode::ReadWrite => (vec!["rbind", "nosuid", "nodev"], ""),
-            DiskMode::ReadOnly => (vec!["rbind", "ro", "nosuid", "nodev"], ",ro"),
-            DiskMode::CopyOnWrite => (vec!["rbind", "ro", "nosuid", "nodev"], ",cow"),
-        };
-        mounts.push(json!({"destination": at, "type": "bind", "source": path, "options": opts}));
-        args.extend(["--disk".into(), format!("{at}{suffix}")]);
-    }
-    for lib in ["/lib", "/lib64", "/usr"] {
-        if Path::new(lib).exists() {
-            mounts.push(ro(Path::new(lib), lib));
-        }
-    }
-    for p in [vm.kernel.as_path(), vmm]
-        .into_iter()
-        .chain(vm.initrd.as_deref())
-    {
-        if !p.is_file() {
-            return Err(BackendError::invalid(
-                &d.name,
-                format!("{}: no such file", p.display()),
-            ));
-        }
-    }
-    if let Some(m) = c["mounts"].as_array_mut() {
-        m.extend(mounts);
-    }
-    c["process"]["args"] = json!(args);
-    c["linux"]["resources"]["memory"] =
-        json!({"limit": mem + VMM_MEMORY_MARGIN, "swap": mem + VMM_MEMORY_MARGIN});
-    let kvm = Path::new("/dev/kvm");
-    let (typ, major, minor, mode) = device_node(kvm)
-        .map_err(|e| BackendError::failed(&d.name, format!("device {}", kvm.display()), e))?;
+/// Allow device `p` in an OCI config: its node in `linux.devices` and a rule in the devices
+/// cgroup.
+pub fn allow_device(c: &mut serde_json::Value, p: &Path) -> std::io::Result<()> {
+    let (typ, major, minor, mode) = device_node(p)?;
     if let Some(devs) = c["linux"]["devices"].as_array_mut() {
-        devs.push(json!({"path": kvm, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
+        devs.push(json!({"path": p, "type": typ.to_string(), "major": major, "minor": minor, "fileMode": mode}));
     }
     if let Some(rules) = c["linux"]["resources"]["devices"].as_array_mut() {
         rules.push(json!({"allow": true, "type": typ.to_string(), "major": major, "minor": minor, "access": "rwm"}));
     }
     Ok(())
-}
-
-/// The OCI config that runs domain `d`: [`oci_config`], and for a microvm domain its VMM
-/// (`vmm vm run`) jailed in it.
-pub fn domain_config(
-    d: &Domain,
-    rootfs: &Path,
-    o: &UpOpts,
-    vmm: Option<&Path>,
-) -> Result<serde_json::Value, BackendError> {
-    let mut cfg = oci_config(d, rootfs, o)?;
-    if let Some(vm) = &d.vm {
-        let vmm =
-            vmm.ok_or_else(|| BackendError::invalid(&d.name, "no VMM binary for microvm domains"))?;
-        jail_vmm(&mut cfg, d, vm, vmm, o.run_dir.is_some())?;
-    }
-    Ok(cfg)
 }
 
 impl ContainerBackend {
@@ -229,14 +116,7 @@ impl ContainerBackend {
         ContainerBackend {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
-            vmm: None,
         }
-    }
-
-    /// Run microvm domains with this `cellvisor` binary's `vm run`.
-    pub fn with_vmm(mut self, cellvisor: PathBuf) -> Self {
-        self.vmm = Some(cellvisor);
-        self
     }
 
     /// The container id of a domain.
@@ -303,8 +183,17 @@ impl ContainerBackend {
     }
 }
 
-impl Backend for ContainerBackend {
-    fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
+impl ContainerBackend {
+    /// Bring `d` up as a container whose config is [`oci_config`] changed by `edit` (how the
+    /// microVM backend puts its VMM in): its root prepared, its bundle written, the container
+    /// created and started from a detached child. A failure leaves nothing of it but its
+    /// private directory.
+    pub fn up_with(
+        &self,
+        d: &Domain,
+        o: &UpOpts,
+        edit: impl FnOnce(&mut serde_json::Value) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
         let base = o.base;
         let name = d.name.as_str();
         if crate::state::exists(&self.root(), &self.container_id(name)) {
@@ -328,7 +217,8 @@ impl Backend for ContainerBackend {
             }
         };
         let r = (|| {
-            let cfg = domain_config(d, &rootfs, o, self.vmm.as_deref())?;
+            let mut cfg = oci_config(d, &rootfs, o)?;
+            edit(&mut cfg)?;
             std::fs::write(bundle.join("config.json"), cfg.to_string())
                 .map_err(|e| BackendError::failed(name, "writing its bundle", e))?;
             let co = CreateOpts {
@@ -355,6 +245,18 @@ impl Backend for ContainerBackend {
             }
         }
         r
+    }
+}
+
+impl Backend for ContainerBackend {
+    fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
+        if d.backend() != domain::BackendKind::Container {
+            return Err(BackendError::invalid(
+                &d.name,
+                "a microvm domain runs on the microvm backend",
+            ));
+        }
+        self.up_with(d, o, |_| Ok(()))
     }
 
     fn down(&self, name: &str) -> Result<(), BackendError> {

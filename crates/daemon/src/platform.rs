@@ -241,8 +241,8 @@ impl<B: Backend> Platform<B> {
         let background = up && !fg && d.role != Role::Realtime;
         Ok(DomainInfo {
             name: d.name.clone(),
-            role: format!("{:?}", d.role).to_lowercase(),
-            backend: format!("{:?}", d.backend).to_lowercase(),
+            role: d.role.name().into(),
+            backend: d.backend().name().into(),
             status: st.map_or("unknown", status_name).into(),
             error,
             foreground: fg,

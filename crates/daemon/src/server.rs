@@ -22,7 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use channel::stream::VSOCK_PORT;
-use container::backend::{ContainerBackend, VSOCK_SOCKET};
+use container::backend::ContainerBackend;
+use microvm::{MicrovmBackend, VSOCK_SOCKET};
+
+use crate::backends::Backends;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -30,7 +33,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::platform::{ApiError, Platform};
 
-type Shared = Arc<Mutex<Platform<ContainerBackend>>>;
+type Shared = Arc<Mutex<Platform<Domains>>>;
+/// The daemon's domains: containers, and microVMs jailed in containers.
+type Domains = Backends<ContainerBackend, MicrovmBackend>;
 
 /// How the daemon is set up.
 pub struct Config {
@@ -57,7 +62,7 @@ fn ok(v: impl serde::Serialize) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Platform<ContainerBackend>> {
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Platform<Domains>> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -414,7 +419,10 @@ fn bind_ports(s: &Shared) -> std::io::Result<Vec<PathBuf>> {
         p.profile
             .domains
             .iter()
-            .map(|d| (d.name.clone(), p.run_dir(&d.name), d.vm.is_some()))
+            .map(|d| {
+                let vm = d.backend() == domain::BackendKind::Microvm;
+                (d.name.clone(), p.run_dir(&d.name), vm)
+            })
             .collect()
     };
     let mut paths = Vec::new();
@@ -498,15 +506,16 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
 /// Open the platform, bind the sockets (recorded in `made`, for removal), and answer
 /// requests until SIGTERM or SIGINT.
 async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> {
-    let mut backend = ContainerBackend::new(&cfg.state_dir, &cfg.prefix);
     // microvm domains run `cellvisor vm run`, the binary installed beside this one.
-    if let Some(vmm) = std::env::current_exe()
+    let vmm = std::env::current_exe()
         .ok()
         .map(|e| e.with_file_name("cellvisor"))
-        .filter(|p| p.is_file())
-    {
-        backend = backend.with_vmm(vmm);
-    }
+        .filter(|p| p.is_file());
+    let backend = Backends::new(
+        &cfg.profile,
+        ContainerBackend::new(&cfg.state_dir, &cfg.prefix),
+        MicrovmBackend::new(ContainerBackend::new(&cfg.state_dir, &cfg.prefix), vmm),
+    );
     let profile = cfg.profile.clone();
     let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())
         .map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ pub mod policy;
 pub mod profile;
 
 pub use policy::{Decision, Policy};
-pub use profile::{BackendKind, Domain, Profile, Role};
+pub use profile::{BackendKind, Domain, DomainKind, Profile, Role};
 
 /// The phone profile the README's demo runs, embedded so it is always at hand.
 pub const DEFAULT_PROFILE: &str = include_str!("../../../examples/phone.toml");

@@ -8,6 +8,7 @@
 //! with the exit's data and the instruction bytes at the guest's RIP.
 
 pub mod arch;
+mod config;
 pub mod devices;
 pub mod seccomp;
 pub mod unpack;
@@ -78,32 +79,7 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Where the serial console goes.
-#[derive(Debug, Clone)]
-pub enum Console {
-    Stdout,
-    File(PathBuf),
-}
-
-/// One microVM.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub kernel: PathBuf,
-    /// Boot a compressed bzImage through its own decompressor in the guest (which keeps its
-    /// KASLR) instead of unpacking it here (see unpack.rs).
-    pub keep_bzimage: bool,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub mem_bytes: u64,
-    pub vcpus: u8,
-    pub console: Console,
-    /// virtio block devices, in order (the guest's vda, vdb, ...).
-    pub disks: Vec<virtio::block::DiskSpec>,
-    /// virtio network devices on tap devices, in order (the guest's eth0, eth1, ...).
-    pub nets: Vec<virtio::net::NetSpec>,
-    /// A virtio vsock device, its host side on Unix sockets.
-    pub vsock: Option<virtio::vsock::VsockSpec>,
-}
+pub use config::{Config, Console, DEFAULT_CMDLINE};
 
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,19 +379,7 @@ pub fn run(cfg: &Config) -> Result<Exit> {
 }
 
 fn boot_and_run(cfg: &Config) -> Result<Exit> {
-    if cfg.vcpus == 0 || cfg.vcpus > arch::mptable::MAX_CPUS {
-        return Err(Error::Config(format!(
-            "vcpus: {} is outside 1..{}",
-            cfg.vcpus,
-            arch::mptable::MAX_CPUS
-        )));
-    }
-    if cfg.cmdline.len() >= arch::CMDLINE_MAX {
-        return Err(Error::Config(format!(
-            "the command line is longer than {} bytes",
-            arch::CMDLINE_MAX - 1
-        )));
-    }
+    cfg.validate()?;
     let ranges = arch::ram_ranges(cfg.mem_bytes)?;
     let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
     let vm = kvm

@@ -113,6 +113,19 @@ impl std::str::FromStr for DiskSpec {
     }
 }
 
+/// As `--disk` takes it.
+impl std::fmt::Display for DiskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        match &self.mode {
+            Mode::ReadWrite => Ok(()),
+            Mode::ReadOnly => write!(f, ",ro"),
+            Mode::Cow(None) => write!(f, ",cow"),
+            Mode::Cow(Some(layer)) => write!(f, ",cow={}", layer.display()),
+        }
+    }
+}
+
 /// The pieces of `len` bytes at `off`, one per cluster: (cluster, disk offset, buffer range).
 fn clusters(off: u64, len: usize) -> impl Iterator<Item = (u64, u64, std::ops::Range<usize>)> {
     let mut done = 0usize;
@@ -523,6 +536,9 @@ mod tests {
             "a.img,cow=/x/l".parse::<DiskSpec>().unwrap().mode,
             Mode::Cow(Some("/x/l".into()))
         );
+        for s in ["a.img", "a.img,ro", "a.img,cow", "/x/a.img,cow=/x/l"] {
+            assert_eq!(s.parse::<DiskSpec>().unwrap().to_string(), s);
+        }
         for bad in ["", ",ro", "a.img,rx", "a.img,cow="] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
         }

@@ -105,6 +105,24 @@ impl NetSpec {
     }
 }
 
+/// As `--net` takes it.
+impl std::fmt::Display for NetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.tap)?;
+        if let Some(m) = self.mac {
+            write!(
+                f,
+                ",mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )?;
+        }
+        if let Some((ip, len)) = self.host_ip {
+            write!(f, ",ip={ip}/{len}")?;
+        }
+        Ok(())
+    }
+}
+
 fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -316,6 +334,7 @@ mod tests {
         let n: NetSpec = "cv1,mac=02:00:00:00:00:01,ip=10.0.2.1/24".parse().unwrap();
         assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(n.host_ip, Some(("10.0.2.1".parse().unwrap(), 24)));
+        assert_eq!(n.to_string(), "cv1,mac=02:00:00:00:00:01,ip=10.0.2.1/24");
         for bad in [
             "",
             "a-name-longer-than-15",

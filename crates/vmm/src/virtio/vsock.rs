@@ -93,6 +93,13 @@ impl std::str::FromStr for VsockSpec {
     }
 }
 
+/// As `--vsock` takes it.
+impl std::fmt::Display for VsockSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},uds={}", self.cid, self.uds.display())
+    }
+}
+
 /// A packet header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Hdr {
@@ -784,6 +791,7 @@ mod tests {
     fn specs_parse_and_headers_round_trip() {
         let v: VsockSpec = "3,uds=/tmp/v.sock".parse().unwrap();
         assert_eq!((v.cid, v.uds.to_str().unwrap()), (3, "/tmp/v.sock"));
+        assert_eq!(v.to_string(), "3,uds=/tmp/v.sock");
         for bad in ["", "3", "2,uds=/x", "x,uds=/x", "3,uds=", "3,path=/x"] {
             assert!(bad.parse::<VsockSpec>().is_err(), "{bad}");
         }

@@ -37,6 +37,10 @@ pub const HIMEM: u64 = 0x100000;
 pub const MMIO_START: u64 = 0xd000_0000;
 /// The first interrupt line for virtio devices (0-4 are the legacy devices').
 pub const FIRST_DEVICE_IRQ: u32 = 5;
+/// virtio devices a VM can have: one IOAPIC pin each, from [`FIRST_DEVICE_IRQ`].
+pub const MAX_DEVICES: usize = mptable::IOAPIC_PINS as usize - FIRST_DEVICE_IRQ as usize;
+/// vCPUs a VM can have (the MP table's and the MADT's processors).
+pub const MAX_VCPUS: u8 = mptable::MAX_CPUS;
 
 /// Memory ranges of a VM with `bytes` of RAM.
 pub fn ram_ranges(bytes: u64) -> Result<Vec<(GuestAddress, usize)>> {

@@ -10,7 +10,7 @@ use crate::{Error, Result};
 pub const MAX_CPUS: u8 = 32;
 const LAPIC_ADDR: u32 = 0xfee0_0000;
 const IOAPIC_ADDR: u32 = 0xfec0_0000;
-const IOAPIC_PINS: u8 = 24;
+pub const IOAPIC_PINS: u8 = 24;
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))

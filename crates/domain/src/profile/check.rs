@@ -1,0 +1,595 @@
+//! Validation, one check per section or concern, each adding its problems to one [`Report`]
+//! (so a profile's every problem is said at once, each on its line) and returning what it
+//! validated. Nothing here reads a file or makes a syscall.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use toml::Spanned;
+
+use super::raw;
+use super::{
+    parse_size, BackendKind, BackgroundMode, DiskMode, Domain, DomainKind, Role, VmSpec,
+    DEFAULT_DEVICE_NODES, EXCLUSIVE_DEVICES, SHARED_DEVICES,
+};
+use crate::policy::{Policy, Rule};
+
+/// The problems found so far, each as `FILE:LINE:COL: what is wrong`.
+pub(super) struct Report<'a> {
+    file: &'a str,
+    text: &'a str,
+    pub errors: Vec<String>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(file: &'a str, text: &'a str) -> Self {
+        Report {
+            file,
+            text,
+            errors: Vec::new(),
+        }
+    }
+
+    /// A problem at `span` of the text.
+    pub fn at(&mut self, span: Range<usize>, msg: impl std::fmt::Display) {
+        let upto = &self.text[..span.start.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.len() - upto.rfind('\n').map_or(0, |i| i + 1) + 1;
+        self.errors
+            .push(format!("{}:{line}:{col}: {msg}", self.file));
+    }
+
+    /// A problem with no place (the file as a whole).
+    pub fn whole(&mut self, msg: impl std::fmt::Display) {
+        self.errors.push(format!("{}: {msg}", self.file));
+    }
+}
+
+/// The text as TOML, or its syntax error (with its place).
+pub(super) fn syntax(r: &mut Report, text: &str) -> Option<raw::Profile> {
+    match toml::from_str(text) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            match e.span() {
+                Some(s) => r.at(s, msg),
+                None => r.whole(msg),
+            }
+            None
+        }
+    }
+}
+
+fn is_cpu_list(s: &str) -> bool {
+    !s.is_empty()
+        && s.split(',').all(|p| match p.split_once('-') {
+            Some((a, b)) => {
+                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
+            }
+            None => p.parse::<u32>().is_ok(),
+        })
+}
+
+/// A path under /dev that cannot climb out of it.
+fn is_dev_path(p: &Path) -> bool {
+    p.starts_with("/dev/") && !p.components().any(|c| c == Component::ParentDir)
+}
+
+/// A CPU weight in 1..10000 (`what` names it in the error).
+fn weight(r: &mut Report, w: &Spanned<u32>, what: &str) {
+    if !(1..=10000).contains(w.get_ref()) {
+        r.at(
+            w.span(),
+            format!("{what} {} is outside 1..10000", w.get_ref()),
+        );
+    }
+}
+
+/// One `[[domain]]`, whole; `names` holds the names seen before it.
+pub(super) fn domain(
+    r: &mut Report,
+    d: &raw::Domain,
+    dir: &Path,
+    names: &mut HashSet<String>,
+) -> Domain {
+    let name = d.name.get_ref();
+    name_of(r, d, names);
+    let kind = match d.backend.get_ref() {
+        BackendKind::Microvm => microvm(r, d, dir),
+        BackendKind::Container => container(r, d),
+    };
+    cpus(r, d);
+    if let Some(w) = &d.cpu_weight {
+        weight(r, w, &format!("domain {name:?}: cpu_weight"));
+    }
+    let memory_bytes = memory(r, d);
+    if let Some(p) = &d.pids {
+        if *p.get_ref() < 1 {
+            r.at(
+                p.span(),
+                format!("domain {name:?}: pids must be at least 1"),
+            );
+        }
+    }
+    devices(r, d);
+    let strings = |v: &[Spanned<String>]| v.iter().map(|s| s.get_ref().clone()).collect();
+    Domain {
+        name: name.clone(),
+        role: d.role,
+        kind,
+        rootfs: d.rootfs.as_ref().map(|p| dir.join(p.get_ref())),
+        cpus: d.cpus.as_ref().map(|c| c.get_ref().clone()),
+        cpu_weight: d.cpu_weight.as_ref().map_or(100, |w| *w.get_ref()),
+        memory_bytes,
+        pids: d.pids.as_ref().map(|p| *p.get_ref()),
+        exclusive_devices: strings(&d.devices.exclusive),
+        shared_devices: strings(&d.devices.shared),
+        passthrough: d
+            .devices
+            .passthrough
+            .iter()
+            .map(|s| PathBuf::from(s.get_ref()))
+            .collect(),
+    }
+}
+
+/// A domain's name: its alphabet, and only once in the profile.
+fn name_of(r: &mut Report, d: &raw::Domain, names: &mut HashSet<String>) {
+    let name = d.name.get_ref();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        r.at(
+            d.name.span(),
+            format!("domain name {name:?}: use letters, digits, - and _"),
+        );
+    }
+    if !names.insert(name.clone()) {
+        r.at(d.name.span(), format!("domain {name:?} is defined twice"));
+    }
+}
+
+/// A microvm domain: a kernel to boot (no command), its vCPUs and disks.
+fn microvm(r: &mut Report, d: &raw::Domain, dir: &Path) -> DomainKind {
+    let name = d.name.get_ref();
+    if let Some(c) = &d.command {
+        r.at(c.span(), format!("domain {name:?}: a microvm domain boots its kernel: no command (put what the guest runs in its initrd or cmdline)"));
+    }
+    if let Some(dev) = d.devices.exclusive.first() {
+        r.at(
+            dev.span(),
+            format!("domain {name:?}: a microvm domain cannot own exclusive devices yet"),
+        );
+    }
+    if let Some(v) = &d.vcpus {
+        if !(1..=32).contains(v.get_ref()) {
+            r.at(
+                v.span(),
+                format!("domain {name:?}: vcpus {} is outside 1..32", v.get_ref()),
+            );
+        }
+    }
+    let mut disks = Vec::new();
+    for disk in d.disks.iter().flat_map(|v| v.get_ref()) {
+        match disk_of(disk) {
+            Some((path, mode)) => disks.push((dir.join(path), mode)),
+            None => {
+                let sp = d.disks.as_ref().map_or(0..0, |v| v.span());
+                r.at(
+                    sp,
+                    format!("domain {name:?}: disk {disk:?}: PATH, PATH,ro or PATH,cow"),
+                );
+            }
+        }
+    }
+    let Some(k) = &d.kernel else {
+        r.at(
+            d.name.span(),
+            format!("domain {name:?}: a microvm domain needs a kernel"),
+        );
+        // Checked on; the profile is refused.
+        return DomainKind::Container {
+            command: Vec::new(),
+        };
+    };
+    DomainKind::Microvm(VmSpec {
+        kernel: dir.join(k.get_ref()),
+        initrd: d.initrd.as_ref().map(|i| dir.join(i.get_ref())),
+        cmdline: d.cmdline.as_ref().map(|c| c.get_ref().clone()),
+        vcpus: d.vcpus.as_ref().map_or(1, |v| *v.get_ref()),
+        disks,
+    })
+}
+
+/// `PATH`, `PATH,rw`, `PATH,ro` or `PATH,cow`.
+fn disk_of(disk: &str) -> Option<(&str, DiskMode)> {
+    Some(match disk.rsplit_once(',') {
+        None => (disk, DiskMode::ReadWrite),
+        Some((p, "rw")) => (p, DiskMode::ReadWrite),
+        Some((p, "ro")) => (p, DiskMode::ReadOnly),
+        Some((p, "cow")) => (p, DiskMode::CopyOnWrite),
+        Some(_) => return None,
+    })
+}
+
+/// A container domain: a command, none of a microVM's fields.
+fn container(r: &mut Report, d: &raw::Domain) -> DomainKind {
+    let name = d.name.get_ref();
+    for (field, span) in [
+        ("kernel", d.kernel.as_ref().map(|x| x.span())),
+        ("initrd", d.initrd.as_ref().map(|x| x.span())),
+        ("cmdline", d.cmdline.as_ref().map(|x| x.span())),
+        ("vcpus", d.vcpus.as_ref().map(|x| x.span())),
+        ("disks", d.disks.as_ref().map(|x| x.span())),
+    ] {
+        if let Some(sp) = span {
+            r.at(
+                sp,
+                format!("domain {name:?}: {field} is for microvm domains"),
+            );
+        }
+    }
+    match &d.command {
+        Some(c) if c.get_ref().is_empty() => r.at(
+            c.span(),
+            format!("domain {name:?}: command must not be empty"),
+        ),
+        None => r.at(
+            d.name.span(),
+            format!("domain {name:?}: command is missing"),
+        ),
+        Some(_) => {}
+    }
+    DomainKind::Container {
+        command: d
+            .command
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// The cores a domain may run on; a realtime domain must name its own.
+fn cpus(r: &mut Report, d: &raw::Domain) {
+    let name = d.name.get_ref();
+    if let Some(c) = &d.cpus {
+        if !is_cpu_list(c.get_ref()) {
+            r.at(
+                c.span(),
+                format!(
+                    "domain {name:?}: cpus {:?} is not a list like \"0-1,3\"",
+                    c.get_ref()
+                ),
+            );
+        }
+    } else if d.role == Role::Realtime {
+        r.at(
+            d.name.span(),
+            format!("domain {name:?}: a realtime domain needs its own cpus"),
+        );
+    }
+}
+
+/// A domain's memory limit, at least 4 MiB.
+fn memory(r: &mut Report, d: &raw::Domain) -> Option<u64> {
+    let name = d.name.get_ref();
+    let m = d.memory.as_ref()?;
+    match parse_size(m.get_ref()) {
+        Some(b) if b >= 4 << 20 => Some(b),
+        Some(_) => {
+            r.at(
+                m.span(),
+                format!("domain {name:?}: memory {:?} is below 4M", m.get_ref()),
+            );
+            None
+        }
+        None => {
+            r.at(
+                m.span(),
+                format!(
+                    "domain {name:?}: memory {:?} is not a size like 64M",
+                    m.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A domain's devices: known classes, passthrough nodes under /dev, and no exclusive device
+/// for a realtime domain (it never holds the foreground).
+fn devices(r: &mut Report, d: &raw::Domain) {
+    let name = d.name.get_ref();
+    for (list, known, what) in [
+        (&d.devices.exclusive, &EXCLUSIVE_DEVICES[..], "an exclusive"),
+        (&d.devices.shared, &SHARED_DEVICES[..], "a shared"),
+    ] {
+        for dev in list {
+            if !known.contains(&dev.get_ref().as_str()) {
+                r.at(
+                    dev.span(),
+                    format!(
+                        "domain {name:?}: {:?} is not {what} device ({})",
+                        dev.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    for dev in &d.devices.passthrough {
+        if !is_dev_path(Path::new(dev.get_ref())) {
+            r.at(
+                dev.span(),
+                format!(
+                    "domain {name:?}: passthrough {:?} is not a path under /dev",
+                    dev.get_ref()
+                ),
+            );
+        }
+    }
+    if d.role == Role::Realtime && !d.devices.exclusive.is_empty() {
+        r.at(d.devices.exclusive[0].span(), format!("domain {name:?}: a realtime domain never holds the foreground, so it cannot own exclusive devices"));
+    }
+}
+
+/// The profile has domains, and a shared base for those without a root of their own.
+pub(super) fn base(r: &mut Report, p: &raw::Profile) {
+    if p.domains.is_empty() {
+        r.at(p.name.span(), "the profile has no [[domain]]");
+    }
+    if p.base.is_none() && p.domains.iter().any(|d| d.rootfs.is_none()) {
+        r.at(
+            p.name.span(),
+            "a domain without rootfs needs the profile's shared base",
+        );
+    }
+}
+
+/// What `[foreground]` sets.
+pub(super) struct Foreground {
+    pub initial: Option<String>,
+    pub background: BackgroundMode,
+    pub background_cpu_weight: u32,
+}
+
+/// `[foreground]`: an initial domain that may hold the foreground; without the section, no
+/// domain may own exclusive devices.
+pub(super) fn foreground(r: &mut Report, p: &raw::Profile, domains: &[Domain]) -> Foreground {
+    let mut out = Foreground {
+        initial: None,
+        background: BackgroundMode::default(),
+        background_cpu_weight: 10,
+    };
+    let Some(f) = &p.foreground else {
+        if domains.iter().any(|d| !d.exclusive_devices.is_empty()) {
+            r.at(
+                p.name.span(),
+                "exclusive devices need a [foreground] section naming the initial foreground domain",
+            );
+        }
+        return out;
+    };
+    match domains.iter().find(|d| d.name == *f.initial.get_ref()) {
+        None => r.at(
+            f.initial.span(),
+            format!("foreground.initial: no domain {:?}", f.initial.get_ref()),
+        ),
+        Some(d) if d.role == Role::Realtime => r.at(
+            f.initial.span(),
+            format!(
+                "foreground.initial: {:?} is a realtime domain and cannot be in the foreground",
+                d.name
+            ),
+        ),
+        Some(_) => out.initial = Some(f.initial.get_ref().clone()),
+    }
+    out.background = f.background;
+    if let Some(w) = &f.background_cpu_weight {
+        weight(r, w, "foreground.background_cpu_weight");
+        out.background_cpu_weight = *w.get_ref();
+    }
+    out
+}
+
+/// `[[allow]]`: rules between two known, different domains, each once, with a channel name
+/// and a buffer size a channel can have.
+pub(super) fn policy(r: &mut Report, allow: &[raw::Allow], names: &HashSet<String>) -> Policy {
+    let mut rules = Vec::new();
+    let mut seen = HashSet::new();
+    for a in allow {
+        for end in [&a.from, &a.to] {
+            if !names.contains(end.get_ref()) {
+                r.at(end.span(), format!("allow: no domain {:?}", end.get_ref()));
+            }
+        }
+        if a.from.get_ref() == a.to.get_ref() {
+            r.at(
+                a.to.span(),
+                format!("allow: a channel from {:?} to itself", a.to.get_ref()),
+            );
+        }
+        let ch = a.channel.get_ref();
+        if ch.is_empty()
+            || !ch
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            r.at(
+                a.channel.span(),
+                format!("allow: channel name {ch:?}: use letters, digits, - _ ."),
+            );
+        }
+        let buffer = match parse_size(a.buffer.get_ref()) {
+            Some(b) if b.is_power_of_two() && (4096..=64 << 20).contains(&b) => b,
+            _ => {
+                r.at(
+                    a.buffer.span(),
+                    format!(
+                        "allow: buffer {:?} must be a power of two from 4K to 64M",
+                        a.buffer.get_ref()
+                    ),
+                );
+                0
+            }
+        };
+        if !seen.insert((a.from.get_ref(), a.to.get_ref(), ch)) {
+            r.at(
+                a.channel.span(),
+                format!(
+                    "allow: channel {ch:?} from {:?} to {:?} is allowed twice",
+                    a.from.get_ref(),
+                    a.to.get_ref()
+                ),
+            );
+        }
+        rules.push(Rule {
+            from: a.from.get_ref().clone(),
+            to: a.to.get_ref().clone(),
+            channel: ch.clone(),
+            buffer,
+        });
+    }
+    Policy::new(rules)
+}
+
+/// `[device_nodes]`: a host node under /dev for a device class that has one; the others keep
+/// a phone's usual node.
+pub(super) fn device_nodes(
+    r: &mut Report,
+    nodes: &BTreeMap<Spanned<String>, Spanned<String>>,
+) -> BTreeMap<String, PathBuf> {
+    let mut out: BTreeMap<String, PathBuf> = DEFAULT_DEVICE_NODES
+        .iter()
+        .map(|(c, p)| (c.to_string(), PathBuf::from(p)))
+        .collect();
+    let mut entries: Vec<_> = nodes.iter().collect();
+    entries.sort_by_key(|(c, _)| c.span().start);
+    for (class, node) in entries {
+        let c = class.get_ref();
+        if c == "network"
+            || !(EXCLUSIVE_DEVICES.contains(&c.as_str()) || SHARED_DEVICES.contains(&c.as_str()))
+        {
+            r.at(
+                class.span(),
+                format!("device_nodes: {c:?} is not a device class with a node (display, input, camera, audio)"),
+            );
+            continue;
+        }
+        let p = Path::new(node.get_ref());
+        if !is_dev_path(p) {
+            r.at(
+                node.span(),
+                format!(
+                    "device_nodes: {:?} is not a path under /dev",
+                    node.get_ref()
+                ),
+            );
+            continue;
+        }
+        out.insert(c.clone(), p.to_path_buf());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run one check on a one-domain profile's domain; its errors.
+    fn domain_errors(fields: &str) -> (Vec<String>, Domain) {
+        let text = format!("name = \"t\"\n[[domain]]\nname = \"a\"\n{fields}\n");
+        let mut r = Report::new("p.toml", &text);
+        let raw = syntax(&mut r, &text).expect("TOML");
+        let d = domain(
+            &mut r,
+            &raw.domains[0],
+            Path::new("/x"),
+            &mut HashSet::new(),
+        );
+        (r.errors, d)
+    }
+
+    #[test]
+    fn a_container_domain_needs_a_command_and_no_vm_fields() {
+        let (e, d) = domain_errors("role = \"common\"\ncommand = [\"/bin/sh\"]");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(d.command(), ["/bin/sh"]);
+        assert_eq!(d.backend(), BackendKind::Container);
+        let (e, _) = domain_errors("role = \"common\"\nkernel = \"k\"\nvcpus = 2");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("p.toml:5:") && e[0].contains("kernel is for microvm"));
+        assert!(e[1].contains("vcpus is for microvm"), "{e:?}");
+        assert!(e[2].contains("command is missing"), "{e:?}");
+    }
+
+    #[test]
+    fn a_microvm_domain_needs_a_kernel_and_no_command() {
+        let (e, d) = domain_errors(
+            "role = \"common\"\nbackend = \"microvm\"\nkernel = \"k\"\ndisks = [\"a.img,cow\", \"b.img\"]",
+        );
+        assert!(e.is_empty(), "{e:?}");
+        let vm = d.vm().unwrap();
+        assert_eq!(vm.kernel, PathBuf::from("/x/k"));
+        assert_eq!(vm.vcpus, 1);
+        assert_eq!(
+            vm.disks,
+            [
+                (PathBuf::from("/x/a.img"), DiskMode::CopyOnWrite),
+                (PathBuf::from("/x/b.img"), DiskMode::ReadWrite)
+            ]
+        );
+        assert!(d.command().is_empty());
+        let (e, _) = domain_errors(
+            "role = \"common\"\nbackend = \"microvm\"\ncommand = [\"x\"]\nvcpus = 40\ndisks = [\"a,rx\"]",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].contains("no command"), "{e:?}");
+        assert!(e[1].contains("vcpus 40 is outside 1..32"), "{e:?}");
+        assert!(e[2].contains("PATH,ro or PATH,cow"), "{e:?}");
+        assert!(e[3].contains("needs a kernel"), "{e:?}");
+    }
+
+    #[test]
+    fn limits_are_checked_each_on_its_own() {
+        let (e, d) = domain_errors(
+            "role = \"realtime\"\ncommand = [\"x\"]\ncpu_weight = 0\nmemory = \"1M\"\npids = 0",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].contains("needs its own cpus"), "{e:?}");
+        assert!(e[1].contains("cpu_weight 0 is outside 1..10000"), "{e:?}");
+        assert!(e[2].contains("below 4M"), "{e:?}");
+        assert!(e[3].contains("pids must be at least 1"), "{e:?}");
+        assert_eq!(d.memory_bytes, None);
+        let (e, _) = domain_errors(
+            "role = \"common\"\ncommand = [\"x\"]\ncpus = \"2-1\"\nmemory = \"lots\"",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("not a list like"), "{e:?}");
+        assert!(e[1].contains("not a size like 64M"), "{e:?}");
+    }
+
+    #[test]
+    fn devices_are_known_classes_and_paths_under_dev() {
+        let (e, _) = domain_errors(
+            "role = \"realtime\"\ncpus = \"1\"\ncommand = [\"x\"]\ndevices.exclusive = [\"display\"]\ndevices.shared = [\"printer\"]\ndevices.passthrough = [\"/dev/../etc/passwd\"]",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].contains("\"printer\" is not a shared device"), "{e:?}");
+        assert!(e[1].contains("not a path under /dev"), "{e:?}");
+        assert!(e[2].contains("cannot own exclusive devices"), "{e:?}");
+    }
+
+    #[test]
+    fn cpu_lists() {
+        for ok in ["0", "0-1", "0-1,3", "2,4-7"] {
+            assert!(is_cpu_list(ok), "{ok}");
+        }
+        for bad in ["", "x", "1-0", "1,", "-1", "0--1"] {
+            assert!(!is_cpu_list(bad), "{bad}");
+        }
+    }
+}

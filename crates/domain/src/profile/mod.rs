@@ -1,0 +1,423 @@
+//! Device profiles: TOML in, a validated [`Profile`] out. Every problem is reported, one line
+//! each, as `FILE:LINE:COL: what is wrong`. raw.rs is the file's shape, check.rs the checks
+//! (one per section or concern); this module holds what they produce.
+
+mod check;
+mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::Policy;
+
+/// How a domain is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// OS-level virtualization (namespaces, cgroups): the `container` crate.
+    Container,
+    /// Hardware-assisted full virtualization: a microVM whose VMM runs jailed in a container.
+    Microvm,
+}
+
+impl BackendKind {
+    /// As a profile spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Container => "container",
+            BackendKind::Microvm => "microvm",
+        }
+    }
+}
+
+/// What a domain is for, which decides how it is scheduled and what it may own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Banking, messages: the preinstalled, protected applications.
+    Trusted,
+    /// Third-party applications.
+    Common,
+    /// Latency-bound work (a modem stack): pinned cores, never throttled or frozen.
+    Realtime,
+}
+
+impl Role {
+    /// As a profile spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Trusted => "trusted",
+            Role::Common => "common",
+            Role::Realtime => "realtime",
+        }
+    }
+}
+
+/// What happens to domains in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackgroundMode {
+    /// Lower CPU weight; they keep running.
+    #[default]
+    Throttle,
+    /// Frozen: no CPU at all, memory kept.
+    Freeze,
+}
+
+/// Devices that only the foreground domain holds.
+pub const EXCLUSIVE_DEVICES: [&str; 3] = ["display", "input", "camera"];
+/// Devices every domain that lists them shares.
+pub const SHARED_DEVICES: [&str; 2] = ["audio", "network"];
+
+/// One domain of a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    pub name: String,
+    pub role: Role,
+    /// What runs in it: a container's command, or a microVM's guest.
+    pub kind: DomainKind,
+    /// The domain's root: the shared base (with a private writable layer) unless given. A
+    /// microvm domain's is its VMM's jail.
+    pub rootfs: Option<PathBuf>,
+    pub cpus: Option<String>,
+    pub cpu_weight: u32,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<i64>,
+    pub exclusive_devices: Vec<String>,
+    pub shared_devices: Vec<String>,
+    pub passthrough: Vec<PathBuf>,
+}
+
+/// What runs in a domain, by backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainKind {
+    /// A container domain runs its command.
+    Container { command: Vec<String> },
+    /// A microvm domain boots its guest (its VMM runs jailed in a container domain).
+    Microvm(VmSpec),
+}
+
+impl Domain {
+    pub fn backend(&self) -> BackendKind {
+        match self.kind {
+            DomainKind::Container { .. } => BackendKind::Container,
+            DomainKind::Microvm(_) => BackendKind::Microvm,
+        }
+    }
+
+    /// A container domain's command (none for a microvm domain).
+    pub fn command(&self) -> &[String] {
+        match &self.kind {
+            DomainKind::Container { command } => command,
+            DomainKind::Microvm(_) => &[],
+        }
+    }
+
+    /// What a microvm domain boots.
+    pub fn vm(&self) -> Option<&VmSpec> {
+        match &self.kind {
+            DomainKind::Microvm(vm) => Some(vm),
+            DomainKind::Container { .. } => None,
+        }
+    }
+}
+
+/// The guest of a microvm domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (the VMM's default when absent).
+    pub cmdline: Option<String>,
+    pub vcpus: u8,
+    /// Raw disk images, in order: read-write, `,ro`, or `,cow` (read-only, shared by every VM
+    /// that names it, under a private copy-on-write layer).
+    pub disks: Vec<(PathBuf, DiskMode)>,
+}
+
+/// How a microvm domain sees one of its disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskMode {
+    ReadWrite,
+    ReadOnly,
+    CopyOnWrite,
+}
+
+/// The guest memory of a microvm domain without `memory`.
+pub const DEFAULT_VM_MEMORY: u64 = 128 << 20;
+
+/// A validated device profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    /// The read-only base root filesystem shared by every domain (Cells' layout).
+    pub base: Option<PathBuf>,
+    pub domains: Vec<Domain>,
+    pub foreground: Option<String>,
+    pub background: BackgroundMode,
+    pub background_cpu_weight: u32,
+    pub policy: Policy,
+    /// The host device node behind each device class (`display`, `input`, ...). A class
+    /// without a node is owned on paper only.
+    pub device_nodes: BTreeMap<String, PathBuf>,
+}
+
+impl Profile {
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.iter().find(|d| d.name == name)
+    }
+
+    /// The host nodes of `d`'s exclusive devices (those the profile maps to a node).
+    pub fn exclusive_nodes(&self, d: &Domain) -> Vec<PathBuf> {
+        d.exclusive_devices
+            .iter()
+            .filter_map(|c| self.device_nodes.get(c).cloned())
+            .collect()
+    }
+
+    /// The host nodes of `d`'s shared devices.
+    pub fn shared_nodes(&self, d: &Domain) -> Vec<PathBuf> {
+        d.shared_devices
+            .iter()
+            .filter_map(|c| self.device_nodes.get(c).cloned())
+            .collect()
+    }
+}
+
+/// Where a device class is found on a typical phone, when the profile does not say.
+pub const DEFAULT_DEVICE_NODES: [(&str, &str); 4] = [
+    ("display", "/dev/fb0"),
+    ("input", "/dev/input/event0"),
+    ("camera", "/dev/video0"),
+    ("audio", "/dev/snd/pcmC0D0p"),
+];
+
+/// Every problem found in a profile, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Errors(pub Vec<String>);
+
+/// `64K`, `128M`, `1G`, or plain bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return None,
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Parse and validate profile text; `file` names it in errors, `dir` anchors relative paths.
+pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
+    let mut r = check::Report::new(file, text);
+    let Some(raw) = check::syntax(&mut r, text) else {
+        return Err(Errors(r.errors));
+    };
+    let mut names = HashSet::new();
+    let domains: Vec<Domain> = raw
+        .domains
+        .iter()
+        .map(|d| check::domain(&mut r, d, dir, &mut names))
+        .collect();
+    check::base(&mut r, &raw);
+    let fg = check::foreground(&mut r, &raw, &domains);
+    let policy = check::policy(&mut r, &raw.allow, &names);
+    let device_nodes = check::device_nodes(&mut r, &raw.device_nodes);
+    if !r.errors.is_empty() {
+        return Err(Errors(r.errors));
+    }
+    Ok(Profile {
+        name: raw.name.into_inner(),
+        base: raw.base.map(|b| dir.join(b.get_ref())),
+        domains,
+        foreground: fg.initial,
+        background: fg.background,
+        background_cpu_weight: fg.background_cpu_weight,
+        policy,
+        device_nodes,
+    })
+}
+
+/// Load a profile file.
+pub fn load(path: &Path) -> Result<Profile, Errors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Errors(vec![format!("{}: {e}", path.display())]))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &path.display().to_string(), dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        match parse(text, "p.toml", Path::new("/x")) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(Errors(e)) => e,
+        }
+    }
+
+    const OK: &str = r#"
+name = "t"
+base = "rootfs"
+[foreground]
+initial = "a"
+[[domain]]
+name = "a"
+role = "trusted"
+command = ["/bin/sh"]
+devices.exclusive = ["display"]
+[[domain]]
+name = "b"
+role = "realtime"
+cpus = "1"
+command = ["/bin/sh"]
+[[allow]]
+from = "a"
+to = "b"
+channel = "ctl"
+buffer = "64K"
+"#;
+
+    #[test]
+    fn the_embedded_phone_profile_is_valid() {
+        let p = parse(crate::DEFAULT_PROFILE, "phone.toml", Path::new("/x")).unwrap();
+        assert!(p.domains.len() >= 3);
+        assert!(p.domains.iter().any(|d| d.role == Role::Realtime));
+        assert!(p.foreground.is_some());
+    }
+
+    #[test]
+    fn a_valid_profile_parses() {
+        let p = parse(OK, "p.toml", Path::new("/x")).unwrap();
+        assert_eq!(p.base, Some(PathBuf::from("/x/rootfs")));
+        assert_eq!(p.domain("a").unwrap().exclusive_devices, ["display"]);
+        assert_eq!(p.domain("b").unwrap().cpu_weight, 100);
+        assert_eq!(p.foreground.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_place() {
+        let e = errs("name = \"t\"\n[[domain]\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("p.toml:2:"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_fields_and_roles_are_refused_with_a_place() {
+        let e = errs(&OK.replace("role = \"trusted\"", "role = \"boss\""));
+        assert!(
+            e[0].starts_with("p.toml:8:") && e[0].contains("boss"),
+            "{e:?}"
+        );
+        let e = errs(&OK.replace("cpus = \"1\"", "cpus = \"1\"\ncolour = 3"));
+        assert!(e[0].contains("colour"), "{e:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_on_its_line() {
+        let bad = OK
+            .replace("initial = \"a\"", "initial = \"nobody\"")
+            .replace("to = \"b\"", "to = \"ghost\"")
+            .replace("buffer = \"64K\"", "buffer = \"3000\"")
+            .replace("cpus = \"1\"", "cpus = \"x\"")
+            .replace(
+                "devices.exclusive = [\"display\"]",
+                "devices.exclusive = [\"printer\"]",
+            );
+        let e = errs(&bad);
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:5:") && l.contains("nobody")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:18:") && l.contains("ghost")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:20:") && l.contains("power of two")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:14:") && l.contains("cpus")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:10:") && l.contains("printer")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn structural_rules() {
+        // Twice the same domain; a realtime domain without cpus, or in the foreground.
+        let e = errs(&OK.replace("name = \"b\"", "name = \"a\""));
+        assert!(e.iter().any(|l| l.contains("defined twice")), "{e:?}");
+        let e = errs(&OK.replace("cpus = \"1\"\n", ""));
+        assert!(e.iter().any(|l| l.contains("needs its own cpus")), "{e:?}");
+        let e = errs(&OK.replace("initial = \"a\"", "initial = \"b\""));
+        assert!(
+            e.iter().any(|l| l.contains("cannot be in the foreground")),
+            "{e:?}"
+        );
+        let e = errs(&OK.replace("to = \"b\"", "to = \"a\""));
+        assert!(e.iter().any(|l| l.contains("to itself")), "{e:?}");
+    }
+
+    #[test]
+    fn device_nodes_map_classes_to_host_nodes() {
+        let p = parse(
+            &format!("{OK}[device_nodes]\ndisplay = \"/dev/vcs1\"\n"),
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(p.device_nodes["display"], PathBuf::from("/dev/vcs1"));
+        // Unset classes keep a phone's usual node.
+        assert_eq!(p.device_nodes["camera"], PathBuf::from("/dev/video0"));
+        assert_eq!(
+            p.exclusive_nodes(p.domain("a").unwrap()),
+            [PathBuf::from("/dev/vcs1")]
+        );
+        let e = errs(&format!("{OK}[device_nodes]\nprinter = \"/dev/lp0\"\nnetwork = \"/dev/x\"\ninput = \"/etc/passwd\"\n"));
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:22:") && e[0].contains("printer"),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|l| l.contains("network")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("p.toml:24:") && l.contains("not a path under /dev")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Some(65536));
+        assert_eq!(parse_size("128M"), Some(128 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("12Q"), None);
+        assert_eq!(parse_size("M"), None);
+    }
+}

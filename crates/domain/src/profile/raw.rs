@@ -1,0 +1,79 @@
+//! A profile as TOML spells it, every value with its place in the file (for the errors);
+//! nothing here is checked yet but the types (check.rs does the rest).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{BackendKind, BackgroundMode, Role};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Profile {
+    pub name: Spanned<String>,
+    pub base: Option<Spanned<String>>,
+    #[serde(default)]
+    pub foreground: Option<Foreground>,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<Domain>,
+    #[serde(default, rename = "allow")]
+    pub allow: Vec<Allow>,
+    #[serde(default)]
+    pub device_nodes: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Foreground {
+    pub initial: Spanned<String>,
+    #[serde(default)]
+    pub background: BackgroundMode,
+    pub background_cpu_weight: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Devices {
+    #[serde(default)]
+    pub exclusive: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub shared: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub passthrough: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Domain {
+    pub name: Spanned<String>,
+    pub role: Role,
+    #[serde(default = "container")]
+    pub backend: Spanned<BackendKind>,
+    pub rootfs: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub kernel: Option<Spanned<String>>,
+    pub initrd: Option<Spanned<String>>,
+    pub cmdline: Option<Spanned<String>>,
+    pub vcpus: Option<Spanned<u8>>,
+    pub disks: Option<Spanned<Vec<String>>>,
+    pub cpus: Option<Spanned<String>>,
+    pub cpu_weight: Option<Spanned<u32>>,
+    pub memory: Option<Spanned<String>>,
+    pub pids: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub devices: Devices,
+}
+
+fn container() -> Spanned<BackendKind> {
+    Spanned::new(0..0, BackendKind::Container)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Allow {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
+    pub channel: Spanned<String>,
+    pub buffer: Spanned<String>,
+}

@@ -1,0 +1,317 @@
+//! MicroVM domains: the [`domain::Backend`] of `backend = "microvm"`. A microVM domain is
+//! its VMM (`cellvisor vm run`, the `vmm` crate) jailed in a container domain, as
+//! Firecracker's jailer runs its VMM: the domain's namespaces, cgroups (weight, freezer,
+//! memory = guest + margin) and devices cgroup hold the VMM process, which may open /dev/kvm
+//! and nothing else of the host's devices. The binary, kernel, initrd and disks are bound in
+//! at fixed paths, with the host's libraries for the binary.
+//!
+//! The VMM's command line is written by [`vmm::Config::args`] from a [`vmm::Config`] built
+//! here ([`vmm_config`]), in the jail's paths. What only microVMs have lives here too: the
+//! guest's vsock port to the daemon. Freezing, weights, devices and stats are the jail's
+//! (the container backend's).
+
+use std::path::{Path, PathBuf};
+
+use container::backend::{oci_config, ContainerBackend, RUN_DIR};
+use domain::profile::{DiskMode, VmSpec, DEFAULT_VM_MEMORY};
+use domain::{Backend, BackendError, Domain, DomainStats, DomainStatus, UpOpts};
+use serde_json::json;
+
+/// The VMM's vsock socket in the domain's run directory; the guest's host port P is
+/// `vsock_P` beside it.
+pub const VSOCK_SOCKET: &str = "vsock";
+/// The guest's vsock context id.
+const GUEST_CID: u64 = 3;
+/// Where a jailed VMM finds its binary, kernel, initrd and disks.
+const VM_DIR: &str = "/run/cellvisor-vm";
+/// What a microvm domain's cgroup allows beyond its guest memory: the VMM itself, its page
+/// tables and device buffers.
+const VMM_MEMORY_MARGIN: u64 = 64 << 20;
+
+/// The VMM's configuration for domain `d` booting `vm`, in the jail's paths. With `port`,
+/// a vsock device whose host side is the domain's run directory (the guest reaches its
+/// port as host vsock port 1024, which the VMM connects to `vsock_1024` there).
+pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
+    use vmm::virtio::block::{DiskSpec, Mode};
+    let mut c = vmm::Config::new(format!("{VM_DIR}/kernel"));
+    c.initrd = vm
+        .initrd
+        .as_ref()
+        .map(|_| format!("{VM_DIR}/initrd").into());
+    if let Some(cl) = &vm.cmdline {
+        c.cmdline = cl.clone();
+    }
+    c.mem_bytes = d.memory_bytes.unwrap_or(DEFAULT_VM_MEMORY);
+    c.vcpus = vm.vcpus;
+    c.disks = vm
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, (_, mode))| DiskSpec {
+            path: format!("{VM_DIR}/disk{i}").into(),
+            mode: match mode {
+                DiskMode::ReadWrite => Mode::ReadWrite,
+                DiskMode::ReadOnly => Mode::ReadOnly,
+                // The layer is an unnamed file in the jail's /tmp: it goes with the VMM.
+                DiskMode::CopyOnWrite => Mode::Cow(None),
+            },
+        })
+        .collect();
+    if port {
+        c.vsock = Some(vmm::virtio::vsock::VsockSpec {
+            cid: GUEST_CID,
+            uds: format!("{RUN_DIR}/{VSOCK_SOCKET}").into(),
+        });
+    }
+    c
+}
+
+/// Put the VMM (`vmm_bin vm run`, booting `vm`) into `c`, the OCI config of domain `d`'s
+/// jail: its files bound in, its arguments, its memory limit, /dev/kvm, and the run
+/// directory writable (the VMM makes its vsock socket there).
+fn jail(
+    c: &mut serde_json::Value,
+    d: &Domain,
+    vm: &VmSpec,
+    vmm_bin: &Path,
+    port: bool,
+) -> Result<(), BackendError> {
+    for p in [vm.kernel.as_path(), vmm_bin]
+        .into_iter()
+        .chain(vm.initrd.as_deref())
+    {
+        if !p.is_file() {
+            return Err(BackendError::invalid(
+                &d.name,
+                format!("{}: no such file", p.display()),
+            ));
+        }
+    }
+    let cfg = vmm_config(d, vm, port);
+    let bind = |src: &Path, dst: &Path, ro: bool| {
+        let opts = if ro {
+            json!(["rbind", "ro", "nosuid", "nodev"])
+        } else {
+            json!(["rbind", "nosuid", "nodev"])
+        };
+        json!({"destination": dst, "type": "bind", "source": src, "options": opts})
+    };
+    let bin = PathBuf::from(format!("{VM_DIR}/cellvisor"));
+    let mut mounts = vec![
+        bind(vmm_bin, &bin, true),
+        bind(&vm.kernel, &cfg.kernel, true),
+    ];
+    if let (Some(src), Some(dst)) = (&vm.initrd, &cfg.initrd) {
+        mounts.push(bind(src, dst, true));
+    }
+    // Bound read-only unless the guest writes the image itself.
+    for ((src, mode), disk) in vm.disks.iter().zip(&cfg.disks) {
+        mounts.push(bind(src, &disk.path, *mode != DiskMode::ReadWrite));
+    }
+    for lib in ["/lib", "/lib64", "/usr"] {
+        if Path::new(lib).exists() {
+            mounts.push(bind(Path::new(lib), Path::new(lib), true));
+        }
+    }
+    if let Some(m) = c["mounts"].as_array_mut() {
+        for run in m.iter_mut().filter(|m| m["destination"] == RUN_DIR) {
+            run["options"] = json!(["rbind", "nosuid", "nodev"]);
+        }
+        m.extend(mounts);
+    }
+    let mut args = vec![bin.display().to_string(), "vm".into(), "run".into()];
+    args.extend(cfg.args());
+    c["process"]["args"] = json!(args);
+    let limit = cfg.mem_bytes + VMM_MEMORY_MARGIN;
+    c["linux"]["resources"]["memory"] = json!({"limit": limit, "swap": limit});
+    let kvm = Path::new("/dev/kvm");
+    container::backend::allow_device(c, kvm)
+        .map_err(|e| BackendError::failed(&d.name, format!("device {}", kvm.display()), e))
+}
+
+/// The OCI config that runs microvm domain `d` on root `rootfs`: its jail (the container
+/// backend's config) with the VMM `vmm_bin vm run` in it. With a run directory in `o`, the
+/// guest has a vsock device there.
+pub fn domain_config(
+    d: &Domain,
+    rootfs: &Path,
+    o: &UpOpts,
+    vmm_bin: &Path,
+) -> Result<serde_json::Value, BackendError> {
+    let vm = d
+        .vm()
+        .ok_or_else(|| BackendError::invalid(&d.name, "not a microvm domain"))?;
+    let mut c = oci_config(d, rootfs, o)?;
+    jail(&mut c, d, vm, vmm_bin, o.run_dir.is_some())?;
+    Ok(c)
+}
+
+/// MicroVM domains, each its VMM jailed in a container domain of `jail`.
+pub struct MicrovmBackend {
+    jail: ContainerBackend,
+    /// The `cellvisor` binary whose `vm run` is the VMM.
+    vmm: Option<PathBuf>,
+}
+
+impl MicrovmBackend {
+    /// Jail VMMs in `jail`'s domains; `vmm` is the `cellvisor` binary (none: a microvm
+    /// domain cannot come up, and says so).
+    pub fn new(jail: ContainerBackend, vmm: Option<PathBuf>) -> Self {
+        MicrovmBackend { jail, vmm }
+    }
+}
+
+impl Backend for MicrovmBackend {
+    fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError> {
+        let vm = d
+            .vm()
+            .ok_or_else(|| BackendError::invalid(&d.name, "not a microvm domain"))?;
+        let vmm = self
+            .vmm
+            .as_deref()
+            .ok_or_else(|| BackendError::invalid(&d.name, "no VMM binary for microvm domains"))?;
+        self.jail
+            .up_with(d, o, |c| jail(c, d, vm, vmm, o.run_dir.is_some()))
+    }
+
+    fn down(&self, name: &str) -> Result<(), BackendError> {
+        self.jail.down(name)
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        self.jail.destroy(name)
+    }
+
+    fn status(&self, name: &str) -> Result<DomainStatus, BackendError> {
+        self.jail.status(name)
+    }
+
+    /// The freezer stops the VMM and its vCPU threads: the guest is paused where it is.
+    fn freeze(&self, name: &str, frozen: bool) -> Result<(), BackendError> {
+        self.jail.freeze(name, frozen)
+    }
+
+    fn set_cpu_weight(&self, name: &str, weight: u32) -> Result<(), BackendError> {
+        self.jail.set_cpu_weight(name, weight)
+    }
+
+    fn set_device(&self, name: &str, node: &Path, present: bool) -> Result<(), BackendError> {
+        self.jail.set_device(name, node, present)
+    }
+
+    fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
+        self.jail.stats(name)
+    }
+
+    fn pid(&self, name: &str) -> Option<i32> {
+        self.jail.pid(name)
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.jail.exists(name)
+    }
+
+    /// The guest's serial console, with the VMM's own errors.
+    fn log_path(&self, name: &str) -> Option<PathBuf> {
+        self.jail.log_path(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest() -> Domain {
+        let text = r#"
+name = "t"
+base = "/"
+[[domain]]
+name = "g"
+role = "common"
+backend = "microvm"
+kernel = "/bin/true"
+initrd = "/bin/true"
+memory = "256M"
+vcpus = 2
+disks = ["/img/a,cow", "/img/b"]
+"#;
+        domain::profile::parse(text, "t.toml", Path::new("/"))
+            .unwrap()
+            .domains
+            .remove(0)
+    }
+
+    #[test]
+    fn the_vmm_is_configured_in_the_jails_paths() {
+        let d = guest();
+        let c = vmm_config(&d, d.vm().unwrap(), true);
+        assert_eq!(c.kernel, PathBuf::from("/run/cellvisor-vm/kernel"));
+        assert_eq!(c.initrd, Some("/run/cellvisor-vm/initrd".into()));
+        assert_eq!(c.cmdline, vmm::DEFAULT_CMDLINE);
+        assert_eq!((c.mem_bytes, c.vcpus), (256 << 20, 2));
+        assert_eq!(
+            c.disks.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            ["/run/cellvisor-vm/disk0,cow", "/run/cellvisor-vm/disk1"]
+        );
+        c.validate().unwrap();
+        assert_eq!(c.vsock.unwrap().to_string(), "3,uds=/run/cellvisor/vsock");
+    }
+
+    #[test]
+    fn the_jail_binds_the_guests_files_and_runs_the_vmm() {
+        if !Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: no /dev/kvm to allow");
+            return;
+        }
+        let d = guest();
+        let o = UpOpts {
+            run_dir: Some(Path::new("/state/run/g")),
+            ..UpOpts::default()
+        };
+        let c = domain_config(&d, Path::new("/jail"), &o, Path::new("/bin/true")).unwrap();
+        let args: Vec<&str> = c["process"]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[..3], ["/run/cellvisor-vm/cellvisor", "vm", "run"]);
+        let expect = vmm_config(&d, d.vm().unwrap(), true).args();
+        assert_eq!(
+            args[3..],
+            expect.iter().map(String::as_str).collect::<Vec<_>>()[..]
+        );
+        let mounts = c["mounts"].as_array().unwrap();
+        let mount = |dst: &str| mounts.iter().find(|m| m["destination"] == dst).unwrap();
+        assert_eq!(mount("/run/cellvisor-vm/disk0")["source"], "/img/a");
+        assert!(mount("/run/cellvisor-vm/disk0")["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro")));
+        assert!(!mount("/run/cellvisor-vm/disk1")["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro")));
+        // The VMM makes its vsock socket in the run directory.
+        assert!(!mount(RUN_DIR)["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro")));
+        assert_eq!(
+            c["linux"]["resources"]["memory"]["limit"],
+            (256u64 << 20) + VMM_MEMORY_MARGIN
+        );
+        assert!(c["linux"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "/dev/kvm"));
+        // Files the guest needs and that are missing: one line, nothing made.
+        let mut bad = d.clone();
+        if let domain::DomainKind::Microvm(vm) = &mut bad.kind {
+            vm.kernel = "/nonexistent".into();
+        }
+        let e = domain_config(&bad, Path::new("/jail"), &o, Path::new("/bin/true")).unwrap_err();
+        assert_eq!(e.to_string(), "domain g: /nonexistent: no such file");
+    }
+}

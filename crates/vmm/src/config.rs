@@ -1,0 +1,190 @@
+//! One microVM's configuration: what `cellvisor vm run` takes. It is checked as a whole
+//! before anything is made ([`Config::validate`], as Cloud Hypervisor validates its
+//! VmConfig), and written back as that command's arguments ([`Config::args`]): how a jailer
+//! starts the VMM, so the command line is built in one place, from this type.
+
+use std::path::PathBuf;
+
+use crate::{arch, virtio, Error, Result};
+
+/// The kernel command line when none is given: the serial console, and a reboot (or a
+/// panic) ends the VM.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One microVM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub kernel: PathBuf,
+    /// Boot a compressed bzImage through its own decompressor in the guest (which keeps its
+    /// KASLR) instead of unpacking it here (see unpack.rs).
+    pub keep_bzimage: bool,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_bytes: u64,
+    pub vcpus: u8,
+    pub console: Console,
+    /// virtio block devices, in order (the guest's vda, vdb, ...).
+    pub disks: Vec<virtio::block::DiskSpec>,
+    /// virtio network devices on tap devices, in order (the guest's eth0, eth1, ...).
+    pub nets: Vec<virtio::net::NetSpec>,
+    /// A virtio vsock device, its host side on Unix sockets.
+    pub vsock: Option<virtio::vsock::VsockSpec>,
+}
+
+impl Config {
+    /// A VM booting `kernel` with the defaults: 128 MiB, one vCPU, the default command line,
+    /// its console on stdout, no devices.
+    pub fn new(kernel: impl Into<PathBuf>) -> Config {
+        Config {
+            kernel: kernel.into(),
+            keep_bzimage: false,
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            mem_bytes: 128 << 20,
+            vcpus: 1,
+            console: Console::Stdout,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+        }
+    }
+
+    /// What this VM asks for can be had: its vCPUs, memory and command line fit the machine
+    /// the VMM builds, and no two devices claim the same thing. Nothing is opened.
+    pub fn validate(&self) -> Result<()> {
+        if self.vcpus == 0 || self.vcpus > arch::MAX_VCPUS {
+            return Err(Error::Config(format!(
+                "vcpus: {} is outside 1..{}",
+                self.vcpus,
+                arch::MAX_VCPUS
+            )));
+        }
+        arch::ram_ranges(self.mem_bytes)?;
+        if self.cmdline.len() >= arch::CMDLINE_MAX {
+            return Err(Error::Config(format!(
+                "the command line is longer than {} bytes",
+                arch::CMDLINE_MAX - 1
+            )));
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            if self.nets[..i].iter().any(|m| m.tap == n.tap) {
+                return Err(Error::Config(format!("net: tap {} is given twice", n.tap)));
+            }
+        }
+        let devices = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
+        if devices > arch::MAX_DEVICES {
+            return Err(Error::Config(format!(
+                "{devices} virtio devices: at most {}",
+                arch::MAX_DEVICES
+            )));
+        }
+        Ok(())
+    }
+
+    /// `cellvisor vm run`'s arguments for this VM (after `run`).
+    pub fn args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut a = vec!["--kernel".to_string(), path(&self.kernel)];
+        if self.keep_bzimage {
+            a.push("--keep-bzimage".into());
+        }
+        if let Some(i) = &self.initrd {
+            a.extend(["--initrd".into(), path(i)]);
+        }
+        let mem = if self.mem_bytes.is_multiple_of(1 << 20) {
+            format!("{}M", self.mem_bytes >> 20)
+        } else {
+            self.mem_bytes.to_string()
+        };
+        a.extend([
+            "--cmdline".into(),
+            self.cmdline.clone(),
+            "--mem".into(),
+            mem,
+            "--vcpus".into(),
+            self.vcpus.to_string(),
+        ]);
+        if let Console::File(p) = &self.console {
+            a.extend(["--console".into(), path(p)]);
+        }
+        for d in &self.disks {
+            a.extend(["--disk".into(), d.to_string()]);
+        }
+        for n in &self.nets {
+            a.extend(["--net".into(), n.to_string()]);
+        }
+        if let Some(v) = &self.vsock {
+            a.extend(["--vsock".into(), v.to_string()]);
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_is_checked_as_a_whole() {
+        let ok = Config::new("/k");
+        ok.validate().unwrap();
+        let bad = |f: &dyn Fn(&mut Config), want: &str| {
+            let mut c = ok.clone();
+            f(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(&|c| c.vcpus = 0, "vcpus: 0 is outside");
+        bad(&|c| c.vcpus = arch::MAX_VCPUS + 1, "is outside 1..");
+        bad(&|c| c.mem_bytes = 1 << 20, "too little");
+        bad(
+            &|c| c.cmdline = "x".repeat(arch::CMDLINE_MAX),
+            "longer than",
+        );
+        bad(
+            &|c| c.nets = vec!["tap0".parse().unwrap(), "tap0".parse().unwrap()],
+            "tap tap0 is given twice",
+        );
+        bad(
+            &|c| c.disks = vec!["/d".parse().unwrap(); arch::MAX_DEVICES + 1],
+            "virtio devices: at most",
+        );
+    }
+
+    #[test]
+    fn every_field_is_written_as_an_argument() {
+        let mut c = Config::new("/k");
+        assert_eq!(
+            c.args(),
+            [
+                "--kernel",
+                "/k",
+                "--cmdline",
+                DEFAULT_CMDLINE,
+                "--mem",
+                "128M",
+                "--vcpus",
+                "1"
+            ]
+        );
+        c.keep_bzimage = true;
+        c.initrd = Some("/i".into());
+        c.mem_bytes = (64 << 20) + 4096;
+        c.console = Console::File("/c".into());
+        c.disks = vec!["/a,ro".parse().unwrap(), "/b,cow=/l".parse().unwrap()];
+        c.nets = vec!["tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24".parse().unwrap()];
+        c.vsock = Some("3,uds=/v".parse().unwrap());
+        let a = c.args().join(" ");
+        assert_eq!(
+            a,
+            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v")
+        );
+    }
+}
