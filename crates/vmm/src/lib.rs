@@ -8,26 +8,24 @@
 //! with the exit's data and the instruction bytes at the guest's RIP.
 
 pub mod arch;
+mod boot;
 mod config;
 pub mod devices;
+mod event_loop;
+mod memory;
 pub mod seccomp;
 pub mod unpack;
 mod vcpu;
 pub mod virtio;
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// The cause of a boot step's failure (a loader's, guest memory's error).
@@ -134,230 +132,6 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
     }
 }
 
-/// Load the kernel: an ELF vmlinux; else a bzImage, unpacked here into the vmlinux it carries
-/// when its format is one we decompress (unless `keep_bzimage`), or loaded as it is. Returns
-/// the loader's result and the 64-bit entry point.
-fn load_kernel(mem: &GuestMemoryMmap, cfg: &Config) -> Result<(KernelLoaderResult, u64)> {
-    let mut f = File::open(&cfg.kernel).map_err(io(cfg.kernel.display()))?;
-    let himem = Some(GuestAddress(arch::HIMEM));
-    let elf = |r: KernelLoaderResult| {
-        let entry = r.kernel_load.raw_value();
-        (r, entry)
-    };
-    let elf_err = match Elf::load(mem, None, &mut f, himem) {
-        Ok(r) => return Ok(elf(r)),
-        Err(e) => e,
-    };
-    if !cfg.keep_bzimage {
-        if let Some(vmlinux) = unpacked(&cfg.kernel, &mut f)? {
-            return Elf::load(mem, None, &mut std::io::Cursor::new(vmlinux), himem)
-                .map(elf)
-                .map_err(|e| {
-                    Error::boot(
-                        format!("{}: the kernel it carries", cfg.kernel.display()),
-                        e,
-                    )
-                });
-        }
-    }
-    match BzImage::load(mem, None, &mut f, himem) {
-        // The 64-bit entry is 0x200 past the protected-mode code.
-        Ok(r) => {
-            let entry = r.kernel_load.raw_value() + 0x200;
-            Ok((r, entry))
-        }
-        Err(bz_err) => Err(Error::boot(
-            format!("{}", cfg.kernel.display()),
-            format!("neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})"),
-        )),
-    }
-}
-
-/// The vmlinux a compressed bzImage carries, when its format is one [`unpack`] knows. One
-/// that fails to unpack is said on stderr and booted as it is, through its own decompressor.
-/// The file is read from its start and left there.
-fn unpacked(path: &std::path::Path, f: &mut File) -> Result<Option<Vec<u8>>> {
-    use std::io::{Read, Seek};
-    let mut image = Vec::new();
-    f.rewind()
-        .and_then(|_| f.read_to_end(&mut image))
-        .and_then(|_| f.rewind())
-        .map_err(io(path.display()))?;
-    let Some((format, data, size)) = unpack::payload(&image) else {
-        return Ok(None);
-    };
-    match unpack::unpack(format, data, size) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) => {
-            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-            eprintln!(
-                "cellvisor vm: {}: {e}{cause}; booting it through its own decompressor",
-                path.display()
-            );
-            Ok(None)
-        }
-    }
-}
-
-/// The virtio devices of `cfg`, each with an irqfd on its interrupt line and an ioeventfd
-/// per queue on its QueueNotify register.
-fn virtio_devices(vm: &kvm_ioctls::VmFd, cfg: &Config) -> Result<Vec<virtio::mmio::Transport>> {
-    let mut out = Vec::new();
-    for (i, spec) in cfg.disks.iter().enumerate() {
-        let disk = virtio::block::Disk::open(spec)?;
-        let dev = virtio::block::Block::new(disk, &format!("cellvisor-vd{i}"));
-        out.push(Box::new(dev) as Box<dyn virtio::Device>);
-    }
-    for (i, spec) in cfg.nets.iter().enumerate() {
-        let tap = virtio::net::open_tap(spec)?;
-        // A locally administered MAC, distinct per VMM process and device.
-        let pid = std::process::id().to_be_bytes();
-        let mac = spec
-            .mac
-            .unwrap_or([0x02, 0xcc, pid[1], pid[2], pid[3], i as u8]);
-        out.push(Box::new(virtio::net::Net::new(tap, mac)));
-    }
-    if let Some(spec) = &cfg.vsock {
-        out.push(Box::new(virtio::vsock::Vsock::new(spec)?));
-    }
-    let mut devices = Vec::new();
-    for (i, dev) in out.into_iter().enumerate() {
-        let base = arch::MMIO_START + i as u64 * virtio::mmio::WINDOW;
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
-        vm.register_irqfd(&irq, arch::FIRST_DEVICE_IRQ + i as u32)
-            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-        let t = virtio::mmio::Transport::new(dev, irq).map_err(io("virtio device"))?;
-        for q in 0..t.queue_count() {
-            vm.register_ioevent(
-                t.notify_evt(q),
-                &kvm_ioctls::IoEventAddress::Mmio(base + virtio::mmio::QUEUE_NOTIFY),
-                q as u32,
-            )
-            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
-        }
-        devices.push(t);
-    }
-    Ok(devices)
-}
-
-/// In an event token: a device's host descriptor, not a queue.
-const HOST_FD: u64 = 0x8000;
-/// The event token of console input.
-const INPUT: u64 = u64::MAX - 1;
-
-/// The main thread's loop: queue notifications and host descriptors to their devices, until
-/// `exit_evt`.
-fn event_loop(
-    shared: &Shared,
-    exit_evt: &EventFd,
-    input: Option<std::os::fd::RawFd>,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-    let epoll = Epoll::new()?;
-    epoll.ctl(
-        ControlOperation::Add,
-        exit_evt.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, u64::MAX),
-    )?;
-    for (d, t) in shared.virtio.iter().enumerate() {
-        let t = devices::lock(t);
-        for q in 0..t.queue_count() {
-            let token = ((d as u64) << 16) | q as u64;
-            epoll.ctl(
-                ControlOperation::Add,
-                t.notify_evt(q).as_raw_fd(),
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        // The device's own descriptor (a tap), edge-triggered: the device drains it.
-        if let Some(fd) = t.fd() {
-            let token = ((d as u64) << 16) | HOST_FD;
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, token),
-            )?;
-        }
-    }
-    // Input waits in its pipe or terminal while the guest cannot take it (then the loop looks
-    // again every 50 ms). A descriptor epoll cannot watch (/dev/null, a file) is no input.
-    let mut input = input.filter(|&fd| {
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, INPUT),
-            )
-            .is_ok()
-    });
-    let mut paused = false;
-    // From here on the main thread only works the queues, waits, kicks and tears down.
-    let dirs: Vec<_> = shared
-        .virtio
-        .iter()
-        .filter_map(|d| devices::lock(d).unlink_dir())
-        .collect();
-    seccomp::apply_main(&dirs).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut events = vec![EpollEvent::default(); 16];
-    loop {
-        let n = match epoll.wait(if paused { 50 } else { -1 }, &mut events) {
-            Ok(0) if paused => {
-                if let Some(fd) = input {
-                    paused = false;
-                    epoll.ctl(
-                        ControlOperation::Modify,
-                        fd,
-                        EpollEvent::new(EventSet::IN, INPUT),
-                    )?;
-                }
-                continue;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        for ev in &events[..n] {
-            let token = ev.data();
-            if token == u64::MAX {
-                let _ = exit_evt.read();
-                return Ok(());
-            }
-            if token == INPUT {
-                let Some(fd) = input else { continue };
-                let room = shared.legacy.input_room().min(64);
-                if room == 0 {
-                    paused = true;
-                    epoll.ctl(
-                        ControlOperation::Modify,
-                        fd,
-                        EpollEvent::new(EventSet::empty(), INPUT),
-                    )?;
-                    continue;
-                }
-                let mut buf = [0u8; 64];
-                // SAFETY: read(2) into a live local buffer of at least `room` bytes.
-                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), room) };
-                if n <= 0 {
-                    // End of input (or an error): no more of it.
-                    let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                    input = None;
-                } else {
-                    shared.legacy.input(&buf[..n as usize]);
-                }
-                continue;
-            }
-            let d = (token >> 16) as usize;
-            if token & HOST_FD != 0 {
-                devices::lock(&shared.virtio[d]).event(&shared.mem);
-                continue;
-            }
-            let q = (token & 0xffff) as usize;
-            devices::lock(&shared.virtio[d]).notified(q, &shared.mem);
-        }
-    }
-}
-
 /// Boot the VM and run it until it ends. A VM that does not start leaves nothing behind (a
 /// copy-on-write layer file it created is removed).
 pub fn run(cfg: &Config) -> Result<Exit> {
@@ -380,83 +154,39 @@ pub fn run(cfg: &Config) -> Result<Exit> {
 
 fn boot_and_run(cfg: &Config) -> Result<Exit> {
     cfg.validate()?;
-    let ranges = arch::ram_ranges(cfg.mem_bytes)?;
     let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
     let vm = kvm
         .create_vm()
         .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
     arch::setup_vm(&kvm, &vm)?;
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::boot("guest memory", e))?;
-    for (slot, r) in mem.iter().enumerate() {
-        // A process the VMM forks (the vsock socket's reaper) must not share guest memory:
-        // copy-on-write would keep, for that child, every page touched before the fork (the
-        // loaded kernel) and the guest would get a second copy of each page it writes.
-        // SAFETY: madvise on a mapping `mem` owns; it changes only what fork(2) inherits.
-        if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
-            return Err(io("guest memory: madvise")(std::io::Error::last_os_error()));
-        }
-        let region = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: r.start_addr().raw_value(),
-            memory_size: r.len(),
-            userspace_addr: r.as_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM's vCPUs
-        // (they are joined before `mem` is dropped).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    let mem = memory::guest_memory(&vm, cfg.mem_bytes)?;
+    let (kernel, entry) = boot::load_kernel(&mem, cfg)?;
+    let devices = virtio::attach(&vm, cfg)?;
+    boot::write_boot_data(&mem, cfg, &kernel, devices.len())?;
+    let exit_evt = EventFd::new(0).map_err(io("eventfd"))?;
+    let shared = Arc::new(shared(&vm, cfg, mem, devices, &exit_evt)?);
+    let threads = start_vcpus(&kvm, &vm, cfg, entry, &shared, &exit_evt)?;
+    // Work on the devices' queues until a vCPU or the i8042 says the VM is over.
+    // Console input: the terminal's (or a pipe's) bytes on stdin go to the serial port.
+    if let Err(e) = event_loop::run(&shared, &exit_evt, Some(libc::STDIN_FILENO)) {
+        shared.end(Exit::Error(e.to_string()));
     }
-    let (kernel, entry) = load_kernel(&mem, cfg)?;
-    let devices = virtio_devices(&vm, cfg)?;
-    let cmd_err = |e| Error::boot("the command line", e);
-    let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_MAX).map_err(cmd_err)?;
-    if !cfg.cmdline.is_empty() {
-        cmdline.insert_str(&cfg.cmdline).map_err(cmd_err)?;
-    }
-    for i in 0..devices.len() {
-        cmdline
-            .insert_str(format!(
-                "virtio_mmio.device=4K@{:#x}:{}",
-                arch::MMIO_START + i as u64 * virtio::mmio::WINDOW,
-                arch::FIRST_DEVICE_IRQ + i as u32
-            ))
-            .map_err(cmd_err)?;
-    }
-    let cmdline_len = cmdline
-        .as_cstring()
-        .map_err(cmd_err)?
-        .as_bytes_with_nul()
-        .len();
-    linux_loader::loader::load_cmdline(&mem, GuestAddress(arch::CMDLINE), &cmdline)
-        .map_err(|e| Error::boot("loading the command line", e))?;
-    let initrd = match &cfg.initrd {
-        Some(p) => {
-            let data = std::fs::read(p).map_err(io(p.display()))?;
-            let at = arch::initrd_addr(&mem, data.len())?;
-            mem.write_slice(&data, at)
-                .map_err(|e| Error::boot("loading the initrd", e))?;
-            Some((at, data.len()))
-        }
-        None => None,
-    };
-    let acpi_devices: Vec<_> = (0..devices.len())
-        .map(|i| arch::acpi::MmioDevice {
-            base: arch::MMIO_START + i as u64 * virtio::mmio::WINDOW,
-            len: virtio::mmio::WINDOW,
-            irq: arch::FIRST_DEVICE_IRQ + i as u32,
-        })
-        .collect();
-    let rsdp = arch::acpi::write(&mem, cfg.vcpus, &acpi_devices)?;
-    arch::write_boot_params(&mem, kernel.setup_header, cmdline_len, initrd, rsdp)?;
-    arch::regs::write_tables(&mem)?;
-    arch::mptable::write(&mem, cfg.vcpus)?;
+    Ok(stop(&shared, threads))
+}
 
+/// What the vCPUs and the main thread share: the legacy devices (interrupt line 4 for the
+/// serial port, whose output goes to `cfg`'s console), the virtio devices, guest memory, and
+/// how the VM ends (`exit_evt`).
+fn shared(
+    vm: &kvm_ioctls::VmFd,
+    cfg: &Config,
+    mem: GuestMemoryMmap,
+    devices: Vec<virtio::mmio::Transport>,
+    exit_evt: &EventFd,
+) -> Result<Shared> {
     let irq4 = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
     vm.register_irqfd(&irq4, 4)
         .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-    let exit_evt = EventFd::new(0).map_err(io("eventfd"))?;
     let out: Box<dyn Write + Send> = match &cfg.console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::File(p) => Box::new(
@@ -467,39 +197,50 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
                 .map_err(io(p.display()))?,
         ),
     };
-    let shared = Arc::new(Shared {
+    Ok(Shared {
         legacy: devices::Legacy::new(irq4, exit_evt.try_clone().map_err(io("eventfd"))?, out),
         stop: AtomicBool::new(false),
         exit: Mutex::new(None),
         exit_evt: exit_evt.try_clone().map_err(io("eventfd"))?,
-        mem: mem.clone(),
+        mem,
         virtio: devices.into_iter().map(Mutex::new).collect(),
-    });
+    })
+}
 
+/// The vCPUs, set up (the first at the kernel's `entry`) and running on threads of their
+/// own; SIGTERM and SIGINT end the VM through `exit_evt` from here on.
+fn start_vcpus(
+    kvm: &Kvm,
+    vm: &kvm_ioctls::VmFd,
+    cfg: &Config,
+    entry: u64,
+    shared: &Arc<Shared>,
+    exit_evt: &EventFd,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
         let fd = vm
             .create_vcpu(id as u64)
             .map_err(|e| Error::Kvm("KVM_CREATE_VCPU", e))?;
-        arch::regs::setup_cpu(&kvm, &fd, id, cfg.vcpus)?;
+        arch::regs::setup_cpu(kvm, &fd, id, cfg.vcpus)?;
         if id == 0 {
             arch::regs::setup_boot_cpu(&fd, entry)?;
         }
         vcpus.push(fd);
     }
     vcpu::install_kick_handler()?;
-    vcpu::stop_on_signals(&exit_evt)?;
-    let threads: Vec<_> = vcpus
+    vcpu::stop_on_signals(exit_evt)?;
+    vcpus
         .into_iter()
         .enumerate()
         .map(|(id, fd)| vcpu::spawn(id, fd, shared.clone()))
         .collect::<std::io::Result<_>>()
-        .map_err(io("starting a vCPU thread"))?;
-    // Work on the devices' queues until a vCPU or the i8042 says the VM is over.
-    // Console input: the terminal's (or a pipe's) bytes on stdin go to the serial port.
-    if let Err(e) = event_loop(&shared, &exit_evt, Some(libc::STDIN_FILENO)) {
-        shared.end(Exit::Error(e.to_string()));
-    }
+        .map_err(io("starting a vCPU thread"))
+}
+
+/// Stop the vCPUs (kicked out of KVM_RUN until they see `stop`), flush the console, and say
+/// how the VM ended.
+fn stop(shared: &Shared, threads: Vec<std::thread::JoinHandle<()>>) -> Exit {
     shared.stop.store(true, Ordering::SeqCst);
     for _ in 0..400 {
         if threads.iter().all(|t| t.is_finished()) {
@@ -516,8 +257,8 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
     shared.legacy.flush();
     let why = shared.exit.lock().unwrap_or_else(|e| e.into_inner()).take();
     vcpu::stop_on_signals_done();
-    Ok(why.unwrap_or_else(|| match vcpu::stopped_by() {
+    why.unwrap_or_else(|| match vcpu::stopped_by() {
         0 => Exit::Reset,
         sig => Exit::Stopped(sig),
-    }))
+    })
 }

@@ -17,6 +17,9 @@ pub mod vsock;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{io, Config, Error};
 
 /// Feature bit: the device follows virtio 1.x (mandatory for the version-2 transport).
 pub const F_VERSION_1: u64 = 1 << 32;
@@ -86,4 +89,45 @@ pub fn drain(
             .map_err(|e| Fault(format!("{what}: used ring: {e}")))?;
         used = true;
     }
+}
+
+/// The virtio devices of `cfg`, each with an irqfd on its interrupt line and an ioeventfd
+/// per queue on its QueueNotify register.
+pub(crate) fn attach(vm: &kvm_ioctls::VmFd, cfg: &Config) -> crate::Result<Vec<mmio::Transport>> {
+    let mut out = Vec::new();
+    for (i, spec) in cfg.disks.iter().enumerate() {
+        let disk = block::Disk::open(spec)?;
+        let dev = block::Block::new(disk, &format!("cellvisor-vd{i}"));
+        out.push(Box::new(dev) as Box<dyn Device>);
+    }
+    for (i, spec) in cfg.nets.iter().enumerate() {
+        let tap = net::open_tap(spec)?;
+        // A locally administered MAC, distinct per VMM process and device.
+        let pid = std::process::id().to_be_bytes();
+        let mac = spec
+            .mac
+            .unwrap_or([0x02, 0xcc, pid[1], pid[2], pid[3], i as u8]);
+        out.push(Box::new(net::Net::new(tap, mac)));
+    }
+    if let Some(spec) = &cfg.vsock {
+        out.push(Box::new(vsock::Vsock::new(spec)?));
+    }
+    let mut devices = Vec::new();
+    for (i, dev) in out.into_iter().enumerate() {
+        let (base, line) = crate::boot::device_window(i);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+        vm.register_irqfd(&irq, line)
+            .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+        let t = mmio::Transport::new(dev, irq).map_err(io("virtio device"))?;
+        for q in 0..t.queue_count() {
+            vm.register_ioevent(
+                t.notify_evt(q),
+                &kvm_ioctls::IoEventAddress::Mmio(base + mmio::QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+        }
+        devices.push(t);
+    }
+    Ok(devices)
 }

@@ -1,0 +1,35 @@
+//! Guest memory: anonymous, private, MAP_NORESERVE (a page costs host memory only once the
+//! guest touches it), never inherited by a child the VMM forks, and registered with KVM.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::{arch, io, Error, Result};
+
+/// `bytes` of guest RAM in the arch's layout, mapped here and given to `vm`.
+pub(crate) fn guest_memory(vm: &kvm_ioctls::VmFd, bytes: u64) -> Result<GuestMemoryMmap> {
+    let ranges = arch::ram_ranges(bytes)?;
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::boot("guest memory", e))?;
+    for (slot, r) in mem.iter().enumerate() {
+        // A process the VMM forks (the vsock socket's reaper) must not share guest memory:
+        // copy-on-write would keep, for that child, every page touched before the fork (the
+        // loaded kernel) and the guest would get a second copy of each page it writes.
+        // SAFETY: madvise on a mapping `mem` owns; it changes only what fork(2) inherits.
+        if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
+            return Err(io("guest memory: madvise")(std::io::Error::last_os_error()));
+        }
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: r.start_addr().raw_value(),
+            memory_size: r.len(),
+            userspace_addr: r.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM's vCPUs
+        // (they are joined before `mem` is dropped).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(mem)
+}
