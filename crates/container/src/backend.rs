@@ -5,19 +5,24 @@
 //! The microVM backend (crates/microvm) jails its VMM in such a domain through
 //! [`ContainerBackend::up_with`]; nothing here knows of VMs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use domain::{Backend, BackendError, Domain, DomainStats, DomainStatus, Reported, UpOpts};
 use serde_json::json;
 
 use crate::layers::Layered;
 use crate::runtime::{self, CreateOpts};
-use crate::state::{Root, Status};
+use crate::state::{Root, State, Status};
 
 pub struct ContainerBackend {
     dir: PathBuf,
     /// Prefix of the container ids (and so of the cgroup paths) of this backend's domains.
     prefix: String,
+    /// The container state of each domain that is up, read once from its state.json (it does
+    /// not change while the container lives; its status is read from the kernel each time).
+    states: Mutex<HashMap<String, Arc<State>>>,
 }
 
 /// A host device node: (type `c` or `b`, major, minor, permission bits).
@@ -116,6 +121,7 @@ impl ContainerBackend {
         ContainerBackend {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
+            states: Mutex::new(HashMap::new()),
         }
     }
 
@@ -171,11 +177,43 @@ impl ContainerBackend {
         Ok(rules)
     }
 
-    /// The domain's container state.
-    fn load(&self, name: &str) -> Result<crate::state::State, BackendError> {
-        self.root()
-            .load(&self.container_id(name))
-            .map_err(|e| BackendError::failed(name, "reading its state", e))
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<State>>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The domain's container state: kept from an earlier call while its container lives,
+    /// else read (and kept). `None`: the domain has no container.
+    fn state(&self, name: &str) -> Result<Option<Arc<State>>, BackendError> {
+        let root = self.root();
+        if let Some(st) = self.states().get(name).cloned() {
+            if st.init_alive() {
+                return Ok(Some(st));
+            }
+        }
+        // Not kept, or its process is gone (the container may have been made again since).
+        self.states().remove(name);
+        match root.load(&self.container_id(name)) {
+            Ok(st) => {
+                let st = Arc::new(st);
+                if st.init_alive() {
+                    self.states().insert(name.to_string(), st.clone());
+                }
+                Ok(Some(st))
+            }
+            Err(crate::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(BackendError::failed(name, "reading its state", e)),
+        }
+    }
+
+    /// The domain's container state; an error when it has no container.
+    fn load(&self, name: &str) -> Result<Arc<State>, BackendError> {
+        self.state(name)?.ok_or_else(|| {
+            BackendError::failed(
+                name,
+                "reading its state",
+                crate::Error::NotFound(self.container_id(name)),
+            )
+        })
     }
 
     fn layer(&self, name: &str, base: &Path) -> Layered {
@@ -196,6 +234,7 @@ impl ContainerBackend {
     ) -> Result<(), BackendError> {
         let base = o.base;
         let name = d.name.as_str();
+        self.states().remove(name);
         if crate::state::exists(&self.root(), &self.container_id(name)) {
             return Err(BackendError::AlreadyUp(name.to_string()));
         }
@@ -260,6 +299,7 @@ impl Backend for ContainerBackend {
     }
 
     fn down(&self, name: &str) -> Result<(), BackendError> {
+        self.states().remove(name);
         let id = self.container_id(name);
         match runtime::delete(&self.root(), &id, true) {
             Ok(()) | Err(crate::Error::NotFound(_)) => {}
@@ -286,16 +326,11 @@ impl Backend for ContainerBackend {
     }
 
     fn status(&self, name: &str) -> Result<DomainStatus, BackendError> {
-        let root = self.root();
-        match root.load(&self.container_id(name)) {
-            Ok(st) => Ok(match st.status(&root) {
-                Status::Paused => DomainStatus::Frozen,
-                Status::Stopped => DomainStatus::Stopped,
-                _ => DomainStatus::Running,
-            }),
-            Err(crate::Error::NotFound(_)) => Ok(DomainStatus::Stopped),
-            Err(e) => Err(BackendError::failed(name, "reading its state", e)),
-        }
+        Ok(match self.state(name)?.map(|st| st.status(&self.root())) {
+            Some(Status::Paused) => DomainStatus::Frozen,
+            Some(Status::Stopped) | None => DomainStatus::Stopped,
+            Some(_) => DomainStatus::Running,
+        })
     }
 
     fn freeze(&self, name: &str, frozen: bool) -> Result<(), BackendError> {
@@ -374,7 +409,7 @@ impl Backend for ContainerBackend {
     }
 
     fn pid(&self, name: &str) -> Option<i32> {
-        let st = self.root().load(&self.container_id(name)).ok()?;
+        let st = self.state(name).ok()??;
         st.init_alive().then_some(st.pid)
     }
 }

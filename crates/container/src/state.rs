@@ -61,6 +61,47 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// The verbs that act on a container only in some statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Kill,
+    Delete,
+    Pause,
+    Resume,
+    Exec,
+    Stats,
+}
+
+impl Verb {
+    /// What the user is told when the container's status does not allow the verb.
+    fn refusal(self) -> &'static str {
+        match self {
+            Verb::Start => "only a created container can be started",
+            Verb::Kill => "cannot signal a stopped container",
+            Verb::Delete => "stop it first, or use delete --force",
+            Verb::Pause => "only a running container can be paused",
+            Verb::Resume => "only a paused container can be resumed",
+            Verb::Exec => "exec needs a running container",
+            Verb::Stats => "no statistics for a stopped container",
+        }
+    }
+}
+
+impl Status {
+    /// May `verb` act on a container in this status? The runtime spec's lifecycle (youki's
+    /// `can_start`, `can_kill`, ... in one table).
+    pub fn allows(self, verb: Verb) -> bool {
+        match verb {
+            Verb::Start => self == Status::Created,
+            Verb::Kill | Verb::Stats => self != Status::Stopped,
+            Verb::Delete => self == Status::Stopped,
+            Verb::Pause | Verb::Exec => self == Status::Running,
+            Verb::Resume => self == Status::Paused,
+        }
+    }
+}
+
 /// The directory holding all containers' state.
 #[derive(Debug, Clone)]
 pub struct Root(pub PathBuf);
@@ -168,6 +209,20 @@ impl State {
         Status::Running
     }
 
+    /// The container's status, when `verb` may act on it; otherwise the error that says why
+    /// not.
+    pub fn status_for(&self, root: &Root, verb: Verb) -> Result<Status> {
+        let status = self.status(root);
+        if !status.allows(verb) {
+            return Err(Error::BadState {
+                id: self.id.clone(),
+                status: status.to_string(),
+                msg: verb.refusal().into(),
+            });
+        }
+        Ok(status)
+    }
+
     /// The runtime-spec state document (what `state` prints and hooks read on stdin).
     pub fn oci(&self, status: Status) -> serde_json::Value {
         serde_json::json!({
@@ -257,5 +312,20 @@ mod tests {
             Err(Error::Msg(_)) | Err(Error::NotFound(_))
         ));
         assert!(matches!(root.load("zzz"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn each_verb_applies_in_the_statuses_of_the_lifecycle() {
+        use Status::*;
+        let all = [Creating, Created, Running, Paused, Stopped];
+        let allowed =
+            |v: Verb| -> Vec<Status> { all.iter().copied().filter(|s| s.allows(v)).collect() };
+        assert_eq!(allowed(Verb::Start), [Created]);
+        assert_eq!(allowed(Verb::Kill), [Creating, Created, Running, Paused]);
+        assert_eq!(allowed(Verb::Stats), [Creating, Created, Running, Paused]);
+        assert_eq!(allowed(Verb::Delete), [Stopped]);
+        assert_eq!(allowed(Verb::Pause), [Running]);
+        assert_eq!(allowed(Verb::Exec), [Running]);
+        assert_eq!(allowed(Verb::Resume), [Paused]);
     }
 }

@@ -1,0 +1,311 @@
+//! `create`: set up the container and leave its init waiting for `start`.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use super::{clone3, write_pid_file};
+use crate::cgroups::{Cgroup, Hierarchy};
+use crate::config::{self, Config};
+use crate::error::{Context, Error, Result};
+use crate::init::{self, InitArgs};
+use crate::namespaces::{self, Ns};
+use crate::state::{self, NewDir, Root, State, Status};
+use crate::sync::{self, Chan, Msg};
+use crate::util::{proc_start_time, rfc3339_now};
+
+/// Options of `create` and `run`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOpts {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: i32,
+    pub no_pivot: bool,
+    /// Give the container's process this file (appended to) as stdout and stderr, and
+    /// /dev/null as stdin, instead of the runtime's own stdio.
+    pub log: Option<PathBuf>,
+}
+
+/// A created container's init process, for a caller that waits on it (`run`).
+pub struct Created {
+    pub state: State,
+}
+
+/// Cleans up a half-created container unless disarmed.
+struct Undo<'a> {
+    pid: Option<i32>,
+    cgroup: Option<&'a Cgroup>,
+    /// Host mounts to remove (container without a mount namespace): rootfs and what to keep.
+    mounts: Option<(&'a Path, Vec<u32>)>,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = self.cgroup {
+            let _ = cg.remove();
+        }
+        if let Some((rootfs, keep)) = &self.mounts {
+            crate::mounts::unmount_new_under(rootfs, keep);
+        }
+    }
+}
+
+fn owner() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| nix::unistd::getuid().to_string())
+}
+
+fn write_id_map(pid: i32, file: &str, maps: &[oci_spec::runtime::LinuxIdMapping]) -> Result<()> {
+    let text: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect();
+    let p = PathBuf::from(format!("/proc/{pid}/{file}"));
+    fs::write(&p, text).ctx(|| format!("writing {file} (check linux.{}Mappings)", &file[..3]))
+}
+
+/// `create`: set up the container and leave its init waiting for `start`.
+pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
+    state::validate_id(&o.id)?;
+    let cfg = config::load(&o.bundle)?;
+    crate::timing::mark("config");
+    if cfg
+        .spec
+        .process()
+        .as_ref()
+        .is_some_and(crate::selfexe::needs_sealed_copy)
+    {
+        // Nothing has been created yet: the copy starts this verb again from the beginning.
+        crate::selfexe::reexec_sealed()?;
+    }
+    let (process, linux) = process_and_linux(&cfg)?;
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal && o.console_socket.is_none() {
+        return Err(Error::Msg(
+            "process.terminal is true: --console-socket is required".into(),
+        ));
+    }
+    let dir = NewDir::create(root, &o.id)?;
+    exec_fifo(&dir.path, &cfg, linux)?;
+    let hierarchies = crate::cgroups::hierarchies()?;
+    let cgroup_rel = linux
+        .cgroups_path()
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/cellvisor/{}", o.id)));
+    let cg = Cgroup::new(&cgroup_rel, hierarchies.clone());
+    cg.create(linux.resources().as_ref())?;
+    crate::timing::mark("cgroup");
+    let host_mounts_before = (!cfg.namespaces.isolates(LinuxNamespaceType::Mount)).then(|| {
+        crate::mounts::mount_ids_under(&cfg.rootfs)
+            .into_iter()
+            .map(|m| m.0)
+            .collect::<Vec<u32>>()
+    });
+    let mut undo = Undo {
+        pid: None,
+        cgroup: Some(&cg),
+        mounts: host_mounts_before
+            .clone()
+            .map(|k| (cfg.rootfs.as_path(), k)),
+    };
+    let (pid, parent) = spawn_init(&cfg, o, &dir.path, terminal, &hierarchies, &cg)?;
+    crate::timing::mark("clone");
+    undo.pid = Some(pid);
+    let mut st = State {
+        oci_version: cfg.spec.version().clone(),
+        id: o.id.clone(),
+        pid,
+        // Known once the init is ready (below); the hooks' state document does not need it.
+        pid_start: 0,
+        bundle: cfg.bundle.clone(),
+        rootfs: cfg.rootfs.clone(),
+        annotations: cfg.spec.annotations().clone().unwrap_or_default(),
+        created: rfc3339_now(),
+        owner: owner(),
+        cgroup_path: cg.path.clone(),
+        cgroup_v2: matches!(hierarchies.first(), Some(Hierarchy::Unified(_))),
+        host_mounts_before,
+        config: cfg.spec.clone(),
+    };
+    if cfg.namespaces.creates(LinuxNamespaceType::User) {
+        write_id_map(
+            pid,
+            "uid_map",
+            linux.uid_mappings().as_deref().unwrap_or_default(),
+        )?;
+        write_id_map(
+            pid,
+            "gid_map",
+            linux.gid_mappings().as_deref().unwrap_or_default(),
+        )?;
+    }
+    cg.add(pid)?;
+    parent.send(&Msg::Proceed)?;
+    setup_dialogue(&parent, &st, &cfg)?;
+    st.pid_start = proc_start_time(pid)
+        .ok_or_else(|| Error::Msg("the container process exited during setup".into()))?;
+    st.save(root)?;
+    if let Some(p) = &o.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    parent.send(&Msg::Proceed)?;
+    crate::timing::mark("state");
+    undo.pid = None;
+    undo.cgroup = None;
+    undo.mounts = None;
+    dir.keep();
+    Ok(Created { state: st })
+}
+
+/// The config's process and linux sections, which `create` needs.
+fn process_and_linux(cfg: &Config) -> Result<(&Process, &oci_spec::runtime::Linux)> {
+    let process = cfg
+        .spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::Config("process: missing".into()))?;
+    let linux = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::Config("linux: missing".into()))?;
+    Ok((process, linux))
+}
+
+/// The exec fifo in the state directory `dir`: the init blocks opening it until `start`.
+/// With a user namespace, the container's root (another host user) owns it.
+fn exec_fifo(dir: &Path, cfg: &Config, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    nix::unistd::mkfifo(
+        &dir.join("exec.fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .ctx(|| "creating the exec fifo")?;
+    if !cfg.namespaces.creates(LinuxNamespaceType::User) {
+        return Ok(());
+    }
+    let host = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .find(|m| m.container_id() == 0)
+            .map(|m| m.host_id())
+    };
+    let (uid, gid) = (host(linux.uid_mappings()), host(linux.gid_mappings()));
+    nix::unistd::chown(
+        &dir.join("exec.fifo"),
+        uid.map(nix::unistd::Uid::from_raw),
+        gid.map(nix::unistd::Gid::from_raw),
+    )
+    .ctx(|| "handing the exec fifo to the container's root")?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).ctx(|| "state directory mode")
+}
+
+/// Clone the container's init into its new namespaces (joining a given pid namespace
+/// first): its pid, and our end of the sync socket. The child never returns from here.
+fn spawn_init(
+    cfg: &Config,
+    o: &CreateOpts,
+    dir: &Path,
+    terminal: bool,
+    hierarchies: &[Hierarchy],
+    cg: &Cgroup,
+) -> Result<(i32, Chan)> {
+    let console = o
+        .console_socket
+        .as_deref()
+        .filter(|_| terminal)
+        .map(crate::tty::connect)
+        .transpose()?;
+    let state_dir: OwnedFd = fs::File::open(dir)
+        .ctx(|| "opening the state directory")?
+        .into();
+    let any_hooks = cfg.spec.hooks().as_ref().is_some_and(|h| {
+        [
+            h.prestart(),
+            h.create_runtime(),
+            h.create_container(),
+            h.start_container(),
+        ]
+        .iter()
+        .any(|l| l.as_deref().is_some_and(|l| !l.is_empty()))
+    });
+    let (parent, child) = sync::pair()?;
+    if let Ns::Join(p) = cfg.namespaces.get(LinuxNamespaceType::Pid) {
+        // Only our children enter it; this process stays where it is.
+        namespaces::join(LinuxNamespaceType::Pid, p)?;
+    }
+    let pid = clone3(cfg.namespaces.clone_flags().bits() as u64)?;
+    if pid == 0 {
+        drop(parent);
+        init::container_init(InitArgs {
+            cfg,
+            chan: child,
+            state_dir,
+            console,
+            seccomp: cfg.seccomp.as_ref(),
+            preserve_fds: o.preserve_fds,
+            no_pivot: o.no_pivot,
+            log: o.log.as_deref(),
+            hierarchies,
+            cgroup_rel: &cg.path,
+            hooks: any_hooks,
+        });
+    }
+    Ok((pid, parent))
+}
+
+/// The init's setup, as it reports it: the prestart and createRuntime hooks run here when
+/// it asks, until it is ready (or says why not).
+fn setup_dialogue(parent: &Chan, st: &State, cfg: &Config) -> Result<()> {
+    loop {
+        match parent.recv()? {
+            Some(Msg::RunHooks) => {
+                // The validation suite of runtime-tools (and crun) give create-time hooks
+                // the status "created".
+                let doc = st.oci(Status::Created);
+                if let Some(h) = cfg.spec.hooks() {
+                    crate::hooks::run(
+                        "prestart",
+                        h.prestart().as_deref().unwrap_or_default(),
+                        &doc,
+                    )?;
+                    crate::hooks::run(
+                        "createRuntime",
+                        h.create_runtime().as_deref().unwrap_or_default(),
+                        &doc,
+                    )?;
+                }
+                parent.send(&Msg::HooksDone(doc.to_string()))?;
+            }
+            Some(Msg::Ready) => {
+                crate::timing::mark("container-setup");
+                return Ok(());
+            }
+            Some(Msg::Error(e)) => return Err(Error::Msg(e)),
+            Some(m) => {
+                return Err(Error::Msg(format!(
+                    "unexpected message {m:?} from the container"
+                )))
+            }
+            None => {
+                return Err(Error::Msg(
+                    "the container process exited during setup".into(),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `exec`: another process inside a running container.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use super::{clone3, wait_exit, write_pid_file};
+use crate::config;
+use crate::error::{Context, Error, Result};
+use crate::init;
+use crate::namespaces;
+use crate::state::{Root, Verb};
+use crate::sync::{self, Msg};
+
+/// Options of `exec`.
+#[derive(Debug, Clone)]
+pub struct ExecOpts {
+    pub id: String,
+    pub process: Process,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub detach: bool,
+    pub preserve_fds: i32,
+}
+
+/// The process `exec` runs when no process.json is given: the container's own process with
+/// these args (env, user, capabilities, cwd inherited).
+pub fn exec_process(root: &Root, id: &str) -> Result<Process> {
+    let st = root.load(id)?;
+    Ok(st.config.process().clone().unwrap_or_default())
+}
+
+/// `exec`: run another process inside a running container. Returns its exit code when not
+/// detached, 0 otherwise.
+pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
+    let st = root.load(&o.id)?;
+    st.status_for(root, Verb::Exec)?;
+    config::validate_process(&o.process)?;
+    let p = &o.process;
+    if crate::selfexe::needs_sealed_copy(p) {
+        crate::selfexe::reexec_sealed()?;
+    }
+    if p.terminal().unwrap_or(false) && o.console_socket.is_none() {
+        return Err(Error::Msg(
+            "a terminal was asked for: --console-socket is required".into(),
+        ));
+    }
+    let seccomp = st
+        .config
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .map(crate::seccomp::compile)
+        .transpose()
+        .map_err(Error::Msg)?;
+    // The container's namespaces that differ from ours, user first and mount last.
+    let mut ns_fds = Vec::new();
+    for t in namespaces::JOIN_ORDER {
+        let name = namespaces::proc_name(t);
+        let theirs = format!("/proc/{}/ns/{name}", st.pid);
+        let (Ok(a), Ok(b)) = (
+            fs::metadata(&theirs),
+            fs::metadata(format!("/proc/self/ns/{name}")),
+        ) else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt;
+        if a.ino() == b.ino() && a.dev() == b.dev() {
+            continue;
+        }
+        let fd: OwnedFd = fs::File::open(&theirs)
+            .ctx(|| format!("opening {theirs}"))?
+            .into();
+        ns_fds.push((t, fd, PathBuf::from(theirs)));
+    }
+    let cg = st.cgroup()?;
+    let console = o
+        .console_socket
+        .as_deref()
+        .filter(|_| p.terminal().unwrap_or(false))
+        .map(crate::tty::connect)
+        .transpose()?;
+    init::set_dumpable(false);
+    if let Some((t, fd, path)) = ns_fds
+        .iter()
+        .find(|(t, _, _)| *t == LinuxNamespaceType::Pid)
+    {
+        namespaces::setns(fd, *t, path)?;
+    }
+    let (parent, child) = sync::pair()?;
+    let pid = clone3(0)?;
+    if pid == 0 {
+        drop(parent);
+        let r = (|| -> Result<std::convert::Infallible> {
+            for (_, d) in cg.dirs() {
+                crate::util::write_file(&d.join("cgroup.procs"), "0")?;
+            }
+            for (t, fd, path) in &ns_fds {
+                if *t != LinuxNamespaceType::Pid {
+                    namespaces::setns(fd, *t, path)?;
+                }
+            }
+            nix::unistd::chdir("/").ctx(|| "chdir /")?;
+            nix::unistd::setsid().ctx(|| "setsid")?;
+            if let Some(c) = &console {
+                let size = p
+                    .console_size()
+                    .map(|b| (b.height() as u16, b.width() as u16));
+                crate::tty::setup(c, size)?;
+            }
+            init::set_rlimits(p)?;
+            let exe = init::find_executable(p)?;
+            init::finalize(p, seccomp.as_ref(), o.preserve_fds, &exe)
+        })();
+        let Err(e) = r;
+        let _ = child.send(&Msg::Error(e.chain()));
+        // SAFETY: _exit is always safe.
+        unsafe { libc::_exit(127) }
+    }
+    drop(child);
+    drop(console);
+    // EOF: the process exec'd (the socket is close-on-exec). A message: it failed.
+    match parent.recv()? {
+        None => {}
+        Some(Msg::Error(e)) => {
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(Error::Msg(e));
+        }
+        Some(m) => return Err(Error::Msg(format!("unexpected message {m:?}"))),
+    }
+    if let Some(pf) = &o.pid_file {
+        if let Err(e) = write_pid_file(pf, pid) {
+            // The caller would not know the process: do not leave it running.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(e);
+        }
+    }
+    if o.detach {
+        return Ok(0);
+    }
+    wait_exit(pid)
+}
