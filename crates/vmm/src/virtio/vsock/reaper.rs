@@ -1,0 +1,85 @@
+//! The socket's reaper: removes the VMM's vsock socket when the VMM dies without doing so.
+
+use std::path::Path;
+
+use super::{io_err, Error};
+
+/// A small process forked before the VMM starts its vCPUs: it waits for the end of a pipe
+/// whose other end only the VMM holds, and then removes the socket if it is still the one the
+/// VMM bound (same inode: a later VMM's socket at the same path is left alone).
+pub(super) struct Reaper {
+    pid: libc::pid_t,
+    pipe: Option<std::os::fd::OwnedFd>,
+}
+
+pub(super) fn spawn_reaper(path: &Path) -> Result<Reaper, Error> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Invalid {
+        path: path.to_path_buf(),
+        msg: "a NUL in the path",
+    })?;
+    // SAFETY: stat(2) into a zeroed local struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live stat buffer.
+    if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+        return Err(io_err(path)(std::io::Error::last_os_error()));
+    }
+    let (ino, dev) = (st.st_ino, st.st_dev);
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io_err(path)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child only makes async-signal-safe calls (signal, dup2, close_range, read,
+    // stat, unlink) on data prepared before the fork, then _exits.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: closing the pipe we just made.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            Err(io_err(path)(e))
+        }
+        // SAFETY: in the forked child: async-signal-safe calls only (see above).
+        0 => unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::dup2(fds[0], 0);
+            // Nothing of the VMM's stays open here: not the pipe's write end, not its VM.
+            libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+            let mut b = 0u8;
+            loop {
+                let n = libc::read(0, (&mut b as *mut u8).cast(), 1);
+                if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                    break;
+                }
+            }
+            let mut now: libc::stat = std::mem::zeroed();
+            if libc::stat(c.as_ptr(), &mut now) == 0 && now.st_ino == ino && now.st_dev == dev {
+                libc::unlink(c.as_ptr());
+            }
+            libc::_exit(0)
+        },
+        pid => {
+            // SAFETY: the read end is the child's now; the write end is ours alone.
+            unsafe { libc::close(fds[0]) };
+            Ok(Reaper {
+                pid,
+                // SAFETY: a descriptor pipe2 gave us and nobody else owns.
+                pipe: Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) }),
+            })
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Closing our end wakes the reaper, which finds the socket gone and exits.
+        self.pipe.take();
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+    }
+}
