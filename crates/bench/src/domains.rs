@@ -204,3 +204,75 @@ pub fn run(base: &Path, agent: &Path, rounds: usize, quick: bool) -> Result<Vec<
     let _ = std::fs::remove_dir_all(&work);
     Ok(rows)
 }
+
+/// Between what `bench channel` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Between {
+    /// Two plain processes.
+    Processes,
+    /// Two container domains (root; needs the agent).
+    Domains,
+}
+
+/// `--between`'s values, or the one-line error.
+pub fn between(names: &[String]) -> Result<Vec<Between>> {
+    names
+        .iter()
+        .map(|b| match b.as_str() {
+            "processes" => Ok(Between::Processes),
+            "domains" => Ok(Between::Domains),
+            _ => Err(Error::Msg(format!(
+                "--between: {b:?} is not processes or domains"
+            ))),
+        })
+        .collect()
+}
+
+/// What `bench channel` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelReport {
+    pub benchmark: &'static str,
+    pub rounds: usize,
+    pub host: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<Row>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<Row>>,
+}
+
+/// The channel against a pipe and a Unix socket, between two processes (1 B, 4 KiB, 1 MiB)
+/// and between two domains (with `agent`, on a busybox base of its own), as `between` asks.
+pub fn channel(
+    between: &[Between],
+    rounds: usize,
+    quick: bool,
+    agent: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ChannelReport> {
+    let mut r = ChannelReport {
+        benchmark: "channel vs pipe vs unix socket",
+        rounds,
+        host: crate::host::facts(),
+        processes: None,
+        domains: None,
+    };
+    if between.contains(&Between::Processes) {
+        r.processes = Some(crate::ipc::run(
+            &[1, 4096, 1 << 20],
+            rounds,
+            quick,
+            &mut |done, all| progress(&format!("between two processes: round {done}/{all}")),
+        )?);
+    }
+    if between.contains(&Between::Domains) {
+        let agent = agent.ok_or_else(|| Error::Msg("between domains: no agent".into()))?;
+        progress(&format!("between two domains: {rounds} rounds..."));
+        let work =
+            std::env::temp_dir().join(format!("cellvisor-bench-channel-{}", std::process::id()));
+        let base = work.join("base");
+        let rows = crate::rootfs::busybox(&base).and_then(|()| run(&base, agent, rounds, quick));
+        let _ = std::fs::remove_dir_all(&work);
+        r.domains = Some(rows?);
+    }
+    Ok(r)
+}

@@ -2,14 +2,22 @@
 //! run, in shuffled order each round, and report medians and ratios. Figures come from here,
 //! never from timed tests.
 
+pub mod backend;
+pub mod boot;
 pub mod domains;
+pub mod fg;
+pub mod host;
 pub mod ipc;
 pub mod plot;
+pub mod report;
+pub mod rootfs;
 pub mod scale;
 pub mod start;
 pub mod stats;
 pub mod suite;
+pub mod teardown;
 pub mod vm;
+pub mod vms;
 
 /// Errors of a benchmark run: what failed, with its cause as the source (the caller prints
 /// the chain once, [`domain::chain`]).
@@ -29,6 +37,9 @@ pub enum Error {
     Container(#[from] container::Error),
     #[error(transparent)]
     Channel(#[from] channel::Error),
+    /// A daemon the benchmark drives did not answer.
+    #[error(transparent)]
+    Client(#[from] daemon::client::Error),
     /// A JSON document (a config, an agent's output) that would not parse.
     #[error("{what}")]
     Json {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::suite::Report;
+use crate::report::Report;
 use crate::{Error, Result};
 
 const COLORS: [RGBColor; 5] = [
@@ -67,7 +67,7 @@ pub fn normalized(r: &Report, keep: impl Fn(&str) -> bool, title: &str, path: &P
                     .then(|| Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, v)], color.filled()))
             }))
             .map_err(|e| plot(&e))?
-            .label(b.name.clone())
+            .label(b.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
     chart

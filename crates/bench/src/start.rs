@@ -85,34 +85,6 @@ pub fn runtime(name: &str, cellvisor: &Path) -> Option<Runtime> {
     })
 }
 
-/// A busybox root filesystem in `dir` (static /bin/busybox and one link per applet).
-pub fn busybox_rootfs(dir: &Path) -> Result<()> {
-    let bb = Path::new("/bin/busybox");
-    if !bb.exists() {
-        return Err(Error::Msg(
-            "/bin/busybox is missing (apt-get install busybox-static)".into(),
-        ));
-    }
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        io(std::fs::create_dir_all(dir.join(d)), || {
-            format!("creating {}", dir.join(d).display())
-        })?;
-    }
-    io(std::fs::copy(bb, dir.join("bin/busybox")), || {
-        "copying busybox".into()
-    })?;
-    let list = io(Command::new(bb).arg("--list").output(), || {
-        "busybox --list".into()
-    })?;
-    for applet in String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter(|a| *a != "busybox")
-    {
-        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
-    }
-    Ok(())
-}
-
 /// Run `cmd`, returning wall ms and the peak RSS (KiB) that wait4 reports.
 fn timed(cmd: &mut Command) -> Result<(f64, u64, bool, String)> {
     let t = Instant::now();
@@ -154,7 +126,7 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Report> {
     let bundle = work.join("bundle");
-    busybox_rootfs(&bundle.join("rootfs"))?;
+    crate::rootfs::busybox(&bundle.join("rootfs"))?;
     let mut spec = container::runtime::default_spec(false);
     spec["process"]["terminal"] = serde_json::json!(false);
     spec["process"]["args"] = serde_json::json!(["/bin/true"]);
@@ -223,7 +195,7 @@ pub fn run(
     Ok(Report {
         benchmark: "start: run --rm of /bin/true (create+start+wait+delete)",
         rounds,
-        host: host_facts(),
+        host: crate::host::facts(),
         results,
         cellvisor_phases: phases(&timings),
     })
@@ -276,57 +248,6 @@ fn phases_of(file: &Path, verb: &str) -> Vec<Phase> {
         .collect()
 }
 
-/// Kernel, CPU, cgroup layout: what the figures depend on.
-pub fn host_facts() -> serde_json::Value {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "v2"
-    } else if Path::new("/sys/fs/cgroup/unified").exists() {
-        "v1 (hybrid)"
-    } else {
-        "v1"
-    };
-    serde_json::json!({
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "cpu": cpu,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cgroup": cgroup,
-        "nesting": nesting(&read("/proc/cpuinfo"), Path::new("/dev/kvm").exists()),
-    })
-}
-
-/// Where this machine sits: bare metal or a VM (the CPU's `hypervisor` flag), and what its
-/// /dev/kvm runs on (the CPU's vmx/svm, or neither: a nested "PVM"-style KVM that emulates
-/// guest ring 0).
-fn nesting(cpuinfo: &str, kvm: bool) -> String {
-    let flags: Vec<&str> = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let hw = ["vmx", "svm"].into_iter().find(|f| flags.contains(f));
-    let place = if flags.contains(&"hypervisor") {
-        "a VM"
-    } else {
-        "bare metal"
-    };
-    let kvm = match (kvm, hw) {
-        (false, _) => "no /dev/kvm".to_string(),
-        (true, Some(f)) => format!("/dev/kvm on {f}"),
-        (true, None) => "/dev/kvm without vmx/svm (guest ring 0 emulated, PVM-style)".into(),
-    };
-    format!("{place}; {kvm}")
-}
-
 /// The report as a terminal table.
 pub fn table(r: &Report) -> String {
     let mut s = format!("{} — {} rounds, shuffled\n", r.benchmark, r.rounds);
@@ -360,27 +281,4 @@ pub fn table(r: &Report) -> String {
         s += "\n";
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nesting_is_named_from_the_cpu_flags() {
-        let info = |flags: &str| format!("processor\t: 0\nflags\t\t: fpu {flags} sse\n");
-        assert_eq!(
-            nesting(&info("hypervisor"), true),
-            "a VM; /dev/kvm without vmx/svm (guest ring 0 emulated, PVM-style)"
-        );
-        assert_eq!(
-            nesting(&info("hypervisor svm"), true),
-            "a VM; /dev/kvm on svm"
-        );
-        assert_eq!(nesting(&info("vmx"), true), "bare metal; /dev/kvm on vmx");
-        assert_eq!(nesting(&info("vmx"), false), "bare metal; no /dev/kvm");
-        assert!(host_facts()["nesting"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()));
-    }
 }

@@ -7,7 +7,6 @@
 //! cross vsock (guest port P reaches `<run dir>/vsock_P` on the host).
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -80,7 +79,7 @@ pub fn root_image(rootfs: &Path, image: &Path, spare_mib: u64) -> Result<()> {
     let mke2fs = program("mke2fs").ok_or_else(|| {
         Error::Msg("microvm: mke2fs not found (apt-get install e2fsprogs)".into())
     })?;
-    let mib = (crate::scale::du_kib(rootfs) / 1024.0 * 1.2) as u64 + spare_mib + 16;
+    let mib = (crate::host::du_kib(rootfs) / 1024.0 * 1.2) as u64 + spare_mib + 16;
     let out = io(
         Command::new(&mke2fs)
             .args(["-q", "-F", "-t", "ext4", "-m", "0", "-d"])
@@ -203,13 +202,23 @@ impl Console {
         marker: &str,
         deadline: Instant,
     ) -> std::result::Result<String, Missed> {
+        self.wait_until(|l| l.starts_with(marker), deadline)
+    }
+
+    /// Wait until a line is one `want` takes (and return it), the console closes, or the
+    /// deadline passes.
+    pub fn wait_until(
+        &mut self,
+        want: impl Fn(&str) -> bool,
+        deadline: Instant,
+    ) -> std::result::Result<String, Missed> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
                     self.text.push_str(&l);
                     self.text.push('\n');
-                    if l.starts_with(marker) {
+                    if want(&l) {
                         return Ok(l);
                     }
                 }
@@ -272,24 +281,6 @@ pub fn wait_boot(c: &mut Console, vmm_err: &Path) -> Result<()> {
             console(c)
         ))),
     }
-}
-
-/// Bytes of the unnamed files (a VM's copy-on-write layers) that process `pid` holds, KiB.
-pub fn unnamed_files_kib(pid: u32) -> f64 {
-    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return 0.0;
-    };
-    rd.flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .map(|t| t.to_string_lossy().ends_with(" (deleted)"))
-                .unwrap_or(false)
-        })
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .filter(|m| m.is_file())
-        .map(|m| (m.blocks() * 512) as f64 / 1024.0)
-        .sum()
 }
 
 #[cfg(test)]

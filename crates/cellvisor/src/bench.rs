@@ -67,9 +67,6 @@ pub fn run(a: &BenchArgs) -> Result<i32> {
     }
 }
 
-/// The macrobenchmarks' figures (the rest are microbenchmarks).
-const MACRO: [&str; 3] = ["app_start", "codec", "save_"];
-
 /// A progress bar of `len` steps; each message starts the next step.
 struct Progress {
     bar: indicatif::ProgressBar,
@@ -111,37 +108,16 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         (None, None) => None,
         _ => return Err(anyhow!("--kernel and --initrd go together")),
     };
-    let backends = bench::suite::backends(&a.backends, &me, guest)?;
+    let backends = bench::backend::backends(&a.backends, &me, guest)?;
     let agent = agent_path(&a.agent)?;
-    let app = std::env::current_exe()?.with_file_name("cellvisor-app");
-    if !app.is_file() {
-        return Err(anyhow!(
-            "the benchmark application {} is missing (cargo build puts it beside cellvisor)",
-            app.display()
-        ));
-    }
-    let rounds = a.rounds.unwrap_or(if a.quick { 2 } else { 7 });
-    if rounds == 0 {
-        return Err(anyhow!("--rounds must be at least 1"));
-    }
-    // The survey saves 100 files; --quick saves 20.
-    let files = if a.quick { 20 } else { 100 };
-    // 5 ms: the interval LMbench settles on where its clock is fine enough (its "enough").
-    let interval_ms = if a.quick { 2 } else { 5 };
+    let app = me.with_file_name("cellvisor-app");
+    let plan = bench::suite::Plan::new(a.quick, a.rounds, a.max_domains)?;
     let work = tempdir()?;
     teardown_on_signal(&work, &backends);
-    let mut bar = Progress::new(rounds * backends.len());
-    let r = bench::suite::run(
-        &backends,
-        &agent,
-        &app,
-        &work,
-        rounds,
-        interval_ms,
-        files,
-        a.quick,
-        &mut |msg| bar.step(msg),
-    );
+    let mut bar = Progress::new(plan.rounds * backends.len());
+    let r = bench::suite::run(&backends, &agent, &app, &work, &plan, &mut |msg| {
+        bar.step(msg)
+    });
     drop(bar);
     let report = match r {
         Ok(r) => r,
@@ -151,20 +127,13 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
         }
     };
     print!("{}", bench::suite::table(&report));
-    // Scalability: the backends that ran, n = 1, 2, 4, ... up to 32 (--quick: 4).
-    let max = a.max_domains.unwrap_or(if a.quick { 4 } else { 32 }).max(1);
-    let ns: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2))
-        .take_while(|&n| n <= max)
-        .collect();
-    let window = std::time::Duration::from_millis(if a.quick { 300 } else { 1000 });
-    let scale_dir = work.join("scale");
-    let mut bar = Progress::new(ns.len() * report.backends.len());
+    let mut bar = Progress::new(plan.ns.len() * report.backends.len());
     let scale = bench::scale::run(
         &report.backends,
         &agent,
-        &scale_dir,
-        &ns,
-        window,
+        &work.join("scale"),
+        &plan.ns,
+        plan.window,
         &mut |msg| bar.step(msg),
     );
     drop(bar);
@@ -172,36 +141,12 @@ fn suite(a: &SuiteArgs) -> Result<i32> {
     let scale = scale?;
     print!("{}", bench::scale::table(&scale));
     if let Some(dir) = &a.out {
-        let mut doc = serde_json::to_value(&report)?;
-        doc["scale"] = serde_json::to_value(&scale)?;
-        write_report(dir, "results.json", &doc)?;
-        for (name, text) in [
-            ("results.csv", bench::suite::csv(&report)),
-            ("scale.csv", bench::scale::csv(&scale)),
-        ] {
-            let p = dir.join(name);
-            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-        }
-        let micro = |t: &str| !MACRO.iter().any(|m| t.starts_with(m));
-        bench::plot::normalized(
-            &report,
-            micro,
-            "Microbenchmarks and guest/host switch, normalized to native (lower is better; pipe_bandwidth higher)",
-            &dir.join("micro.svg"),
-        )
-        ?;
-        bench::plot::normalized(
-            &report,
-            |t| !micro(t),
-            "Macrobenchmarks, normalized to native (app start, save: lower is better; codec: higher)",
-            &dir.join("macro.svg"),
-        )
-        ?;
-        bench::scale::plots(&scale, dir)?;
-        eprintln!(
-            "wrote results.csv, scale.csv, micro.svg, macro.svg, scale-{{cpu,memory,storage}}.svg in {}",
-            dir.display()
-        );
+        let files = bench::suite::write(dir, &report, &scale)?;
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|f| Some(f.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        eprintln!("wrote {} in {}", names.join(", "), dir.display());
     }
     Ok(0)
 }
@@ -317,39 +262,33 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             agent,
             out,
         } => {
-            for b in between {
-                if b != "processes" && b != "domains" {
-                    return Err(anyhow!("--between: {b:?} is not processes or domains"));
-                }
-            }
-            let mut doc = serde_json::json!({"benchmark": "channel vs pipe vs unix socket", "rounds": rounds, "host": bench::start::host_facts()});
-            if between.iter().any(|b| b == "processes") {
-                let rows =
-                    bench::ipc::run(&[1, 4096, 1 << 20], *rounds, *quick, &mut |done, all| {
-                        eprint!("\rbetween two processes: round {done}/{all}");
-                        let _ = std::io::stderr().flush();
-                    });
+            let between = bench::domains::between(between)?;
+            let agent = if between.contains(&bench::domains::Between::Domains) {
+                Some(agent_path(agent)?)
+            } else {
+                None
+            };
+            let mut shown = false;
+            let r =
+                bench::domains::channel(&between, *rounds, *quick, agent.as_deref(), &mut |msg| {
+                    eprint!("\r{msg}");
+                    let _ = std::io::stderr().flush();
+                    shown = true;
+                });
+            if shown {
                 eprintln!();
-                let rows = rows?;
-                println!("between two processes:");
-                print!("{}", bench::ipc::table(&rows));
-                doc["processes"] = serde_json::to_value(&rows)?;
             }
-            if between.iter().any(|b| b == "domains") {
-                let agent = agent_path(agent)?;
-                let work = tempdir()?;
-                let base = work.join("base");
-                bench::start::busybox_rootfs(&base)?;
-                eprintln!("between two domains: {rounds} rounds...");
-                let rows = bench::domains::run(&base, &agent, *rounds, *quick);
-                let _ = std::fs::remove_dir_all(&work);
-                let rows = rows?;
+            let r = r?;
+            if let Some(rows) = &r.processes {
+                println!("between two processes:");
+                print!("{}", bench::ipc::table(rows));
+            }
+            if let Some(rows) = &r.domains {
                 println!("between two container domains (the same two processes for all three):");
-                print!("{}", bench::ipc::table(&rows));
-                doc["domains"] = serde_json::to_value(&rows)?;
+                print!("{}", bench::ipc::table(rows));
             }
             if let Some(dir) = out {
-                write_report(dir, "channel.json", &doc)?;
+                write_report(dir, "channel.json", &r)?;
             }
             Ok(0)
         }
@@ -361,14 +300,17 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             qemu_firmware,
             out,
         } => {
-            let r = crate::benchboot::run(
+            let me = std::env::current_exe().context("finding this binary")?;
+            let r = bench::boot::run(
+                &me,
                 kernel,
                 initrd,
                 *rounds,
                 qemu.as_deref(),
                 qemu_firmware.as_deref(),
+                &mut |msg| eprintln!("{msg}"),
             )?;
-            print!("{}", crate::benchboot::table(&r));
+            print!("{}", bench::boot::table(&r));
             if let Some(dir) = out {
                 write_report(dir, "boot.json", &r)?;
             } else {
@@ -384,8 +326,9 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
         } => {
             let mem = domain::profile::parse_size(mem)
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
-            let r = crate::benchvms::run(kernel, *vms, mem)?;
-            print!("{}", crate::benchvms::table(&r));
+            let me = std::env::current_exe().context("finding this binary")?;
+            let r = bench::vms::run(&me, kernel, *vms, mem)?;
+            print!("{}", bench::vms::table(&r));
             if let Some(dir) = out {
                 write_report(dir, "vms.json", &r)?;
             }
@@ -397,8 +340,19 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             out,
         } => {
             let agent = agent_path(agent)?;
-            let report = crate::benchfg::run(*switches, &agent)?;
-            print!("{}", crate::benchfg::table(&report));
+            let mut shown = false;
+            let report = bench::fg::run(*switches, &agent, &mut |done, all| {
+                if done % 20 == 0 || done == all {
+                    eprint!("\rswitch {done}/{all}");
+                    let _ = std::io::stderr().flush();
+                    shown = true;
+                }
+            });
+            if shown {
+                eprintln!();
+            }
+            let report = report?;
+            print!("{}", bench::fg::table(&report));
             if let Some(dir) = out {
                 write_report(dir, "fg.json", &report)?;
             }
@@ -454,7 +408,7 @@ static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// containers, cgroups, work directory) and exits 128 + the signal. The signals are blocked
 /// from here on in this thread and the threads it starts, and taken by one thread of their
 /// own; children start with them unblocked (std resets the mask at spawn).
-fn teardown_on_signal(work: &std::path::Path, backends: &[bench::suite::Backend]) {
+fn teardown_on_signal(work: &std::path::Path, backends: &[bench::backend::Backend]) {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -468,7 +422,7 @@ fn teardown_on_signal(work: &std::path::Path, backends: &[bench::suite::Backend]
         if let Ok(sig) = set.wait() {
             STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("cellvisor bench: {sig}: removing what this run made");
-            bench::suite::teardown(&work, &backends);
+            bench::teardown::teardown(&work, &backends);
             std::process::exit(128 + sig as i32);
         }
     });

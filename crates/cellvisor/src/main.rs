@@ -2,9 +2,6 @@
 //! spell it, so podman, containerd and Kubernetes can drive it.
 
 mod bench;
-mod benchboot;
-mod benchfg;
-mod benchvms;
 mod oci;
 mod platform;
 mod profile;

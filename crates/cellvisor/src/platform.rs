@@ -1,12 +1,11 @@
 //! The device platform's verbs (`up`, `down`, `ps`, `fg`, `channel`, `logs`, `top`): each is a
 //! request to cellvisord's REST API on its Unix socket.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
@@ -104,74 +103,9 @@ impl PlatformCmd {
     }
 }
 
-/// One request to the API: (status, JSON body).
-pub fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(u16, Value)> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach cellvisord at {} (is it running? start it with `cellvisord`)",
-            socket.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: cellvisord\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("reading cellvisord's answer to {method} {path}"))?;
-    parse_response(&raw)
-}
-
-/// An HTTP/1.1 response: status and JSON body (plain or chunked).
-pub fn parse_response(raw: &[u8]) -> Result<(u16, Value)> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("cellvisord sent a malformed answer"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("cellvisord sent a malformed status line"))?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..p]).trim(), 16)?;
-            if size == 0 || rest.len() < p + 2 + size {
-                break;
-            }
-            out.extend_from_slice(&rest[p + 2..p + 2 + size]);
-            rest = &rest[(p + 4 + size).min(rest.len())..];
-        }
-        body = out;
-    }
-    let v = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).context("cellvisord sent a body that is not JSON")?
-    };
-    Ok((status, v))
-}
-
 /// A request that must succeed: its body, or the daemon's one-line error.
 fn call(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-    let (status, v) = request(&d.socket, method, path, body)?;
+    let (status, v) = daemon::client::request(&d.socket, method, path, body)?;
     if status >= 400 {
         bail!(
             "{}",

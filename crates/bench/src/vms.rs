@@ -1,13 +1,15 @@
-//! `cellvisor bench vms`: N microVMs at once (the idle test guest: one line, then halted), and
-//! what they cost in host memory: per VMM process its proportional set size, the part of it
-//! that is guest memory the guest touched, and the rest — the VMM's own overhead.
+//! N microVMs at once (the idle test guest: one line, then halted), and what they cost in
+//! host memory: per VMM process its proportional set size, the part of it that is guest
+//! memory the guest touched, and the rest — the VMM's own overhead.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+
+use crate::host::{mem_available_kib, pss_and_resident_of};
+use crate::{io, Error, Result};
 
 #[derive(Debug, Serialize)]
 pub struct VmSample {
@@ -30,63 +32,35 @@ pub struct Report {
     pub mem_available_drop_mib: f64,
 }
 
-fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// (total PSS, RSS of the guest memory mapping) of a VMM process, KiB.
-fn measure(pid: u32, guest_kib: u64) -> Result<(u64, u64)> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
-    let (mut pss, mut guest) = (0, 0);
-    let mut size = 0;
-    for l in smaps.lines() {
-        let num = |l: &str| -> u64 {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        if l.starts_with("Size:") {
-            size = num(l);
-        } else if l.starts_with("Rss:") && size == guest_kib {
-            guest += num(l);
-        } else if l.starts_with("Pss:") {
-            pss += num(l);
-        }
-    }
-    Ok((pss, guest))
-}
-
-pub fn run(kernel: &Path, n: usize, mem: u64) -> Result<Report> {
-    let me = std::env::current_exe()?;
+/// `n` VMMs (`vmm vm run`) booting `kernel` with `mem` bytes each, measured once all are up;
+/// each must then stop cleanly on SIGTERM.
+pub fn run(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<Report> {
     let work = std::env::temp_dir().join(format!("cellvisor-bench-vms-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    io(std::fs::create_dir_all(&work), || {
+        format!("creating {}", work.display())
+    })?;
     let before = mem_available_kib();
     let mut children: Vec<Child> = Vec::new();
     let r = (|| -> Result<Report> {
         for i in 0..n {
-            let c = Command::new(&me)
-                .args([
-                    "vm",
-                    "run",
-                    "--mem",
-                    &format!("{}M", mem >> 20),
-                    "--console",
-                ])
-                .arg(work.join(format!("vm{i}.log")))
-                .arg("--kernel")
-                .arg(kernel)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting a VMM")?;
+            let c = io(
+                Command::new(vmm)
+                    .args([
+                        "vm",
+                        "run",
+                        "--mem",
+                        &format!("{}M", mem >> 20),
+                        "--console",
+                    ])
+                    .arg(work.join(format!("vm{i}.log")))
+                    .arg("--kernel")
+                    .arg(kernel)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn(),
+                || "starting a VMM".into(),
+            )?;
             children.push(c);
         }
         let end = Instant::now() + Duration::from_secs(30);
@@ -96,7 +70,7 @@ pub fn run(kernel: &Path, n: usize, mem: u64) -> Result<Report> {
                 .contains(" up")
             {
                 if Instant::now() > end {
-                    bail!("VM {i} did not come up");
+                    return Err(Error::Msg(format!("VM {i} did not come up")));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -105,7 +79,10 @@ pub fn run(kernel: &Path, n: usize, mem: u64) -> Result<Report> {
         let during = mem_available_kib();
         let mut samples = Vec::new();
         for c in &children {
-            let (pss, guest) = measure(c.id(), mem >> 10)?;
+            let pid = c.id();
+            let (pss, guest) = io(pss_and_resident_of(pid, mem >> 10), || {
+                format!("reading /proc/{pid}/smaps")
+            })?;
             samples.push(VmSample {
                 pss_kib: pss,
                 guest_touched_kib: guest,
@@ -117,11 +94,11 @@ pub fn run(kernel: &Path, n: usize, mem: u64) -> Result<Report> {
             benchmark: "microVMs at once: host memory",
             vms: n,
             guest_mem_mib: mem >> 20,
-            host: bench::start::host_facts(),
-            overhead_kib_p50: bench::stats::median(&over).unwrap_or(f64::NAN),
+            host: crate::host::facts(),
+            overhead_kib_p50: crate::stats::median(&over).unwrap_or(f64::NAN),
             overhead_kib_max: samples.iter().map(|s| s.overhead_kib).max().unwrap_or(0),
             total_pss_mib: samples.iter().map(|s| s.pss_kib).sum::<u64>() as f64 / 1024.0,
-            mem_available_drop_mib: before.saturating_sub(during) as f64 / 1024.0,
+            mem_available_drop_mib: (before - during).max(0.0) / 1024.0,
             samples,
         })
     })();
@@ -140,7 +117,10 @@ pub fn run(kernel: &Path, n: usize, mem: u64) -> Result<Report> {
     let _ = std::fs::remove_dir_all(&work);
     let report = r?;
     if !bad.is_empty() {
-        return Err(anyhow!("VMs that did not stop cleanly: {}", bad.join(", ")));
+        return Err(Error::Msg(format!(
+            "VMs that did not stop cleanly: {}",
+            bad.join(", ")
+        )));
     }
     Ok(report)
 }
@@ -155,7 +135,7 @@ pub fn table(r: &Report) -> String {
         r.guest_mem_mib,
         r.overhead_kib_p50,
         r.overhead_kib_max,
-        bench::stats::median(
+        crate::stats::median(
             &r.samples
                 .iter()
                 .map(|s| s.guest_touched_kib as f64)

@@ -1,18 +1,17 @@
-//! `cellvisor bench boot`: VMM process start to the first guest userspace line, our VMM and
+//! MicroVM boot: VMM process start to the first guest userspace line, cellvisor's VMM and
 //! QEMU's microvm machine side by side on the same kernel, initramfs and command line,
 //! alternating. The initramfs's /init prints `GUEST-UP <uptime>` first thing: the guest's own
 //! uptime is the kernel's share; the rest of the wall time is the VMM's (and firmware's).
 //! Needs a /dev/kvm that boots a stock kernel (real hardware, or scripts/kvm-test-host.sh).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-// The command line both VMMs boot with.
-use bench::vm::CMDLINE;
 use serde::Serialize;
+
+use crate::vm::{Console, Missed, CMDLINE};
+use crate::{io, Error, Result};
 
 #[derive(Debug, Serialize)]
 pub struct VmmReport {
@@ -36,52 +35,62 @@ pub struct Report {
     pub vmms: Vec<VmmReport>,
 }
 
+/// How long one boot may take, to its end.
+const DEADLINE: Duration = Duration::from_secs(120);
+
 /// One boot: (wall ms to GUEST-UP, guest uptime ms there). A VM that has not printed it and
 /// ended within two minutes is killed.
 fn boot(cmd: &mut Command) -> Result<(f64, f64)> {
     let t0 = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the VMM")?;
-    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("GUEST-UP ").nth(1) {
-                let up: f64 = rest.trim().parse().unwrap_or(f64::NAN);
-                let _ = tx.send((t0.elapsed().as_secs_f64() * 1e3, up * 1e3));
-            }
+    let end = t0 + DEADLINE;
+    let mut child = io(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn(),
+        || "starting the VMM".into(),
+    )?;
+    let mut console = Console::new(child.stdout.take().expect("piped"));
+    // The line may come after a terminal's escape codes (QEMU's serial).
+    let found = match console.wait_until(|l| l.contains("GUEST-UP "), end) {
+        Ok(line) => {
+            let wall = t0.elapsed().as_secs_f64() * 1e3;
+            let up: f64 = line
+                .split("GUEST-UP ")
+                .nth(1)
+                .and_then(|u| u.trim().parse().ok())
+                .unwrap_or(f64::NAN);
+            Some((wall, up * 1e3))
         }
-    });
-    let end = t0 + Duration::from_secs(120);
-    let found = rx
-        .recv_timeout(end.saturating_duration_since(Instant::now()))
-        .ok();
-    while child.try_wait()?.is_none() {
+        Err(Missed::Timeout | Missed::Closed) => None,
+    };
+    loop {
+        if io(child.try_wait(), || "waiting for the VMM".into())?.is_some() {
+            break;
+        }
         if Instant::now() > end {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the VM did not end within two minutes");
+            return Err(Error::Msg("the VM did not end within two minutes".into()));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    found.ok_or_else(|| anyhow!("the guest never printed GUEST-UP"))
+    found.ok_or_else(|| Error::Msg("the guest never printed GUEST-UP".into()))
 }
 
+/// `rounds` boots of `kernel` with `initrd` on cellvisor's VMM (`vmm vm run`) and, with
+/// `qemu`, on QEMU's microvm (`qemu_firmware` its -L); `progress` hears each boot.
 pub fn run(
+    vmm: &Path,
     kernel: &Path,
     initrd: &Path,
     rounds: usize,
     qemu: Option<&Path>,
     qemu_firmware: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<Report> {
-    let me = std::env::current_exe()?;
     let ours = || {
-        let mut c = Command::new(&me);
+        let mut c = Command::new(vmm);
         c.args([
             "vm",
             "run",
@@ -138,27 +147,27 @@ pub fn run(
             order.reverse();
         }
         for i in order {
-            let (w, g) = if i == 0 {
-                boot(&mut ours())
-            } else {
-                boot(&mut peer(qemu.as_ref().unwrap()))
-            }
-            .with_context(|| format!("{} boot {}", names[i], round + 1))?;
-            eprintln!(
-                "{}: {w:.0} ms to GUEST-UP (guest uptime {g:.0} ms)",
-                names[i]
-            );
+            let mut cmd = match &qemu {
+                Some(q) if i == 1 => peer(q),
+                _ => ours(),
+            };
+            let (w, g) =
+                boot(&mut cmd).map_err(|e| e.within(format!("{} boot {}", names[i], round + 1)))?;
+            progress(&format!(
+                "{}: {w:.0} ms to GUEST-UP (guest uptime {g:.0} ms), round {}/{rounds}",
+                names[i],
+                round + 1
+            ));
             samples[i].0.push(w);
             samples[i].1.push(g);
         }
-        eprintln!("round {}/{rounds}", round + 1);
     }
-    let med = |v: &[f64]| bench::stats::median(v).unwrap_or(f64::NAN);
+    let med = |v: &[f64]| crate::stats::median(v).unwrap_or(f64::NAN);
     Ok(Report {
         benchmark: "boot to the first guest userspace line",
         kernel: kernel.display().to_string(),
         cmdline: CMDLINE,
-        host: bench::start::host_facts(),
+        host: crate::host::facts(),
         vmms: names
             .into_iter()
             .zip(samples)

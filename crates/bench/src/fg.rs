@@ -1,19 +1,18 @@
-//! `cellvisor bench fg`: foreground switch latency. Two cellvisord instances run the phone
-//! profile side by side, one throttling its background domains and one freezing them; the
-//! foreground goes back and forth between trusted and common, alternating between the two
-//! daemons. Each sample is a request to the API until its answer (the new foreground holds
-//! its devices, the old one is in the background), as the client sees it and as the daemon
-//! measured it.
+//! Foreground switch latency. Two cellvisord instances run the phone profile side by side,
+//! one throttling its background domains and one freezing them; the foreground goes back
+//! and forth between trusted and common, alternating between the two daemons. Each sample is
+//! a request to the API until its answer (the new foreground holds its devices, the old one
+//! is in the background), as the client sees it and as the daemon measured it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use daemon::client::request;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::platform::request;
+use crate::{io, Error, Result};
 
 #[derive(Debug, Serialize)]
 pub struct ModeReport {
@@ -35,6 +34,23 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
 }
 
+/// The embedded phone profile on the shared root `base`, its background domains in `mode`
+/// (throttle or freeze): the profile's TOML with those two keys set, checked as a profile.
+pub fn profile(base: &Path, mode: &str) -> Result<String> {
+    let bad = |e: &dyn std::fmt::Display| Error::Msg(format!("the phone profile: {e}"));
+    let mut t: toml::Table = domain::DEFAULT_PROFILE.parse().map_err(|e| bad(&e))?;
+    t.insert("base".into(), base.display().to_string().into());
+    let fg = t
+        .get_mut("foreground")
+        .and_then(|f| f.as_table_mut())
+        .ok_or_else(|| bad(&"no [foreground]"))?;
+    fg.insert("background".into(), mode.into());
+    let text = toml::to_string(&t).map_err(|e| bad(&e))?;
+    domain::profile::parse(&text, "phone.toml", Path::new("/")).map_err(|e| bad(&e))?;
+    Ok(text)
+}
+
+/// One daemon of the benchmark, and what it keeps.
 struct Instance {
     mode: &'static str,
     dir: PathBuf,
@@ -45,35 +61,34 @@ struct Instance {
 impl Instance {
     fn start(mode: &'static str, work: &Path, base: &Path, agent: &Path) -> Result<Instance> {
         let dir = work.join(mode);
-        std::fs::create_dir_all(&dir)?;
-        let text = domain::DEFAULT_PROFILE
-            .replace(
-                "base = \"rootfs\"",
-                &format!("base = {:?}", base.display().to_string()),
-            )
-            .replace(
-                "background = \"throttle\"",
-                &format!("background = \"{mode}\""),
-            );
-        std::fs::write(dir.join("phone.toml"), text)?;
+        io(std::fs::create_dir_all(&dir), || {
+            format!("creating {}", dir.display())
+        })?;
+        let file = dir.join("phone.toml");
+        io(std::fs::write(&file, profile(base, mode)?), || {
+            format!("writing {}", file.display())
+        })?;
         let sock = dir.join("api.sock");
-        let daemon = std::env::current_exe()?.with_file_name("cellvisord");
-        let child = Command::new(&daemon)
-            .arg("--profile")
-            .arg(dir.join("phone.toml"))
-            .arg("--state")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--agent")
-            .arg(agent)
-            .arg("--prefix")
-            .arg(format!("benchfg-{mode}-{}", std::process::id()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", daemon.display()))?;
+        let me = io(std::env::current_exe(), || "finding this program".into())?;
+        let daemon = me.with_file_name("cellvisord");
+        let child = io(
+            Command::new(&daemon)
+                .arg("--profile")
+                .arg(&file)
+                .arg("--state")
+                .arg(dir.join("state"))
+                .arg("--socket")
+                .arg(&sock)
+                .arg("--agent")
+                .arg(agent)
+                .arg("--prefix")
+                .arg(format!("benchfg-{mode}-{}", std::process::id()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn(),
+            || format!("starting {}", daemon.display()),
+        )?;
         let mut inst = Instance {
             mode,
             dir,
@@ -84,14 +99,14 @@ impl Instance {
         while std::os::unix::net::UnixStream::connect(&inst.sock).is_err() {
             if Instant::now() > end {
                 inst.stop();
-                bail!("cellvisord ({mode}) did not start");
+                return Err(Error::Msg(format!("cellvisord ({mode}) did not start")));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let (s, v) = request(&inst.sock, "POST", "/v1/up", None)?;
         if s != 200 {
             inst.stop();
-            bail!("up ({mode}): {}", v["error"]);
+            return Err(Error::Msg(format!("up ({mode}): {}", v["error"])));
         }
         Ok(inst)
     }
@@ -107,7 +122,10 @@ impl Instance {
         )?;
         let client = t.elapsed().as_secs_f64() * 1e6;
         if s != 200 {
-            bail!("fg {to} ({}): {}", self.mode, v["error"]);
+            return Err(Error::Msg(format!(
+                "fg {to} ({}): {}",
+                self.mode, v["error"]
+            )));
         }
         Ok((client, v["switch_us"].as_f64().unwrap_or(f64::NAN)))
     }
@@ -128,10 +146,10 @@ impl Instance {
                 pid(n).is_some_and(|p| Path::new(&format!("/proc/{p}/root{node}")).exists())
             };
             if !sees(fg) || (self.mode == "throttle" && sees(bg)) {
-                bail!(
+                return Err(Error::Msg(format!(
                     "after the switch to {fg} ({}), {node} is not where it belongs",
                     self.mode
-                );
+                )));
             }
         }
         Ok(())
@@ -154,11 +172,16 @@ impl Drop for Instance {
     }
 }
 
-pub fn run(switches: usize, agent: &Path) -> Result<Report> {
+/// `switches` switches per background mode, with the in-domain `agent`; `progress` hears
+/// how far it is.
+pub fn run(
+    switches: usize,
+    agent: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Report> {
     let work = std::env::temp_dir().join(format!("cellvisor-bench-fg-{}", std::process::id()));
     let base = work.join("base");
-    bench::start::busybox_rootfs(&base)?;
-    let r = (|| -> Result<Vec<ModeReport>> {
+    let r = crate::rootfs::busybox(&base).and_then(|()| {
         let insts = [
             Instance::start("throttle", &work, &base, agent)?,
             Instance::start("freeze", &work, &base, agent)?,
@@ -178,12 +201,9 @@ pub fn run(switches: usize, agent: &Path) -> Result<Report> {
                     inst.verify(to, from)?;
                 }
             }
-            if i % 20 == 0 {
-                eprint!("\rswitch {i}/{switches}");
-            }
+            progress(i + 1, switches);
         }
-        eprintln!();
-        let q = |v: &[f64], p: f64| bench::stats::quantile(v, p).unwrap_or(f64::NAN);
+        let q = |v: &[f64], p: f64| crate::stats::quantile(v, p).unwrap_or(f64::NAN);
         Ok(insts
             .iter()
             .zip(samples)
@@ -198,11 +218,11 @@ pub fn run(switches: usize, agent: &Path) -> Result<Report> {
                 daemon_us: d,
             })
             .collect())
-    })();
+    });
     let _ = std::fs::remove_dir_all(&work);
     Ok(Report {
         benchmark: "foreground switch latency",
-        host: bench::start::host_facts(),
+        host: crate::host::facts(),
         modes: r?,
     })
 }
@@ -229,4 +249,22 @@ pub fn table(r: &Report) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phone_profile_is_set_by_its_keys_not_its_text() {
+        let text = profile(Path::new("/srv/base"), "freeze").unwrap();
+        let p = domain::profile::parse(&text, "p.toml", Path::new("/")).unwrap();
+        assert_eq!(p.base, Some(PathBuf::from("/srv/base")));
+        assert_eq!(p.background, domain::profile::BackgroundMode::Freeze);
+        let phone =
+            domain::profile::parse(domain::DEFAULT_PROFILE, "p.toml", Path::new("/")).unwrap();
+        assert_eq!(p.domains, phone.domains);
+        assert_eq!(p.device_nodes, phone.device_nodes);
+        assert!(profile(Path::new("/b"), "sometimes").is_err());
+    }
 }
