@@ -261,37 +261,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             between,
             agent,
             out,
-        } => {
-            let between = bench::domains::between(between)?;
-            let agent = if between.contains(&bench::domains::Between::Domains) {
-                Some(agent_path(agent)?)
-            } else {
-                None
-            };
-            let mut shown = false;
-            let r =
-                bench::domains::channel(&between, *rounds, *quick, agent.as_deref(), &mut |msg| {
-                    eprint!("\r{msg}");
-                    let _ = std::io::stderr().flush();
-                    shown = true;
-                });
-            if shown {
-                eprintln!();
-            }
-            let r = r?;
-            if let Some(rows) = &r.processes {
-                println!("between two processes:");
-                print!("{}", bench::ipc::table(rows));
-            }
-            if let Some(rows) = &r.domains {
-                println!("between two container domains (the same two processes for all three):");
-                print!("{}", bench::ipc::table(rows));
-            }
-            if let Some(dir) = out {
-                write_report(dir, "channel.json", &r)?;
-            }
-            Ok(0)
-        }
+        } => channel(*rounds, *quick, between, agent, out),
         BenchCmd::Boot {
             kernel,
             initrd,
@@ -311,10 +281,9 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
                 &mut |msg| eprintln!("{msg}"),
             )?;
             print!("{}", bench::boot::table(&r));
-            if let Some(dir) = out {
-                write_report(dir, "boot.json", &r)?;
-            } else {
-                println!("{}", serde_json::to_string(&r)?);
+            match out {
+                Some(dir) => write_report(dir, "boot.json", &r)?,
+                None => println!("{}", serde_json::to_string(&r)?),
             }
             Ok(0)
         }
@@ -340,21 +309,17 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             out,
         } => {
             let agent = agent_path(agent)?;
-            let mut shown = false;
-            let report = bench::fg::run(*switches, &agent, &mut |done, all| {
+            let mut line = Ticker::default();
+            let r = bench::fg::run(*switches, &agent, &mut |done, all| {
                 if done % 20 == 0 || done == all {
-                    eprint!("\rswitch {done}/{all}");
-                    let _ = std::io::stderr().flush();
-                    shown = true;
+                    line.show(&format!("switch {done}/{all}"));
                 }
             });
-            if shown {
-                eprintln!();
-            }
-            let report = report?;
-            print!("{}", bench::fg::table(&report));
+            drop(line);
+            let r = r?;
+            print!("{}", bench::fg::table(&r));
             if let Some(dir) = out {
-                write_report(dir, "fg.json", &report)?;
+                write_report(dir, "fg.json", &r)?;
             }
             Ok(0)
         }
@@ -362,31 +327,91 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             rounds,
             runtimes,
             out,
-        } => {
-            let me = std::env::current_exe().context("finding this binary")?;
-            let mut rts = Vec::new();
-            for name in runtimes {
-                match bench::start::runtime(name, &me) {
-                    Some(r) => rts.push(r),
-                    None => eprintln!("skipping {name}: not found"),
-                }
-            }
-            if rts.is_empty() {
-                return Err(anyhow!("no runtime to benchmark"));
-            }
-            let work = tempdir()?;
-            let r = bench::start::run(&rts, *rounds, &work, &mut |done, all| {
-                eprint!("\rround {done}/{all}");
-                let _ = std::io::stderr().flush();
-            });
+        } => start(*rounds, runtimes, out),
+    }
+}
+
+/// `bench channel`.
+fn channel(
+    rounds: usize,
+    quick: bool,
+    between: &[String],
+    agent: &Option<PathBuf>,
+    out: &Option<PathBuf>,
+) -> Result<i32> {
+    let between = bench::domains::between(between)?;
+    let agent = if between.contains(&bench::domains::Between::Domains) {
+        Some(agent_path(agent)?)
+    } else {
+        None
+    };
+    let mut line = Ticker::default();
+    let r = bench::domains::channel(&between, rounds, quick, agent.as_deref(), &mut |msg| {
+        line.show(msg)
+    });
+    drop(line);
+    let r = r?;
+    if let Some(rows) = &r.processes {
+        println!("between two processes:");
+        print!("{}", bench::ipc::table(rows));
+    }
+    if let Some(rows) = &r.domains {
+        println!("between two container domains (the same two processes for all three):");
+        print!("{}", bench::ipc::table(rows));
+    }
+    if let Some(dir) = out {
+        write_report(dir, "channel.json", &r)?;
+    }
+    Ok(0)
+}
+
+/// `bench start`: the runtimes found (the others skipped, said).
+fn start(rounds: usize, runtimes: &[String], out: &Option<PathBuf>) -> Result<i32> {
+    let me = std::env::current_exe().context("finding this binary")?;
+    let mut rts = Vec::new();
+    for name in runtimes {
+        match bench::start::runtime(name, &me) {
+            Some(r) => rts.push(r),
+            None => eprintln!("skipping {name}: not found"),
+        }
+    }
+    if rts.is_empty() {
+        return Err(anyhow!("no runtime to benchmark"));
+    }
+    let work = tempdir()?;
+    let mut line = Ticker::default();
+    let r = bench::start::run(&rts, rounds, &work, &mut |done, all| {
+        line.show(&format!("round {done}/{all}"))
+    });
+    drop(line);
+    let _ = std::fs::remove_dir_all(&work);
+    let r = r?;
+    print!("{}", bench::start::table(&r));
+    if let Some(dir) = out {
+        write_report(dir, "start.json", &r)?;
+    }
+    Ok(0)
+}
+
+/// A progress line on stderr, rewritten in place; ended with a newline when dropped, if it
+/// was shown (so an error that follows has its own line).
+#[derive(Default)]
+struct Ticker {
+    shown: bool,
+}
+
+impl Ticker {
+    fn show(&mut self, msg: &str) {
+        eprint!("\r{msg}");
+        let _ = std::io::stderr().flush();
+        self.shown = true;
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if self.shown {
             eprintln!();
-            let _ = std::fs::remove_dir_all(&work);
-            let report = r?;
-            print!("{}", bench::start::table(&report));
-            if let Some(dir) = out {
-                write_report(dir, "start.json", &report)?;
-            }
-            Ok(0)
         }
     }
 }

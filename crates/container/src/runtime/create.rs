@@ -69,6 +69,31 @@ fn owner() -> String {
         .unwrap_or_else(|| nix::unistd::getuid().to_string())
 }
 
+/// Without a mount namespace of its own, the container's mounts are the host's: the ids of
+/// those under its root now, so that its own can be told apart (and removed) later.
+fn host_mounts_before(cfg: &Config) -> Option<Vec<u32>> {
+    (!cfg.namespaces.isolates(LinuxNamespaceType::Mount)).then(|| {
+        crate::mounts::mount_ids_under(&cfg.rootfs)
+            .into_iter()
+            .map(|m| m.0)
+            .collect()
+    })
+}
+
+/// The user namespace's uid and gid maps of the init `pid`.
+fn write_id_maps(pid: i32, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    write_id_map(
+        pid,
+        "uid_map",
+        linux.uid_mappings().as_deref().unwrap_or_default(),
+    )?;
+    write_id_map(
+        pid,
+        "gid_map",
+        linux.gid_mappings().as_deref().unwrap_or_default(),
+    )
+}
+
 fn write_id_map(pid: i32, file: &str, maps: &[oci_spec::runtime::LinuxIdMapping]) -> Result<()> {
     let text: String = maps
         .iter()
@@ -109,12 +134,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     let cg = Cgroup::new(&cgroup_rel, hierarchies.clone());
     cg.create(linux.resources().as_ref())?;
     crate::timing::mark("cgroup");
-    let host_mounts_before = (!cfg.namespaces.isolates(LinuxNamespaceType::Mount)).then(|| {
-        crate::mounts::mount_ids_under(&cfg.rootfs)
-            .into_iter()
-            .map(|m| m.0)
-            .collect::<Vec<u32>>()
-    });
+    let host_mounts_before = host_mounts_before(&cfg);
     let mut undo = Undo {
         pid: None,
         cgroup: Some(&cg),
@@ -142,16 +162,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         config: cfg.spec.clone(),
     };
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
-        write_id_map(
-            pid,
-            "uid_map",
-            linux.uid_mappings().as_deref().unwrap_or_default(),
-        )?;
-        write_id_map(
-            pid,
-            "gid_map",
-            linux.gid_mappings().as_deref().unwrap_or_default(),
-        )?;
+        write_id_maps(pid, linux)?;
     }
     cg.add(pid)?;
     parent.send(&Msg::Proceed)?;
