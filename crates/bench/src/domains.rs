@@ -240,14 +240,21 @@ pub struct ChannelReport {
     pub domains: Option<Vec<Row>>,
 }
 
+/// What `bench channel` tells as it goes: how far it is, and each part's rows once done.
+pub enum Event<'a> {
+    Step(&'a str),
+    Done(Between, &'a [Row]),
+}
+
 /// The channel against a pipe and a Unix socket, between two processes (1 B, 4 KiB, 1 MiB)
 /// and between two domains (with `agent`, on a busybox base of its own), as `between` asks.
+/// `progress` hears each part's rows as soon as it has them (a later part may fail).
 pub fn channel(
     between: &[Between],
     rounds: usize,
     quick: bool,
     agent: Option<&Path>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Event),
 ) -> Result<ChannelReport> {
     let mut r = ChannelReport {
         benchmark: "channel vs pipe vs unix socket",
@@ -257,22 +264,27 @@ pub fn channel(
         domains: None,
     };
     if between.contains(&Between::Processes) {
-        r.processes = Some(crate::ipc::run(
-            &[1, 4096, 1 << 20],
-            rounds,
-            quick,
-            &mut |done, all| progress(&format!("between two processes: round {done}/{all}")),
-        )?);
+        let rows = crate::ipc::run(&[1, 4096, 1 << 20], rounds, quick, &mut |done, all| {
+            progress(Event::Step(&format!(
+                "between two processes: round {done}/{all}"
+            )))
+        })?;
+        progress(Event::Done(Between::Processes, &rows));
+        r.processes = Some(rows);
     }
     if between.contains(&Between::Domains) {
         let agent = agent.ok_or_else(|| Error::Msg("between domains: no agent".into()))?;
-        progress(&format!("between two domains: {rounds} rounds..."));
+        progress(Event::Step(&format!(
+            "between two domains: {rounds} rounds..."
+        )));
         let work =
             std::env::temp_dir().join(format!("cellvisor-bench-channel-{}", std::process::id()));
         let base = work.join("base");
         let rows = crate::rootfs::busybox(&base).and_then(|()| run(&base, agent, rounds, quick));
         let _ = std::fs::remove_dir_all(&work);
-        r.domains = Some(rows?);
+        let rows = rows?;
+        progress(Event::Done(Between::Domains, &rows));
+        r.domains = Some(rows);
     }
     Ok(r)
 }

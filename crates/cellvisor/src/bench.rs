@@ -345,20 +345,31 @@ fn channel(
     } else {
         None
     };
+    use bench::domains::{Between, Event};
     let mut line = Ticker::default();
-    let r = bench::domains::channel(&between, rounds, quick, agent.as_deref(), &mut |msg| {
-        line.show(msg)
-    });
+    let r = bench::domains::channel(
+        &between,
+        rounds,
+        quick,
+        agent.as_deref(),
+        &mut |ev| match ev {
+            Event::Step(msg) => line.show(msg),
+            Event::Done(part, rows) => {
+                line.end();
+                println!(
+                    "{}",
+                    match part {
+                        Between::Processes => "between two processes:",
+                        Between::Domains =>
+                            "between two container domains (the same two processes for all three):",
+                    }
+                );
+                print!("{}", bench::ipc::table(rows));
+            }
+        },
+    );
     drop(line);
     let r = r?;
-    if let Some(rows) = &r.processes {
-        println!("between two processes:");
-        print!("{}", bench::ipc::table(rows));
-    }
-    if let Some(rows) = &r.domains {
-        println!("between two container domains (the same two processes for all three):");
-        print!("{}", bench::ipc::table(rows));
-    }
     if let Some(dir) = out {
         write_report(dir, "channel.json", &r)?;
     }
@@ -408,11 +419,19 @@ impl Ticker {
     }
 }
 
-impl Drop for Ticker {
-    fn drop(&mut self) {
+impl Ticker {
+    /// End the line (if shown): what follows has a line of its own.
+    fn end(&mut self) {
         if self.shown {
             eprintln!();
+            self.shown = false;
         }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -406,12 +406,16 @@ impl<B: Backend> Platform<B> {
         let t0 = Instant::now();
         let previous = self.saved.foreground.clone();
         if previous.as_deref() != Some(name) {
+            // Asked before the intent is saved: a status that cannot be read stops the switch
+            // before anything moved.
+            let old_up = match &previous {
+                Some(old) => self.status(old)? != DomainStatus::Stopped,
+                None => false,
+            };
             self.saved.foreground = Some(name.to_string());
             self.save()?;
-            if let Some(old) = &previous {
-                if self.status(old)? != DomainStatus::Stopped {
-                    self.place(old)?;
-                }
+            if let (Some(old), true) = (&previous, old_up) {
+                self.place(old)?;
             }
             self.place(name)?;
         }
@@ -574,7 +578,7 @@ mod tests {
     use super::*;
     use domain::{BackendError, DomainStats};
 
-    /// A backend that cannot read one domain's state.
+    /// A backend that cannot read common's state; trusted runs, the rest is stopped.
     struct Unreadable;
 
     impl Backend for Unreadable {
@@ -592,7 +596,10 @@ mod tests {
                 let cause = std::io::Error::from_raw_os_error(libc::EACCES);
                 return Err(BackendError::failed(name, "reading its state", cause));
             }
-            Ok(DomainStatus::Stopped)
+            Ok(match name {
+                "trusted" => DomainStatus::Running,
+                _ => DomainStatus::Stopped,
+            })
         }
         fn freeze(&self, _: &str, _: bool) -> std::result::Result<(), BackendError> {
             Ok(())
@@ -644,8 +651,13 @@ mod tests {
         let info = p.info("common").unwrap();
         assert_eq!(info.status, "unknown");
         assert!(info.error.unwrap().contains("Permission denied"));
-        assert_eq!(p.info("trusted").unwrap().status, "stopped");
+        assert_eq!(p.info("trusted").unwrap().status, "running");
+        assert_eq!(p.info("modem").unwrap().status, "stopped");
         assert!(p.up("common").is_err());
         assert!(p.running().is_err());
+        // A switch away from a foreground it cannot see stops before anything moved.
+        p.saved.foreground = Some("common".into());
+        assert!(p.set_foreground("trusted").is_err());
+        assert_eq!(p.foreground(), Some("common"));
     }
 }

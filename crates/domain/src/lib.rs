@@ -101,8 +101,9 @@ pub struct Reported(pub String);
 pub struct UpOpts<'a> {
     /// The shared read-only base root filesystem (Cells' layout), when the domain has no rootfs.
     pub base: Option<&'a std::path::Path>,
-    /// A host directory the domain sees read-only at `/run/cellvisor` (its channel port and
-    /// the agent that speaks to it).
+    /// A host directory the domain sees at `/run/cellvisor` (its channel port and the agent
+    /// that speaks to it): read-only, but for a microVM's VMM, which makes its vsock socket
+    /// there.
     pub run_dir: Option<&'a std::path::Path>,
     /// Device nodes the domain is given (shared devices, and exclusive ones when it starts
     /// in the foreground).
@@ -112,7 +113,7 @@ pub struct UpOpts<'a> {
 }
 
 /// How a domain is isolated and run. Daemon, channels and scheduler speak only to this; the
-/// container backend implements it now, the microVM backend later.
+/// container backend (crates/container) and the microVM backend (crates/microvm) implement it.
 pub trait Backend {
     /// Bring `d` up and start its command.
     fn up(&self, d: &Domain, o: &UpOpts) -> Result<(), BackendError>;

@@ -41,7 +41,8 @@ pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
     if let Some(cl) = &vm.cmdline {
         c.cmdline = cl.clone();
     }
-    c.mem_bytes = d.memory_bytes.unwrap_or(DEFAULT_VM_MEMORY);
+    // Whole MiB, as a microvm domain's memory has always been given to its VMM.
+    c.mem_bytes = d.memory_bytes.unwrap_or(DEFAULT_VM_MEMORY) & !((1 << 20) - 1);
     c.vcpus = vm.vcpus;
     c.disks = vm
         .disks

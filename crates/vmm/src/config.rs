@@ -67,6 +67,12 @@ impl Config {
             )));
         }
         arch::ram_ranges(self.mem_bytes)?;
+        if !self.mem_bytes.is_multiple_of(4096) {
+            return Err(Error::Config(format!(
+                "memory: {} bytes is not a whole number of 4 KiB pages",
+                self.mem_bytes
+            )));
+        }
         if self.cmdline.len() >= arch::CMDLINE_MAX {
             return Err(Error::Config(format!(
                 "the command line is longer than {} bytes",
@@ -144,6 +150,7 @@ mod tests {
         bad(&|c| c.vcpus = 0, "vcpus: 0 is outside");
         bad(&|c| c.vcpus = arch::MAX_VCPUS + 1, "is outside 1..");
         bad(&|c| c.mem_bytes = 1 << 20, "too little");
+        bad(&|c| c.mem_bytes = (64 << 20) + 1, "4 KiB pages");
         bad(
             &|c| c.cmdline = "x".repeat(arch::CMDLINE_MAX),
             "longer than",

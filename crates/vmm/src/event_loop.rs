@@ -64,7 +64,7 @@ pub(crate) fn run(
         .iter()
         .filter_map(|d| devices::lock(d).unlink_dir())
         .collect();
-    seccomp::apply_main(&dirs).map_err(|e| std::io::Error::other(e.to_string()))?;
+    seccomp::apply_main(&dirs).map_err(std::io::Error::other)?;
     let mut events = vec![EpollEvent::default(); 16];
     loop {
         let n = match epoll.wait(if paused { 50 } else { -1 }, &mut events) {

@@ -65,6 +65,19 @@ pub enum Error {
     Vsock(#[from] virtio::vsock::Error),
 }
 
+/// An error and its causes on one line (`what: cause: cause`), for an exit report, which is
+/// text.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 impl Error {
     /// Boot step `what` failed because of `e`.
     pub(crate) fn boot(what: impl std::fmt::Display, e: impl Into<Cause>) -> Error {
@@ -169,7 +182,7 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
     // Work on the devices' queues until a vCPU or the i8042 says the VM is over.
     // Console input: the terminal's (or a pipe's) bytes on stdin go to the serial port.
     if let Err(e) = event_loop::run(&shared, &exit_evt, Some(libc::STDIN_FILENO)) {
-        shared.end(Exit::Error(e.to_string()));
+        shared.end(Exit::Error(chain(&e)));
     }
     Ok(stop(&shared, threads))
 }

@@ -116,7 +116,7 @@ fn describe(vcpu: &VcpuFd, s: &Shared) -> String {
 
 fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
     if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::Vcpu) {
-        s.end(Exit::Error(format!("vcpu {id}: {e}")));
+        s.end(Exit::Error(format!("vcpu {id}: {}", crate::chain(&e))));
         return;
     }
     while !s.stop.load(Ordering::SeqCst) {
