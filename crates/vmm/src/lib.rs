@@ -66,7 +66,8 @@ pub enum Error {
 }
 
 /// An error and its causes on one line (`what: cause: cause`), for an exit report, which is
-/// text.
+/// text. (domain::chain does the same for the other crates; this one depends on the rust-vmm
+/// crates only.)
 pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
