@@ -229,8 +229,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration> {
 fn exec_process(root: &Root, a: &ExecArgs) -> Result<Process> {
     if let Some(p) = &a.process {
         let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        return serde_json::from_slice(&data)
-            .map_err(|e| anyhow!("invalid process {}: {e}", p.display()));
+        return Ok(container::config::parse_process(
+            &data,
+            &format!("process {}", p.display()),
+        )?);
     }
     if a.command.is_empty() {
         return Err(anyhow!("exec: a command (or --process) is required"));

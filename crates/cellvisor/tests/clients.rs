@@ -184,6 +184,86 @@ fn podman_runs_containers_with_cellvisor() {
     let _ = p.run(&["rmi", "-a", "-f"]);
 }
 
+/// podman's `--cpu-rt-runtime` reaches the container's cgroup through cellvisor (granted from
+/// its parent down): a process in it may then take SCHED_FIFO (`chrt` from the host), which it
+/// may not without; the budget is given back when the container goes.
+#[test]
+fn podman_cpu_rt_runtime_gives_the_container_a_real_time_budget() {
+    if !can_run() {
+        return;
+    }
+    if !have("podman") || !have("chrt") {
+        eprintln!("skipped: podman or chrt not installed (make test installs them)");
+        return;
+    }
+    let parent = Path::new("/sys/fs/cgroup/cpu/libpod_parent");
+    if rt_runtime(Path::new("/sys/fs/cgroup/cpu")).is_none() {
+        eprintln!("skipped: no cgroup v1 RT group scheduling");
+        return;
+    }
+    let p = Podman::new();
+    let tar = rootfs_tar(p.dir.path());
+    ok(&p.run(&["import", tar.to_str().unwrap(), "localhost/busybox:cv"]));
+    let img = "localhost/busybox:cv";
+    let before = rt_runtime(parent).unwrap_or(0);
+    let pid_of = |name: &str| {
+        ok(&p.run(&["inspect", "--format", "{{.State.Pid}}", name]))
+            .trim()
+            .to_string()
+    };
+    let chrt = |pid: &str| {
+        Command::new("chrt")
+            .args(["-f", "-p", "10", pid])
+            .output()
+            .unwrap()
+    };
+    ok(&p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "rt",
+        "--network",
+        "none",
+        "--cpu-rt-runtime",
+        "50000",
+        "--cpu-rt-period",
+        "1000000",
+        img,
+        "sleep",
+        "1000",
+    ]));
+    let pid = pid_of("rt");
+    let o = chrt(&pid);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(rt_runtime(parent).unwrap() >= before + 50000);
+    // The same without a budget: refused.
+    ok(&p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "nort",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "1000",
+    ]));
+    let o = chrt(&pid_of("nort"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
+    ok(&p.run(&["rm", "-f", "-t", "0", "rt", "nort"]));
+    assert_eq!(
+        rt_runtime(parent).unwrap_or(0),
+        before,
+        "the budget was not given back"
+    );
+    let _ = p.run(&["rmi", "-a", "-f"]);
+}
+
 #[test]
 fn containerd_ctr_runs_containers_with_cellvisor() {
     if !can_run() {

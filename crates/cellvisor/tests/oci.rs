@@ -1345,3 +1345,122 @@ fn phone_profile_domains_come_up_and_go_away() {
     );
     assert!(common::processes_with(&prefix).is_empty());
 }
+
+/// (scheduling policy, real-time priority) of process `pid` from /proc/PID/stat.
+fn sched_of(stat: &str) -> (u32, u32) {
+    let f: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 40 (rt_priority) and 41 (policy), counted from 1; `f` starts at field 3.
+    (f[38].parse().unwrap(), f[37].parse().unwrap())
+}
+
+/// `process.scheduler` and a real-time budget with cgroup v1 RT group scheduling: SCHED_FIFO
+/// is refused without a budget (one line naming it, nothing left); with
+/// `linux.resources.cpu.realtimeRuntime` the budget is granted from the parent down, the
+/// process runs SCHED_FIFO (the spec's flag names taken), an exec'd process gets its own
+/// policy, and delete gives the budget back. Impossible requests are one line each.
+#[test]
+fn realtime_scheduling_with_a_budget() {
+    if !can_run() {
+        return;
+    }
+    let cpu = std::path::Path::new("/sys/fs/cgroup/cpu");
+    if rt_runtime(cpu).is_none() {
+        eprintln!("skipped: no cgroup v1 RT group scheduling");
+        return;
+    }
+    let sched = json!({"policy": "SCHED_FIFO", "priority": 10,
+                       "flags": ["SCHED_FLAG_RESET_ON_FORK"]});
+    // No budget: refused in one line, nothing left.
+    let id = common::id("rt-nobudget");
+    let mut c = config(&["true"]);
+    c["process"]["scheduler"] = sched.clone();
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("SCHED_FIFO priority 10") && e.contains("realtimeRuntime"),
+        "{e}"
+    );
+    assert_nothing_left(&b, &id);
+
+    // With a budget: pid 1 runs SCHED_FIFO 10; the budget is the container's and its
+    // parent's; an exec'd process gets SCHED_RR 5.
+    let parent = cpu.join("cellvisor");
+    let before = rt_runtime(&parent).unwrap();
+    let id = common::id("rt");
+    let mut c = config(&["sleep", "1000"]);
+    c["process"]["scheduler"] = sched;
+    c["linux"]["resources"]["cpu"] = json!({"realtimeRuntime": 50000, "realtimePeriod": 1000000});
+    let b = bundle(&c);
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let pid = b.state(&id).unwrap()["pid"].as_i64().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert_eq!(sched_of(&stat), (1, 10), "{stat}");
+    assert_eq!(rt_runtime(&parent.join(&id)).unwrap(), 50000);
+    assert!(rt_runtime(&parent).unwrap() >= before + 50000);
+    let pj = b.path().join("process.json");
+    let mut p = c["process"].clone();
+    p["args"] = json!(["cat", "/proc/self/stat"]);
+    p["scheduler"] = json!({"policy": "SCHED_RR", "priority": 5});
+    std::fs::write(&pj, p.to_string()).unwrap();
+    let o = b.cv(&["exec", "--process", pj.to_str().unwrap(), &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sched_of(&stdout(&o)), (2, 5), "{}", stdout(&o));
+    assert!(b.cv(&["delete", "--force", &id]).status.success());
+    assert_nothing_left(&b, &id);
+    assert_eq!(
+        rt_runtime(&parent).unwrap(),
+        before,
+        "the budget was not given back"
+    );
+
+    // Impossible requests: one line each, nothing left.
+    for (sched, rt, want) in [
+        (
+            json!({"policy": "SCHED_FIFO"}),
+            json!(null),
+            "priority in 1..99",
+        ),
+        (
+            json!({"policy": "SCHED_RR", "priority": 100}),
+            json!(null),
+            "not 100",
+        ),
+        (
+            json!({"policy": "SCHED_DEADLINE", "runtime": 5000, "deadline": 1000}),
+            json!(null),
+            "runtime <= deadline <= period",
+        ),
+        (
+            json!({"policy": "SCHED_OTHER"}),
+            json!({"realtimeRuntime": 2000000, "realtimePeriod": 1000000}),
+            "realtimeRuntime",
+        ),
+        (
+            json!({"policy": "SCHED_OTHER"}),
+            json!({"realtimeRuntime": 990000, "realtimePeriod": 1000000}),
+            "cannot be raised",
+        ),
+    ] {
+        let id = common::id("rt-bad");
+        let mut c = config(&["true"]);
+        c["process"]["scheduler"] = sched.clone();
+        if !rt.is_null() {
+            c["linux"]["resources"]["cpu"] = rt;
+        }
+        let b = bundle(&c);
+        let o = b.cv(&["run", &id]);
+        assert!(!o.status.success(), "{sched}");
+        let e = stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(want), "{sched}: {e}");
+        assert_nothing_left(&b, &id);
+    }
+    assert_eq!(rt_runtime(&parent).unwrap(), before);
+}

@@ -23,7 +23,43 @@ pub struct Config {
 
 /// Parse JSON into a `Spec`, with the place of the error in the message.
 pub fn parse_spec(json: &[u8], what: &str) -> Result<Spec> {
-    serde_json::from_slice(json).map_err(|e| config_err!("{what}: {e}"))
+    fn process(v: &mut serde_json::Value) -> Option<&mut serde_json::Value> {
+        v.get_mut("process")
+    }
+    parse_with_spec_names(json, what, process)
+}
+
+/// Parse an `exec` process.json.
+pub fn parse_process(json: &[u8], what: &str) -> Result<oci_spec::runtime::Process> {
+    fn whole(v: &mut serde_json::Value) -> Option<&mut serde_json::Value> {
+        Some(v)
+    }
+    parse_with_spec_names(json, what, whole)
+}
+
+/// Parse `json` as a `T`; where that fails only because a process's scheduler flags carry the
+/// runtime spec's names (which oci-spec 0.10 refuses, see sched::spec_flag_names), parse it
+/// again with them renamed. An error keeps its place in the text when it has one.
+fn parse_with_spec_names<T: serde::de::DeserializeOwned>(
+    json: &[u8],
+    what: &str,
+    process: fn(&mut serde_json::Value) -> Option<&mut serde_json::Value>,
+) -> Result<T> {
+    let first = match serde_json::from_slice(json) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return Err(config_err!("{what}: {first}"));
+    };
+    let before = v.clone();
+    if let Some(p) = process(&mut v) {
+        crate::sched::spec_flag_names(p);
+    }
+    if v == before {
+        return Err(config_err!("{what}: {first}"));
+    }
+    serde_json::from_value(v).map_err(|e| config_err!("{what}: {e}"))
 }
 
 /// Load `<bundle>/config.json`, validate it, and resolve the rootfs.
@@ -196,6 +232,9 @@ pub fn validate_process(p: &oci_spec::runtime::Process) -> Result<()> {
         if !e.contains('=') {
             return Err(config_err!("process.env: {e:?} is not NAME=value"));
         }
+    }
+    if let Some(s) = p.scheduler() {
+        crate::sched::plan(s)?;
     }
     Ok(())
 }

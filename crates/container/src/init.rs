@@ -130,6 +130,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         crate::util::write_file(Path::new("/proc/self/oom_score_adj"), &adj.to_string())?;
     }
     set_rlimits(process)?;
+    set_scheduler(process)?;
     nix::unistd::setsid().ctx(|| "setsid")?;
     if process.terminal().unwrap_or(false) {
         let console = a.console.as_ref().ok_or_else(|| {
@@ -272,6 +273,15 @@ pub fn set_rlimits(p: &Process) -> Result<()> {
 }
 
 /// The program to run, looked up in the process's PATH inside the container's root.
+/// `process.scheduler`, on this process (inside its cgroup already: a real-time policy needs
+/// that cgroup's budget).
+pub fn set_scheduler(p: &Process) -> Result<()> {
+    match p.scheduler() {
+        Some(s) => crate::sched::apply(&crate::sched::plan(s)?),
+        None => Ok(()),
+    }
+}
+
 pub fn find_executable(p: &Process) -> Result<PathBuf> {
     let arg0 = p
         .args()

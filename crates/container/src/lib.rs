@@ -20,6 +20,7 @@ pub mod layers;
 pub mod mounts;
 pub mod namespaces;
 pub mod runtime;
+pub mod sched;
 pub mod seccomp;
 pub mod selfexe;
 pub mod state;

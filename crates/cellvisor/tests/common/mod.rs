@@ -298,3 +298,12 @@ pub fn assert_nothing_left(b: &Bundle, id: &str) {
     let bp = b.path().to_string_lossy().to_string();
     assert!(!mi.contains(&bp), "a mount under {bp} was left behind");
 }
+
+/// The real-time budget of a cpu cgroup (v1 `cpu.rt_runtime_us`), if it has one.
+pub fn rt_runtime(dir: &Path) -> Option<i64> {
+    std::fs::read_to_string(dir.join("cpu.rt_runtime_us"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -19,6 +19,7 @@ use crate::util::write_file;
 
 pub mod devices;
 pub mod plan;
+pub mod rt;
 
 pub use plan::{validate, Version, Write};
 
@@ -219,6 +220,8 @@ impl Cgroup {
                     }
                     mkdir_levels(mount, self.rel(), options.split(',').any(|c| c == "cpuset"))?;
                 }
+                // Held until the container's own budget is written below.
+                let _rt_lock = self.grant_rt_budget(res)?;
                 for w in &writes {
                     let dir = self.dir_of(w.controller).ok_or_else(|| {
                         Error::Msg(format!(
@@ -252,6 +255,47 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// A real-time budget asked for (v1): its ancestors raised to grant it, before it is
+    /// written; the hierarchy's budget lock, to hold until then.
+    fn grant_rt_budget(&self, res: Option<&LinuxResources>) -> Result<Option<fs::File>> {
+        let Some(cpu) = res.and_then(|r| r.cpu().as_ref()) else {
+            return Ok(None);
+        };
+        let Some(runtime) = cpu.realtime_runtime() else {
+            return Ok(None);
+        };
+        let (Some(mount), Some(dir)) = (self.v1_mount("cpu"), self.dir_of("cpu")) else {
+            return Err(Error::Msg(
+                "linux.resources.cpu.realtimeRuntime: the cpu controller is not mounted".into(),
+            ));
+        };
+        if !dir.join("cpu.rt_runtime_us").exists() {
+            return Err(Error::Msg(
+                "linux.resources.cpu.realtimeRuntime: this kernel has no real-time group scheduling (no cpu.rt_runtime_us)".into(),
+            ));
+        }
+        let period = match cpu.realtime_period() {
+            Some(p) => p,
+            None => fs::read_to_string(dir.join("cpu.rt_period_us"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(1_000_000),
+        };
+        let lock = rt::lock(&mount)?;
+        rt::raise(&mount, &dir, runtime, period)?;
+        Ok(Some(lock))
+    }
+
+    /// The mount point of the v1 hierarchy holding `controller`.
+    fn v1_mount(&self, controller: &str) -> Option<PathBuf> {
+        self.hierarchies.iter().find_map(|h| match h {
+            Hierarchy::V1 { mount, options, .. } if options.split(',').any(|c| c == controller) => {
+                Some(mount.clone())
+            }
+            _ => None,
+        })
     }
 
     /// Change the CPU weight of a running container (v2 cpu.weight, v1 cpu.shares).
@@ -370,6 +414,28 @@ impl Cgroup {
 
     /// Remove the container's directories. Processes still inside are killed first.
     pub fn remove(&self) -> Result<()> {
+        // A real-time budget it held is given back to its ancestors once it is gone.
+        let rt = match (self.version(), self.v1_mount("cpu"), self.dir_of("cpu")) {
+            (Version::V1, Some(mount), Some(dir)) => {
+                fs::read_to_string(dir.join("cpu.rt_runtime_us"))
+                    .ok()
+                    .and_then(|r| r.trim().parse::<i64>().ok())
+                    .filter(|&r| r != 0)
+                    .map(|_| (mount, dir))
+            }
+            _ => None,
+        };
+        let r = self.remove_dirs();
+        if let Some((mount, dir)) = rt {
+            if !dir.exists() {
+                let _lock = rt::lock(&mount);
+                rt::release(&mount, &dir);
+            }
+        }
+        r
+    }
+
+    fn remove_dirs(&self) -> Result<()> {
         let mut last = Ok(());
         for (_, d) in self.dirs() {
             if !d.exists() {

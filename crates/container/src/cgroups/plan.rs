@@ -52,6 +52,21 @@ pub fn validate(r: &LinuxResources) -> Result<()> {
                 ));
             }
         }
+        if let Some(p) = cpu.realtime_period() {
+            if p == 0 {
+                return Err(config_err!(
+                    "linux.resources.cpu.realtimePeriod: must not be 0"
+                ));
+            }
+        }
+        if let Some(rt) = cpu.realtime_runtime() {
+            let period = cpu.realtime_period().unwrap_or(1_000_000);
+            if rt < -1 || (rt != -1 && rt as u64 > period) {
+                return Err(config_err!(
+                    "linux.resources.cpu.realtimeRuntime: {rt} must be -1 (no limit) or 0..{period} (the period, µs)"
+                ));
+            }
+        }
         for (name, v) in [("cpus", cpu.cpus()), ("mems", cpu.mems())] {
             if let Some(v) = v {
                 if !v.is_empty() && !is_cpu_list(v) {
@@ -258,6 +273,16 @@ pub fn default_device_writes(v: Version) -> Vec<Write> {
 /// The writes that apply `r`, in an order the kernel accepts.
 pub fn plan(r: &LinuxResources, v: Version) -> Result<Vec<Write>> {
     validate(r)?;
+    let rt = r
+        .cpu()
+        .as_ref()
+        .is_some_and(|c| c.realtime_runtime().is_some() || c.realtime_period().is_some());
+    if v == Version::V2 && rt {
+        // Said, not ignored: a silent no-op here is what users of other runtimes hit.
+        return Err(config_err!(
+            "linux.resources.cpu.realtimeRuntime/realtimePeriod: cgroup v2 has no real-time budget (cpu.rt_runtime_us is cgroup v1's); leave them out"
+        ));
+    }
     let mut out = Vec::new();
     match v {
         Version::V1 => plan_v1(r, &mut out),
@@ -596,5 +621,32 @@ mod tests {
         assert!(!is_cpu_list(""));
         assert!(!is_cpu_list("0-"));
         assert!(!is_cpu_list("3-1"));
+    }
+
+    #[test]
+    fn a_real_time_budget_is_v1_only_and_within_its_period() {
+        let r = res(r#"{"cpu":{"realtimeRuntime":50000,"realtimePeriod":1000000}}"#);
+        let v1: Vec<_> = plan(&r, Version::V1)
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.file, w.value))
+            .collect();
+        assert_eq!(
+            v1[..2],
+            [
+                ("cpu.rt_period_us".to_string(), "1000000".to_string()),
+                ("cpu.rt_runtime_us".to_string(), "50000".to_string())
+            ]
+        );
+        let e = plan(&r, Version::V2).unwrap_err().to_string();
+        assert!(e.contains("cgroup v2 has no real-time budget"), "{e}");
+        for bad in [
+            r#"{"cpu":{"realtimeRuntime":2000000,"realtimePeriod":1000000}}"#,
+            r#"{"cpu":{"realtimeRuntime":-2}}"#,
+            r#"{"cpu":{"realtimePeriod":0}}"#,
+        ] {
+            assert!(validate(&res(bad)).is_err(), "{bad}");
+        }
+        validate(&res(r#"{"cpu":{"realtimeRuntime":-1}}"#)).unwrap();
     }
 }

@@ -114,6 +114,7 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
                 crate::tty::setup(c, size)?;
             }
             init::set_rlimits(p)?;
+            init::set_scheduler(p)?;
             let exe = init::find_executable(p)?;
             init::finalize(p, seccomp.as_ref(), o.preserve_fds, &exe)
         })();
