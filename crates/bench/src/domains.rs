@@ -34,6 +34,7 @@ fn domain(name: &str, cpus: usize, command: &[&str]) -> Domain {
         exclusive_devices: Vec::new(),
         shared_devices: Vec::new(),
         passthrough: Vec::new(),
+        realtime: None,
     }
 }
 

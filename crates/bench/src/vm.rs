@@ -132,6 +132,7 @@ pub fn bundle(
         exclusive_devices: Vec::new(),
         shared_devices: Vec::new(),
         passthrough: Vec::new(),
+        realtime: None,
         kind: DomainKind::Microvm(VmSpec {
             kernel: g.kernel.clone(),
             initrd: Some(g.initrd.clone()),

@@ -28,16 +28,39 @@ pub enum ProfileCmd {
     },
 }
 
+/// The profile, checked against this host (its CPUs, the real-time time it grants).
 fn load(file: &Option<PathBuf>) -> Result<Profile> {
+    let host = container::cgroups::rt::host();
     let r = match file {
-        Some(f) => profile::load(f),
-        None => profile::parse(
+        Some(f) => profile::load_on(f, &host),
+        None => profile::parse_on(
             domain::DEFAULT_PROFILE,
             "examples/phone.toml (embedded)",
             Path::new("."),
+            &host,
         ),
     };
     Ok(r?)
+}
+
+/// `SCHED_FIFO priority 50, budget 100000 µs per 1000000 µs`.
+fn realtime(rt: &domain::profile::RtPolicy) -> String {
+    use domain::profile::RtPolicy;
+    match rt {
+        RtPolicy::Fifo { priority, budget } | RtPolicy::Rr { priority, budget } => format!(
+            "{} priority {priority}, budget {} µs per {} µs",
+            if matches!(rt, RtPolicy::Fifo { .. }) { "SCHED_FIFO" } else { "SCHED_RR" },
+            budget.runtime_us,
+            budget.period_us
+        ),
+        RtPolicy::Deadline {
+            runtime_ns,
+            deadline_ns,
+            period_ns,
+        } => format!(
+            "SCHED_DEADLINE runtime {runtime_ns} ns, deadline {deadline_ns} ns, period {period_ns} ns"
+        ),
+    }
 }
 
 pub fn run(cmd: &ProfileCmd) -> Result<i32> {
@@ -76,6 +99,13 @@ pub fn run(cmd: &ProfileCmd) -> Result<i32> {
                     d.exclusive_devices.join(","),
                     d.shared_devices.join(",")
                 );
+                if let Some(rt) = &d.realtime {
+                    println!(
+                        "    realtime: {}; cpus {} its own",
+                        realtime(rt),
+                        d.cpus.as_deref().unwrap_or("-")
+                    );
+                }
             }
             if let Some(f) = &p.foreground {
                 println!(

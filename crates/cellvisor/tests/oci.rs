@@ -1373,10 +1373,21 @@ fn realtime_scheduling_with_a_budget() {
     }
     let sched = json!({"policy": "SCHED_FIFO", "priority": 10,
                        "flags": ["SCHED_FLAG_RESET_ON_FORK"]});
+    // A parent group of this test's own: other tests' realtime domains come and go under
+    // /cellvisor meanwhile.
+    let top = format!("cvrt-{}", std::process::id());
+    let cgroups_path = |id: &str| format!("/{top}/{id}");
+    let cgroup_gone = |id: &str| {
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let p = h.path().join(&top).join(id);
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    };
     // No budget: refused in one line, nothing left.
     let id = common::id("rt-nobudget");
     let mut c = config(&["true"]);
     c["process"]["scheduler"] = sched.clone();
+    c["linux"]["cgroupsPath"] = json!(cgroups_path(&id));
     let b = bundle(&c);
     let o = b.cv(&["run", &id]);
     assert!(!o.status.success());
@@ -1387,15 +1398,17 @@ fn realtime_scheduling_with_a_budget() {
         "{e}"
     );
     assert_nothing_left(&b, &id);
+    cgroup_gone(&id);
 
     // With a budget: pid 1 runs SCHED_FIFO 10; the budget is the container's and its
     // parent's; an exec'd process gets SCHED_RR 5.
-    let parent = cpu.join("cellvisor");
-    let before = rt_runtime(&parent).unwrap();
+    let parent = cpu.join(&top);
+    let before = 0;
     let id = common::id("rt");
     let mut c = config(&["sleep", "1000"]);
     c["process"]["scheduler"] = sched;
     c["linux"]["resources"]["cpu"] = json!({"realtimeRuntime": 50000, "realtimePeriod": 1000000});
+    c["linux"]["cgroupsPath"] = json!(cgroups_path(&id));
     let b = bundle(&c);
     let (ok, err) = b.cv_bg(&["run", "-d", &id]);
     assert!(ok, "{err}");
@@ -1414,6 +1427,7 @@ fn realtime_scheduling_with_a_budget() {
     assert_eq!(sched_of(&stdout(&o)), (2, 5), "{}", stdout(&o));
     assert!(b.cv(&["delete", "--force", &id]).status.success());
     assert_nothing_left(&b, &id);
+    cgroup_gone(&id);
     assert_eq!(
         rt_runtime(&parent).unwrap(),
         before,
@@ -1454,6 +1468,7 @@ fn realtime_scheduling_with_a_budget() {
         if !rt.is_null() {
             c["linux"]["resources"]["cpu"] = rt;
         }
+        c["linux"]["cgroupsPath"] = json!(cgroups_path(&id));
         let b = bundle(&c);
         let o = b.cv(&["run", &id]);
         assert!(!o.status.success(), "{sched}");
@@ -1461,6 +1476,11 @@ fn realtime_scheduling_with_a_budget() {
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.contains(want), "{sched}: {e}");
         assert_nothing_left(&b, &id);
+        cgroup_gone(&id);
     }
     assert_eq!(rt_runtime(&parent).unwrap(), before);
+    // The test's parent group, in every hierarchy.
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(&top));
+    }
 }

@@ -89,6 +89,33 @@ pub fn oci_config(
     if let Some(p) = d.pids {
         res["pids"] = json!({"limit": p});
     }
+    if let Some(rt) = d.realtime {
+        use domain::profile::RtPolicy;
+        let (sched, budget) = match rt {
+            RtPolicy::Fifo { priority, budget } => (
+                json!({"policy": "SCHED_FIFO", "priority": priority}),
+                Some(budget),
+            ),
+            RtPolicy::Rr { priority, budget } => (
+                json!({"policy": "SCHED_RR", "priority": priority}),
+                Some(budget),
+            ),
+            RtPolicy::Deadline {
+                runtime_ns,
+                deadline_ns,
+                period_ns,
+            } => (
+                json!({"policy": "SCHED_DEADLINE", "runtime": runtime_ns,
+                       "deadline": deadline_ns, "period": period_ns}),
+                None,
+            ),
+        };
+        c["process"]["scheduler"] = sched;
+        if let Some(b) = budget {
+            res["cpu"]["realtimeRuntime"] = json!(b.runtime_us);
+            res["cpu"]["realtimePeriod"] = json!(b.period_us);
+        }
+    }
     res["devices"] = json!([{"allow": false, "access": "rwm"}]);
     c["linux"]["resources"] = res;
     c["linux"]["devices"] = json!([]);

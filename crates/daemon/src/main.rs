@@ -51,14 +51,18 @@ fn group_id(g: &str) -> Result<u32, String> {
 fn main() {
     let a = Args::parse();
     let r = (|| {
+        // Checked against this host: its CPUs, the real-time time it grants.
+        let host = container::cgroups::rt::host();
         let profile = match &a.profile {
-            Some(p) => domain::profile::load(
+            Some(p) => domain::profile::load_on(
                 &std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                &host,
             ),
-            None => domain::profile::parse(
+            None => domain::profile::parse_on(
                 domain::DEFAULT_PROFILE,
                 "phone.toml",
                 &std::env::current_dir().unwrap_or_default(),
+                &host,
             ),
         }
         .map_err(|e| e.to_string())?;

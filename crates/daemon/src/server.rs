@@ -449,6 +449,37 @@ fn bind_ports(s: &Shared) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// The daemon, and every domain start it forks, runs on the CPUs no realtime domain owns
+/// (a domain's own cpuset then places it).
+fn keep_off_realtime_cores(p: &domain::Profile) -> Result<(), String> {
+    let owned: Vec<u32> = p
+        .domains
+        .iter()
+        .filter(|d| d.realtime.is_some())
+        .filter_map(|d| d.cpus.as_deref())
+        .flat_map(domain::profile::cpu_list)
+        .collect();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for c in domain::profile::cpu_list(
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap_or_default()
+            .trim(),
+    ) {
+        if !owned.contains(&c) && set.set(c as usize).is_ok() {
+            any = true;
+        }
+    }
+    if !any {
+        return Err("the realtime domains own every CPU: no core left for the daemon".into());
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("keeping off the realtime domains' cores: {e}"))
+}
+
 /// Hold `<state>/lock` for the daemon's life: one daemon per state directory.
 fn take_lock(dir: &Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
@@ -516,6 +547,7 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
         ContainerBackend::new(&cfg.state_dir, &cfg.prefix),
         MicrovmBackend::new(ContainerBackend::new(&cfg.state_dir, &cfg.prefix), vmm),
     );
+    keep_off_realtime_cores(&cfg.profile)?;
     let profile = cfg.profile.clone();
     let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())
         .map_err(|e| e.to_string())?;

@@ -11,6 +11,24 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 
+/// This host, as a profile is checked against it: its online CPUs and the real-time share of
+/// CPU time it grants (`kernel.sched_rt_runtime_us` / `sched_rt_period_us`).
+pub fn host() -> domain::profile::Host {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let mut h = domain::profile::Host::default();
+    let online = read("/sys/devices/system/cpu/online");
+    if !online.trim().is_empty() {
+        h.cpus = Some(domain::profile::cpu_list(online.trim()));
+    }
+    if let Ok(r) = read("/proc/sys/kernel/sched_rt_runtime_us").trim().parse() {
+        h.rt_runtime_us = r;
+    }
+    if let Ok(p) = read("/proc/sys/kernel/sched_rt_period_us").trim().parse() {
+        h.rt_period_us = p;
+    }
+    h
+}
+
 /// The kernel's fixed point for bandwidth ratios.
 const BW_SHIFT: u32 = 20;
 

@@ -10,8 +10,9 @@ use toml::Spanned;
 
 use super::raw;
 use super::{
-    parse_size, BackendKind, BackgroundMode, DiskMode, Domain, DomainKind, Role, VmSpec,
-    DEFAULT_DEVICE_NODES, EXCLUSIVE_DEVICES, SHARED_DEVICES,
+    cpu_list, cpu_list_string, parse_duration, parse_size, BackendKind, BackgroundMode, Budget,
+    DiskMode, Domain, DomainKind, Host, Role, RtPolicy, VmSpec, DEFAULT_DEVICE_NODES,
+    EXCLUSIVE_DEVICES, SHARED_DEVICES,
 };
 use crate::policy::{Policy, Rule};
 
@@ -113,6 +114,7 @@ pub(super) fn domain(
         }
     }
     devices(r, d);
+    let realtime = d.realtime.as_ref().and_then(|rt| rt_policy(r, d, rt));
     let strings = |v: &[Spanned<String>]| v.iter().map(|s| s.get_ref().clone()).collect();
     Domain {
         name: name.clone(),
@@ -131,6 +133,248 @@ pub(super) fn domain(
             .iter()
             .map(|s| PathBuf::from(s.get_ref()))
             .collect(),
+        realtime,
+    }
+}
+
+/// A realtime domain's `realtime = { ... }`: fifo or rr with a priority and a budget, or
+/// deadline with its runtime, deadline and period.
+fn rt_policy(r: &mut Report, d: &raw::Domain, rt: &Spanned<raw::Realtime>) -> Option<RtPolicy> {
+    let name = d.name.get_ref();
+    let at = |r: &mut Report, sp: Range<usize>, msg: String| {
+        r.at(sp, format!("domain {name:?}: realtime: {msg}"));
+        None
+    };
+    if d.role != Role::Realtime {
+        return at(
+            r,
+            rt.span(),
+            "only a role = \"realtime\" domain is scheduled in real time".into(),
+        );
+    }
+    let rt = rt.get_ref();
+    let ns = |r: &mut Report, field: &str, v: &Option<Spanned<String>>| -> Option<Option<u64>> {
+        let Some(v) = v else { return Some(None) };
+        match parse_duration(v.get_ref()) {
+            Some(n) => Some(Some(n)),
+            None => {
+                r.at(
+                    v.span(),
+                    format!(
+                        "domain {name:?}: realtime: {field} {:?} is not a duration like 2ms",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let (runtime, deadline, period) = (
+        ns(r, "runtime", &rt.runtime)?,
+        ns(r, "deadline", &rt.deadline)?,
+        ns(r, "period", &rt.period)?,
+    );
+    match rt.policy.get_ref().as_str() {
+        p @ ("fifo" | "rr") => {
+            for (field, v) in [
+                ("runtime", &rt.runtime),
+                ("deadline", &rt.deadline),
+                ("period", &rt.period),
+            ] {
+                if let Some(v) = v {
+                    return at(
+                        r,
+                        v.span(),
+                        format!(
+                            "{field} is for policy \"deadline\"; {p} takes a priority and a budget"
+                        ),
+                    );
+                }
+            }
+            let priority = match &rt.priority {
+                Some(pr) if (1..=99).contains(pr.get_ref()) => *pr.get_ref() as u8,
+                Some(pr) => {
+                    return at(
+                        r,
+                        pr.span(),
+                        format!("priority {} is outside 1..99", pr.get_ref()),
+                    )
+                }
+                None => return at(r, rt.policy.span(), format!("{p} needs a priority (1..99)")),
+            };
+            let Some(b) = &rt.budget else {
+                return at(
+                    r,
+                    rt.policy.span(),
+                    format!("{p} needs a budget of real-time CPU time, like budget = \"100ms/1s\""),
+                );
+            };
+            let budget = b
+                .get_ref()
+                .split_once('/')
+                .and_then(|(a, b)| Some((parse_duration(a)?, parse_duration(b)?)))
+                .filter(|&(run, per)| run >= 1_000 && per >= 1_000 && run <= per);
+            let Some((run, per)) = budget else {
+                return at(r, b.span(), format!("budget {:?} is not RUNTIME/PERIOD with 1us <= runtime <= period, like \"100ms/1s\"", b.get_ref()));
+            };
+            let budget = Budget {
+                runtime_us: run / 1_000,
+                period_us: per / 1_000,
+            };
+            Some(if p == "fifo" {
+                RtPolicy::Fifo { priority, budget }
+            } else {
+                RtPolicy::Rr { priority, budget }
+            })
+        }
+        "deadline" => {
+            for (field, sp) in [
+                ("priority", rt.priority.as_ref().map(|v| v.span())),
+                ("budget", rt.budget.as_ref().map(|v| v.span())),
+            ] {
+                if let Some(sp) = sp {
+                    return at(r, sp, format!("{field} is for fifo and rr; deadline takes runtime, deadline and period"));
+                }
+            }
+            let (Some(runtime), Some(period)) = (runtime, period) else {
+                return at(
+                    r,
+                    rt.policy.span(),
+                    "deadline needs a runtime and a period (and may have a deadline)".into(),
+                );
+            };
+            let deadline = deadline.unwrap_or(period);
+            if runtime < 1024 || runtime > deadline || deadline > period {
+                return at(r, rt.policy.span(), format!("deadline needs 1024ns <= runtime <= deadline <= period, not {runtime} <= {deadline} <= {period} ns"));
+            }
+            Some(RtPolicy::Deadline {
+                runtime_ns: runtime,
+                deadline_ns: deadline,
+                period_ns: period,
+            })
+        }
+        other => at(
+            r,
+            rt.policy.span(),
+            format!("policy {other:?} is not fifo, rr or deadline"),
+        ),
+    }
+}
+
+/// Across the realtime domains: each owns its cores alone, their budgets fit what `host`
+/// grants, they leave the host a core for the others; the other domains keep off their
+/// cores (and, without `cpus`, are placed on the rest when the host's CPUs are known).
+pub(super) fn realtime(r: &mut Report, p: &raw::Profile, domains: &mut [Domain], host: &Host) {
+    let cpus_span = |i: usize| {
+        let d = &p.domains[i];
+        d.cpus.as_ref().map_or(d.name.span(), |c| c.span())
+    };
+    let mut owned: Vec<(u32, usize)> = Vec::new();
+    let mut share = 0u64;
+    let capacity = (host.rt_runtime_us >= 0)
+        .then(|| host.rt_runtime_us as u64 * 1_000_000 / host.rt_period_us.max(1));
+    for i in 0..domains.len() {
+        let d = &domains[i];
+        let (Some(rt), Some(cpus)) = (d.realtime, &d.cpus) else {
+            continue;
+        };
+        let name = d.name.clone();
+        let mine = cpu_list(cpus);
+        for (c, j) in owned.iter().filter(|(c, _)| mine.contains(c)) {
+            r.at(
+                cpus_span(i),
+                format!("domain {name:?}: cpu {c} is realtime domain {:?}'s: a realtime domain's cores are its own", domains[*j].name),
+            );
+        }
+        if let Some(online) = &host.cpus {
+            let off: Vec<u32> = mine
+                .iter()
+                .copied()
+                .filter(|c| !online.contains(c))
+                .collect();
+            if !off.is_empty() {
+                r.at(
+                    cpus_span(i),
+                    format!(
+                        "domain {name:?}: cpus {} are not online on this host ({})",
+                        cpu_list_string(&off),
+                        cpu_list_string(online)
+                    ),
+                );
+            }
+        }
+        owned.extend(mine.iter().map(|&c| (c, i)));
+        if let (RtPolicy::Fifo { budget, .. } | RtPolicy::Rr { budget, .. }, Some(cap)) =
+            (rt, capacity)
+        {
+            share += budget.millionths();
+            if share > cap {
+                let sp = p.domains[i]
+                    .realtime
+                    .as_ref()
+                    .map_or(p.domains[i].name.span(), |v| v.span());
+                r.at(
+                    sp,
+                    format!(
+                        "domain {name:?}: realtime: the budgets come to {:.1}% of a CPU's time, more than the {:.1}% this host grants (kernel.sched_rt_runtime_us / sched_rt_period_us)",
+                        share as f64 / 1e4,
+                        cap as f64 / 1e4
+                    ),
+                );
+            }
+        }
+    }
+    if owned.is_empty() {
+        return;
+    }
+    let owned: Vec<u32> = owned.iter().map(|(c, _)| *c).collect();
+    let rest: Option<Vec<u32>> = host
+        .cpus
+        .as_ref()
+        .map(|all| all.iter().copied().filter(|c| !owned.contains(c)).collect());
+    if let (Some(rest), Some(all)) = (&rest, &host.cpus) {
+        if rest.is_empty() {
+            let last = (0..domains.len())
+                .rev()
+                .find(|&i| domains[i].realtime.is_some())
+                .unwrap_or(0);
+            r.at(
+                cpus_span(last),
+                format!(
+                    "the realtime domains own every CPU of this host ({}): leave one to the other domains",
+                    cpu_list_string(all)
+                ),
+            );
+            return;
+        }
+    }
+    for (i, d) in domains.iter_mut().enumerate() {
+        if d.realtime.is_some() {
+            continue;
+        }
+        match &d.cpus {
+            Some(c) => {
+                let theirs: Vec<u32> = cpu_list(c)
+                    .into_iter()
+                    .filter(|c| owned.contains(c))
+                    .collect();
+                if !theirs.is_empty() {
+                    r.at(
+                        cpus_span(i),
+                        format!(
+                            "domain {:?}: cpus {} are owned by realtime domains",
+                            d.name,
+                            cpu_list_string(&theirs)
+                        ),
+                    );
+                }
+            }
+            None => {
+                if let Some(rest) = &rest {
+                    d.cpus = Some(cpu_list_string(rest));
+                }
+            }
+        }
     }
 }
 
@@ -591,5 +835,139 @@ mod tests {
         for bad in ["", "x", "1-0", "1,", "-1", "0--1"] {
             assert!(!is_cpu_list(bad), "{bad}");
         }
+    }
+
+    const TWO: &str = "name = \"t\"\nbase = \"b\"\n";
+
+    fn rt_profile(extra: &str, host: &Host) -> Result<super::super::Profile, Vec<String>> {
+        let text = format!(
+            "{TWO}[[domain]]\nname = \"modem\"\nrole = \"realtime\"\ncpus = \"1\"\ncommand = [\"x\"]\nrealtime = {{ policy = \"fifo\", priority = 50, budget = \"100ms/1s\" }}\n[[domain]]\nname = \"apps\"\nrole = \"common\"\ncommand = [\"x\"]\n{extra}"
+        );
+        super::super::parse_on(&text, "p.toml", Path::new("/x"), host).map_err(|e| e.0)
+    }
+
+    fn two_cpus() -> Host {
+        Host {
+            cpus: Some(vec![0, 1]),
+            ..Host::default()
+        }
+    }
+
+    #[test]
+    fn a_realtime_domain_owns_its_cores_and_the_others_keep_off_them() {
+        let p = rt_profile("", &two_cpus()).unwrap();
+        let modem = p.domain("modem").unwrap();
+        assert_eq!(
+            modem.realtime,
+            Some(RtPolicy::Fifo {
+                priority: 50,
+                budget: Budget {
+                    runtime_us: 100_000,
+                    period_us: 1_000_000
+                }
+            })
+        );
+        // The others are placed on the cores no realtime domain owns.
+        assert_eq!(p.domain("apps").unwrap().cpus.as_deref(), Some("0"));
+        // Without the host's CPUs, nothing is placed.
+        let p = rt_profile("", &Host::default()).unwrap();
+        assert_eq!(p.domain("apps").unwrap().cpus, None);
+    }
+
+    #[test]
+    fn impossible_realtime_requests_are_one_line_each() {
+        let bad = |extra: &str, host: &Host, want: &str| {
+            let e = rt_profile(extra, host).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].contains(want), "{extra}: {e:?}");
+            assert!(e[0].starts_with("p.toml:"), "{e:?}");
+        };
+        // A second realtime domain on the same core.
+        bad(
+            "[[domain]]\nname = \"voice\"\nrole = \"realtime\"\ncpus = \"1\"\ncommand = [\"x\"]\nrealtime = { policy = \"rr\", priority = 5, budget = \"10ms/1s\" }\n",
+            &two_cpus(),
+            "cpu 1 is realtime domain \"modem\"'s",
+        );
+        // Budgets beyond what the host grants.
+        bad(
+            "[[domain]]\nname = \"voice\"\nrole = \"realtime\"\ncpus = \"0\"\ncommand = [\"x\"]\nrealtime = { policy = \"fifo\", priority = 5, budget = \"900ms/1s\" }\n",
+            &Host::default(),
+            "more than the 95.0% this host grants",
+        );
+        // No core left to the others.
+        bad(
+            "[[domain]]\nname = \"voice\"\nrole = \"realtime\"\ncpus = \"0\"\ncommand = [\"x\"]\nrealtime = { policy = \"fifo\", priority = 5, budget = \"10ms/1s\" }\n",
+            &two_cpus(),
+            "own every CPU of this host",
+        );
+        // Another domain on a realtime core; a core the host does not have.
+        bad(
+            "cpus = \"0-1\"\n",
+            &two_cpus(),
+            "cpus 1 are owned by realtime domains",
+        );
+        let e = rt_profile(
+            "",
+            &Host {
+                cpus: Some(vec![0]),
+                ..Host::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.iter().any(|l| l.contains("not online on this host")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn realtime_scheduling_is_checked_field_by_field() {
+        let one = |rt: &str| {
+            let text = format!(
+                "{TWO}[[domain]]\nname = \"m\"\nrole = \"realtime\"\ncpus = \"1\"\ncommand = [\"x\"]\nrealtime = {rt}\n"
+            );
+            super::super::parse(&text, "p.toml", Path::new("/x")).map(|p| p.domains[0].realtime)
+        };
+        assert_eq!(
+            one("{ policy = \"deadline\", runtime = \"2ms\", period = \"10ms\" }").unwrap(),
+            Some(RtPolicy::Deadline {
+                runtime_ns: 2_000_000,
+                deadline_ns: 10_000_000,
+                period_ns: 10_000_000
+            })
+        );
+        for (rt, want) in [
+            ("{ policy = \"fifo\", budget = \"1ms/1s\" }", "needs a priority"),
+            ("{ policy = \"fifo\", priority = 0, budget = \"1ms/1s\" }", "outside 1..99"),
+            ("{ policy = \"rr\", priority = 5 }", "needs a budget"),
+            ("{ policy = \"rr\", priority = 5, budget = \"2s/1s\" }", "RUNTIME/PERIOD"),
+            ("{ policy = \"fifo\", priority = 5, budget = \"1ms/1s\", period = \"1s\" }", "is for policy \"deadline\""),
+            ("{ policy = \"deadline\", runtime = \"2ms\" }", "needs a runtime and a period"),
+            ("{ policy = \"deadline\", runtime = \"5ms\", deadline = \"2ms\", period = \"10ms\" }", "runtime <= deadline <= period"),
+            ("{ policy = \"deadline\", runtime = \"2ms\", period = \"10ms\", priority = 3 }", "priority is for fifo and rr"),
+            ("{ policy = \"deadline\", runtime = \"2 weeks\", period = \"10ms\" }", "not a duration"),
+            ("{ policy = \"idle\" }", "not fifo, rr or deadline"),
+        ] {
+            let e = one(rt).unwrap_err().0;
+            assert_eq!(e.len(), 1, "{rt}: {e:?}");
+            assert!(e[0].contains(want), "{rt}: {e:?}");
+        }
+        // Only a realtime domain is scheduled in real time.
+        let text = format!("{TWO}[[domain]]\nname = \"a\"\nrole = \"common\"\ncommand = [\"x\"]\nrealtime = {{ policy = \"fifo\", priority = 1, budget = \"1ms/1s\" }}\n");
+        let e = super::super::parse(&text, "p.toml", Path::new("/x"))
+            .unwrap_err()
+            .0;
+        assert!(e[0].contains("only a role = \"realtime\" domain"), "{e:?}");
+    }
+
+    #[test]
+    fn durations_and_cpu_lists() {
+        assert_eq!(parse_duration("2ms"), Some(2_000_000));
+        assert_eq!(parse_duration("500us"), Some(500_000));
+        assert_eq!(parse_duration("1s"), Some(1_000_000_000));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(cpu_list("0-2,5,1"), [0, 1, 2, 5]);
+        assert_eq!(cpu_list_string(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
     }
 }

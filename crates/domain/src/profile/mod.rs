@@ -88,6 +88,112 @@ pub struct Domain {
     pub exclusive_devices: Vec<String>,
     pub shared_devices: Vec<String>,
     pub passthrough: Vec<PathBuf>,
+    /// A realtime domain's scheduling; its `cpus` are then its own, no other domain runs
+    /// there.
+    pub realtime: Option<RtPolicy>,
+}
+
+/// How a realtime domain's processes are scheduled (and, for fifo and rr, the real-time CPU
+/// time its cgroup may use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtPolicy {
+    /// SCHED_FIFO at `priority` (1..99).
+    Fifo { priority: u8, budget: Budget },
+    /// SCHED_RR at `priority` (1..99).
+    Rr { priority: u8, budget: Budget },
+    /// SCHED_DEADLINE: `runtime` ns of CPU in every `period` ns, done within `deadline` ns.
+    Deadline {
+        runtime_ns: u64,
+        deadline_ns: u64,
+        period_ns: u64,
+    },
+}
+
+/// Real-time runtime per period (µs), what cgroup v1's RT group scheduling gives a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub runtime_us: u64,
+    pub period_us: u64,
+}
+
+impl Budget {
+    /// The share of one CPU it is, in millionths.
+    pub fn millionths(&self) -> u64 {
+        self.runtime_us * 1_000_000 / self.period_us.max(1)
+    }
+}
+
+/// What the host grants: its CPUs (when known) and the real-time share of each CPU's time
+/// (`kernel.sched_rt_runtime_us` / `sched_rt_period_us`). A profile is checked against one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The online CPUs, when known.
+    pub cpus: Option<Vec<u32>>,
+    /// Real-time runtime per period the host grants all groups together, µs (-1: no limit).
+    pub rt_runtime_us: i64,
+    pub rt_period_us: u64,
+}
+
+impl Default for Host {
+    /// The kernel's defaults (95% of each second), CPUs unknown.
+    fn default() -> Host {
+        Host {
+            cpus: None,
+            rt_runtime_us: 950_000,
+            rt_period_us: 1_000_000,
+        }
+    }
+}
+
+/// `100ms`, `2ms`, `500us` (or `µs`), `1s`, `2000ns`: nanoseconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let i = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..i].parse().ok()?;
+    let mult = match s[i..].trim() {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `0-1,3` as CPU numbers, sorted (the list is checked before).
+pub fn cpu_list(s: &str) -> Vec<u32> {
+    let mut out: Vec<u32> = s
+        .split(',')
+        .flat_map(|p| match p.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+                (a..=b).collect::<Vec<u32>>()
+            }
+            None => p.parse().ok().into_iter().collect(),
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// CPU numbers as a list like `0-1,3`.
+pub fn cpu_list_string(cpus: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 /// What runs in a domain, by backend.
@@ -220,7 +326,15 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Parse and validate profile text; `file` names it in errors, `dir` anchors relative paths.
+/// Checked against the kernel's defaults, CPUs unknown ([`parse_on`] checks against a host).
 pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
+    parse_on(text, file, dir, &Host::default())
+}
+
+/// [`parse`], checked against `host`: the realtime domains' budgets against what it grants,
+/// their cores against its CPUs; every other domain without `cpus` is placed on the CPUs no
+/// realtime domain owns.
+pub fn parse_on(text: &str, file: &str, dir: &Path, host: &Host) -> Result<Profile, Errors> {
     let mut r = check::Report::new(file, text);
     let Some(raw) = check::syntax(&mut r, text) else {
         return Err(Errors(r.errors));
@@ -231,6 +345,8 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
         .iter()
         .map(|d| check::domain(&mut r, d, dir, &mut names))
         .collect();
+    let mut domains = domains;
+    check::realtime(&mut r, &raw, &mut domains, host);
     check::base(&mut r, &raw);
     let fg = check::foreground(&mut r, &raw, &domains);
     let policy = check::policy(&mut r, &raw.allow, &names);
@@ -252,10 +368,15 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
 
 /// Load a profile file.
 pub fn load(path: &Path) -> Result<Profile, Errors> {
+    load_on(path, &Host::default())
+}
+
+/// Load a profile file, checked against `host` ([`parse_on`]).
+pub fn load_on(path: &Path, host: &Host) -> Result<Profile, Errors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Errors(vec![format!("{}: {e}", path.display())]))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    parse(&text, &path.display().to_string(), dir)
+    parse_on(&text, &path.display().to_string(), dir, host)
 }
 
 #[cfg(test)]

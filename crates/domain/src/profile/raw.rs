@@ -63,6 +63,20 @@ pub(super) struct Domain {
     pub pids: Option<Spanned<i64>>,
     #[serde(default)]
     pub devices: Devices,
+    pub realtime: Option<Spanned<Realtime>>,
+}
+
+/// A realtime domain's scheduling: `{ policy = "fifo", priority = 50, budget = "100ms/1s" }`
+/// or `{ policy = "deadline", runtime = "2ms", deadline = "5ms", period = "10ms" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Realtime {
+    pub policy: Spanned<String>,
+    pub priority: Option<Spanned<i64>>,
+    pub budget: Option<Spanned<String>>,
+    pub runtime: Option<Spanned<String>>,
+    pub deadline: Option<Spanned<String>>,
+    pub period: Option<Spanned<String>>,
 }
 
 fn container() -> Spanned<BackendKind> {
