@@ -2,10 +2,11 @@
 # Installs the Debian packages the build, demo and tests need, when they are missing:
 # busybox-static (the rootfs of demo and tests), podman and containerd (real clients in tests),
 # and for microVM tests a stock guest kernel (linux-image-cloud-amd64) and the emulated KVM
-# test host (qemu-system-x86, cpio, file, xz-utils; scripts/kvm-test-host.sh), and e2fsprogs
-# (mke2fs: the benchmark suite's microVM root image).
+# test host (qemu-system-x86, cpio, file, xz-utils; scripts/kvm-test-host.sh), e2fsprogs
+# (mke2fs: the benchmark suite's microVM root image), and rt-tests (cyclictest: the real-time
+# benchmark's cross-check).
 set -euo pipefail
-pkgs=(busybox-static podman containerd linux-image-cloud-amd64 qemu-system-x86 cpio file xz-utils zstd binutils e2fsprogs)
+pkgs=(busybox-static podman containerd linux-image-cloud-amd64 qemu-system-x86 cpio file xz-utils zstd binutils e2fsprogs rt-tests)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,10 +2,12 @@
 //! for the domain's side of an open channel; [`pingpong`] holds the round-trip and bandwidth
 //! loops the channel benchmarks run, between two processes or two domains; [`vsock`] holds
 //! both ends of a microVM's vsock; [`micro`] the LMbench-style microbenchmarks `cellvisor bench`
-//! runs in every backend, [`workload`] its macrobenchmarks.
+//! runs in every backend, [`workload`] its macrobenchmarks; [`rt`] the real-time benchmark's
+//! wake-up probe and loads.
 
 pub mod micro;
 pub mod pingpong;
 pub mod port;
+pub mod rt;
 pub mod vsock;
 pub mod workload;

@@ -13,6 +13,11 @@
 //!                                        --macro adds the macrobenchmarks (workload.rs: the
 //!                                        application /app/cellvisor-app, files in /data)
 //!   hello                                print "Hello world" (what micro's fork+exec runs)
+//!   rt-probe [--interval-us 1000] [--samples N] [--fifo PRIO] [--cpu N]
+//!                                        periodic wake-ups (cyclictest's method): their
+//!                                        latency histogram as JSON (see rt.rs)
+//!   load cpu|fork|msg|mem|io|all [--threads N]
+//!                                        the real-time benchmark's load, until killed
 //!   spin FROM_MS TO_MS                   wait for FROM, count loop iterations until TO (epoch
 //!                                        ms), print the count (bench's busy domains)
 //!   spin-go PORT MS                      (microVM guest) connect to host vsock PORT, wait for
@@ -48,6 +53,10 @@ struct Opts {
     cpu: Option<usize>,
     macros: bool,
     files: usize,
+    interval_us: u64,
+    samples: u64,
+    fifo: Option<i32>,
+    threads: usize,
 }
 
 fn parse() -> Result<(String, Opts), String> {
@@ -67,6 +76,10 @@ fn parse() -> Result<(String, Opts), String> {
         cpu: None,
         macros: false,
         files: 100,
+        interval_us: 1000,
+        samples: 10_000,
+        fifo: None,
+        threads: 1,
     };
     let mut it = std::env::args().skip(1);
     let cmd = it
@@ -100,6 +113,30 @@ fn parse() -> Result<(String, Opts), String> {
                     .map_err(|_| format!("--interval-ms {v:?}: not a number"))?;
             }
             "--macro" => o.macros = true,
+            "--interval-us" => {
+                o.interval_us = val("--interval-us")?
+                    .parse()
+                    .ok()
+                    .filter(|&i| i > 0)
+                    .ok_or("--interval-us: a positive number of µs")?
+            }
+            "--samples" => {
+                o.samples = val("--samples")?
+                    .parse()
+                    .map_err(|_| "--samples: a number")?
+            }
+            "--fifo" => {
+                o.fifo = Some(
+                    val("--fifo")?
+                        .parse()
+                        .map_err(|_| "--fifo: a priority 1..99")?,
+                )
+            }
+            "--threads" => {
+                o.threads = val("--threads")?
+                    .parse()
+                    .map_err(|_| "--threads: a number")?
+            }
             "--exit-port" => o.exit_port = true,
             "--exec" => o.exec = Some(val("--exec")?),
             "--cpu" => {
@@ -297,6 +334,16 @@ fn run() -> Result<(), String> {
     let (cmd, o) = parse()?;
     match cmd.as_str() {
         "ls" => say(&port::list(&o.port)?),
+        "rt-probe" => {
+            if o.cpu.is_some() {
+                agent::micro::pin(o.cpu);
+            }
+            if let Some(p) = o.fifo {
+                agent::rt::set_fifo(p)?;
+            }
+            say(&agent::rt::probe(o.interval_us, o.samples)?.json());
+        }
+        "load" => agent::rt::load(o.args.first().map_or("all", String::as_str), o.threads)?,
         "send" => {
             let mut l = link(&o)?;
             let mut buf = Vec::new();

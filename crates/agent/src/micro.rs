@@ -199,7 +199,8 @@ fn reap(pid: libc::pid_t) -> Result<(), String> {
     }
 }
 
-fn pin(cpu: Option<usize>) {
+/// Run on CPU `cpu` only (None: on every CPU).
+pub fn pin(cpu: Option<usize>) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -11,6 +11,7 @@ pub mod ipc;
 pub mod plot;
 pub mod report;
 pub mod rootfs;
+pub mod rt;
 pub mod scale;
 pub mod start;
 pub mod stats;

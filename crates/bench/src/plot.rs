@@ -144,3 +144,55 @@ pub fn lines(
     root.present().map_err(|e| plot(&e))?;
     Ok(())
 }
+
+/// Histograms as lines: samples per µs of latency, on a log scale, one line per series.
+pub fn histograms(
+    title: &str,
+    x_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    path: &Path,
+) -> Result<()> {
+    let plot = |e: &dyn std::fmt::Display| Error::Msg(format!("plotting {}: {e}", path.display()));
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(10.0f64, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(10.0f64, f64::max);
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (1.0..x_max * 1.2).log_scale(),
+            (0.8..y_max * 2.0).log_scale(),
+        )
+        .map_err(|e| plot(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("samples")
+        .draw()
+        .map_err(|e| plot(&e))?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x.max(1.0), y)).collect();
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(|e| plot(&e))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot(&e))?;
+    root.present().map_err(|e| plot(&e))
+}

@@ -118,6 +118,32 @@ pub fn install_app(rootfs: &Path, app: &Path) -> Result<()> {
     })
 }
 
+/// Program `name` from the host's PATH (or /usr/sbin, /sbin), with the libraries it loads,
+/// copied into `rootfs` at the same paths: where it is there, or None when the host has none.
+pub fn install_program(rootfs: &Path, name: &str) -> Result<Option<String>> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let Some(prog) = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    for f in std::iter::once(prog.clone()).chain(libraries(&prog)?) {
+        let dst = rootfs.join(f.strip_prefix("/").unwrap_or(&f));
+        if let Some(d) = dst.parent() {
+            io(std::fs::create_dir_all(d), || {
+                format!("creating {}", d.display())
+            })?;
+        }
+        io(std::fs::copy(&f, &dst), || {
+            format!("copying {}", f.display())
+        })?;
+    }
+    Ok(Some(prog.display().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

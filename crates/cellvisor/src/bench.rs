@@ -220,6 +220,26 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Real-time wake-up latency: a periodic probe in a realtime domain (SCHED_FIFO, its own
+    /// core) while a common domain loads the rest, beside the same probe unloaded, in a common
+    /// domain (the control), natively, and cyclictest's (root)
+    Rt {
+        /// 3,000 wake-ups per variant instead of 100,000
+        #[arg(long)]
+        quick: bool,
+        /// Wake-ups per variant
+        #[arg(long)]
+        samples: Option<u64>,
+        /// Between wake-ups, µs
+        #[arg(long, default_value_t = 1000)]
+        interval_us: u64,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Write rt.json and rt-latency.svg here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Many microVMs at once (the idle test guest: scripts/mktiny.sh OUT idle) and the host
     /// memory they use: per-VM VMM overhead (PSS minus guest-touched memory) and the total
     Vms {
@@ -328,6 +348,28 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             runtimes,
             out,
         } => start(*rounds, runtimes, out),
+        BenchCmd::Rt {
+            quick,
+            samples,
+            interval_us,
+            agent,
+            out,
+        } => {
+            let plan = bench::rt::Plan::new(*quick, *samples, *interval_us)?;
+            let agent = agent_path(agent)?;
+            let work = tempdir()?;
+            // A variant lasts seconds to minutes: a line each.
+            let r = bench::rt::run(&plan, &agent, &work, &mut |msg| eprintln!("{msg}"));
+            let _ = std::fs::remove_dir_all(&work);
+            let r = r?;
+            print!("{}", bench::rt::table(&r));
+            if let Some(dir) = out {
+                write_report(dir, "rt.json", &r)?;
+                let p = bench::rt::plot(&r, dir)?;
+                eprintln!("wrote {}", p.display());
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -563,3 +563,80 @@ fn bench<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::p
     assert!(!work.exists(), "{} left behind", work.display());
     o
 }
+
+/// `bench rt --quick`: every variant measured (the realtime domain unloaded and loaded, the
+/// control, native, cyclictest when installed), the load never on the realtime core, the
+/// report and its plot written, nothing left behind.
+#[test]
+fn bench_rt_quick() {
+    if !common::can_run() {
+        return;
+    }
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    if common::rt_runtime(std::path::Path::new("/sys/fs/cgroup/cpu")).is_none()
+        || online.trim() == "0"
+    {
+        eprintln!("skipped: needs cgroup v1 RT group scheduling and two CPUs");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(common::BIN)
+        .args(["bench", "rt", "--quick", "--samples", "500", "--agent"])
+        .arg(common::agent())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("rt.json")).unwrap()).unwrap();
+    let names: Vec<&str> = doc["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for want in ["unloaded", "loaded", "control", "native"] {
+        assert!(names.contains(&want), "{want} missing: {doc}");
+    }
+    if std::path::Path::new("/usr/bin/cyclictest").exists() {
+        assert!(names.contains(&"cyclictest"), "{doc}");
+    }
+    for v in doc["variants"].as_array().unwrap() {
+        assert_eq!(v["samples"], 500, "{v}");
+        let n: u64 = v["hist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, 500, "{v}");
+        assert!(v["max_us"].as_f64().unwrap() > 0.0, "{v}");
+        if v["name"] != "control" {
+            assert!(
+                v["policy"].as_str().unwrap().starts_with("SCHED_FIFO"),
+                "{v}"
+            );
+        }
+    }
+    let loaded = &doc["variants"][1];
+    assert_eq!(loaded["name"], "loaded");
+    assert_eq!(loaded["load_ms_on_rt_core"].as_f64(), Some(0.0), "{loaded}");
+    assert!(doc["loaded_over_control_p99"].as_f64().is_some());
+    let svg = std::fs::read_to_string(out.path().join("rt-latency.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("loaded"));
+    // Nothing left: no cgroup of its domains.
+    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|c| {
+            std::fs::read_dir(c.path().join("cellvisor"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cvrt"))
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}

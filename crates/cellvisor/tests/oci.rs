@@ -1484,3 +1484,62 @@ fn realtime_scheduling_with_a_budget() {
         let _ = std::fs::remove_dir(h.path().join(&top));
     }
 }
+
+/// The budget holds: a runaway SCHED_FIFO spinner with 200 ms of real-time time per second
+/// gets about that much of its core, and an ordinary spinner on the same core still gets
+/// the rest (per-cgroup CPU time, v1 cpuacct).
+#[test]
+fn a_runaway_realtime_spinner_gets_its_budget_and_no_more() {
+    if !can_run() {
+        return;
+    }
+    let acct = std::path::Path::new("/sys/fs/cgroup/cpuacct");
+    if rt_runtime(std::path::Path::new("/sys/fs/cgroup/cpu")).is_none() || !acct.exists() {
+        eprintln!("skipped: no cgroup v1 RT group scheduling or cpuacct");
+        return;
+    }
+    let top = format!("cvrtb-{}", std::process::id());
+    let spin = ["sh", "-c", "while :; do :; done"];
+    let run = |name: &str, rt: bool| {
+        let id = common::id(&format!("spin-{name}"));
+        let mut c = config(&spin);
+        c["linux"]["cgroupsPath"] = json!(format!("/{top}/{name}"));
+        c["linux"]["resources"]["cpu"] = json!({"cpus": "1"});
+        if rt {
+            c["process"]["scheduler"] = json!({"policy": "SCHED_FIFO", "priority": 10});
+            c["linux"]["resources"]["cpu"] =
+                json!({"cpus": "1", "realtimeRuntime": 200000, "realtimePeriod": 1000000});
+        }
+        let b = bundle(&c);
+        let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+        assert!(ok, "{err}");
+        (b, id)
+    };
+    let fifo = run("fifo", true);
+    let other = run("other", false);
+    let usage = |name: &str| -> u64 {
+        std::fs::read_to_string(acct.join(&top).join(name).join("cpuacct.usage"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (f0, o0, t0) = (usage("fifo"), usage("other"), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (f1, o1) = (usage("fifo"), usage("other"));
+    let secs = t0.elapsed().as_secs_f64();
+    let share = |a: u64, b: u64| (b - a) as f64 / 1e9 / secs;
+    let (f, o) = (share(f0, f1), share(o0, o1));
+    for (b, id) in [&fifo, &other] {
+        assert!(b.cv(&["delete", "--force", id]).status.success());
+        assert_nothing_left(b, id);
+    }
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(&top));
+    }
+    eprintln!("core 1: the SCHED_FIFO spinner {f:.3}, the other {o:.3}");
+    // 0.2 is the budget; the rest of the core, less what the host takes, is the other's.
+    assert!(f <= 0.25, "the real-time spinner got {f:.3} of its core");
+    assert!(o >= 0.4, "the ordinary spinner got {o:.3} of the core");
+}

@@ -1,0 +1,582 @@
+//! `cellvisor bench rt`: how late a realtime domain's periodic work runs while the other
+//! domains load the device. The agent's wake-up probe (`rt-probe`, cyclictest's method: an
+//! absolute clock_nanosleep every interval, latency = wake-up less the time asked for, memory
+//! locked) runs in the realtime domain of a two-domain device — SCHED_FIFO 80 with a budget,
+//! on a core of its own — while a common domain runs CPU hogs, a fork storm, a message
+//! storm, memory and page-cache pressure and fsynced writes (`load all`) on every core it may
+//! use. Variants, one after another in one run:
+//! - `unloaded`: the realtime domain alone;
+//! - `loaded`: with the load, the realtime configuration in force;
+//! - `control`: the same probe in a common domain (no policy, no core of its own), the load
+//!   on every core: the device without the realtime configuration;
+//! - `native`: the probe as a host process, SCHED_FIFO 80 on the realtime core, the same load;
+//! - `cyclictest`: rt-tests' cyclictest in the realtime domain under the same load (when
+//!   installed), a cross-check of the probe.
+//!
+//! For each: the latency histogram and its p50/p99/p99.9/max, and the steal time the outer
+//! hypervisor took meanwhile (this machine is a VM); for `loaded`, the CPU time the load got
+//! on the realtime core (per-CPU accounting of its cgroup).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use container::backend::ContainerBackend;
+use domain::{Backend, DomainStatus, UpOpts};
+use serde::Serialize;
+
+use crate::{io, Error, Result};
+
+/// What the run measures and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Wake-ups per variant.
+    pub samples: u64,
+    pub interval_us: u64,
+}
+
+impl Plan {
+    /// 100,000 wake-ups of 1 ms per variant (cyclictest's usual), `quick` 3,000.
+    pub fn new(quick: bool, samples: Option<u64>, interval_us: u64) -> Result<Plan> {
+        let samples = samples.unwrap_or(if quick { 3_000 } else { 100_000 });
+        if samples == 0 || interval_us == 0 {
+            return Err(Error::Msg(
+                "--samples and --interval-us must be at least 1".into(),
+            ));
+        }
+        Ok(Plan {
+            samples,
+            interval_us,
+        })
+    }
+}
+
+/// One variant's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// The policy the probe ran with, as the kernel said.
+    pub policy: String,
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: f64,
+    /// Steal time during the variant, % of all CPUs' time.
+    pub steal_pct: f64,
+    /// The load's CPU time on the realtime core, ms (loaded variants with a core of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_ms_on_rt_core: Option<f64>,
+    /// [µs, samples] for every non-empty µs.
+    pub hist: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub benchmark: &'static str,
+    pub interval_us: u64,
+    pub rt_cpu: u32,
+    pub host: serde_json::Value,
+    pub variants: Vec<Variant>,
+    /// Variants that could not run (cyclictest not installed, no RT budget for the host).
+    pub failed: Vec<(String, String)>,
+    /// loaded p99 / unloaded p99 (the realtime configuration under load).
+    pub loaded_over_unloaded_p99: Option<f64>,
+    /// loaded p99 / control p99 (with the configuration vs without it).
+    pub loaded_over_control_p99: Option<f64>,
+}
+
+const PRIORITY: u8 = 80;
+/// The realtime domain's budget: far more than a probe needs, within what the host grants.
+const BUDGET: &str = "200ms/1s";
+
+/// (steal, total) jiffies of all CPUs.
+fn steal_jiffies() -> (u64, u64) {
+    let stat = crate::host::read(Path::new("/proc/stat"));
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
+}
+
+/// The device's profile: a probe domain running `probe` (realtime on `rt_cpu`, or common when
+/// not `rt`) and, with `load`, a common domain running the load with `threads` workers each.
+fn profile(base: &Path, rt: bool, rt_cpu: u32, probe: &[String], load: Option<usize>) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut p = format!(
+        "name = \"rtbench\"\nbase = {:?}\n",
+        base.display().to_string()
+    );
+    if rt {
+        p += &format!(
+            "[[domain]]\nname = \"probe\"\nrole = \"realtime\"\ncpus = \"{rt_cpu}\"\ncommand = [{}]\nrealtime = {{ policy = \"fifo\", priority = {PRIORITY}, budget = \"{BUDGET}\" }}\n",
+            list(probe)
+        );
+    } else {
+        p += &format!(
+            "[[domain]]\nname = \"probe\"\nrole = \"common\"\ncommand = [{}]\n",
+            list(probe)
+        );
+    }
+    if let Some(t) = load {
+        p += &format!(
+            "[[domain]]\nname = \"load\"\nrole = \"common\"\ncommand = [\"/bin/cellvisor-agent\", \"load\", \"all\", \"--threads\", \"{t}\"]\n"
+        );
+    }
+    p
+}
+
+/// The load domain's CPU time on `cpu`, ns (v1 cpuacct).
+fn cpu_time_on(be: &ContainerBackend, cpu: u32) -> Option<u64> {
+    let id = be.container_id("load");
+    let f = format!("/sys/fs/cgroup/cpuacct/cellvisor/{id}/cpuacct.usage_percpu");
+    crate::host::read(Path::new(&f))
+        .split_whitespace()
+        .nth(cpu as usize)?
+        .parse()
+        .ok()
+}
+
+/// What a probe said: its policy, samples, histogram ([µs, samples]) and maximum (µs).
+type Probed = (String, u64, Vec<(u64, u64)>, f64);
+
+/// A probe's JSON line (`rt-probe`), or cyclictest's histogram (`-h`).
+fn parse_probe(out: &str) -> Option<Probed> {
+    if let Some(line) = out.lines().find(|l| l.starts_with("{\"rt\"")) {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let rt = &v["rt"];
+        let hist = rt["hist"]
+            .as_array()?
+            .iter()
+            .filter_map(|b| Some((b[0].as_u64()?, b[1].as_u64()?)))
+            .collect();
+        return Some((
+            rt["policy"].as_str()?.to_string(),
+            rt["samples"].as_u64()?,
+            hist,
+            rt["max_us"].as_f64()?,
+        ));
+    }
+    // cyclictest -q -h N: "000012 000345" per µs, then "# Max Latencies: 00123".
+    let mut hist = Vec::new();
+    let mut max = None;
+    for l in out.lines() {
+        if let Some(m) = l.strip_prefix("# Max Latencies:") {
+            max = m
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok());
+            continue;
+        }
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let [us, n] = f[..] {
+            if let (Ok(us), Ok(n)) = (us.parse::<u64>(), n.parse::<u64>()) {
+                if n > 0 {
+                    hist.push((us, n));
+                }
+            }
+        }
+    }
+    let samples = hist.iter().map(|b| b.1).sum();
+    (samples > 0).then(|| {
+        (
+            "SCHED_FIFO (cyclictest -p)".to_string(),
+            samples,
+            hist,
+            max.unwrap_or(0.0),
+        )
+    })
+}
+
+/// The latency below which a `q` share of the samples fall, µs.
+fn quantile(hist: &[(u64, u64)], samples: u64, q: f64) -> u64 {
+    let want = ((q * samples as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for &(us, n) in hist {
+        seen += n;
+        if seen >= want {
+            return us;
+        }
+    }
+    hist.last().map_or(0, |b| b.0)
+}
+
+fn variant(
+    name: &'static str,
+    what: &'static str,
+    out: &str,
+    steal_pct: f64,
+    load_ms_on_rt_core: Option<f64>,
+) -> Result<Variant> {
+    let (policy, samples, hist, max_us) = parse_probe(out).ok_or_else(|| {
+        Error::Msg(format!(
+            "{name}: no figures from the probe: {}",
+            out.lines().last().unwrap_or("")
+        ))
+    })?;
+    Ok(Variant {
+        name,
+        what,
+        policy,
+        samples,
+        p50_us: quantile(&hist, samples, 0.5),
+        p99_us: quantile(&hist, samples, 0.99),
+        p999_us: quantile(&hist, samples, 0.999),
+        max_us,
+        steal_pct,
+        load_ms_on_rt_core,
+        hist,
+    })
+}
+
+/// A device of the benchmark, up: its domains on `be`.
+struct Device<'a> {
+    be: &'a ContainerBackend,
+    names: Vec<String>,
+}
+
+impl Drop for Device<'_> {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = self.be.destroy(n);
+        }
+    }
+}
+
+impl<'a> Device<'a> {
+    /// Bring up `text`'s domains, the load first; the probe starts last.
+    fn up(be: &'a ContainerBackend, text: &str, base: &Path) -> Result<Device<'a>> {
+        let p = domain::profile::parse_on(
+            text,
+            "rtbench.toml",
+            Path::new("/"),
+            &container::cgroups::rt::host(),
+        )
+        .map_err(|e| Error::Msg(format!("the benchmark's profile: {e}")))?;
+        let mut dev = Device {
+            be,
+            names: Vec::new(),
+        };
+        let o = UpOpts {
+            base: Some(base),
+            ..UpOpts::default()
+        };
+        let mut order: Vec<&domain::Domain> = p.domains.iter().collect();
+        order.sort_by_key(|d| d.name == "probe");
+        for d in order {
+            dev.names.push(d.name.clone());
+            be.up(d, &o)?;
+            if d.name == "load" {
+                // The load at full tilt before the probe's first wake-up.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Wait for the probe to end; its output.
+    fn probe_output(&self, deadline: Duration) -> Result<String> {
+        let end = Instant::now() + deadline;
+        while self.be.status("probe")? != DomainStatus::Stopped {
+            if Instant::now() > end {
+                return Err(Error::Msg("the probe did not finish in time".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self.be.log_path("probe").unwrap_or_default();
+        Ok(crate::host::read(&log))
+    }
+}
+
+/// Run the benchmark in `work` with the in-domain `agent` (and cyclictest when installed);
+/// `progress` hears each variant as it starts.
+pub fn run(
+    plan: &Plan,
+    agent: &Path,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    let host = container::cgroups::rt::host();
+    let cpus = host.cpus.clone().unwrap_or_default();
+    if cpus.len() < 2 {
+        return Err(Error::Msg(
+            "bench rt needs two CPUs at least: one for the realtime domain, one for the rest"
+                .into(),
+        ));
+    }
+    let rt_cpu = *cpus.last().unwrap_or(&1);
+    let base = work.join("base");
+    crate::rootfs::busybox(&base)?;
+    io(
+        std::fs::copy(agent, base.join("bin/cellvisor-agent")),
+        || format!("copying {}", agent.display()),
+    )?;
+    let cyclictest = crate::rootfs::install_program(&base, "cyclictest")?;
+    let be = ContainerBackend::new(&work.join("state"), &format!("cvrt{}", std::process::id()));
+    let samples = plan.samples.to_string();
+    let interval = plan.interval_us.to_string();
+    let probe: Vec<String> = [
+        "/bin/cellvisor-agent",
+        "rt-probe",
+        "--samples",
+        &samples,
+        "--interval-us",
+        &interval,
+    ]
+    .map(String::from)
+    .to_vec();
+    // Long enough for every wake-up, late ones too.
+    let deadline =
+        Duration::from_micros(plan.samples * plan.interval_us * 3) + Duration::from_secs(60);
+    let threads = cpus.len();
+    let mut variants = Vec::new();
+    let mut failed = Vec::new();
+    let mut measure = |name: &'static str,
+                       what: &'static str,
+                       run: &mut dyn FnMut() -> Result<(String, Option<f64>)>|
+     -> Result<()> {
+        progress(&format!("{name}: {what}"));
+        let s0 = steal_jiffies();
+        let r = run();
+        let s1 = steal_jiffies();
+        let steal = 100.0 * (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64;
+        match r.and_then(|(out, on_rt)| variant(name, what, &out, steal, on_rt)) {
+            Ok(v) => variants.push(v),
+            Err(e) if name == "native" || name == "cyclictest" => {
+                failed.push((name.to_string(), domain::chain(&e)))
+            }
+            Err(e) => return Err(e.within(name)),
+        }
+        Ok(())
+    };
+    measure("unloaded", "the realtime domain alone", &mut || {
+        let dev = Device::up(&be, &profile(&base, true, rt_cpu, &probe, None), &base)?;
+        Ok((dev.probe_output(deadline)?, None))
+    })?;
+    measure(
+        "loaded",
+        "the realtime domain, the other domain loading its cores",
+        &mut || {
+            let dev = Device::up(
+                &be,
+                &profile(&base, true, rt_cpu, &probe, Some(threads)),
+                &base,
+            )?;
+            let t0 = cpu_time_on(&be, rt_cpu);
+            let out = dev.probe_output(deadline)?;
+            let t1 = cpu_time_on(&be, rt_cpu);
+            let on_rt = t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
+            Ok((out, on_rt))
+        },
+    )?;
+    measure(
+        "control",
+        "the probe in a common domain, the load on every core",
+        &mut || {
+            let dev = Device::up(
+                &be,
+                &profile(&base, false, rt_cpu, &probe, Some(threads)),
+                &base,
+            )?;
+            Ok((dev.probe_output(deadline)?, None))
+        },
+    )?;
+    measure(
+        "native",
+        "the probe as a host process, SCHED_FIFO on the realtime core, the same load",
+        &mut || {
+            // The device as in `loaded`, its realtime domain asleep; the probe on the host.
+            let sleep = ["/bin/sleep".to_string(), "1000000".into()];
+            let text = profile(&base, true, rt_cpu, &sleep, Some(threads));
+            let _dev = Device::up(&be, &text, &base)?;
+            let out = io(
+                std::process::Command::new(base.join("bin/cellvisor-agent"))
+                    .args([
+                        "rt-probe",
+                        "--samples",
+                        &samples,
+                        "--interval-us",
+                        &interval,
+                    ])
+                    .args([
+                        "--fifo",
+                        &PRIORITY.to_string(),
+                        "--cpu",
+                        &rt_cpu.to_string(),
+                    ])
+                    .output(),
+                || "running the native probe".into(),
+            )?;
+            if !out.status.success() {
+                return Err(Error::Msg(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
+            }
+            Ok((String::from_utf8_lossy(&out.stdout).into_owned(), None))
+        },
+    )?;
+    match &cyclictest {
+        Some(prog) => measure(
+            "cyclictest",
+            "rt-tests' cyclictest in the realtime domain, the same load",
+            &mut || {
+                let cmd: Vec<String> = [
+                    prog.as_str(),
+                    "-q",
+                    "-m",
+                    "-t",
+                    "1",
+                    "-p",
+                    &PRIORITY.to_string(),
+                    "-i",
+                    &interval,
+                    "-l",
+                    &samples,
+                    "-h",
+                    "20000",
+                ]
+                .map(String::from)
+                .to_vec();
+                let dev = Device::up(
+                    &be,
+                    &profile(&base, true, rt_cpu, &cmd, Some(threads)),
+                    &base,
+                )?;
+                Ok((dev.probe_output(deadline)?, None))
+            },
+        )?,
+        None => failed.push((
+            "cyclictest".into(),
+            "not installed (apt-get install rt-tests)".into(),
+        )),
+    }
+    let p99 = |n: &str| {
+        variants
+            .iter()
+            .find(|v| v.name == n)
+            .map(|v| v.p99_us.max(1) as f64)
+    };
+    Ok(Report {
+        benchmark: "real-time wake-up latency under load",
+        interval_us: plan.interval_us,
+        rt_cpu,
+        host: crate::host::facts(),
+        loaded_over_unloaded_p99: p99("loaded").zip(p99("unloaded")).map(|(a, b)| a / b),
+        loaded_over_control_p99: p99("loaded").zip(p99("control")).map(|(a, b)| a / b),
+        variants,
+        failed,
+    })
+}
+
+/// The terminal table.
+pub fn table(r: &Report) -> String {
+    let mut s = format!(
+        "{} — {} µs interval, realtime core {}; latency = wake-up − asked, µs\n",
+        r.benchmark, r.interval_us, r.rt_cpu
+    );
+    s += &format!(
+        "{:<11} {:>8} {:>7} {:>7} {:>8} {:>9} {:>7} {:>10}  {}\n",
+        "variant", "samples", "p50", "p99", "p99.9", "max", "steal%", "load@rt ms", "policy"
+    );
+    for v in &r.variants {
+        s += &format!(
+            "{:<11} {:>8} {:>7} {:>7} {:>8} {:>9.1} {:>7.2} {:>10}  {}\n",
+            v.name,
+            v.samples,
+            v.p50_us,
+            v.p99_us,
+            v.p999_us,
+            v.max_us,
+            v.steal_pct,
+            v.load_ms_on_rt_core
+                .map_or("-".into(), |m| format!("{m:.1}")),
+            v.policy
+        );
+    }
+    if let Some(x) = r.loaded_over_unloaded_p99 {
+        s += &format!("loaded p99 / unloaded p99: {x:.2}\n");
+    }
+    if let Some(x) = r.loaded_over_control_p99 {
+        s += &format!("loaded p99 / control p99: {x:.3}\n");
+    }
+    for (n, e) in &r.failed {
+        s += &format!("could not run {n}: {e}\n");
+    }
+    s
+}
+
+/// The histograms as an SVG plot (samples per µs, log scale), into `dir`/rt-latency.svg.
+pub fn plot(r: &Report, dir: &Path) -> Result<PathBuf> {
+    let p = dir.join("rt-latency.svg");
+    let series: Vec<(String, Vec<(f64, f64)>)> = r
+        .variants
+        .iter()
+        .map(|v| {
+            (
+                v.name.to_string(),
+                v.hist
+                    .iter()
+                    .map(|&(us, n)| (us as f64, n as f64))
+                    .collect(),
+            )
+        })
+        .collect();
+    crate::plot::histograms(
+        "Wake-up latency (samples per µs)",
+        "latency, µs",
+        &series,
+        &p,
+    )?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_and_cyclictest_parse() {
+        let (policy, n, hist, max) = parse_probe(
+            "noise\n{\"rt\":{\"samples\":3,\"interval_us\":1000,\"policy\":\"SCHED_FIFO 80\",\"p50_us\":2,\"p99_us\":9,\"p999_us\":9,\"max_us\":9.5,\"hist\":[[2,2],[9,1]]}}\n",
+        )
+        .unwrap();
+        assert_eq!((policy.as_str(), n, max), ("SCHED_FIFO 80", 3, 9.5));
+        assert_eq!(quantile(&hist, n, 0.5), 2);
+        assert_eq!(quantile(&hist, n, 0.99), 9);
+        let (_, n, hist, max) = parse_probe(
+            "# /dev/cpu_dma_latency set to 0us\n000000 000000\n000003 000090\n000004 000009\n000050 000001\n# Total: 000000100\n# Min Latencies: 00003\n# Max Latencies: 00050\n",
+        )
+        .unwrap();
+        assert_eq!((n, max), (100, 50.0));
+        assert_eq!(quantile(&hist, n, 0.5), 3);
+        assert_eq!(quantile(&hist, n, 0.995), 50);
+        assert!(parse_probe("nothing here").is_none());
+    }
+
+    #[test]
+    fn the_devices_profile_places_the_load_off_the_realtime_core() {
+        let probe = ["/bin/cellvisor-agent".to_string(), "rt-probe".into()];
+        let text = profile(Path::new("/base"), true, 1, &probe, Some(2));
+        let host = domain::profile::Host {
+            cpus: Some(vec![0, 1]),
+            ..Default::default()
+        };
+        let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
+        assert!(p.domain("probe").unwrap().realtime.is_some());
+        assert_eq!(p.domain("load").unwrap().cpus.as_deref(), Some("0"));
+        let text = profile(Path::new("/base"), false, 1, &probe, Some(2));
+        let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
+        assert_eq!(p.domain("load").unwrap().cpus, None);
+        assert_eq!(p.domain("probe").unwrap().realtime, None);
+    }
+}
