@@ -239,10 +239,13 @@ fn variant(
     })
 }
 
-/// A device of the benchmark, up: its domains on `be`.
+/// A device of the benchmark, up: its domains on `be`; with a realtime domain, the host
+/// placed as cellvisord places it (this process and the interrupts off its core; their
+/// record in `state`).
 struct Device<'a> {
     be: &'a ContainerBackend,
     names: Vec<String>,
+    placed: Option<PathBuf>,
 }
 
 impl Drop for Device<'_> {
@@ -250,12 +253,15 @@ impl Drop for Device<'_> {
         for n in &self.names {
             let _ = self.be.destroy(n);
         }
+        if let Some(state) = &self.placed {
+            daemon::placement::restore(state);
+        }
     }
 }
 
 impl<'a> Device<'a> {
     /// Bring up `text`'s domains, the load first; the probe starts last.
-    fn up(be: &'a ContainerBackend, text: &str, base: &Path) -> Result<Device<'a>> {
+    fn up(be: &'a ContainerBackend, text: &str, base: &Path, state: &Path) -> Result<Device<'a>> {
         let p = domain::profile::parse_on(
             text,
             "rtbench.toml",
@@ -266,7 +272,19 @@ impl<'a> Device<'a> {
         let mut dev = Device {
             be,
             names: Vec::new(),
+            placed: None,
         };
+        if !daemon::placement::owned_cores(&p).is_empty() {
+            dev.placed = Some(state.to_path_buf());
+            daemon::placement::keep_off(&p, state).map_err(Error::Msg)?;
+        } else {
+            // Everywhere again (a realtime device before kept this process off a core).
+            let mut all = nix::sched::CpuSet::new();
+            for c in container::cgroups::rt::host().cpus.unwrap_or_default() {
+                let _ = all.set(c as usize);
+            }
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+        }
         let o = UpOpts {
             base: Some(base),
             ..UpOpts::default()
@@ -322,7 +340,8 @@ pub fn run(
         || format!("copying {}", agent.display()),
     )?;
     let cyclictest = crate::rootfs::install_program(&base, "cyclictest")?;
-    let be = ContainerBackend::new(&work.join("state"), &format!("cvrt{}", std::process::id()));
+    let state = work.join("state");
+    let be = ContainerBackend::new(&state, &format!("cvrt{}", std::process::id()));
     let samples = plan.samples.to_string();
     let interval = plan.interval_us.to_string();
     let probe: Vec<String> = [
@@ -360,7 +379,12 @@ pub fn run(
         Ok(())
     };
     measure("unloaded", "the realtime domain alone", &mut || {
-        let dev = Device::up(&be, &profile(&base, true, rt_cpu, &probe, None), &base)?;
+        let dev = Device::up(
+            &be,
+            &profile(&base, true, rt_cpu, &probe, None),
+            &base,
+            &state,
+        )?;
         Ok((dev.probe_output(deadline)?, None))
     })?;
     measure(
@@ -371,6 +395,7 @@ pub fn run(
                 &be,
                 &profile(&base, true, rt_cpu, &probe, Some(threads)),
                 &base,
+                &state,
             )?;
             let t0 = cpu_time_on(&be, rt_cpu);
             let out = dev.probe_output(deadline)?;
@@ -387,6 +412,7 @@ pub fn run(
                 &be,
                 &profile(&base, false, rt_cpu, &probe, Some(threads)),
                 &base,
+                &state,
             )?;
             Ok((dev.probe_output(deadline)?, None))
         },
@@ -398,7 +424,7 @@ pub fn run(
             // The device as in `loaded`, its realtime domain asleep; the probe on the host.
             let sleep = ["/bin/sleep".to_string(), "1000000".into()];
             let text = profile(&base, true, rt_cpu, &sleep, Some(threads));
-            let _dev = Device::up(&be, &text, &base)?;
+            let _dev = Device::up(&be, &text, &base, &state)?;
             let out = io(
                 std::process::Command::new(base.join("bin/cellvisor-agent"))
                     .args([
@@ -451,6 +477,7 @@ pub fn run(
                     &be,
                     &profile(&base, true, rt_cpu, &cmd, Some(threads)),
                     &base,
+                    &state,
                 )?;
                 Ok((dev.probe_output(deadline)?, None))
             },

@@ -6,5 +6,6 @@
 
 pub mod backends;
 pub mod client;
+pub mod placement;
 pub mod platform;
 pub mod server;

@@ -449,37 +449,6 @@ fn bind_ports(s: &Shared) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The daemon, and every domain start it forks, runs on the CPUs no realtime domain owns
-/// (a domain's own cpuset then places it).
-fn keep_off_realtime_cores(p: &domain::Profile) -> Result<(), String> {
-    let owned: Vec<u32> = p
-        .domains
-        .iter()
-        .filter(|d| d.realtime.is_some())
-        .filter_map(|d| d.cpus.as_deref())
-        .flat_map(domain::profile::cpu_list)
-        .collect();
-    if owned.is_empty() {
-        return Ok(());
-    }
-    let mut set = nix::sched::CpuSet::new();
-    let mut any = false;
-    for c in domain::profile::cpu_list(
-        std::fs::read_to_string("/sys/devices/system/cpu/online")
-            .unwrap_or_default()
-            .trim(),
-    ) {
-        if !owned.contains(&c) && set.set(c as usize).is_ok() {
-            any = true;
-        }
-    }
-    if !any {
-        return Err("the realtime domains own every CPU: no core left for the daemon".into());
-    }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| format!("keeping off the realtime domains' cores: {e}"))
-}
-
 /// Hold `<state>/lock` for the daemon's life: one daemon per state directory.
 fn take_lock(dir: &Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
@@ -528,6 +497,8 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
             .unwrap_or(true)
     };
     if empty("oci") && empty("domains") {
+        // Nothing up: the interrupts go back where they were.
+        crate::placement::restore(&cfg.state_dir);
         let _ = std::fs::remove_dir_all(&cfg.state_dir);
     }
     drop(lock_file);
@@ -547,7 +518,28 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
         ContainerBackend::new(&cfg.state_dir, &cfg.prefix),
         MicrovmBackend::new(ContainerBackend::new(&cfg.state_dir, &cfg.prefix), vmm),
     );
-    keep_off_realtime_cores(&cfg.profile)?;
+    let moved = crate::placement::keep_off(&cfg.profile, &cfg.state_dir)?;
+    if moved.moved > 0 || !moved.refused.is_empty() {
+        let refused: Vec<&str> = moved
+            .refused
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !r.is_empty())
+            .collect();
+        eprintln!(
+            "cellvisord: {} interrupts moved off the realtime cores{}",
+            moved.moved,
+            if moved.refused.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} could not be ({})",
+                    moved.refused.len(),
+                    refused.join(", ")
+                )
+            }
+        );
+    }
     let profile = cfg.profile.clone();
     let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())
         .map_err(|e| e.to_string())?;

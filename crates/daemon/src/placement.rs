@@ -1,0 +1,158 @@
+//! The host's side of the realtime domains' cores: the daemon (and every domain start it
+//! forks) runs off them, and so do the device's interrupts, where /proc/irq lets them be
+//! moved. What was moved is kept in `<state>/irq.json` (a restarted daemon keeps the first
+//! record) and put back when the daemon ends with nothing up.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use domain::profile::{cpu_list, cpu_list_string};
+use domain::Profile;
+
+/// The cores the profile's realtime domains own.
+pub fn owned_cores(p: &Profile) -> Vec<u32> {
+    let mut owned: Vec<u32> = p
+        .domains
+        .iter()
+        .filter(|d| d.realtime.is_some())
+        .filter_map(|d| d.cpus.as_deref())
+        .flat_map(cpu_list)
+        .collect();
+    owned.sort_unstable();
+    owned.dedup();
+    owned
+}
+
+/// Where an interrupt now on `current` goes: off the `owned` cores, onto what is left of its
+/// own (or, when nothing is, onto the `online` cores no realtime domain owns). None when it
+/// is off them already.
+pub fn irq_target(current: &[u32], owned: &[u32], online: &[u32]) -> Option<Vec<u32>> {
+    if !current.iter().any(|c| owned.contains(c)) {
+        return None;
+    }
+    let keep: Vec<u32> = current
+        .iter()
+        .copied()
+        .filter(|c| !owned.contains(c))
+        .collect();
+    if !keep.is_empty() {
+        return Some(keep);
+    }
+    let rest: Vec<u32> = online
+        .iter()
+        .copied()
+        .filter(|c| !owned.contains(c))
+        .collect();
+    (!rest.is_empty()).then_some(rest)
+}
+
+/// What [`keep_off`] did with the interrupts.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub moved: usize,
+    /// Interrupts that stay where they were, and why (the first few).
+    pub refused: Vec<String>,
+}
+
+fn online() -> Vec<u32> {
+    cpu_list(
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap_or_default()
+            .trim(),
+    )
+}
+
+/// Keep the daemon and the interrupts off the realtime domains' cores of `p`; `state` keeps
+/// the interrupts' first affinities for [`restore`].
+pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
+    let owned = owned_cores(p);
+    if owned.is_empty() {
+        return Ok(Moved::default());
+    }
+    let online = online();
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for c in online.iter().filter(|c| !owned.contains(c)) {
+        any |= set.set(*c as usize).is_ok();
+    }
+    if !any {
+        return Err("the realtime domains own every CPU: no core left for the daemon".into());
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("keeping off the realtime domains' cores: {e}"))?;
+    let record = state.join("irq.json");
+    let mut saved: BTreeMap<String, String> = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    // Where each interrupt is and goes; the record of where they were written before any moves.
+    let mut moves = Vec::new();
+    let irqs = std::fs::read_dir("/proc/irq")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for e in irqs.filter(|e| e.path().is_dir()) {
+        let file = e.path().join("smp_affinity_list");
+        let Ok(now) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if let Some(to) = irq_target(&cpu_list(now.trim()), &owned, &online) {
+            let irq = e.file_name().to_string_lossy().into_owned();
+            saved
+                .entry(irq.clone())
+                .or_insert_with(|| now.trim().to_string());
+            moves.push((irq, file, to));
+        }
+    }
+    if !moves.is_empty() {
+        std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let data = serde_json::to_vec(&saved).unwrap_or_default();
+        container::util::write_atomic(&record, &data).map_err(|e| domain::chain(&e))?;
+    }
+    let mut out = Moved::default();
+    for (irq, file, to) in moves {
+        match std::fs::write(&file, cpu_list_string(&to)) {
+            Ok(()) => out.moved += 1,
+            Err(err) if out.refused.len() < 3 => out.refused.push(format!("irq {irq}: {err}")),
+            Err(_) => out.refused.push(String::new()),
+        }
+    }
+    Ok(out)
+}
+
+/// Put the interrupts [`keep_off`] moved back where they were.
+pub fn restore(state: &Path) {
+    let record = state.join("irq.json");
+    let saved: BTreeMap<String, String> = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for (irq, was) in saved {
+        let _ = std::fs::write(
+            Path::new("/proc/irq").join(irq).join("smp_affinity_list"),
+            was,
+        );
+    }
+    let _ = std::fs::remove_file(record);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupts_leave_the_realtime_cores() {
+        let online = [0, 1, 2, 3];
+        // Off the owned core, onto what is left of its own.
+        assert_eq!(
+            irq_target(&[0, 1, 2, 3], &[3], &online),
+            Some(vec![0, 1, 2])
+        );
+        // Only on owned cores: onto every core no realtime domain owns.
+        assert_eq!(irq_target(&[3], &[2, 3], &online), Some(vec![0, 1]));
+        // Already off them: left alone.
+        assert_eq!(irq_target(&[0], &[3], &online), None);
+        // Nowhere else to go.
+        assert_eq!(irq_target(&[0], &[0], &[0]), None);
+    }
+}
