@@ -1,10 +1,13 @@
 //! The host's side of the realtime domains' cores: the daemon (and every domain start it
 //! forks) runs off them, and so do the device's interrupts, where /proc/irq lets them be
-//! moved. What was moved is kept in `<state>/irq.json` (a restarted daemon keeps the first
-//! record) and put back when the daemon ends with nothing up.
+//! moved; and the cores, idle, poll instead of halting (their per-CPU PM QoS resume latency
+//! set to none: the cpuidle governor's shallowest state, where a wake-up from a halted vCPU
+//! or a deep C-state costs tens of µs) — the price is power. Every file changed is kept with
+//! what it held in `<state>/placement.json` (a restarted daemon keeps the first record) and
+//! put back when the daemon ends with nothing up.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use domain::profile::{cpu_list, cpu_list_string};
 use domain::Profile;
@@ -46,7 +49,7 @@ pub fn irq_target(current: &[u32], owned: &[u32], online: &[u32]) -> Option<Vec<
     (!rest.is_empty()).then_some(rest)
 }
 
-/// What [`keep_off`] did with the interrupts.
+/// What [`keep_off`] did with the interrupts and the cores' idle.
 #[derive(Debug, Default)]
 pub struct Moved {
     pub moved: usize,
@@ -80,13 +83,14 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
     }
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
         .map_err(|e| format!("keeping off the realtime domains' cores: {e}"))?;
-    let record = state.join("irq.json");
+    let record = state.join(RECORD);
     let mut saved: BTreeMap<String, String> = std::fs::read(&record)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    // Where each interrupt is and goes; the record of where they were written before any moves.
-    let mut moves = Vec::new();
+    // What each file holds and is to hold; the record of what they held is written before
+    // any of them.
+    let mut moves: Vec<(String, PathBuf, String)> = Vec::new();
     let irqs = std::fs::read_dir("/proc/irq")
         .into_iter()
         .flatten()
@@ -97,11 +101,23 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
             continue;
         };
         if let Some(to) = irq_target(&cpu_list(now.trim()), &owned, &online) {
-            let irq = e.file_name().to_string_lossy().into_owned();
+            let what = format!("irq {}", e.file_name().to_string_lossy());
+            moves.push((what, file, cpu_list_string(&to)));
+        }
+    }
+    for c in &owned {
+        let file = PathBuf::from(format!(
+            "/sys/devices/system/cpu/cpu{c}/power/pm_qos_resume_latency_us"
+        ));
+        if file.exists() {
+            moves.push((format!("cpu {c}'s idle"), file, "n/a".into()));
+        }
+    }
+    for (_, file, _) in &moves {
+        if let Ok(now) = std::fs::read_to_string(file) {
             saved
-                .entry(irq.clone())
+                .entry(file.display().to_string())
                 .or_insert_with(|| now.trim().to_string());
-            moves.push((irq, file, to));
         }
     }
     if !moves.is_empty() {
@@ -110,28 +126,31 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
         container::util::write_atomic(&record, &data).map_err(|e| domain::chain(&e))?;
     }
     let mut out = Moved::default();
-    for (irq, file, to) in moves {
-        match std::fs::write(&file, cpu_list_string(&to)) {
+    for (what, file, to) in moves {
+        match std::fs::write(&file, to) {
             Ok(()) => out.moved += 1,
-            Err(err) if out.refused.len() < 3 => out.refused.push(format!("irq {irq}: {err}")),
+            Err(err) if out.refused.len() < 3 => out.refused.push(format!("{what}: {err}")),
             Err(_) => out.refused.push(String::new()),
         }
     }
     Ok(out)
 }
 
-/// Put the interrupts [`keep_off`] moved back where they were.
+/// The record of what [`keep_off`] changed, in the state directory.
+const RECORD: &str = "placement.json";
+
+/// Put back what [`keep_off`] changed.
 pub fn restore(state: &Path) {
-    let record = state.join("irq.json");
+    let record = state.join(RECORD);
     let saved: BTreeMap<String, String> = std::fs::read(&record)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    for (irq, was) in saved {
-        let _ = std::fs::write(
-            Path::new("/proc/irq").join(irq).join("smp_affinity_list"),
-            was,
-        );
+    for (file, was) in saved {
+        // Only the kind of files keep_off changes.
+        if file.starts_with("/proc/irq/") || file.starts_with("/sys/devices/system/cpu/") {
+            let _ = std::fs::write(&file, was);
+        }
     }
     let _ = std::fs::remove_file(record);
 }

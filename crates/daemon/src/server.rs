@@ -527,7 +527,7 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
             .filter(|r| !r.is_empty())
             .collect();
         eprintln!(
-            "cellvisord: {} interrupts moved off the realtime cores{}",
+            "cellvisord: {} interrupts and idle states moved for the realtime cores{}",
             moved.moved,
             if moved.refused.is_empty() {
                 String::new()
