@@ -1,10 +1,11 @@
 //! The host's side of the realtime domains' cores: the daemon (and every domain start it
 //! forks) runs off them, and so do the device's interrupts, where /proc/irq lets them be
-//! moved; and the cores, idle, poll instead of halting (their per-CPU PM QoS resume latency
-//! set to none: the cpuidle governor's shallowest state, where a wake-up from a halted vCPU
-//! or a deep C-state costs tens of µs) — the price is power. Every file changed is kept with
-//! what it held in `<state>/placement.json` (a restarted daemon keeps the first record) and
-//! put back when the daemon ends with nothing up.
+//! moved, and the kernel's unbound work (its workqueues' cpumask); and the cores, idle, poll
+//! instead of halting (their per-CPU PM QoS resume latency set to none: the cpuidle
+//! governor's shallowest state, where a wake-up from a halted vCPU or a deep C-state costs
+//! tens of µs) — the price is power. Every file changed is kept with what it held in
+//! `<state>/placement.json` (a restarted daemon keeps the first record) and put back when
+//! the daemon ends with nothing up.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,19 @@ pub fn irq_target(current: &[u32], owned: &[u32], online: &[u32]) -> Option<Vec<
         .filter(|c| !owned.contains(c))
         .collect();
     (!rest.is_empty()).then_some(rest)
+}
+
+/// CPUs as the kernel's hex cpumask: 32-bit words, most significant first, comma-separated.
+pub fn hex_mask(cpus: &[u32]) -> String {
+    let words = cpus.iter().map(|c| c / 32 + 1).max().unwrap_or(1) as usize;
+    let mut w = vec![0u32; words];
+    for c in cpus {
+        w[(c / 32) as usize] |= 1 << (c % 32);
+    }
+    let mut parts: Vec<String> = w.iter().rev().map(|x| format!("{x:08x}")).collect();
+    // The first word without its leading zeros.
+    parts[0] = format!("{:x}", w[words - 1]);
+    parts.join(",")
 }
 
 /// What [`keep_off`] did with the interrupts and the cores' idle.
@@ -113,6 +127,16 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
             moves.push((format!("cpu {c}'s idle"), file, "n/a".into()));
         }
     }
+    // Unbound kernel work (writeback, ...) on the other cores too.
+    let wq = PathBuf::from("/sys/devices/virtual/workqueue/cpumask");
+    let rest: Vec<u32> = online
+        .iter()
+        .copied()
+        .filter(|c| !owned.contains(c))
+        .collect();
+    if wq.exists() {
+        moves.push(("unbound workqueues".into(), wq, hex_mask(&rest)));
+    }
     for (_, file, _) in &moves {
         if let Ok(now) = std::fs::read_to_string(file) {
             saved
@@ -148,7 +172,10 @@ pub fn restore(state: &Path) {
         .unwrap_or_default();
     for (file, was) in saved {
         // Only the kind of files keep_off changes.
-        if file.starts_with("/proc/irq/") || file.starts_with("/sys/devices/system/cpu/") {
+        if file.starts_with("/proc/irq/")
+            || file.starts_with("/sys/devices/system/cpu/")
+            || file.starts_with("/sys/devices/virtual/workqueue/")
+        {
             let _ = std::fs::write(&file, was);
         }
     }
@@ -173,5 +200,12 @@ mod tests {
         assert_eq!(irq_target(&[0], &[3], &online), None);
         // Nowhere else to go.
         assert_eq!(irq_target(&[0], &[0], &[0]), None);
+    }
+
+    #[test]
+    fn cpumasks_in_the_kernels_hex() {
+        assert_eq!(hex_mask(&[0]), "1");
+        assert_eq!(hex_mask(&[0, 2, 3]), "d");
+        assert_eq!(hex_mask(&[0, 33]), "2,00000001");
     }
 }
