@@ -3,11 +3,12 @@
 //! moved, and the kernel's unbound work (its workqueues' cpumask); and the cores, idle, poll
 //! instead of halting (their per-CPU PM QoS resume latency set to none: the cpuidle
 //! governor's shallowest state, where a wake-up from a halted vCPU or a deep C-state costs
-//! tens of µs) — the price is power. Every file changed is kept with what it held in
-//! `<state>/placement.json` (a restarted daemon keeps the first record) and put back when
-//! the daemon ends with nothing up.
+//! tens of µs) — the price is power. Every file changed is kept with what it held in one
+//! record for the host (`/run/cellvisor-placement/record.json`, under a lock), with the state
+//! directories of the daemons that hold it; it is put back when the last of them ends with
+//! nothing up (a holder whose state directory is gone no longer counts).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use domain::profile::{cpu_list, cpu_list_string};
@@ -97,11 +98,6 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
     }
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
         .map_err(|e| format!("keeping off the realtime domains' cores: {e}"))?;
-    let record = state.join(RECORD);
-    let mut saved: BTreeMap<String, String> = std::fs::read(&record)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     // What each file holds and is to hold; the record of what they held is written before
     // any of them.
     let mut moves: Vec<(String, PathBuf, String)> = Vec::new();
@@ -137,18 +133,14 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
     if wq.exists() {
         moves.push(("unbound workqueues".into(), wq, hex_mask(&rest)));
     }
-    for (_, file, _) in &moves {
-        if let Ok(now) = std::fs::read_to_string(file) {
-            saved
-                .entry(file.display().to_string())
-                .or_insert_with(|| now.trim().to_string());
-        }
-    }
-    if !moves.is_empty() {
-        std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
-        let data = serde_json::to_vec(&saved).unwrap_or_default();
-        container::util::write_atomic(&record, &data).map_err(|e| domain::chain(&e))?;
-    }
+    let now: Vec<(String, String)> = moves
+        .iter()
+        .filter_map(|(_, f, _)| {
+            let v = std::fs::read_to_string(f).ok()?;
+            Some((f.display().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    with_record(|r| r.hold(&state.display().to_string(), now))?;
     let mut out = Moved::default();
     for (what, file, to) in moves {
         match std::fs::write(&file, to) {
@@ -160,17 +152,65 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
     Ok(out)
 }
 
-/// The record of what [`keep_off`] changed, in the state directory.
-const RECORD: &str = "placement.json";
+/// What the placement changed on this host, and who holds it.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// The state directories of the daemons (and benchmarks) that placed the host.
+    pub holders: BTreeSet<String>,
+    /// Each file changed and what it held before the first holder.
+    pub saved: BTreeMap<String, String>,
+}
 
-/// Put back what [`keep_off`] changed.
-pub fn restore(state: &Path) {
-    let record = state.join(RECORD);
-    let saved: BTreeMap<String, String> = std::fs::read(&record)
+impl Record {
+    /// `holder` places the host; `now` is what the files it changes hold (kept for those not
+    /// kept already: an earlier holder's change is not taken for the original).
+    pub fn hold(&mut self, holder: &str, now: Vec<(String, String)>) {
+        self.holders.insert(holder.to_string());
+        for (f, v) in now {
+            self.saved.entry(f).or_insert(v);
+        }
+    }
+
+    /// `holder` is done (and so is every holder `alive` says is gone): when nobody holds the
+    /// record any more, what to write back.
+    pub fn release(&mut self, holder: &str, alive: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        self.holders.remove(holder);
+        self.holders.retain(|h| alive(h));
+        if !self.holders.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.saved).into_iter().collect()
+    }
+}
+
+/// The host's record of what the placement changed.
+const RECORD_DIR: &str = "/run/cellvisor-placement";
+
+/// Run `f` on the host's record, under its lock; the record saved after (removed when empty).
+fn with_record<T>(f: impl FnOnce(&mut Record) -> T) -> Result<T, String> {
+    let dir = Path::new(RECORD_DIR);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _lock = container::cgroups::rt::lock(dir).map_err(|e| domain::chain(&e))?;
+    let file = dir.join("record.json");
+    let mut r: Record = std::fs::read(&file)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    for (file, was) in saved {
+    let out = f(&mut r);
+    if r == Record::default() {
+        let _ = std::fs::remove_file(&file);
+    } else {
+        let data = serde_json::to_vec(&r).unwrap_or_default();
+        container::util::write_atomic(&file, &data).map_err(|e| domain::chain(&e))?;
+    }
+    Ok(out)
+}
+
+/// `state`'s holder is done: when it was the last, put back what [`keep_off`] changed.
+pub fn restore(state: &Path) {
+    let back = with_record(|r| r.release(&state.display().to_string(), |h| Path::new(h).exists()))
+        .unwrap_or_default();
+    for (file, was) in back {
         // Only the kind of files keep_off changes.
         if file.starts_with("/proc/irq/")
             || file.starts_with("/sys/devices/system/cpu/")
@@ -179,7 +219,6 @@ pub fn restore(state: &Path) {
             let _ = std::fs::write(&file, was);
         }
     }
-    let _ = std::fs::remove_file(record);
 }
 
 #[cfg(test)]
@@ -200,6 +239,31 @@ mod tests {
         assert_eq!(irq_target(&[0], &[3], &online), None);
         // Nowhere else to go.
         assert_eq!(irq_target(&[0], &[0], &[0]), None);
+    }
+
+    #[test]
+    fn the_last_holder_puts_the_host_back() {
+        let mut r = Record::default();
+        r.hold("/a", vec![("/wq".into(), "3".into())]);
+        // A second holder sees the first one's change: not taken for the original.
+        r.hold(
+            "/b",
+            vec![("/wq".into(), "1".into()), ("/irq".into(), "0-1".into())],
+        );
+        assert!(r.release("/a", |_| true).is_empty());
+        let back = r.release("/b", |_| true);
+        assert_eq!(
+            back,
+            [
+                ("/irq".to_string(), "0-1".to_string()),
+                ("/wq".into(), "3".into())
+            ]
+        );
+        assert_eq!(r, Record::default());
+        // A holder that died without letting go no longer counts.
+        r.hold("/gone", vec![("/wq".into(), "3".into())]);
+        r.hold("/c", vec![]);
+        assert_eq!(r.release("/c", |h| h != "/gone").len(), 1);
     }
 
     #[test]
