@@ -27,15 +27,8 @@ pub struct Probe {
 impl Probe {
     /// The latency below which a `q` share of the samples fall, µs.
     pub fn quantile_us(&self, q: f64) -> u64 {
-        let want = (q * self.samples as f64).ceil() as u64;
-        let mut seen = 0;
-        for (us, n) in self.hist.iter().enumerate() {
-            seen += n;
-            if seen >= want.max(1) {
-                return us as u64;
-            }
-        }
-        self.max_ns / 1000
+        let buckets = self.hist.iter().enumerate().map(|(us, n)| (us as u64, *n));
+        quantile(buckets, self.samples, q).unwrap_or(self.max_ns / 1000)
     }
 
     /// One JSON line: the figures and the non-empty buckets as [µs, count].
@@ -59,6 +52,21 @@ impl Probe {
             buckets.join(",")
         )
     }
+}
+
+/// The µs below which a `q` share of `samples` fall, from (µs, samples) buckets in order
+/// (none when the buckets hold fewer).
+pub fn quantile(
+    buckets: impl IntoIterator<Item = (u64, u64)>,
+    samples: u64,
+    q: f64,
+) -> Option<u64> {
+    let want = ((q * samples as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    buckets.into_iter().find_map(|(us, n)| {
+        seen += n;
+        (seen >= want).then_some(us)
+    })
 }
 
 fn now_ns() -> u64 {

@@ -11,17 +11,22 @@ pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// (busy, total) jiffies of all CPUs.
-pub fn cpu_jiffies() -> (u64, u64) {
-    let stat = read(Path::new("/proc/stat"));
-    let v: Vec<u64> = stat
+/// The jiffies of all CPUs, as /proc/stat's first line lists them (user, nice, system, idle,
+/// iowait, irq, softirq, steal, ...).
+pub fn cpu_stat() -> Vec<u64> {
+    read(Path::new("/proc/stat"))
         .lines()
         .next()
         .unwrap_or("")
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
-        .collect();
+        .collect()
+}
+
+/// (busy, total) jiffies of all CPUs.
+pub fn cpu_jiffies() -> (u64, u64) {
+    let v = cpu_stat();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total - idle, total)
@@ -35,17 +40,33 @@ pub fn cpu_use(d: Duration) -> f64 {
     100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64
 }
 
-/// MemTotal − MemAvailable, KiB.
-pub fn host_used_kib() -> f64 {
+/// The /proc/meminfo fields `keys` (like `MemTotal:`), KiB each (0 when absent).
+fn meminfo_kib<const N: usize>(keys: [&str; N]) -> [f64; N] {
     let info = read(Path::new("/proc/meminfo"));
-    let field = |k: &str| {
+    keys.map(|k| {
         info.lines()
             .find(|l| l.starts_with(k))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
-    };
-    field("MemTotal:") - field("MemAvailable:")
+    })
+}
+
+/// MemTotal − MemAvailable, KiB.
+pub fn host_used_kib() -> f64 {
+    let [total, avail] = meminfo_kib(["MemTotal:", "MemAvailable:"]);
+    total - avail
+}
+
+/// `name` on PATH or in the system directories.
+pub fn program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
 }
 
 /// The proportional set size of process `pid`, KiB.
@@ -108,11 +129,7 @@ pub fn du_kib(p: &Path) -> f64 {
 
 /// MemAvailable, KiB.
 pub fn mem_available_kib() -> f64 {
-    let info = read(Path::new("/proc/meminfo"));
-    info.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0)
+    meminfo_kib(["MemAvailable:"])[0]
 }
 
 /// A process's PSS, and the resident part of its mappings of exactly `size_kib` (a VMM's

@@ -168,6 +168,25 @@ pub fn rows(backends: &[Backend], runs: &[Run]) -> Vec<Row> {
         .collect()
 }
 
+/// Write `v` as pretty JSON into `dir/name` (the directory made if need be); the file.
+pub fn write_json(
+    dir: &std::path::Path,
+    name: &str,
+    v: &impl Serialize,
+) -> crate::Result<std::path::PathBuf> {
+    crate::io(std::fs::create_dir_all(dir), || {
+        format!("creating {}", dir.display())
+    })?;
+    let p = dir.join(name);
+    let text = crate::json(serde_json::to_string_pretty(v), || {
+        format!("the report {name}")
+    })?;
+    crate::io(std::fs::write(&p, text), || {
+        format!("writing {}", p.display())
+    })?;
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

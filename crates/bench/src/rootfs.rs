@@ -88,16 +88,7 @@ pub fn install_app(rootfs: &Path, app: &Path) -> Result<()> {
     })?;
     let mut files = vec![PathBuf::from("/app/cellvisor-app")];
     for lib in libraries(app)? {
-        let rel = lib.strip_prefix("/").unwrap_or(&lib);
-        let dst = rootfs.join(rel);
-        if let Some(d) = dst.parent() {
-            io(std::fs::create_dir_all(d), || {
-                format!("creating {}", d.display())
-            })?;
-        }
-        io(std::fs::copy(&lib, &dst), || {
-            format!("copying {}", lib.display())
-        })?;
+        copy_into(rootfs, &lib)?;
         files.push(lib);
     }
     let mut assets = vec![0u8; 32 << 20];
@@ -118,28 +109,28 @@ pub fn install_app(rootfs: &Path, app: &Path) -> Result<()> {
     })
 }
 
-/// Program `name` from the host's PATH (or /usr/sbin, /sbin), with the libraries it loads,
-/// copied into `rootfs` at the same paths: where it is there, or None when the host has none.
+/// Host file `f` copied into `rootfs` at the same path.
+fn copy_into(rootfs: &Path, f: &Path) -> Result<()> {
+    let dst = rootfs.join(f.strip_prefix("/").unwrap_or(f));
+    if let Some(d) = dst.parent() {
+        io(std::fs::create_dir_all(d), || {
+            format!("creating {}", d.display())
+        })?;
+    }
+    io(std::fs::copy(f, &dst), || {
+        format!("copying {}", f.display())
+    })
+    .map(drop)
+}
+
+/// Program `name` from the host (host::program), with the libraries it loads, copied into
+/// `rootfs` at the same paths: where it is there, or None when the host has none.
 pub fn install_program(rootfs: &Path, name: &str) -> Result<Option<String>> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let Some(prog) = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-    else {
+    let Some(prog) = crate::host::program(name) else {
         return Ok(None);
     };
     for f in std::iter::once(prog.clone()).chain(libraries(&prog)?) {
-        let dst = rootfs.join(f.strip_prefix("/").unwrap_or(&f));
-        if let Some(d) = dst.parent() {
-            io(std::fs::create_dir_all(d), || {
-                format!("creating {}", d.display())
-            })?;
-        }
-        io(std::fs::copy(&f, &dst), || {
-            format!("copying {}", f.display())
-        })?;
+        copy_into(rootfs, &f)?;
     }
     Ok(Some(prog.display().to_string()))
 }

@@ -92,15 +92,7 @@ const BUDGET: &str = "200ms/1s";
 
 /// (steal, total) jiffies of all CPUs.
 fn steal_jiffies() -> (u64, u64) {
-    let stat = crate::host::read(Path::new("/proc/stat"));
-    let v: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v = crate::host::cpu_stat();
     (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
 }
 
@@ -138,9 +130,8 @@ fn profile(base: &Path, rt: bool, rt_cpu: u32, probe: &[String], load: Option<us
 
 /// The load domain's CPU time on `cpu`, ns (v1 cpuacct).
 fn cpu_time_on(be: &ContainerBackend, cpu: u32) -> Option<u64> {
-    let id = be.container_id("load");
-    let f = format!("/sys/fs/cgroup/cpuacct/cellvisor/{id}/cpuacct.usage_percpu");
-    crate::host::read(Path::new(&f))
+    let dir = crate::host::cgroup_dir("cpuacct", &format!("cellvisor/{}", be.container_id("load")));
+    crate::host::read(&dir.join("cpuacct.usage_percpu"))
         .split_whitespace()
         .nth(cpu as usize)?
         .parse()
@@ -200,15 +191,8 @@ fn parse_probe(out: &str) -> Option<Probed> {
 
 /// The latency below which a `q` share of the samples fall, µs.
 fn quantile(hist: &[(u64, u64)], samples: u64, q: f64) -> u64 {
-    let want = ((q * samples as f64).ceil() as u64).max(1);
-    let mut seen = 0;
-    for &(us, n) in hist {
-        seen += n;
-        if seen >= want {
-            return us;
-        }
-    }
-    hist.last().map_or(0, |b| b.0)
+    agent::rt::quantile(hist.iter().copied(), samples, q)
+        .unwrap_or_else(|| hist.last().map_or(0, |b| b.0))
 }
 
 fn variant(
@@ -259,34 +243,34 @@ impl Drop for Device<'_> {
     }
 }
 
-impl<'a> Device<'a> {
-    /// Bring up `text`'s domains, the load first; the probe starts last.
-    fn up(be: &'a ContainerBackend, text: &str, base: &Path, state: &Path) -> Result<Device<'a>> {
-        let p = domain::profile::parse_on(
-            text,
-            "rtbench.toml",
-            Path::new("/"),
-            &container::cgroups::rt::host(),
-        )
-        .map_err(|e| Error::Msg(format!("the benchmark's profile: {e}")))?;
+/// What every device of the run shares: the backend, the root, the state, the host.
+struct Rig {
+    be: ContainerBackend,
+    base: PathBuf,
+    state: PathBuf,
+    host: domain::profile::Host,
+    rt_cpu: u32,
+}
+
+impl Rig {
+    /// Bring up the device [`profile`] describes (the probe domain running `cmd`), the load
+    /// first; the probe starts last.
+    fn device(&self, rt: bool, cmd: &[String], load: Option<usize>) -> Result<Device<'_>> {
+        let text = profile(&self.base, rt, self.rt_cpu, cmd, load);
+        let p = domain::profile::parse_on(&text, "rtbench.toml", Path::new("/"), &self.host)
+            .map_err(|e| Error::Msg(format!("the benchmark's profile: {e}")))?;
         let mut dev = Device {
-            be,
+            be: &self.be,
             names: Vec::new(),
             placed: None,
         };
         if !daemon::placement::owned_cores(&p).is_empty() {
-            dev.placed = Some(state.to_path_buf());
-            daemon::placement::keep_off(&p, state).map_err(Error::Msg)?;
-        } else {
-            // Everywhere again (a realtime device before kept this process off a core).
-            let mut all = nix::sched::CpuSet::new();
-            for c in container::cgroups::rt::host().cpus.unwrap_or_default() {
-                let _ = all.set(c as usize);
-            }
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+            dev.placed = Some(self.state.clone());
+            daemon::placement::keep_off(&p, &self.state).map_err(Error::Msg)?;
         }
+        let be = &self.be;
         let o = UpOpts {
-            base: Some(base),
+            base: Some(&self.base),
             ..UpOpts::default()
         };
         let mut order: Vec<&domain::Domain> = p.domains.iter().collect();
@@ -301,7 +285,9 @@ impl<'a> Device<'a> {
         }
         Ok(dev)
     }
+}
 
+impl Device<'_> {
     /// Wait for the probe to end; its output.
     fn probe_output(&self, deadline: Duration) -> Result<String> {
         let end = Instant::now() + deadline;
@@ -341,7 +327,13 @@ pub fn run(
     )?;
     let cyclictest = crate::rootfs::install_program(&base, "cyclictest")?;
     let state = work.join("state");
-    let be = ContainerBackend::new(&state, &format!("cvrt{}", std::process::id()));
+    let rig = Rig {
+        be: ContainerBackend::new(&state, &format!("cvrt{}", std::process::id())),
+        base: base.clone(),
+        state,
+        host,
+        rt_cpu,
+    };
     let samples = plan.samples.to_string();
     let interval = plan.interval_us.to_string();
     let probe: Vec<String> = [
@@ -379,27 +371,17 @@ pub fn run(
         Ok(())
     };
     measure("unloaded", "the realtime domain alone", &mut || {
-        let dev = Device::up(
-            &be,
-            &profile(&base, true, rt_cpu, &probe, None),
-            &base,
-            &state,
-        )?;
+        let dev = rig.device(true, &probe, None)?;
         Ok((dev.probe_output(deadline)?, None))
     })?;
     measure(
         "loaded",
         "the realtime domain, the other domain loading its cores",
         &mut || {
-            let dev = Device::up(
-                &be,
-                &profile(&base, true, rt_cpu, &probe, Some(threads)),
-                &base,
-                &state,
-            )?;
-            let t0 = cpu_time_on(&be, rt_cpu);
+            let dev = rig.device(true, &probe, Some(threads))?;
+            let t0 = cpu_time_on(&rig.be, rt_cpu);
             let out = dev.probe_output(deadline)?;
-            let t1 = cpu_time_on(&be, rt_cpu);
+            let t1 = cpu_time_on(&rig.be, rt_cpu);
             let on_rt = t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
             Ok((out, on_rt))
         },
@@ -408,12 +390,7 @@ pub fn run(
         "control",
         "the probe in a common domain, the load on every core",
         &mut || {
-            let dev = Device::up(
-                &be,
-                &profile(&base, false, rt_cpu, &probe, Some(threads)),
-                &base,
-                &state,
-            )?;
+            let dev = rig.device(false, &probe, Some(threads))?;
             Ok((dev.probe_output(deadline)?, None))
         },
     )?;
@@ -423,17 +400,10 @@ pub fn run(
         &mut || {
             // The device as in `loaded`, its realtime domain asleep; the probe on the host.
             let sleep = ["/bin/sleep".to_string(), "1000000".into()];
-            let text = profile(&base, true, rt_cpu, &sleep, Some(threads));
-            let _dev = Device::up(&be, &text, &base, &state)?;
+            let _dev = rig.device(true, &sleep, Some(threads))?;
             let out = io(
                 std::process::Command::new(base.join("bin/cellvisor-agent"))
-                    .args([
-                        "rt-probe",
-                        "--samples",
-                        &samples,
-                        "--interval-us",
-                        &interval,
-                    ])
+                    .args(&probe[1..])
                     .args([
                         "--fifo",
                         &PRIORITY.to_string(),
@@ -473,12 +443,7 @@ pub fn run(
                 ]
                 .map(String::from)
                 .to_vec();
-                let dev = Device::up(
-                    &be,
-                    &profile(&base, true, rt_cpu, &cmd, Some(threads)),
-                    &base,
-                    &state,
-                )?;
+                let dev = rig.device(true, &cmd, Some(threads))?;
                 Ok((dev.probe_output(deadline)?, None))
             },
         )?,

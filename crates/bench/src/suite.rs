@@ -479,17 +479,10 @@ const MACRO: [&str; 3] = ["app_start", "codec", "save_"];
 /// Write a run's reports into `dir`: results.json (every timing, the host, the scalability
 /// points), results.csv, scale.csv, and the SVG plots. The files written.
 pub fn write(dir: &Path, report: &Report, scale: &ScaleReport) -> Result<Vec<PathBuf>> {
-    io(std::fs::create_dir_all(dir), || {
-        format!("creating {}", dir.display())
-    })?;
     let mut doc = crate::json(serde_json::to_value(report), || "the report".into())?;
     doc["scale"] = crate::json(serde_json::to_value(scale), || "the report".into())?;
-    let mut files = Vec::new();
+    let mut files = vec![crate::report::write_json(dir, "results.json", &doc)?];
     for (name, text) in [
-        (
-            "results.json",
-            crate::json(serde_json::to_string_pretty(&doc), || "the report".into())?,
-        ),
         ("results.csv", csv(report)),
         ("scale.csv", crate::scale::csv(scale)),
     ] {

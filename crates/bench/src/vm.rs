@@ -62,21 +62,10 @@ impl Guest {
     }
 }
 
-/// `name` on PATH or in the system directories.
-fn program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found
-}
-
 /// The guest's root: `rootfs` as an ext4 image at `image`, with `spare_mib` free for what the
 /// guest writes (into its copy-on-write layer).
 pub fn root_image(rootfs: &Path, image: &Path, spare_mib: u64) -> Result<()> {
-    let mke2fs = program("mke2fs").ok_or_else(|| {
+    let mke2fs = crate::host::program("mke2fs").ok_or_else(|| {
         Error::Msg("microvm: mke2fs not found (apt-get install e2fsprogs)".into())
     })?;
     let mib = (crate::host::du_kib(rootfs) / 1024.0 * 1.2) as u64 + spare_mib + 16;

@@ -479,10 +479,7 @@ impl Drop for Ticker {
 
 /// Write a report as pretty JSON into `dir/name`.
 fn write_report(dir: &std::path::Path, name: &str, v: &impl serde::Serialize) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let p = dir.join(name);
-    std::fs::write(&p, serde_json::to_string_pretty(v)?)
-        .with_context(|| format!("writing {}", p.display()))?;
+    let p = bench::report::write_json(dir, name, v)?;
     eprintln!("wrote {}", p.display());
     Ok(())
 }

@@ -68,16 +68,48 @@ pub fn hex_mask(cpus: &[u32]) -> String {
 #[derive(Debug, Default)]
 pub struct Moved {
     pub moved: usize,
-    /// Interrupts that stay where they were, and why (the first few).
-    pub refused: Vec<String>,
+    /// What stays as it was.
+    pub refused: usize,
+    /// Why, for the first few.
+    pub why: Vec<String>,
+}
+
+impl std::fmt::Display for Moved {
+    /// `3 interrupts and idle states moved for the realtime cores; 1 could not be (...)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} interrupts and idle states moved for the realtime cores",
+            self.moved
+        )?;
+        if self.refused > 0 {
+            write!(
+                f,
+                "; {} could not be ({})",
+                self.refused,
+                self.why.join(", ")
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn online() -> Vec<u32> {
-    cpu_list(
-        std::fs::read_to_string("/sys/devices/system/cpu/online")
-            .unwrap_or_default()
-            .trim(),
-    )
+    container::cgroups::rt::host().cpus.unwrap_or_default()
+}
+
+/// Run this process (and what it forks from now on) on `cpus`; false when none of them can be.
+fn run_on(cpus: impl IntoIterator<Item = u32>) -> Result<bool, String> {
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for c in cpus {
+        any |= set.set(c as usize).is_ok();
+    }
+    if any {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .map_err(|e| format!("setting this process's CPUs: {e}"))?;
+    }
+    Ok(any)
 }
 
 /// Keep the daemon and the interrupts off the realtime domains' cores of `p`; `state` keeps
@@ -88,16 +120,9 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
         return Ok(Moved::default());
     }
     let online = online();
-    let mut set = nix::sched::CpuSet::new();
-    let mut any = false;
-    for c in online.iter().filter(|c| !owned.contains(c)) {
-        any |= set.set(*c as usize).is_ok();
-    }
-    if !any {
+    if !run_on(online.iter().copied().filter(|c| !owned.contains(c)))? {
         return Err("the realtime domains own every CPU: no core left for the daemon".into());
     }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| format!("keeping off the realtime domains' cores: {e}"))?;
     // What each file holds and is to hold; the record of what they held is written before
     // any of them.
     let mut moves: Vec<(String, PathBuf, String)> = Vec::new();
@@ -145,8 +170,12 @@ pub fn keep_off(p: &Profile, state: &Path) -> Result<Moved, String> {
     for (what, file, to) in moves {
         match std::fs::write(&file, to) {
             Ok(()) => out.moved += 1,
-            Err(err) if out.refused.len() < 3 => out.refused.push(format!("{what}: {err}")),
-            Err(_) => out.refused.push(String::new()),
+            Err(err) => {
+                out.refused += 1;
+                if out.why.len() < 3 {
+                    out.why.push(format!("{what}: {err}"));
+                }
+            }
         }
     }
     Ok(out)
@@ -206,8 +235,10 @@ fn with_record<T>(f: impl FnOnce(&mut Record) -> T) -> Result<T, String> {
     Ok(out)
 }
 
-/// `state`'s holder is done: when it was the last, put back what [`keep_off`] changed.
+/// `state`'s holder is done: this process runs on every CPU again, and when it was the last
+/// holder, what [`keep_off`] changed is put back.
 pub fn restore(state: &Path) {
+    let _ = run_on(online());
     let back = with_record(|r| r.release(&state.display().to_string(), |h| Path::new(h).exists()))
         .unwrap_or_default();
     for (file, was) in back {

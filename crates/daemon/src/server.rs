@@ -519,26 +519,8 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
         MicrovmBackend::new(ContainerBackend::new(&cfg.state_dir, &cfg.prefix), vmm),
     );
     let moved = crate::placement::keep_off(&cfg.profile, &cfg.state_dir)?;
-    if moved.moved > 0 || !moved.refused.is_empty() {
-        let refused: Vec<&str> = moved
-            .refused
-            .iter()
-            .map(String::as_str)
-            .filter(|r| !r.is_empty())
-            .collect();
-        eprintln!(
-            "cellvisord: {} interrupts and idle states moved for the realtime cores{}",
-            moved.moved,
-            if moved.refused.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} could not be ({})",
-                    moved.refused.len(),
-                    refused.join(", ")
-                )
-            }
-        );
+    if moved.moved > 0 || moved.refused > 0 {
+        eprintln!("cellvisord: {moved}");
     }
     let profile = cfg.profile.clone();
     let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())

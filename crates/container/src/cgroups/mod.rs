@@ -196,6 +196,13 @@ impl Cgroup {
         let r = self.try_create(res);
         if r.is_err() {
             let _ = self.remove();
+            // Its ancestors may have been raised for a budget it never got written.
+            let asked = res
+                .and_then(|r| r.cpu().as_ref())
+                .is_some_and(|c| c.realtime_runtime().is_some());
+            if asked {
+                self.release_rt_budget();
+            }
         }
         r
     }
@@ -415,24 +422,30 @@ impl Cgroup {
     /// Remove the container's directories. Processes still inside are killed first.
     pub fn remove(&self) -> Result<()> {
         // A real-time budget it held is given back to its ancestors once it is gone.
-        let rt = match (self.version(), self.v1_mount("cpu"), self.dir_of("cpu")) {
-            (Version::V1, Some(mount), Some(dir)) => {
-                fs::read_to_string(dir.join("cpu.rt_runtime_us"))
-                    .ok()
-                    .and_then(|r| r.trim().parse::<i64>().ok())
-                    .filter(|&r| r != 0)
-                    .map(|_| (mount, dir))
-            }
+        let rt = match (self.version(), self.dir_of("cpu")) {
+            (Version::V1, Some(dir)) => fs::read_to_string(dir.join("cpu.rt_runtime_us"))
+                .ok()
+                .and_then(|r| r.trim().parse::<i64>().ok())
+                .filter(|&r| r != 0),
             _ => None,
         };
         let r = self.remove_dirs();
-        if let Some((mount, dir)) = rt {
+        if rt.is_some() {
+            self.release_rt_budget();
+        }
+        r
+    }
+
+    /// The group is gone: its ancestors lowered to what their remaining children need.
+    fn release_rt_budget(&self) {
+        if let (Version::V1, Some(mount), Some(dir)) =
+            (self.version(), self.v1_mount("cpu"), self.dir_of("cpu"))
+        {
             if !dir.exists() {
                 let _lock = rt::lock(&mount);
                 rt::release(&mount, &dir);
             }
         }
-        r
     }
 
     fn remove_dirs(&self) -> Result<()> {
