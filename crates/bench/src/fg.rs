@@ -35,7 +35,8 @@ pub struct Report {
 }
 
 /// The embedded phone profile on the shared root `base`, its background domains in `mode`
-/// (throttle or freeze): the profile's TOML with those two keys set, checked as a profile.
+/// (throttle or freeze): the profile's TOML with those two keys set and no realtime domain,
+/// checked as a profile.
 pub fn profile(base: &Path, mode: &str) -> Result<String> {
     let bad = |e: &dyn std::fmt::Display| Error::Msg(format!("the phone profile: {e}"));
     let mut t: toml::Table = domain::DEFAULT_PROFILE.parse().map_err(|e| bad(&e))?;
@@ -45,6 +46,13 @@ pub fn profile(base: &Path, mode: &str) -> Result<String> {
         .and_then(|f| f.as_table_mut())
         .ok_or_else(|| bad(&"no [foreground]"))?;
     fg.insert("background".into(), mode.into());
+    // Two devices run side by side on one machine: a core can be one realtime domain's
+    // alone, so neither device's modem is realtime here (the switches do not involve it).
+    if let Some(ds) = t.get_mut("domain").and_then(|d| d.as_array_mut()) {
+        for d in ds.iter_mut().filter_map(|d| d.as_table_mut()) {
+            d.remove("realtime");
+        }
+    }
     let text = toml::to_string(&t).map_err(|e| bad(&e))?;
     domain::profile::parse(&text, "phone.toml", Path::new("/")).map_err(|e| bad(&e))?;
     Ok(text)
@@ -261,6 +269,7 @@ mod tests {
         let p = domain::profile::parse(&text, "p.toml", Path::new("/")).unwrap();
         assert_eq!(p.base, Some(PathBuf::from("/srv/base")));
         assert_eq!(p.background, domain::profile::BackgroundMode::Freeze);
+        assert!(p.domains.iter().all(|d| d.realtime.is_none()));
         let phone =
             domain::profile::parse(domain::DEFAULT_PROFILE, "p.toml", Path::new("/")).unwrap();
         assert_eq!(p.domains, phone.domains);

@@ -12,6 +12,7 @@ static SUITE: Mutex<()> = Mutex::new(());
 
 #[test]
 fn bench_channel_smoke() {
+    let _cpus = common::cpus_shared();
     let out = tempfile::tempdir().unwrap();
     let mut args = vec!["bench", "channel", "-n", "1", "--quick", "--out"];
     let between_domains = common::can_run();
@@ -74,6 +75,7 @@ fn a_benchmark_error_keeps_its_errno() {
 
 #[test]
 fn bench_fg_smoke() {
+    let _cpus = common::cpus_shared();
     if !common::can_run() {
         return;
     }
@@ -580,6 +582,7 @@ fn bench_rt_quick() {
         return;
     }
     // Its work directory is one the suite's tests look for: one at a time.
+    let _cpus = common::cpus_lock();
     let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(common::BIN)

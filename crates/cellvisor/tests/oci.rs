@@ -1117,6 +1117,7 @@ fn default_containers_need_no_sealed_copy() {
 #[test]
 fn bench_start_smoke() {
     need_root!();
+    let _cpus = common::cpus_shared();
     let out = tempfile::tempdir().unwrap();
     let o = std::process::Command::new(BIN)
         .args([
@@ -1245,9 +1246,13 @@ fn domains_on_a_shared_base_keep_private_writes() {
 fn phone_profile_domains_come_up_and_go_away() {
     need_root!();
     use domain::{Backend, DomainStatus};
+    // Its modem holds core 1 exclusively.
+    let _cpus = common::cpus_lock();
     let t = tempfile::tempdir().unwrap();
+    // Checked against this host, as the daemon does: the others are placed off the modem's core.
+    let host = container::cgroups::rt::host();
     let mut profile =
-        domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", t.path()).unwrap();
+        domain::profile::parse_on(domain::DEFAULT_PROFILE, "phone.toml", t.path(), &host).unwrap();
     // Without the daemon there is no agent: every domain just runs.
     for d in &mut profile.domains {
         let command = [
@@ -1371,6 +1376,7 @@ fn realtime_scheduling_with_a_budget() {
         eprintln!("skipped: no cgroup v1 RT group scheduling");
         return;
     }
+    let _cpus = common::cpus_lock();
     let sched = json!({"policy": "SCHED_FIFO", "priority": 10,
                        "flags": ["SCHED_FLAG_RESET_ON_FORK"]});
     // A parent group of this test's own: other tests' realtime domains come and go under
@@ -1498,6 +1504,7 @@ fn a_runaway_realtime_spinner_gets_its_budget_and_no_more() {
         eprintln!("skipped: no cgroup v1 RT group scheduling or cpuacct");
         return;
     }
+    let _cpus = common::cpus_lock();
     let top = format!("cvrtb-{}", std::process::id());
     let spin = ["sh", "-c", "while :; do :; done"];
     let run = |name: &str, rt: bool| {
@@ -1542,4 +1549,102 @@ fn a_runaway_realtime_spinner_gets_its_budget_and_no_more() {
     // 0.2 is the budget; the rest of the core, less what the host takes, is the other's.
     assert!(f <= 0.25, "the real-time spinner got {f:.3} of its core");
     assert!(o >= 0.2, "the ordinary spinner got {o:.3} of the core");
+}
+
+/// Cores held exclusively (annotation io.cellvisor.cpus.exclusive): v1's cpu_exclusive with
+/// load balancing off, and /cellvisor exclusive with it; another container cannot have the
+/// core, a new one inherits the rest; impossible requests are one line and leave nothing;
+/// deleting it gives the core back.
+#[test]
+fn exclusive_cores_are_held_against_other_containers() {
+    if !can_run() {
+        return;
+    }
+    let cpuset = std::path::Path::new("/sys/fs/cgroup/cpuset");
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    if !cpuset.join("cpuset.cpu_exclusive").exists() || online.trim() != "0-1" {
+        eprintln!("skipped: needs a cgroup v1 cpuset and CPUs 0-1");
+        return;
+    }
+    let _cpus = common::cpus_lock();
+    let flag = |p: &std::path::Path, f: &str| {
+        std::fs::read_to_string(p.join(f))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let with = |args: &[&str], cpu: serde_json::Value, excl: Option<&str>| {
+        let mut c = config(args);
+        c["linux"]["resources"]["cpu"] = cpu;
+        if let Some(v) = excl {
+            c["annotations"] = json!({"io.cellvisor.cpus.exclusive": v});
+        }
+        c
+    };
+    let held = common::id("excl");
+    let b = bundle(&with(
+        &["sleep", "1000"],
+        json!({"cpus": "1"}),
+        Some("true"),
+    ));
+    let (ok, err) = b.cv_bg(&["run", "-d", &held]);
+    assert!(ok, "{err}");
+    let cv = cpuset.join("cellvisor");
+    let mine = cv.join(&held);
+    assert_eq!(flag(&mine, "cpuset.cpu_exclusive"), "1");
+    assert_eq!(flag(&mine, "cpuset.sched_load_balance"), "0");
+    assert_eq!(flag(&cv, "cpuset.cpu_exclusive"), "1");
+
+    // Another container asking for the core: one line naming who holds it.
+    let refused = |c: &serde_json::Value, want: &str| {
+        let id = common::id("excl-bad");
+        let bb = bundle(c);
+        let o = bb.cv(&["run", &id]);
+        assert!(!o.status.success(), "{c}");
+        let e = stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(want), "{e}");
+        assert_nothing_left(&bb, &id);
+    };
+    refused(
+        &with(&["true"], json!({"cpus": "0-1"}), None),
+        &format!("cpu 1 held exclusively by {}", mine.display()),
+    );
+    refused(
+        &with(&["true"], json!({"cpus": "1"}), Some("true")),
+        "cpu 1 held exclusively by",
+    );
+    refused(
+        &with(&["true"], json!({"cpus": "0"}), Some("yes")),
+        "is not \"true\" or \"false\"",
+    );
+    refused(
+        &with(&["true"], json!({"shares": 512}), Some("true")),
+        "needs linux.resources.cpu.cpus",
+    );
+    let mut dl = with(&["true"], json!({"cpus": "0"}), Some("true"));
+    dl["process"]["scheduler"] =
+        json!({"policy": "SCHED_DEADLINE", "runtime": 1000000, "period": 10000000});
+    refused(&dl, "cgroup v1");
+
+    // A new container without cpus inherits what is not held.
+    let id = common::id("excl-rest");
+    let bb = bundle(&with(
+        &["grep", "Cpus_allowed_list", "/proc/self/status"],
+        json!({}),
+        None,
+    ));
+    let o = bb.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).trim().ends_with('0'), "{}", stdout(&o));
+    assert!(bb.cv(&["delete", "--force", &id]).status.success());
+
+    // Deleted: the core is free, /cellvisor ordinary again.
+    assert!(b.cv(&["delete", "--force", &held]).status.success());
+    assert_nothing_left(&b, &held);
+    assert_eq!(flag(&cv, "cpuset.cpu_exclusive"), "0");
+    let id = common::id("excl-after");
+    let bb = bundle(&with(&["true"], json!({"cpus": "0-1"}), None));
+    let o = bb.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(bb.cv(&["delete", "--force", &id]).status.success());
 }

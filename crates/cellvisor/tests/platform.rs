@@ -33,6 +33,8 @@ struct Daemon {
     extra: Vec<String>,
     /// Run the daemon in a mount namespace whose /sys/fs/cgroup is a cgroup2 mount.
     v2: bool,
+    /// A profile with a realtime domain holds its core exclusively: see common::CpusLock.
+    _cpus: Option<common::CpusLock>,
 }
 
 impl Daemon {
@@ -42,6 +44,11 @@ impl Daemon {
             "base = \"rootfs\"",
             &format!("base = {:?}", common::rootfs().display().to_string()),
         );
+        let cpus = if text.contains("realtime =") {
+            Some(common::cpus_lock())
+        } else {
+            common::cpus_shared()
+        };
         std::fs::write(dir.path().join("profile.toml"), text).unwrap();
         let mut d = Daemon {
             dir,
@@ -49,6 +56,7 @@ impl Daemon {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             v2: false,
+            _cpus: cpus,
         };
         d.start();
         d
@@ -1278,6 +1286,17 @@ fn the_realtime_domain_runs_in_real_time_on_its_own_core() {
     for n in ["trusted", "common"] {
         assert_eq!(cpus(d.pid(n)), "0", "{n}");
     }
+    // Its core is its own by the kernel's rule too (v1: an exclusive cpuset, not balanced).
+    let flag = |p: &Path, f: &str| {
+        std::fs::read_to_string(p.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let cpuset = Path::new("/sys/fs/cgroup/cpuset/cellvisor");
+    let cs = cpuset.join(format!("{}-modem", d.prefix));
+    assert_eq!(flag(&cs, "cpuset.cpu_exclusive"), "1");
+    assert_eq!(flag(&cs, "cpuset.sched_load_balance"), "0");
     let daemon = d.child.as_ref().unwrap().id() as i32;
     assert_eq!(cpus(daemon), "0", "the daemon runs on the realtime core");
     let out = d.ok(&["profile", "check"]);
@@ -1286,4 +1305,6 @@ fn the_realtime_domain_runs_in_real_time_on_its_own_core() {
     // (Giving the budget back is tested in oci.rs, under a parent of its own: here other
     // tests' realtime domains come and go under the same parent.)
     d.teardown_and_check(&pids);
+    // The core is given back: /cellvisor is an ordinary cpuset again.
+    assert_eq!(flag(cpuset, "cpuset.cpu_exclusive"), "0");
 }

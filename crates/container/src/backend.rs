@@ -111,6 +111,10 @@ pub fn oci_config(
             ),
         };
         c["process"]["scheduler"] = sched;
+        if d.cpus.is_some() {
+            // Its cores are its own, by the kernel's rule too.
+            c["annotations"][crate::cgroups::exclusive::ANNOTATION] = json!("true");
+        }
         if let Some(b) = budget {
             res["cpu"]["realtimeRuntime"] = json!(b.runtime_us);
             res["cpu"]["realtimePeriod"] = json!(b.period_us);

@@ -158,6 +158,14 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
     if let Some(res) = linux.resources() {
         crate::cgroups::validate(res)?;
     }
+    if crate::cgroups::exclusive::asked(spec.annotations().as_ref())?
+        && crate::cgroups::cpus_of(linux.resources().as_ref()).is_empty()
+    {
+        return Err(config_err!(
+            "annotations.{}: needs linux.resources.cpu.cpus, the cores to hold",
+            crate::cgroups::exclusive::ANNOTATION
+        ));
+    }
     if let Some(p) = linux.cgroups_path() {
         crate::cgroups::validate_path(p)?;
     }

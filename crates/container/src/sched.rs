@@ -156,6 +156,31 @@ pub fn apply(a: &Attr) -> Result<()> {
     Err(e).ctx(|| format!("process.scheduler: setting {}{hint}", describe(a)))
 }
 
+/// Can a process with `a` run on `cpus` (empty: every CPU) of this host's `online` ones?
+/// SCHED_DEADLINE's admission control needs the task's CPUs to cover a root domain: on fewer
+/// than all CPUs they must be made one, which cgroup v2's isolated partition does (the
+/// container's exclusive cores) and cgroup v1 does only when the root cpuset stops balancing
+/// the whole host.
+pub fn check_cpus(a: &Attr, cpus: &[u32], online: &[u32], v2: bool, exclusive: bool) -> Result<()> {
+    let all = cpus.is_empty() || online.iter().all(|c| cpus.contains(c));
+    if a.policy != SCHED_DEADLINE || all || (v2 && exclusive) {
+        return Ok(());
+    }
+    use domain::profile::cpu_list_string as list;
+    let on = format!("cpus {} (of {})", list(cpus), list(online));
+    Err(if v2 {
+        config_err!(
+            "process.scheduler: SCHED_DEADLINE on {on} needs them as a root domain of their own: add the annotation {}=true",
+            crate::cgroups::exclusive::ANNOTATION
+        )
+    } else {
+        config_err!(
+            "process.scheduler: SCHED_DEADLINE on {on} needs them as a root domain of their own, which cgroup v1 makes only when the root cpuset stops balancing the whole host (cellvisor does not do that); use cgroup v2 with {}=true, or every CPU",
+            crate::cgroups::exclusive::ANNOTATION
+        )
+    })
+}
+
 /// `SCHED_FIFO priority 50`, `SCHED_DEADLINE runtime 1000000 ns ...`.
 pub fn describe(a: &Attr) -> String {
     match a.policy {
@@ -195,6 +220,29 @@ pub fn spec_flag_names(process: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadline_on_some_cpus_needs_them_exclusive_on_v2() {
+        let dl = sched(serde_json::json!({"policy": "SCHED_DEADLINE", "runtime": 1_000_000, "period": 10_000_000})).unwrap();
+        let fifo = sched(serde_json::json!({"policy": "SCHED_FIFO", "priority": 5})).unwrap();
+        let on = [0, 1];
+        // Every CPU (or none named): the root domain is all of them.
+        assert!(check_cpus(&dl, &[], &on, false, false).is_ok());
+        assert!(check_cpus(&dl, &[0, 1], &on, false, false).is_ok());
+        assert!(check_cpus(&fifo, &[1], &on, false, false).is_ok());
+        assert!(check_cpus(&dl, &[1], &on, true, true).is_ok());
+        let e = check_cpus(&dl, &[1], &on, true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpus 1 (of 0-1)") && e.contains("io.cellvisor.cpus.exclusive=true"),
+            "{e}"
+        );
+        let e = check_cpus(&dl, &[1], &on, false, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cgroup v1"), "{e}");
+    }
 
     fn sched(json: serde_json::Value) -> Result<Attr> {
         let mut p = serde_json::json!({ "scheduler": json });

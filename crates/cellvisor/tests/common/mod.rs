@@ -84,6 +84,8 @@ pub fn id(name: &str) -> String {
 pub struct Bundle {
     pub dir: tempfile::TempDir,
     pub state_root: PathBuf,
+    /// Its containers may run on any CPU: see [`CpusLock`].
+    _cpus: Option<CpusLock>,
 }
 
 impl Bundle {
@@ -159,7 +161,11 @@ impl Bundle {
 pub fn bundle(cfg: &Value) -> Bundle {
     let dir = tempfile::tempdir().unwrap();
     let state_root = dir.path().join("state");
-    let b = Bundle { dir, state_root };
+    let b = Bundle {
+        dir,
+        state_root,
+        _cpus: cpus_shared(),
+    };
     b.write_config(cfg);
     b
 }
@@ -306,4 +312,58 @@ pub fn rt_runtime(dir: &Path) -> Option<i64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The CPUs tests share. On cgroup v1 a core held exclusively (a realtime domain's) may be
+/// no other cpuset's, anywhere: while one test holds one, no other test may run a container
+/// that could be on it (a default one inherits every CPU). So a test that claims a core holds
+/// this lock alone ([`cpus_lock`]), and every bundle and daemon holds it shared
+/// ([`cpus_shared`]). A file lock: it holds across test binaries too.
+pub struct CpusLock {
+    _file: std::fs::File,
+    exclusive: bool,
+}
+
+thread_local! {
+    static HOLDS_CPUS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Drop for CpusLock {
+    fn drop(&mut self) {
+        if self.exclusive {
+            HOLDS_CPUS.set(false);
+        }
+    }
+}
+
+fn cpus_flock(how: libc::c_int) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("cellvisor-tests-cpus.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), how) }, 0);
+    f
+}
+
+/// The CPUs alone, for a test whose containers hold cores exclusively or use a cpuset outside
+/// /cellvisor (which an exclusive /cellvisor would leave without a CPU).
+pub fn cpus_lock() -> CpusLock {
+    let _file = cpus_flock(libc::LOCK_EX);
+    HOLDS_CPUS.set(true);
+    CpusLock {
+        _file,
+        exclusive: true,
+    }
+}
+
+/// The CPUs shared with the other tests (nothing when this thread holds them alone).
+pub fn cpus_shared() -> Option<CpusLock> {
+    (!HOLDS_CPUS.get()).then(|| CpusLock {
+        _file: cpus_flock(libc::LOCK_SH),
+        exclusive: false,
+    })
 }

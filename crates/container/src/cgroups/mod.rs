@@ -18,6 +18,7 @@ use crate::error::{Context, Error, Result};
 use crate::util::write_file;
 
 pub mod devices;
+pub mod exclusive;
 pub mod plan;
 pub mod rt;
 
@@ -149,12 +150,23 @@ pub struct Cgroup {
     /// Path relative to each hierarchy's root, e.g. `/cellvisor/web`.
     pub path: PathBuf,
     pub hierarchies: Vec<Hierarchy>,
+    /// Hold its cpuset's CPUs exclusively (see [`exclusive`]); only `create` reads it.
+    pub exclusive: bool,
 }
 
 impl Cgroup {
     pub fn new(path: &Path, hierarchies: Vec<Hierarchy>) -> Self {
         let path = Path::new("/").join(path);
-        Cgroup { path, hierarchies }
+        Cgroup {
+            path,
+            hierarchies,
+            exclusive: false,
+        }
+    }
+
+    /// The same cgroup, holding its CPUs exclusively when created.
+    pub fn with_exclusive(self, exclusive: bool) -> Self {
+        Cgroup { exclusive, ..self }
     }
 
     pub fn version(&self) -> Version {
@@ -203,6 +215,10 @@ impl Cgroup {
             if asked {
                 self.release_rt_budget();
             }
+            // Its ancestors may have been made exclusive for CPUs it never held.
+            if self.exclusive {
+                self.release_exclusive(&domain::profile::cpu_list(&cpus_of(res)));
+            }
         }
         r
     }
@@ -215,7 +231,7 @@ impl Cgroup {
         match self.version() {
             Version::V1 => {
                 for h in &self.hierarchies {
-                    let Hierarchy::V1 { mount, options, .. } = h else {
+                    let Hierarchy::V1 { mount, .. } = h else {
                         continue;
                     };
                     let dir = mount.join(self.rel());
@@ -225,7 +241,15 @@ impl Cgroup {
                             dir.display()
                         )));
                     }
-                    mkdir_levels(mount, self.rel(), options.split(',').any(|c| c == "cpuset"))?;
+                }
+                // The cpuset hierarchy's CPUs change one container at a time: what a new
+                // cpuset inherits depends on what its siblings hold exclusively.
+                let cpuset = self.v1_mount("cpuset");
+                let _cpuset_lock = cpuset.as_deref().map(rt::lock).transpose()?;
+                for h in &self.hierarchies {
+                    if let Hierarchy::V1 { mount, options, .. } = h {
+                        mkdir_levels(mount, self.rel(), options.split(',').any(|c| c == "cpuset"))?;
+                    }
                 }
                 // Held until the container's own budget is written below.
                 let _rt_lock = self.grant_rt_budget(res)?;
@@ -236,7 +260,22 @@ impl Cgroup {
                             w.controller
                         ))
                     })?;
-                    write_file(&dir.join(&w.file), &w.value)?;
+                    let r = write_file(&dir.join(&w.file), &w.value);
+                    if r.is_err() && w.file == "cpuset.cpus" {
+                        if let Some(why) = exclusive::explain(&dir, &w.value) {
+                            return Err(Error::Msg(why));
+                        }
+                    }
+                    r?;
+                }
+                if self.exclusive {
+                    let (Some(mount), Some(dir)) = (cpuset, self.dir_of("cpuset")) else {
+                        return Err(Error::Msg(format!(
+                            "{}: the cpuset controller is not mounted",
+                            exclusive::ANNOTATION
+                        )));
+                    };
+                    exclusive::claim_v1(&mount, &dir)?;
                 }
             }
             Version::V2 => {
@@ -254,6 +293,15 @@ impl Cgroup {
                 fs::create_dir_all(&dir).ctx(|| format!("creating cgroup {}", dir.display()))?;
                 for w in &writes {
                     write_file(&dir.join(&w.file), &w.value)?;
+                }
+                if self.exclusive {
+                    let cpus = writes
+                        .iter()
+                        .find(|w| w.file == "cpuset.cpus")
+                        .map(|w| w.value.clone())
+                        .unwrap_or_default();
+                    let _lock = rt::lock(root)?;
+                    exclusive::claim_v2(root, &dir, &cpus)?;
                 }
                 // Only a cgroup2 directory takes the program (the unit tests' fake tree is not).
                 if is_cgroup2(&dir) {
@@ -429,11 +477,43 @@ impl Cgroup {
                 .filter(|&r| r != 0),
             _ => None,
         };
+        // So are CPUs it held exclusively.
+        let held = self
+            .dir_of("cpuset")
+            .map(|d| exclusive::held(&d, self.version() == Version::V2))
+            .unwrap_or_default();
         let r = self.remove_dirs();
         if rt.is_some() {
             self.release_rt_budget();
         }
+        if !held.is_empty() {
+            self.release_exclusive(&held);
+        }
         r
+    }
+
+    /// The group, which held `cpus` exclusively, is gone: its ancestors let them go.
+    fn release_exclusive(&self, cpus: &[u32]) {
+        let Some(dir) = self.dir_of("cpuset") else {
+            return;
+        };
+        if dir.exists() {
+            return;
+        }
+        match self.version() {
+            Version::V1 => {
+                if let Some(mount) = self.v1_mount("cpuset") {
+                    let _lock = rt::lock(&mount);
+                    exclusive::release_v1(&mount, &dir);
+                }
+            }
+            Version::V2 => {
+                if let Some(Hierarchy::Unified(root)) = self.hierarchies.first() {
+                    let _lock = rt::lock(root);
+                    exclusive::release_v2(root, &dir, cpus);
+                }
+            }
+        }
     }
 
     /// The group is gone: its ancestors lowered to what their remaining children need.
@@ -554,13 +634,21 @@ impl Cgroup {
     }
 }
 
+/// The CPUs `res` gives the cpuset (`linux.resources.cpu.cpus`), empty when none.
+pub fn cpus_of(res: Option<&LinuxResources>) -> String {
+    res.and_then(|r| r.cpu().as_ref())
+        .and_then(|c| c.cpus().clone())
+        .unwrap_or_default()
+}
+
 fn is_cgroup2(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// Create `rel` under a v1 hierarchy level by level; cpuset levels inherit cpus and mems from
-/// their parent (a new cpuset cgroup is empty, and no process can join it until filled).
+/// their parent (a new cpuset cgroup is empty, and no process can join it until filled), but
+/// the CPUs a sibling holds exclusively.
 fn mkdir_levels(mount: &Path, rel: &Path, cpuset: bool) -> Result<()> {
     let mut cur = mount.to_path_buf();
     for comp in rel.components() {
@@ -575,8 +663,15 @@ fn mkdir_levels(mount: &Path, rel: &Path, cpuset: bool) -> Result<()> {
             for f in ["cpuset.cpus", "cpuset.mems"] {
                 let mine = fs::read_to_string(cur.join(f)).unwrap_or_default();
                 if mine.trim().is_empty() {
-                    let theirs = fs::read_to_string(parent.join(f)).unwrap_or_default();
-                    write_file(&cur.join(f), theirs.trim())?;
+                    let theirs = if f == "cpuset.cpus" {
+                        exclusive::inheritable(&cur)?
+                    } else {
+                        fs::read_to_string(parent.join(f))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string()
+                    };
+                    write_file(&cur.join(f), &theirs)?;
                 }
             }
         }

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
 
-/// This host, as a profile is checked against it: its online CPUs and the real-time share of
-/// CPU time it grants (`kernel.sched_rt_runtime_us` / `sched_rt_period_us`).
+/// This host, as a profile is checked against it: its online CPUs, the real-time share of
+/// CPU time it grants (`kernel.sched_rt_runtime_us` / `sched_rt_period_us`), whether its
+/// cpuset is cgroup v1's.
 pub fn host() -> domain::profile::Host {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let mut h = domain::profile::Host::default();
@@ -26,6 +27,11 @@ pub fn host() -> domain::profile::Host {
     if let Ok(p) = read("/proc/sys/kernel/sched_rt_period_us").trim().parse() {
         h.rt_period_us = p;
     }
+    h.cpuset_v1 = super::hierarchies().is_ok_and(|hs| {
+        hs.iter().any(|h| {
+            matches!(h, super::Hierarchy::V1 { options, .. } if options.split(',').any(|c| c == "cpuset"))
+        })
+    });
     h
 }
 
@@ -92,7 +98,7 @@ pub fn lock(mount: &Path) -> Result<fs::File> {
 }
 
 /// The groups from just below `mount` down to `dir`'s parent, top first.
-fn ancestors(mount: &Path, dir: &Path) -> Vec<PathBuf> {
+pub(super) fn ancestors(mount: &Path, dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = dir
         .ancestors()
         .skip(1)

@@ -131,7 +131,20 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         .cgroups_path()
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/cellvisor/{}", o.id)));
-    let cg = Cgroup::new(&cgroup_rel, hierarchies.clone());
+    let exclusive = crate::cgroups::exclusive::asked(cfg.spec.annotations().as_ref())?;
+    let v2 = matches!(hierarchies.first(), Some(Hierarchy::Unified(_)));
+    if let Some(s) = process.scheduler() {
+        let cpus = crate::cgroups::cpus_of(linux.resources().as_ref());
+        let online = crate::cgroups::rt::host().cpus.unwrap_or_default();
+        crate::sched::check_cpus(
+            &crate::sched::plan(s)?,
+            &domain::profile::cpu_list(&cpus),
+            &online,
+            v2,
+            exclusive,
+        )?;
+    }
+    let cg = Cgroup::new(&cgroup_rel, hierarchies.clone()).with_exclusive(exclusive);
     cg.create(linux.resources().as_ref())?;
     crate::timing::mark("cgroup");
     let host_mounts_before = host_mounts_before(&cfg);
@@ -157,7 +170,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         created: rfc3339_now(),
         owner: owner(),
         cgroup_path: cg.path.clone(),
-        cgroup_v2: matches!(hierarchies.first(), Some(Hierarchy::Unified(_))),
+        cgroup_v2: v2,
         host_mounts_before,
         config: cfg.spec.clone(),
     };

@@ -303,6 +303,21 @@ pub(super) fn realtime(r: &mut Report, p: &raw::Profile, domains: &mut [Domain],
                 );
             }
         }
+        if let RtPolicy::Deadline { .. } = rt {
+            let sp = p.domains[i]
+                .realtime
+                .as_ref()
+                .map_or(p.domains[i].name.span(), |v| v.span());
+            let all = host
+                .cpus
+                .as_ref()
+                .is_some_and(|on| on.iter().all(|c| mine.contains(c)));
+            if matches!(d.kind, DomainKind::Microvm(_)) {
+                r.at(sp, format!("domain {name:?}: realtime: deadline is for container domains; a microVM's vCPU threads take fifo or rr"));
+            } else if host.cpuset_v1 && !all {
+                r.at(sp, format!("domain {name:?}: realtime: deadline on cpus {} needs them as a root domain of their own, which this host's cgroup v1 cpuset makes only when the whole host stops load balancing: use fifo or rr here (or cgroup v2)", cpu_list_string(&mine)));
+            }
+        }
         owned.extend(mine.iter().map(|&c| (c, i)));
         if let (RtPolicy::Fifo { budget, .. } | RtPolicy::Rr { budget, .. }, Some(cap)) =
             (rt, capacity)
@@ -918,6 +933,29 @@ mod tests {
             e.iter().any(|l| l.contains("not online on this host")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn deadline_needs_cores_the_kernel_can_make_a_root_domain() {
+        let text = |cpus: &str| {
+            format!(
+                "{TWO}[[domain]]\nname = \"dl\"\nrole = \"realtime\"\ncpus = \"{cpus}\"\ncommand = [\"x\"]\nrealtime = {{ policy = \"deadline\", runtime = \"1ms\", period = \"10ms\" }}\n"
+            )
+        };
+        let v1 = Host {
+            cpuset_v1: true,
+            cpus: Some(vec![0, 1]),
+            ..Host::default()
+        };
+        let e = super::super::parse_on(&text("1"), "p.toml", Path::new("/x"), &v1).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e:?}");
+        assert!(
+            e.0[0].contains("deadline on cpus 1 needs them as a root domain")
+                && e.0[0].starts_with("p.toml:"),
+            "{e:?}"
+        );
+        // On cgroup v2 the cores become an isolated partition.
+        assert!(super::super::parse_on(&text("1"), "p.toml", Path::new("/x"), &two_cpus()).is_ok());
     }
 
     #[test]

@@ -132,6 +132,10 @@ pub struct Host {
     /// Real-time runtime per period the host grants all groups together, µs (-1: no limit).
     pub rt_runtime_us: i64,
     pub rt_period_us: u64,
+    /// Its cpuset controller is cgroup v1's, where cores that are not all of them become a
+    /// root domain of their own (what SCHED_DEADLINE needs) only when the whole host stops
+    /// load balancing.
+    pub cpuset_v1: bool,
 }
 
 impl Default for Host {
@@ -141,6 +145,7 @@ impl Default for Host {
             cpus: None,
             rt_runtime_us: 950_000,
             rt_period_us: 1_000_000,
+            cpuset_v1: false,
         }
     }
 }
