@@ -50,6 +50,15 @@ pub struct RunArgs {
     /// port P at the Unix socket PATH_P
     #[arg(long, value_name = "CID,uds=PATH")]
     vsock: Option<vmm::virtio::vsock::VsockSpec>,
+    /// Run vCPU i on the i-th of these CPUs alone (a realtime domain's cores)
+    #[arg(long, value_name = "CPU,...")]
+    vcpu_cpus: Option<vmm::pin::CpuList>,
+    /// Run the VMM's other threads (the device loop and its helpers) on these CPUs
+    #[arg(long, value_name = "CPU,...")]
+    vmm_cpus: Option<vmm::pin::CpuList>,
+    /// Give the vCPU threads a real-time policy: fifo:PRIORITY or rr:PRIORITY (1..99)
+    #[arg(long, value_name = "POLICY:PRIORITY")]
+    vcpu_sched: Option<vmm::VcpuSched>,
 }
 
 impl RunArgs {
@@ -70,6 +79,9 @@ impl RunArgs {
             disks: self.disks.clone(),
             nets: self.nets.clone(),
             vsock: self.vsock.clone(),
+            vcpu_cpus: self.vcpu_cpus.clone().map(|c| c.0).unwrap_or_default(),
+            vmm_cpus: self.vmm_cpus.clone().map(|c| c.0).unwrap_or_default(),
+            vcpu_sched: self.vcpu_sched,
         })
     }
 }
@@ -126,6 +138,10 @@ mod tests {
         ];
         c.nets = vec!["tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24".parse().unwrap()];
         c.vsock = Some("3,uds=/run/v".parse().unwrap());
+        c.vcpus = 2;
+        c.vcpu_cpus = vec![3, 1];
+        c.vmm_cpus = vec![0];
+        c.vcpu_sched = Some(vmm::VcpuSched::Rr(7));
         assert_eq!(parsed(&c.args()), c);
     }
 }

@@ -1308,3 +1308,93 @@ fn the_realtime_domain_runs_in_real_time_on_its_own_core() {
     // The core is given back: /cellvisor is an ordinary cpuset again.
     assert_eq!(flag(cpuset, "cpuset.cpu_exclusive"), "0");
 }
+
+/// A realtime microVM domain: its vCPU thread runs SCHED_FIFO on the core the domain owns,
+/// the VMM's other threads and the other domains on the rest; its jail holds the budget;
+/// the guest runs.
+#[test]
+fn a_realtime_microvm_runs_its_vcpu_in_real_time_on_its_core() {
+    need_root!();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    if !Path::new("/dev/kvm").exists()
+        || common::rt_runtime(Path::new("/sys/fs/cgroup/cpu")).is_none()
+        || online.trim() != "0-1"
+    {
+        eprintln!("skipped: needs /dev/kvm, cgroup v1 RT group scheduling and CPUs 0-1");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let idle = common::test_guest(t.path(), "idle");
+    let profile = format!(
+        r#"name = "rtvm"
+base = "rootfs"
+
+[[domain]]
+name = "apps"
+role = "trusted"
+command = ["/bin/sh", "-c", "exec sleep 1000000"]
+
+[[domain]]
+name = "baseband"
+role = "realtime"
+backend = "microvm"
+kernel = {:?}
+memory = "32M"
+cpus = "1"
+realtime = {{ policy = "fifo", priority = 40, budget = "100ms/1s" }}
+"#,
+        idle.display().to_string()
+    );
+    let d = Daemon::with_profile("rtvm", &profile, &[]);
+    d.ok(&["up"]);
+    let vmm = d.pid("baseband");
+    // The guest runs on its real-time vCPU.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while !log.contains("idle guest: up") && Instant::now() < end {
+        log = d.ok(&["logs", "baseband"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log.contains("idle guest: up"), "{log}");
+    let status = |tid: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{vmm}/task/{tid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    // Fields 40 (rt_priority) and 41 (policy) of a thread's stat.
+    let sched = |tid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{vmm}/task/{tid}/stat")).unwrap();
+        let f: Vec<String> = stat
+            .rsplit_once(") ")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        (f[38].clone(), f[37].clone())
+    };
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/task"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let vcpu: Vec<&String> = tids
+        .iter()
+        .filter(|t| status(t, "Name:") == "vcpu0")
+        .collect();
+    assert_eq!(vcpu.len(), 1, "threads {tids:?}");
+    assert_eq!(sched(vcpu[0]), ("1".into(), "40".into()), "SCHED_FIFO 40");
+    assert_eq!(status(vcpu[0], "Cpus_allowed_list:"), "1");
+    for t in tids.iter().filter(|t| *t != vcpu[0]) {
+        assert_eq!(status(t, "Cpus_allowed_list:"), "0", "VMM thread {t}");
+        assert_eq!(sched(t).0, "0", "VMM thread {t} is not SCHED_OTHER");
+    }
+    let jail = Path::new("/sys/fs/cgroup/cpu/cellvisor").join(format!("{}-baseband", d.prefix));
+    assert_eq!(common::rt_runtime(&jail), Some(100_000));
+    let apps = d.pid("apps");
+    let cpus = std::fs::read_to_string(format!("/proc/{apps}/status")).unwrap();
+    assert!(cpus.contains("Cpus_allowed_list:\t0\n"), "{cpus}");
+    d.teardown_and_check(&[apps, vmm]);
+}

@@ -64,7 +64,54 @@ pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
             uds: format!("{RUN_DIR}/{VSOCK_SOCKET}").into(),
         });
     }
+    // A realtime domain: one vCPU per core it owns, each pinned there with the policy.
+    if let (Some(rt), Some(cpus)) = (d.realtime, &d.cpus) {
+        use domain::profile::RtPolicy;
+        c.vcpu_cpus = domain::profile::cpu_list(cpus);
+        c.vcpu_sched = match rt {
+            RtPolicy::Fifo { priority, .. } => Some(vmm::VcpuSched::Fifo(priority)),
+            RtPolicy::Rr { priority, .. } => Some(vmm::VcpuSched::Rr(priority)),
+            // The profile check keeps deadline to container domains.
+            RtPolicy::Deadline { .. } => None,
+        };
+    }
     c
+}
+
+/// A realtime microVM's jail spans its own cores and the shared ones (`online` but those
+/// `cfg` gives its vCPUs): the VMM's other threads run on the shared ones; the vCPU
+/// threads, not the process, take the policy (its real-time budget stays the jail's).
+fn realtime_jail(c: &mut serde_json::Value, cfg: &mut vmm::Config, online: &[u32]) {
+    if cfg.vcpu_cpus.is_empty() {
+        return;
+    }
+    cfg.vmm_cpus = online
+        .iter()
+        .copied()
+        .filter(|x| !cfg.vcpu_cpus.contains(x))
+        .collect();
+    if let Some(p) = c["process"].as_object_mut() {
+        p.remove("scheduler");
+    }
+    // The vCPU threads take their policy themselves: the jailed VMM keeps CAP_SYS_NICE
+    // (RLIMIT_RTPRIO would allow less, but raising its hard limit of 0 needs
+    // CAP_SYS_RESOURCE, which root may not have). Its seccomp filters allow neither call
+    // once the threads run.
+    if let Some(caps) = c["process"]["capabilities"].as_object_mut() {
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(l) = caps.get_mut(set).and_then(|l| l.as_array_mut()) {
+                if !l.iter().any(|x| x == "CAP_SYS_NICE") {
+                    l.push(json!("CAP_SYS_NICE"));
+                }
+            }
+        }
+    }
+    if let Some(a) = c["annotations"].as_object_mut() {
+        a.remove(container::cgroups::exclusive::ANNOTATION);
+    }
+    if let Some(cpu) = c["linux"]["resources"]["cpu"].as_object_mut() {
+        cpu.remove("cpus");
+    }
 }
 
 /// Put the VMM (`vmm_bin vm run`, booting `vm`) into `c`, the OCI config of domain `d`'s
@@ -88,7 +135,9 @@ fn jail(
             ));
         }
     }
-    let cfg = vmm_config(d, vm, port);
+    let mut cfg = vmm_config(d, vm, port);
+    let online = container::cgroups::rt::host().cpus.unwrap_or_default();
+    realtime_jail(c, &mut cfg, &online);
     let bind = |src: &Path, dst: &Path, ro: bool| {
         let opts = if ro {
             json!(["rbind", "ro", "nosuid", "nodev"])
@@ -256,6 +305,56 @@ disks = ["/img/a,cow", "/img/b"]
         );
         c.validate().unwrap();
         assert_eq!(c.vsock.unwrap().to_string(), "3,uds=/run/cellvisor/vsock");
+    }
+
+    #[test]
+    fn a_realtime_microvm_pins_its_vcpus_and_keeps_the_vmm_off_them() {
+        let text = r#"
+name = "t"
+base = "/"
+[[domain]]
+name = "rt"
+role = "realtime"
+backend = "microvm"
+kernel = "/bin/true"
+cpus = "1"
+realtime = { policy = "fifo", priority = 40, budget = "200ms/1s" }
+"#;
+        let host = domain::profile::Host {
+            cpus: Some(vec![0, 1]),
+            ..Default::default()
+        };
+        let d = domain::profile::parse_on(text, "t.toml", Path::new("/"), &host)
+            .unwrap()
+            .domains
+            .remove(0);
+        let mut cfg = vmm_config(&d, d.vm().unwrap(), false);
+        assert_eq!(cfg.vcpu_cpus, [1]);
+        assert_eq!(cfg.vcpu_sched, Some(vmm::VcpuSched::Fifo(40)));
+        let mut c = oci_config(&d, Path::new("/jail"), &UpOpts::default()).unwrap();
+        assert!(c["process"]["scheduler"].is_object());
+        realtime_jail(&mut c, &mut cfg, &[0, 1]);
+        assert_eq!(cfg.vmm_cpus, [0]);
+        cfg.validate().unwrap();
+        // The jail spans both cores; its budget stays for the vCPU thread's policy.
+        assert!(c["process"].get("scheduler").is_none());
+        let eff = c["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(eff.iter().any(|x| x == "CAP_SYS_NICE"));
+        assert!(c["linux"]["resources"]["cpu"].get("cpus").is_none());
+        assert_eq!(c["linux"]["resources"]["cpu"]["realtimeRuntime"], 200_000);
+        assert!(c["annotations"]
+            .get(container::cgroups::exclusive::ANNOTATION)
+            .is_none());
+        // One vCPU per owned core.
+        let two = text.replace("cpus = \"1\"", "cpus = \"1\"\nvcpus = 2");
+        let e = domain::profile::parse_on(&two, "t.toml", Path::new("/"), &host).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|l| l.contains("one vCPU on each core it owns")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use crate::pin::{cpus_arg, VcpuSched};
 use crate::{arch, virtio, Error, Result};
 
 /// The kernel command line when none is given: the serial console, and a reboot (or a
@@ -36,6 +37,13 @@ pub struct Config {
     pub nets: Vec<virtio::net::NetSpec>,
     /// A virtio vsock device, its host side on Unix sockets.
     pub vsock: Option<virtio::vsock::VsockSpec>,
+    /// vCPU i runs on CPU `vcpu_cpus[i]` alone (empty: wherever the process may).
+    pub vcpu_cpus: Vec<u32>,
+    /// The VMM's other threads (the device loop and its helpers) run on these (empty:
+    /// wherever the process may).
+    pub vmm_cpus: Vec<u32>,
+    /// The vCPU threads' real-time policy (a realtime domain's).
+    pub vcpu_sched: Option<VcpuSched>,
 }
 
 impl Config {
@@ -53,6 +61,9 @@ impl Config {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            vcpu_cpus: Vec::new(),
+            vmm_cpus: Vec::new(),
+            vcpu_sched: None,
         }
     }
 
@@ -82,6 +93,25 @@ impl Config {
         for (i, n) in self.nets.iter().enumerate() {
             if self.nets[..i].iter().any(|m| m.tap == n.tap) {
                 return Err(Error::Config(format!("net: tap {} is given twice", n.tap)));
+            }
+        }
+        if !self.vcpu_cpus.is_empty() && self.vcpu_cpus.len() != usize::from(self.vcpus) {
+            return Err(Error::Config(format!(
+                "vcpu cpus: {} CPUs for {} vCPUs (one each)",
+                self.vcpu_cpus.len(),
+                self.vcpus
+            )));
+        }
+        for (i, c) in self.vcpu_cpus.iter().enumerate() {
+            if self.vcpu_cpus[..i].contains(c) {
+                return Err(Error::Config(format!(
+                    "vcpu cpus: CPU {c} is given to two vCPUs"
+                )));
+            }
+            if self.vmm_cpus.contains(c) {
+                return Err(Error::Config(format!(
+                    "vmm cpus: CPU {c} is a vCPU's: the VMM's other threads keep off the vCPUs' cores"
+                )));
             }
         }
         let devices = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
@@ -129,6 +159,15 @@ impl Config {
         if let Some(v) = &self.vsock {
             a.extend(["--vsock".into(), v.to_string()]);
         }
+        if !self.vcpu_cpus.is_empty() {
+            a.extend(["--vcpu-cpus".into(), cpus_arg(&self.vcpu_cpus)]);
+        }
+        if !self.vmm_cpus.is_empty() {
+            a.extend(["--vmm-cpus".into(), cpus_arg(&self.vmm_cpus)]);
+        }
+        if let Some(s) = self.vcpu_sched {
+            a.extend(["--vcpu-sched".into(), s.to_string()]);
+        }
         a
     }
 }
@@ -163,6 +202,21 @@ mod tests {
             &|c| c.disks = vec!["/d".parse().unwrap(); arch::MAX_DEVICES + 1],
             "virtio devices: at most",
         );
+        bad(&|c| c.vcpu_cpus = vec![1, 2], "2 CPUs for 1 vCPUs");
+        bad(
+            &|c| {
+                c.vcpus = 2;
+                c.vcpu_cpus = vec![1, 1]
+            },
+            "CPU 1 is given to two vCPUs",
+        );
+        bad(
+            &|c| {
+                c.vcpu_cpus = vec![1];
+                c.vmm_cpus = vec![0, 1]
+            },
+            "CPU 1 is a vCPU's",
+        );
     }
 
     #[test]
@@ -188,10 +242,13 @@ mod tests {
         c.disks = vec!["/a,ro".parse().unwrap(), "/b,cow=/l".parse().unwrap()];
         c.nets = vec!["tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24".parse().unwrap()];
         c.vsock = Some("3,uds=/v".parse().unwrap());
+        c.vcpu_cpus = vec![1];
+        c.vmm_cpus = vec![0, 2];
+        c.vcpu_sched = Some(VcpuSched::Fifo(50));
         let a = c.args().join(" ");
         assert_eq!(
             a,
-            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v")
+            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v --vcpu-cpus 1 --vmm-cpus 0,2 --vcpu-sched fifo:50")
         );
     }
 }

@@ -13,6 +13,7 @@ mod config;
 pub mod devices;
 mod event_loop;
 mod memory;
+pub mod pin;
 pub mod seccomp;
 pub mod unpack;
 mod vcpu;
@@ -92,6 +93,7 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub use config::{Config, Console, DEFAULT_CMDLINE};
+pub use pin::VcpuSched;
 
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,13 @@ pub fn run(cfg: &Config) -> Result<Exit> {
 
 fn boot_and_run(cfg: &Config) -> Result<Exit> {
     cfg.validate()?;
+    if !cfg.vmm_cpus.is_empty() {
+        // Before any thread is made: each starts where its maker runs.
+        pin::set_affinity(&cfg.vmm_cpus).map_err(|e| Error::Io {
+            what: format!("running the VMM on cpus {}", pin::cpus_arg(&cfg.vmm_cpus)),
+            source: e,
+        })?;
+    }
     let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
     let vm = kvm
         .create_vm()
@@ -247,7 +256,13 @@ fn start_vcpus(
     vcpus
         .into_iter()
         .enumerate()
-        .map(|(id, fd)| vcpu::spawn(id, fd, shared.clone()))
+        .map(|(id, fd)| {
+            let place = vcpu::Place {
+                cpu: cfg.vcpu_cpus.get(id).copied(),
+                sched: cfg.vcpu_sched,
+            };
+            vcpu::spawn(id, fd, shared.clone(), place)
+        })
         .collect::<std::io::Result<_>>()
         .map_err(io("starting a vCPU thread"))
 }

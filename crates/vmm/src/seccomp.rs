@@ -98,6 +98,8 @@ fn filter_with(t: Thread, dirs: &[std::os::fd::RawFd]) -> Result<BpfProgram> {
                     ioctl(KVM_TRANSLATE())?,
                 ],
             );
+            // Its own affinity only: a pinned vCPU moves to its core after its first run.
+            rules.insert(libc::SYS_sched_setaffinity, vec![arg_is(0, 0)?]);
         }
         Thread::Main => {
             rules.insert(libc::SYS_tgkill, vec![]);

@@ -114,13 +114,55 @@ fn describe(vcpu: &VcpuFd, s: &Shared) -> String {
     )
 }
 
-fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
+/// Where a vCPU thread runs and how it is scheduled.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub cpu: Option<u32>,
+    pub sched: Option<crate::pin::VcpuSched>,
+}
+
+/// Give the calling vCPU thread its policy (before its seccomp filter, which does not allow
+/// the call). Its core it takes after its first run ([`move_to`]): that run makes KVM's
+/// worker thread of the VM (kvm-nx-lpage-recovery), which starts where its maker runs and
+/// belongs on the VMM's shared cores; the policy is reset for it (SCHED_RESET_ON_FORK).
+fn take(place: Place) -> std::result::Result<(), String> {
+    if let Some(p) = place.sched {
+        crate::pin::set_sched(p).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                " (it needs RLIMIT_RTPRIO or CAP_SYS_NICE, and with cgroup v1 real-time group scheduling a real-time budget in its cgroup)"
+            } else {
+                ""
+            };
+            format!("taking real-time policy {p}: {e}{hint}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Move the calling vCPU thread to its own core.
+fn move_to(cpu: u32) -> std::result::Result<(), String> {
+    crate::pin::set_affinity(&[cpu]).map_err(|e| format!("running on cpu {cpu}: {e}"))
+}
+
+fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>, place: Place) {
+    if let Err(e) = take(place) {
+        s.end(Exit::Error(format!("vcpu {id}: {e}")));
+        return;
+    }
     if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::Vcpu) {
         s.end(Exit::Error(format!("vcpu {id}: {}", crate::chain(&e))));
         return;
     }
+    let mut to_move = place.cpu;
     while !s.stop.load(Ordering::SeqCst) {
-        let why = match vcpu.run() {
+        let ran = vcpu.run();
+        if let Some(c) = to_move.take() {
+            if let Err(e) = move_to(c) {
+                s.end(Exit::Error(format!("vcpu {id}: {e}")));
+                return;
+            }
+        }
+        let why = match ran {
             Ok(VcpuExit::IoOut(port, data)) => match s.legacy.write(port, data) {
                 None => continue,
                 Some(end) => end,
@@ -184,8 +226,13 @@ fn run(id: usize, mut vcpu: VcpuFd, s: Arc<Shared>) {
     }
 }
 
-pub fn spawn(id: usize, vcpu: VcpuFd, s: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(
+    id: usize,
+    vcpu: VcpuFd,
+    s: Arc<Shared>,
+    place: Place,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run(id, vcpu, s))
+        .spawn(move || run(id, vcpu, s, place))
 }

@@ -318,6 +318,19 @@ pub(super) fn realtime(r: &mut Report, p: &raw::Profile, domains: &mut [Domain],
                 r.at(sp, format!("domain {name:?}: realtime: deadline on cpus {} needs them as a root domain of their own, which this host's cgroup v1 cpuset makes only when the whole host stops load balancing: use fifo or rr here (or cgroup v2)", cpu_list_string(&mine)));
             }
         }
+        if let DomainKind::Microvm(vm) = &d.kind {
+            if usize::from(vm.vcpus) != mine.len() {
+                r.at(
+                    cpus_span(i),
+                    format!(
+                        "domain {name:?}: a realtime microVM runs one vCPU on each core it owns: cpus {} {} for vcpus = {}",
+                        cpu_list_string(&mine),
+                        if mine.len() == 1 { "is one core" } else { "are more cores" },
+                        vm.vcpus
+                    ),
+                );
+            }
+        }
         owned.extend(mine.iter().map(|&c| (c, i)));
         if let (RtPolicy::Fifo { budget, .. } | RtPolicy::Rr { budget, .. }, Some(cap)) =
             (rt, capacity)
