@@ -20,10 +20,7 @@ while [ $# -gt 0 ]; do
     *) out=$1; shift ;;
   esac
 done
-bin=${CELLVISOR_BIN:-target/release}
-agent=${CELLVISOR_AGENT:-$bin/cellvisor-agent}   # the static agent (make agent)
-kernel=$(ls /boot/vmlinuz-*-amd64 | sort -V | tail -n 1)
-mke2fs=$(command -v mke2fs || echo /usr/sbin/mke2fs)
+. scripts/test-host-lib.sh
 backends=native,container,microvm
 files=()
 if [ "$peers" = 1 ]; then
@@ -40,18 +37,11 @@ cmd="set -o pipefail; mount -t cgroup2 none /sys/fs/cgroup && export PATH=/host:
   ./cellvisor bench --backends $backends --kernel $(basename "$kernel") \
   --initrd initramfs.cpio.gz ${args[*]} --out /tmp/report 2>&1 | cat && \
   echo REPORT-BEGIN && tar -C /tmp/report -czf - . | base64 && echo REPORT-END"
-# The emulator sometimes stalls for good (kvm-test-host.sh then exits 3): up to three tries.
-for try in 1 2 3; do
-  rc=0
-  KVM_TEST_HOST_TIMEOUT=${KVM_TEST_HOST_TIMEOUT:-7200} scripts/kvm-test-host.sh -m "${KVM_TEST_HOST_MEM:-6144}" \
-    -f "$bin/cellvisor" -f "$agent" -f "$bin/cellvisor-app" -f "$kernel" \
-    -f "$tmp/initramfs.cpio.gz" -f "$mke2fs" ${files[@]+"${files[@]}"} -- "$cmd" > "$tmp/out" || rc=$?
-  [ "$rc" = 3 ] && [ "$try" -lt 3 ] && { echo "the test host stalled; again ($try)" >&2; continue; }
-  [ "$rc" = 0 ] || { cat "$tmp/out"; exit 1; }
-  break
-done
-mkdir -p "$out"
-sed -n '/^REPORT-BEGIN/,/^REPORT-END/p' "$tmp/out" | sed '1d;$d' | base64 -d | tar -C "$out" -xzf - || { echo "no report:"; cat "$tmp/out"; exit 1; }
+export KVM_TEST_HOST_TIMEOUT=${KVM_TEST_HOST_TIMEOUT:-7200}
+test_host_run "$tmp/out" -m "${KVM_TEST_HOST_MEM:-6144}" \
+  -f "$bin/cellvisor" -f "$agent" -f "$bin/cellvisor-app" -f "$kernel" \
+  -f "$tmp/initramfs.cpio.gz" -f "$mke2fs" ${files[@]+"${files[@]}"} -- "$cmd"
+test_host_report "$tmp/out" "$out"
 sed "/^REPORT-BEGIN/,/^REPORT-END/d" "$tmp/out" | sed -n "/survey Section 5/,\$p" | sed "s/.*survey Section 5/survey Section 5/" | grep -v "^\[ *[0-9.]*\]" > "$out/table.txt"
 cat "$out/table.txt"
 echo "wrote the report in $out"

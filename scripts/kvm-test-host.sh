@@ -4,7 +4,8 @@
 # emulated). QEMU (TCG) emulates an AMD CPU with SVM; a Debian kernel booted on it loads
 # kvm-amd; the command runs there, in /host, with the files given by -f.
 #
-# usage: kvm-test-host.sh [-m MB] [-f FILE]... -- 'COMMAND'
+# usage: kvm-test-host.sh [-m MB] [-c CPUS] [-f FILE]... -- 'COMMAND'
+#   -c CPUS  emulated CPUs (default 1)
 #   -f FILE  is copied into /host (with the shared libraries of a dynamic program, at their paths)
 # Prints the command's output; exits 0 only if the command succeeded, 3 if the emulator
 # stalled (its timer interrupts stop for good now and then while a nested guest runs: the
@@ -12,16 +13,18 @@
 # Needs: qemu-system-x86, linux-image-cloud-amd64, busybox-static, cpio, file (scripts/deps.sh).
 set -euo pipefail
 mem=2048
+cpus=1
 files=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -m) mem=$2; shift 2 ;;
+    -c) cpus=$2; shift 2 ;;
     -f) files+=("$2"); shift 2 ;;
     --) shift; break ;;
-    *) echo "usage: $0 [-m MB] [-f FILE]... -- 'COMMAND'" >&2; exit 2 ;;
+    *) echo "usage: $0 [-m MB] [-c CPUS] [-f FILE]... -- 'COMMAND'" >&2; exit 2 ;;
   esac
 done
-command=${1:?usage: $0 [-m MB] [-f FILE]... -- 'COMMAND'}
+command=${1:?usage: $0 [-m MB] [-c CPUS] [-f FILE]... -- 'COMMAND'}
 kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)
 [ -n "$kernel" ] || { echo "kvm-test-host: no /boot/vmlinuz-*-amd64 (linux-image-cloud-amd64)" >&2; exit 2; }
 release=${kernel#/boot/vmlinuz-}
@@ -31,7 +34,7 @@ root=$tmp/root
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,host,modules}
 cp /bin/busybox "$root/bin/"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun; do
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun fs/overlayfs/overlay; do
   ko=$(ls /lib/modules/"$release"/kernel/$m.ko* | head -n 1)
   case "$ko" in
     *.xz) xz -dc "$ko" ;;
@@ -60,7 +63,7 @@ if [ ! -e /.moved ]; then
   exec switch_root /newroot /init
 fi
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
-for m in irqbypass kvm kvm-amd tun; do insmod /modules/$m.ko; done
+for m in irqbypass kvm kvm-amd tun overlay; do insmod /modules/$m.ko; done
 ip link set lo up
 # A heartbeat on the second serial port: the emulator sometimes stops this host's timer
 # interrupts for good while a nested guest runs; the script outside then sees it stop.
@@ -72,7 +75,7 @@ poweroff -f
 INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$tmp/initrd.gz"
-timeout "${KVM_TEST_HOST_TIMEOUT:-900}" qemu-system-x86_64 -machine q35 -cpu EPYC,+svm -smp 1 \
+timeout "${KVM_TEST_HOST_TIMEOUT:-900}" qemu-system-x86_64 -machine q35 -cpu EPYC,+svm -smp "$cpus" \
   -m "$mem" -kernel "$kernel" -initrd "$tmp/initrd.gz" -append 'console=ttyS0 panic=-1 quiet' \
   -display none -serial stdio -serial "file:$tmp/heartbeat" -no-reboot \
   > "$tmp/console" 2>/dev/null < /dev/null &

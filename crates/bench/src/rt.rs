@@ -32,11 +32,18 @@ pub struct Plan {
     /// Wake-ups per variant.
     pub samples: u64,
     pub interval_us: u64,
+    /// With a guest: the microVM variants too, the probe inside it.
+    pub guest: Option<crate::vm::Guest>,
 }
 
 impl Plan {
     /// 100,000 wake-ups of 1 ms per variant (cyclictest's usual), `quick` 3,000.
-    pub fn new(quick: bool, samples: Option<u64>, interval_us: u64) -> Result<Plan> {
+    pub fn new(
+        quick: bool,
+        samples: Option<u64>,
+        interval_us: u64,
+        guest: Option<crate::vm::Guest>,
+    ) -> Result<Plan> {
         let samples = samples.unwrap_or(if quick { 3_000 } else { 100_000 });
         if samples == 0 || interval_us == 0 {
             return Err(Error::Msg(
@@ -46,6 +53,7 @@ impl Plan {
         Ok(Plan {
             samples,
             interval_us,
+            guest,
         })
     }
 }
@@ -67,6 +75,10 @@ pub struct Variant {
     /// The load's CPU time on the realtime core, ms (loaded variants with a core of its own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_ms_on_rt_core: Option<f64>,
+    /// For a microVM: its VMM's threads as the host saw them while the probe ran — name,
+    /// policy, CPUs each (e.g. `vcpu0 SCHED_FIFO 80 cpus 1`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vmm_threads: Vec<String>,
     /// [µs, samples] for every non-empty µs.
     pub hist: Vec<(u64, u64)>,
 }
@@ -84,6 +96,11 @@ pub struct Report {
     pub loaded_over_unloaded_p99: Option<f64>,
     /// loaded p99 / control p99 (with the configuration vs without it).
     pub loaded_over_control_p99: Option<f64>,
+    /// The same for the microVM: vm-loaded p99 / vm-unloaded p99, vm-loaded / vm-control.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_loaded_over_unloaded_p99: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_loaded_over_control_p99: Option<f64>,
 }
 
 const PRIORITY: u8 = 80;
@@ -96,9 +113,25 @@ fn steal_jiffies() -> (u64, u64) {
     (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
 }
 
+/// The microVM a probe runs in: the guest's kernel and initramfs, and its root (the probe
+/// domains' busybox root as an ext4 image, copy-on-write).
+struct VmProbe {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    image: PathBuf,
+}
+
 /// The device's profile: a probe domain running `probe` (realtime on `rt_cpu`, or common when
-/// not `rt`) and, with `load`, a common domain running the load with `threads` workers each.
-fn profile(base: &Path, rt: bool, rt_cpu: u32, probe: &[String], load: Option<usize>) -> String {
+/// not `rt`; with `vm`, a microVM running it inside, one vCPU) and, with `load`, a common
+/// domain running the load with `threads` workers each.
+fn profile(
+    base: &Path,
+    rt: bool,
+    rt_cpu: u32,
+    probe: &[String],
+    load: Option<usize>,
+    vm: Option<&VmProbe>,
+) -> String {
     let list = |v: &[String]| {
         v.iter()
             .map(|a| format!("{a:?}"))
@@ -106,18 +139,30 @@ fn profile(base: &Path, rt: bool, rt_cpu: u32, probe: &[String], load: Option<us
             .join(", ")
     };
     let mut p = format!(
-        "name = \"rtbench\"\nbase = {:?}\n",
-        base.display().to_string()
+        "name = \"rtbench\"\nbase = {:?}\n[[domain]]\nname = \"probe\"\nrole = \"{}\"\n",
+        base.display().to_string(),
+        if rt { "realtime" } else { "common" }
     );
+    match vm {
+        // The guest runs the probe as its command, at the same priority inside.
+        Some(v) => {
+            let cmd = format!("{} --fifo {PRIORITY}", probe.join(" "));
+            let cmdline = format!(
+                "{} loglevel=1 cellvisor.root=/dev/vda cellvisor.run=\"{cmd}\"",
+                crate::vm::CMDLINE
+            );
+            p += &format!(
+                "backend = \"microvm\"\nkernel = {:?}\ninitrd = {:?}\ncmdline = {cmdline:?}\ndisks = [{:?}]\nmemory = \"256M\"\n",
+                v.kernel.display().to_string(),
+                v.initrd.display().to_string(),
+                format!("{},cow", v.image.display())
+            );
+        }
+        None => p += &format!("command = [{}]\n", list(probe)),
+    }
     if rt {
         p += &format!(
-            "[[domain]]\nname = \"probe\"\nrole = \"realtime\"\ncpus = \"{rt_cpu}\"\ncommand = [{}]\nrealtime = {{ policy = \"fifo\", priority = {PRIORITY}, budget = \"{BUDGET}\" }}\n",
-            list(probe)
-        );
-    } else {
-        p += &format!(
-            "[[domain]]\nname = \"probe\"\nrole = \"common\"\ncommand = [{}]\n",
-            list(probe)
+            "cpus = \"{rt_cpu}\"\nrealtime = {{ policy = \"fifo\", priority = {PRIORITY}, budget = \"{BUDGET}\" }}\n"
         );
     }
     if let Some(t) = load {
@@ -219,23 +264,61 @@ fn variant(
         max_us,
         steal_pct,
         load_ms_on_rt_core,
+        vmm_threads: Vec::new(),
         hist,
     })
 }
 
-/// A device of the benchmark, up: its domains on `be`; with a realtime domain, the host
-/// placed as cellvisord places it (this process and the interrupts off its core; their
-/// record in `state`).
+/// The threads of process `pid`: name, policy and allowed CPUs each, as /proc says.
+fn threads_of(pid: i32) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter_map(|t| {
+            let dir = t.path();
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+            };
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let f: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            // Fields 40 (rt_priority) and 41 (policy).
+            let policy = match f.get(38).copied() {
+                Some("1") => format!("SCHED_FIFO {}", f.get(37)?),
+                Some("2") => format!("SCHED_RR {}", f.get(37)?),
+                Some("0") => "SCHED_OTHER".to_string(),
+                other => format!("policy {}", other.unwrap_or("?")),
+            };
+            Some(format!(
+                "{} {policy} cpus {}",
+                field("Name:")?,
+                field("Cpus_allowed_list:")?
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A device of the benchmark, up: its domains on the rig's backends; with a realtime
+/// domain, the host placed as cellvisord places it (this process and the interrupts off its
+/// core; their record in `state`).
 struct Device<'a> {
-    be: &'a ContainerBackend,
-    names: Vec<String>,
+    rig: &'a Rig,
+    /// Each domain, and whether it is a microVM.
+    names: Vec<(String, bool)>,
     placed: Option<PathBuf>,
 }
 
 impl Drop for Device<'_> {
     fn drop(&mut self) {
-        for n in &self.names {
-            let _ = self.be.destroy(n);
+        for (n, vm) in &self.names {
+            let _ = self.rig.backend(*vm).destroy(n);
         }
         if let Some(state) = &self.placed {
             daemon::placement::restore(state);
@@ -243,9 +326,11 @@ impl Drop for Device<'_> {
     }
 }
 
-/// What every device of the run shares: the backend, the root, the state, the host.
+/// What every device of the run shares: the backends, the root, the state, the host.
 struct Rig {
     be: ContainerBackend,
+    /// The microVM backend and what its probe boots, when the run has a guest.
+    vm: Option<(microvm::MicrovmBackend, VmProbe)>,
     base: PathBuf,
     state: PathBuf,
     host: domain::profile::Host,
@@ -253,14 +338,28 @@ struct Rig {
 }
 
 impl Rig {
-    /// Bring up the device [`profile`] describes (the probe domain running `cmd`), the load
-    /// first; the probe starts last.
-    fn device(&self, rt: bool, cmd: &[String], load: Option<usize>) -> Result<Device<'_>> {
-        let text = profile(&self.base, rt, self.rt_cpu, cmd, load);
+    fn backend(&self, vm: bool) -> &dyn Backend {
+        match &self.vm {
+            Some((b, _)) if vm => b,
+            _ => &self.be,
+        }
+    }
+
+    /// Bring up the device [`profile`] describes (the probe domain running `cmd`, in the
+    /// microVM with `vm`), the load first; the probe starts last.
+    fn device(
+        &self,
+        rt: bool,
+        cmd: &[String],
+        load: Option<usize>,
+        vm: bool,
+    ) -> Result<Device<'_>> {
+        let guest = self.vm.as_ref().map(|(_, g)| g).filter(|_| vm);
+        let text = profile(&self.base, rt, self.rt_cpu, cmd, load, guest);
         let p = domain::profile::parse_on(&text, "rtbench.toml", Path::new("/"), &self.host)
             .map_err(|e| Error::Msg(format!("the benchmark's profile: {e}")))?;
         let mut dev = Device {
-            be: &self.be,
+            rig: self,
             names: Vec::new(),
             placed: None,
         };
@@ -268,7 +367,6 @@ impl Rig {
             dev.placed = Some(self.state.clone());
             daemon::placement::keep_off(&p, &self.state).map_err(Error::Msg)?;
         }
-        let be = &self.be;
         let o = UpOpts {
             base: Some(&self.base),
             ..UpOpts::default()
@@ -276,8 +374,9 @@ impl Rig {
         let mut order: Vec<&domain::Domain> = p.domains.iter().collect();
         order.sort_by_key(|d| d.name == "probe");
         for d in order {
-            dev.names.push(d.name.clone());
-            be.up(d, &o)?;
+            let in_vm = d.vm().is_some();
+            dev.names.push((d.name.clone(), in_vm));
+            self.backend(in_vm).up(d, &o)?;
             if d.name == "load" {
                 // The load at full tilt before the probe's first wake-up.
                 std::thread::sleep(Duration::from_millis(500));
@@ -290,15 +389,34 @@ impl Rig {
 impl Device<'_> {
     /// Wait for the probe to end; its output.
     fn probe_output(&self, deadline: Duration) -> Result<String> {
-        let end = Instant::now() + deadline;
-        while self.be.status("probe")? != DomainStatus::Stopped {
+        Ok(self.probe_run(deadline)?.0)
+    }
+
+    /// Wait for the probe to end; its output and, for a microVM, its VMM's threads as they
+    /// were once the guest had started the probe.
+    fn probe_run(&self, deadline: Duration) -> Result<(String, Vec<String>)> {
+        let vm = self.names.iter().any(|(n, vm)| n == "probe" && *vm);
+        let be = self.rig.backend(vm);
+        let log = be.log_path("probe").unwrap_or_default();
+        // A guest boots first.
+        let end = Instant::now()
+            + deadline
+            + if vm {
+                crate::vm::BOOT_DEADLINE
+            } else {
+                Duration::ZERO
+            };
+        let mut threads = Vec::new();
+        while be.status("probe")? != DomainStatus::Stopped {
             if Instant::now() > end {
                 return Err(Error::Msg("the probe did not finish in time".into()));
             }
+            if vm && threads.is_empty() && crate::host::read(&log).contains("GUEST-UP") {
+                threads = be.pid("probe").map(threads_of).unwrap_or_default();
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let log = self.be.log_path("probe").unwrap_or_default();
-        Ok(crate::host::read(&log))
+        Ok((crate::host::read(&log), threads))
     }
 }
 
@@ -327,8 +445,27 @@ pub fn run(
     )?;
     let cyclictest = crate::rootfs::install_program(&base, "cyclictest")?;
     let state = work.join("state");
+    let prefix = format!("cvrt{}", std::process::id());
+    let vm = match &plan.guest {
+        Some(g) => {
+            let image = work.join("probe-root.ext4");
+            crate::vm::root_image(&base, &image, 16)?;
+            let be = microvm::MicrovmBackend::new(
+                ContainerBackend::new(&state, &format!("{prefix}v")),
+                Some(g.vmm.clone()),
+            );
+            let files = VmProbe {
+                kernel: g.kernel.clone(),
+                initrd: g.initrd.clone(),
+                image,
+            };
+            Some((be, files))
+        }
+        None => None,
+    };
     let rig = Rig {
-        be: ContainerBackend::new(&state, &format!("cvrt{}", std::process::id())),
+        be: ContainerBackend::new(&state, &prefix),
+        vm,
         base: base.clone(),
         state,
         host,
@@ -354,14 +491,20 @@ pub fn run(
     let mut failed = Vec::new();
     let mut measure = |name: &'static str,
                        what: &'static str,
-                       run: &mut dyn FnMut() -> Result<(String, Option<f64>)>|
+                       run: &mut dyn FnMut() -> Result<(String, Option<f64>, Vec<String>)>|
      -> Result<()> {
         progress(&format!("{name}: {what}"));
         let s0 = steal_jiffies();
         let r = run();
         let s1 = steal_jiffies();
         let steal = 100.0 * (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64;
-        match r.and_then(|(out, on_rt)| variant(name, what, &out, steal, on_rt)) {
+        let v = r.and_then(|(out, on_rt, threads)| {
+            variant(name, what, &out, steal, on_rt).map(|v| Variant {
+                vmm_threads: threads,
+                ..v
+            })
+        });
+        match v {
             Ok(v) => variants.push(v),
             Err(e) if name == "native" || name == "cyclictest" => {
                 failed.push((name.to_string(), domain::chain(&e)))
@@ -371,27 +514,27 @@ pub fn run(
         Ok(())
     };
     measure("unloaded", "the realtime domain alone", &mut || {
-        let dev = rig.device(true, &probe, None)?;
-        Ok((dev.probe_output(deadline)?, None))
+        let dev = rig.device(true, &probe, None, false)?;
+        Ok((dev.probe_output(deadline)?, None, Vec::new()))
     })?;
     measure(
         "loaded",
         "the realtime domain, the other domain loading its cores",
         &mut || {
-            let dev = rig.device(true, &probe, Some(threads))?;
+            let dev = rig.device(true, &probe, Some(threads), false)?;
             let t0 = cpu_time_on(&rig.be, rt_cpu);
             let out = dev.probe_output(deadline)?;
             let t1 = cpu_time_on(&rig.be, rt_cpu);
             let on_rt = t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
-            Ok((out, on_rt))
+            Ok((out, on_rt, Vec::new()))
         },
     )?;
     measure(
         "control",
         "the probe in a common domain, the load on every core",
         &mut || {
-            let dev = rig.device(false, &probe, Some(threads))?;
-            Ok((dev.probe_output(deadline)?, None))
+            let dev = rig.device(false, &probe, Some(threads), false)?;
+            Ok((dev.probe_output(deadline)?, None, Vec::new()))
         },
     )?;
     measure(
@@ -400,7 +543,7 @@ pub fn run(
         &mut || {
             // The device as in `loaded`, its realtime domain asleep; the probe on the host.
             let sleep = ["/bin/sleep".to_string(), "1000000".into()];
-            let _dev = rig.device(true, &sleep, Some(threads))?;
+            let _dev = rig.device(true, &sleep, Some(threads), false)?;
             let out = io(
                 std::process::Command::new(base.join("bin/cellvisor-agent"))
                     .args(&probe[1..])
@@ -418,9 +561,45 @@ pub fn run(
                     String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 ));
             }
-            Ok((String::from_utf8_lossy(&out.stdout).into_owned(), None))
+            Ok((
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                None,
+                Vec::new(),
+            ))
         },
     )?;
+    if rig.vm.is_some() {
+        measure(
+            "vm-unloaded",
+            "the probe in a realtime microVM alone",
+            &mut || {
+                let dev = rig.device(true, &probe, None, true)?;
+                let (out, threads) = dev.probe_run(deadline)?;
+                Ok((out, None, threads))
+            },
+        )?;
+        measure(
+            "vm-loaded",
+            "the probe in a realtime microVM (its vCPU SCHED_FIFO on the realtime core), the other domain loading its cores",
+            &mut || {
+                let dev = rig.device(true, &probe, Some(threads), true)?;
+                let t0 = cpu_time_on(&rig.be, rt_cpu);
+                let (out, vmm) = dev.probe_run(deadline)?;
+                let t1 = cpu_time_on(&rig.be, rt_cpu);
+                let on_rt = t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
+                Ok((out, on_rt, vmm))
+            },
+        )?;
+        measure(
+            "vm-control",
+            "the same microVM as a common domain, the load on every core",
+            &mut || {
+                let dev = rig.device(false, &probe, Some(threads), true)?;
+                let (out, threads) = dev.probe_run(deadline)?;
+                Ok((out, None, threads))
+            },
+        )?;
+    }
     match &cyclictest {
         Some(prog) => measure(
             "cyclictest",
@@ -443,8 +622,8 @@ pub fn run(
                 ]
                 .map(String::from)
                 .to_vec();
-                let dev = rig.device(true, &cmd, Some(threads))?;
-                Ok((dev.probe_output(deadline)?, None))
+                let dev = rig.device(true, &cmd, Some(threads), false)?;
+                Ok((dev.probe_output(deadline)?, None, Vec::new()))
             },
         )?,
         None => failed.push((
@@ -465,6 +644,8 @@ pub fn run(
         host: crate::host::facts(),
         loaded_over_unloaded_p99: p99("loaded").zip(p99("unloaded")).map(|(a, b)| a / b),
         loaded_over_control_p99: p99("loaded").zip(p99("control")).map(|(a, b)| a / b),
+        vm_loaded_over_unloaded_p99: p99("vm-loaded").zip(p99("vm-unloaded")).map(|(a, b)| a / b),
+        vm_loaded_over_control_p99: p99("vm-loaded").zip(p99("vm-control")).map(|(a, b)| a / b),
         variants,
         failed,
     })
@@ -500,6 +681,15 @@ pub fn table(r: &Report) -> String {
     }
     if let Some(x) = r.loaded_over_control_p99 {
         s += &format!("loaded p99 / control p99: {x:.3}\n");
+    }
+    if let Some(x) = r.vm_loaded_over_unloaded_p99 {
+        s += &format!("vm-loaded p99 / vm-unloaded p99: {x:.2}\n");
+    }
+    if let Some(x) = r.vm_loaded_over_control_p99 {
+        s += &format!("vm-loaded p99 / vm-control p99: {x:.3}\n");
+    }
+    for v in r.variants.iter().filter(|v| !v.vmm_threads.is_empty()) {
+        s += &format!("{} VMM threads: {}\n", v.name, v.vmm_threads.join("; "));
     }
     for (n, e) in &r.failed {
         s += &format!("could not run {n}: {e}\n");
@@ -556,9 +746,51 @@ mod tests {
     }
 
     #[test]
+    fn a_processs_threads_say_their_policy_and_cpus() {
+        let t = threads_of(std::process::id() as i32);
+        assert!(!t.is_empty());
+        assert!(
+            t.iter()
+                .all(|l| l.contains(" cpus ") && l.contains("SCHED_")),
+            "{t:?}"
+        );
+        assert!(threads_of(-1).is_empty());
+    }
+
+    #[test]
+    fn a_probe_in_a_microvm_is_its_guests_command() {
+        let probe = ["/bin/cellvisor-agent".to_string(), "rt-probe".into()];
+        let vm = VmProbe {
+            kernel: "/bin/true".into(),
+            initrd: "/bin/true".into(),
+            image: "/bin/true".into(),
+        };
+        let host = domain::profile::Host {
+            cpus: Some(vec![0, 1]),
+            ..Default::default()
+        };
+        let text = profile(Path::new("/base"), true, 1, &probe, Some(2), Some(&vm));
+        let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
+        let d = p.domain("probe").unwrap();
+        assert!(d.realtime.is_some());
+        let spec = d.vm().unwrap();
+        assert_eq!(spec.vcpus, 1);
+        let cl = spec.cmdline.as_deref().unwrap();
+        assert!(
+            cl.contains("cellvisor.run=\"/bin/cellvisor-agent rt-probe --fifo 80\""),
+            "{cl}"
+        );
+        assert_eq!(p.domain("load").unwrap().cpus.as_deref(), Some("0"));
+        let text = profile(Path::new("/base"), false, 1, &probe, Some(2), Some(&vm));
+        let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
+        assert!(p.domain("probe").unwrap().realtime.is_none());
+        assert_eq!(p.domain("load").unwrap().cpus, None);
+    }
+
+    #[test]
     fn the_devices_profile_places_the_load_off_the_realtime_core() {
         let probe = ["/bin/cellvisor-agent".to_string(), "rt-probe".into()];
-        let text = profile(Path::new("/base"), true, 1, &probe, Some(2));
+        let text = profile(Path::new("/base"), true, 1, &probe, Some(2), None);
         let host = domain::profile::Host {
             cpus: Some(vec![0, 1]),
             ..Default::default()
@@ -566,7 +798,7 @@ mod tests {
         let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
         assert!(p.domain("probe").unwrap().realtime.is_some());
         assert_eq!(p.domain("load").unwrap().cpus.as_deref(), Some("0"));
-        let text = profile(Path::new("/base"), false, 1, &probe, Some(2));
+        let text = profile(Path::new("/base"), false, 1, &probe, Some(2), None);
         let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
         assert_eq!(p.domain("load").unwrap().cpus, None);
         assert_eq!(p.domain("probe").unwrap().realtime, None);

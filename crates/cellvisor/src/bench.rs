@@ -236,6 +236,13 @@ pub enum BenchCmd {
         /// The static in-domain agent (default: cellvisor-agent beside this binary)
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// The microVM variants too: the probe inside a guest booting this kernel (needs a
+        /// /dev/kvm that boots a stock kernel: inside scripts/kvm-test-host.sh here)
+        #[arg(long, requires = "initrd")]
+        kernel: Option<PathBuf>,
+        /// The microVM variants' initramfs (scripts/mkinitramfs.sh)
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
         /// Write rt.json and rt-latency.svg here
         #[arg(long)]
         out: Option<PathBuf>,
@@ -353,9 +360,18 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             samples,
             interval_us,
             agent,
+            kernel,
+            initrd,
             out,
         } => {
-            let plan = bench::rt::Plan::new(*quick, *samples, *interval_us)?;
+            let guest = match (kernel, initrd) {
+                (Some(k), Some(i)) => {
+                    let me = std::env::current_exe().context("finding this binary")?;
+                    Some(bench::vm::Guest::new(&me, k, i)?)
+                }
+                _ => None,
+            };
+            let plan = bench::rt::Plan::new(*quick, *samples, *interval_us, guest)?;
             let agent = agent_path(agent)?;
             let work = tempdir()?;
             // A variant lasts seconds to minutes: a line each.

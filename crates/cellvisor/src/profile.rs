@@ -28,30 +28,34 @@ pub enum ProfileCmd {
     },
 }
 
-/// The profile, checked against this host (its CPUs, the real-time time it grants).
-fn load(file: &Option<PathBuf>) -> Result<Profile> {
-    let host = container::cgroups::rt::host();
+/// The profile, checked against `host` (its CPUs, the real-time time it grants).
+fn load(file: &Option<PathBuf>, host: &domain::profile::Host) -> Result<Profile> {
     let r = match file {
-        Some(f) => profile::load_on(f, &host),
+        Some(f) => profile::load_on(f, host),
         None => profile::parse_on(
             domain::DEFAULT_PROFILE,
             "examples/phone.toml (embedded)",
             Path::new("."),
-            &host,
+            host,
         ),
     };
     Ok(r?)
 }
 
-/// `SCHED_FIFO priority 50, budget 100000 µs per 1000000 µs`.
-fn realtime(rt: &domain::profile::RtPolicy) -> String {
+/// `SCHED_FIFO priority 50, budget 100000 µs per 1000000 µs` (on `host`).
+fn realtime(rt: &domain::profile::RtPolicy, host: &domain::profile::Host) -> String {
     use domain::profile::RtPolicy;
     match rt {
         RtPolicy::Fifo { priority, budget } | RtPolicy::Rr { priority, budget } => format!(
-            "{} priority {priority}, budget {} µs per {} µs",
+            "{} priority {priority}, budget {} µs per {} µs{}",
             if matches!(rt, RtPolicy::Fifo { .. }) { "SCHED_FIFO" } else { "SCHED_RR" },
             budget.runtime_us,
-            budget.period_us
+            budget.period_us,
+            if host.rt_group_budgets {
+                ""
+            } else {
+                " (not the domain's own here: this host has no real-time group scheduling, only the host-wide kernel.sched_rt_runtime_us)"
+            }
         ),
         RtPolicy::Deadline {
             runtime_ns,
@@ -66,7 +70,8 @@ fn realtime(rt: &domain::profile::RtPolicy) -> String {
 pub fn run(cmd: &ProfileCmd) -> Result<i32> {
     match cmd {
         ProfileCmd::Check { file } => {
-            let p = match load(file) {
+            let host = container::cgroups::rt::host();
+            let p = match load(file, &host) {
                 Ok(p) => p,
                 Err(e) => {
                     // One line per problem, then a count.
@@ -100,9 +105,16 @@ pub fn run(cmd: &ProfileCmd) -> Result<i32> {
                     d.shared_devices.join(",")
                 );
                 if let Some(rt) = &d.realtime {
+                    let how = if d.vm().is_some() || !host.exclusive_cpus {
+                        "kept off by cellvisor's placement"
+                    } else if host.cpuset_v1 {
+                        "by the kernel too: an exclusive cpuset"
+                    } else {
+                        "by the kernel too: an isolated cpuset partition"
+                    };
                     println!(
-                        "    realtime: {}; cpus {} its own",
-                        realtime(rt),
+                        "    realtime: {}; cpus {} its own ({how})",
+                        realtime(rt, &host),
                         d.cpus.as_deref().unwrap_or("-")
                     );
                 }
@@ -122,7 +134,7 @@ pub fn run(cmd: &ProfileCmd) -> Result<i32> {
             buffer,
             file,
         } => {
-            let p = load(file)?;
+            let p = load(file, &container::cgroups::rt::host())?;
             let buf = match buffer {
                 Some(b) => Some(
                     profile::parse_size(b)

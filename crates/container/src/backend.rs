@@ -111,11 +111,14 @@ pub fn oci_config(
             ),
         };
         c["process"]["scheduler"] = sched;
-        if d.cpus.is_some() {
-            // Its cores are its own, by the kernel's rule too.
+        if d.cpus.is_some() && crate::cgroups::rt::host().exclusive_cpus {
+            // Its cores are its own, by the kernel's rule too (where the kernel has one; else
+            // the profile's placement alone keeps the others off them).
             c["annotations"][crate::cgroups::exclusive::ANNOTATION] = json!("true");
         }
-        if let Some(b) = budget {
+        // Without real-time group scheduling (cgroup v2) the budget cannot be the domain's:
+        // the host-wide limit holds (`cellvisor profile check` says so).
+        if let Some(b) = budget.filter(|_| crate::cgroups::rt::host().rt_group_budgets) {
             res["cpu"]["realtimeRuntime"] = json!(b.runtime_us);
             res["cpu"]["realtimePeriod"] = json!(b.period_us);
         }

@@ -13,7 +13,7 @@ use crate::error::{Context, Error, Result};
 
 /// This host, as a profile is checked against it: its online CPUs, the real-time share of
 /// CPU time it grants (`kernel.sched_rt_runtime_us` / `sched_rt_period_us`), whether its
-/// cpuset is cgroup v1's.
+/// cpuset is cgroup v1's and whether a group can have a real-time budget of its own.
 pub fn host() -> domain::profile::Host {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let mut h = domain::profile::Host::default();
@@ -27,11 +27,21 @@ pub fn host() -> domain::profile::Host {
     if let Ok(p) = read("/proc/sys/kernel/sched_rt_period_us").trim().parse() {
         h.rt_period_us = p;
     }
-    h.cpuset_v1 = super::hierarchies().is_ok_and(|hs| {
-        hs.iter().any(|h| {
-            matches!(h, super::Hierarchy::V1 { options, .. } if options.split(',').any(|c| c == "cpuset"))
+    let hs = super::hierarchies().unwrap_or_default();
+    let v1 = |c: &str| {
+        hs.iter().find_map(|h| match h {
+            super::Hierarchy::V1 { mount, options, .. } if options.split(',').any(|o| o == c) => {
+                Some(mount.clone())
+            }
+            _ => None,
         })
-    });
+    };
+    h.cpuset_v1 = v1("cpuset").is_some();
+    h.exclusive_cpus = h.cpuset_v1
+        || hs.iter().any(|h| {
+            matches!(h, super::Hierarchy::Unified(root) if root.join("cpuset.cpus.isolated").exists())
+        });
+    h.rt_group_budgets = v1("cpu").is_some_and(|m| m.join("cpu.rt_runtime_us").exists());
     h
 }
 

@@ -316,6 +316,8 @@ pub(super) fn realtime(r: &mut Report, p: &raw::Profile, domains: &mut [Domain],
                 r.at(sp, format!("domain {name:?}: realtime: deadline is for container domains; a microVM's vCPU threads take fifo or rr"));
             } else if host.cpuset_v1 && !all {
                 r.at(sp, format!("domain {name:?}: realtime: deadline on cpus {} needs them as a root domain of their own, which this host's cgroup v1 cpuset makes only when the whole host stops load balancing: use fifo or rr here (or cgroup v2)", cpu_list_string(&mine)));
+            } else if !host.exclusive_cpus && !all {
+                r.at(sp, format!("domain {name:?}: realtime: deadline on cpus {} needs them as a root domain of their own, an isolated cpuset partition, which this kernel cannot make apart from its parent (Linux 6.7 and later): use fifo or rr here", cpu_list_string(&mine)));
             }
         }
         if let DomainKind::Microvm(vm) = &d.kind {

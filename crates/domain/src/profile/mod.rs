@@ -136,6 +136,14 @@ pub struct Host {
     /// root domain of their own (what SCHED_DEADLINE needs) only when the whole host stops
     /// load balancing.
     pub cpuset_v1: bool,
+    /// Its kernel can hold a domain's cores exclusively: a v1 cpuset, or a v2 one with
+    /// partitions apart from their parent (`cpuset.cpus.exclusive`, Linux 6.7; seen by the
+    /// root's `cpuset.cpus.isolated`, 6.8).
+    pub exclusive_cpus: bool,
+    /// It has real-time group scheduling (cgroup v1's `cpu.rt_runtime_us`): a domain's budget
+    /// is its own. Without it (cgroup v2, or a kernel built without it) real-time time is
+    /// bounded host-wide only, by `kernel.sched_rt_runtime_us`.
+    pub rt_group_budgets: bool,
 }
 
 impl Default for Host {
@@ -146,6 +154,8 @@ impl Default for Host {
             rt_runtime_us: 950_000,
             rt_period_us: 1_000_000,
             cpuset_v1: false,
+            exclusive_cpus: true,
+            rt_group_budgets: true,
         }
     }
 }
