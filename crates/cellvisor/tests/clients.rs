@@ -182,6 +182,7 @@ fn podman_runs_containers_with_cellvisor() {
     ok(&p.run(&["rm", "sleeper"]));
     assert_eq!(ok(&p.run(&["ps", "-aq"])), "");
     let _ = p.run(&["rmi", "-a", "-f"]);
+    common::remove_empty_cgroups("libpod_parent");
 }
 
 /// podman's `--cpu-rt-runtime` reaches the container's cgroup through cellvisor (granted from
@@ -262,6 +263,7 @@ fn podman_cpu_rt_runtime_gives_the_container_a_real_time_budget() {
         "the budget was not given back"
     );
     let _ = p.run(&["rmi", "-a", "-f"]);
+    common::remove_empty_cgroups("libpod_parent");
 }
 
 #[test]
@@ -381,4 +383,5 @@ fn containerd_ctr_runs_containers_with_cellvisor() {
         .arg("-R")
         .arg(d.join("root"))
         .status();
+    common::remove_empty_cgroups("default");
 }

@@ -1580,21 +1580,6 @@ fn exclusive_cores_are_held_against_other_containers() {
         }
         c
     };
-    let held = common::id("excl");
-    let b = bundle(&with(
-        &["sleep", "1000"],
-        json!({"cpus": "1"}),
-        Some("true"),
-    ));
-    let (ok, err) = b.cv_bg(&["run", "-d", &held]);
-    assert!(ok, "{err}");
-    let cv = cpuset.join("cellvisor");
-    let mine = cv.join(&held);
-    assert_eq!(flag(&mine, "cpuset.cpu_exclusive"), "1");
-    assert_eq!(flag(&mine, "cpuset.sched_load_balance"), "0");
-    assert_eq!(flag(&cv, "cpuset.cpu_exclusive"), "1");
-
-    // Another container asking for the core: one line naming who holds it.
     let refused = |c: &serde_json::Value, want: &str| {
         let id = common::id("excl-bad");
         let bb = bundle(c);
@@ -1605,6 +1590,56 @@ fn exclusive_cores_are_held_against_other_containers() {
         assert!(e.contains(want), "{e}");
         assert_nothing_left(&bb, &id);
     };
+    // Another manager's cpuset beside /cellvisor sharing its CPUs: v1 cannot make /cellvisor
+    // exclusive. Required: refused, naming it; preferred: the container runs on its cores
+    // without the kernel's exclusivity, and says so.
+    let foreign = cpuset.join(format!("cvforeign-{}", std::process::id()));
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("cpuset.cpus"), "0-1").unwrap();
+    std::fs::write(foreign.join("cpuset.mems"), "0").unwrap();
+    refused(
+        &with(&["true"], json!({"cpus": "1"}), Some("true")),
+        "exclusive as well, and /sys/fs/cgroup/cpuset/",
+    );
+    let id = common::id("excl-pref");
+    let bb = bundle(&with(
+        &["grep", "Cpus_allowed_list", "/proc/self/status"],
+        json!({"cpus": "1"}),
+        Some("preferred"),
+    ));
+    let o = bb.cv(&["run", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).trim().ends_with('1'), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("not held exclusively"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(bb.cv(&["delete", "--force", &id]).status.success());
+    assert_nothing_left(&bb, &id);
+    std::fs::remove_dir(&foreign).unwrap();
+    let cv = cpuset.join("cellvisor");
+    assert_eq!(flag(&cv, "cpuset.cpu_exclusive"), "0");
+    let beside = common::cpusets_beside_cellvisor();
+    if !beside.is_empty() {
+        eprintln!("skipped the rest: {beside:?} share CPUs beside /cellvisor");
+        return;
+    }
+
+    let held = common::id("excl");
+    let b = bundle(&with(
+        &["sleep", "1000"],
+        json!({"cpus": "1"}),
+        Some("true"),
+    ));
+    let (ok, err) = b.cv_bg(&["run", "-d", &held]);
+    assert!(ok, "{err}");
+    let mine = cv.join(&held);
+    assert_eq!(flag(&mine, "cpuset.cpu_exclusive"), "1");
+    assert_eq!(flag(&mine, "cpuset.sched_load_balance"), "0");
+    assert_eq!(flag(&cv, "cpuset.cpu_exclusive"), "1");
+
+    // Another container asking for the core: one line naming who holds it.
     refused(
         &with(&["true"], json!({"cpus": "0-1"}), None),
         &format!("cpu 1 held exclusively by {}", mine.display()),
@@ -1615,7 +1650,7 @@ fn exclusive_cores_are_held_against_other_containers() {
     );
     refused(
         &with(&["true"], json!({"cpus": "0"}), Some("yes")),
-        "is not \"true\" or \"false\"",
+        "is not \"true\", \"preferred\" or \"false\"",
     );
     refused(
         &with(&["true"], json!({"shares": 512}), Some("true")),

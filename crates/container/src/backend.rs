@@ -112,9 +112,10 @@ pub fn oci_config(
         };
         c["process"]["scheduler"] = sched;
         if d.cpus.is_some() && crate::cgroups::rt::host().exclusive_cpus {
-            // Its cores are its own, by the kernel's rule too (where the kernel has one; else
-            // the profile's placement alone keeps the others off them).
-            c["annotations"][crate::cgroups::exclusive::ANNOTATION] = json!("true");
+            // Its cores are its own, by the kernel's rule too where the kernel lets it (another
+            // manager's cpuset beside /cellvisor on v1 does not); the profile's placement keeps
+            // the others off them in any case.
+            c["annotations"][crate::cgroups::exclusive::ANNOTATION] = json!("preferred");
         }
         // Without real-time group scheduling (cgroup v2) the budget cannot be the domain's:
         // the host-wide limit holds (`cellvisor profile check` says so).

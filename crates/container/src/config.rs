@@ -159,6 +159,7 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
         crate::cgroups::validate(res)?;
     }
     if crate::cgroups::exclusive::asked(spec.annotations().as_ref())?
+        != crate::cgroups::exclusive::Want::No
         && crate::cgroups::cpus_of(linux.resources().as_ref()).is_empty()
     {
         return Err(config_err!(

@@ -367,3 +367,45 @@ pub fn cpus_shared() -> Option<CpusLock> {
         exclusive: false,
     })
 }
+
+/// Remove the cgroup `name` (below every hierarchy's root) and its descendants where they
+/// are empty: what podman (`libpod_parent`) and containerd (`default`) leave behind after a
+/// test. Such a cpuset beside /cellvisor sharing its CPUs keeps v1 from making /cellvisor
+/// exclusive, so the tests that follow would not see an exclusive core. Best effort: a group
+/// still in use stays.
+pub fn remove_empty_cgroups(name: &str) {
+    fn rm(dir: &Path) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    rm(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in rd.flatten() {
+            let d = h.path().join(name);
+            if d.is_dir() {
+                rm(&d);
+            }
+        }
+    }
+}
+
+/// The cpusets beside /cellvisor (v1) sharing CPUs with it: while there is one, v1 cannot
+/// make /cellvisor exclusive.
+pub fn cpusets_beside_cellvisor() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup/cpuset");
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.ends_with("cellvisor"))
+        .filter(|p| {
+            std::fs::read_to_string(p.join("cpuset.cpus")).is_ok_and(|c| !c.trim().is_empty())
+        })
+        .collect()
+}

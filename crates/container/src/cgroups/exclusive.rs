@@ -1,7 +1,7 @@
 //! Cores a container holds exclusively: no other container's cpuset may share them.
 //!
 //! Asked for with the annotation [`ANNOTATION`] beside `linux.resources.cpu.cpus` (the OCI
-//! spec has no field for it; a realtime domain of a device profile always asks).
+//! spec has no field for it; a realtime domain of a device profile asks for them `preferred`).
 //!
 //! - cgroup v1: `cpuset.cpu_exclusive` on the container's cpuset and `sched_load_balance` 0.
 //!   The kernel lets a cpuset be exclusive only under an exclusive parent, so every ancestor
@@ -29,16 +29,31 @@ use crate::error::{Error, Result};
 /// The annotation that asks for the container's `linux.resources.cpu.cpus` exclusively.
 pub const ANNOTATION: &str = "io.cellvisor.cpus.exclusive";
 
-/// Do these annotations ask for exclusive cores? Only `true` and `false` are values.
-pub fn asked(annotations: Option<&HashMap<String, String>>) -> Result<bool> {
+/// What the annotation asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Want {
+    /// `false`, or no annotation.
+    #[default]
+    No,
+    /// `true`: the cores exclusively, or the container is refused.
+    Required,
+    /// `preferred`: exclusively where the kernel allows it; else the cores only (said on
+    /// stderr). On cgroup v1 another cpuset beside cellvisor's sharing CPUs with it (a
+    /// container manager's parent group) keeps the kernel from it.
+    Preferred,
+}
+
+/// What these annotations ask for: `true`, `preferred` and `false` are the values.
+pub fn asked(annotations: Option<&HashMap<String, String>>) -> Result<Want> {
     match annotations
         .and_then(|a| a.get(ANNOTATION))
         .map(String::as_str)
     {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
+        None | Some("false") => Ok(Want::No),
+        Some("true") => Ok(Want::Required),
+        Some("preferred") => Ok(Want::Preferred),
         Some(v) => Err(config_err!(
-            "annotations.{ANNOTATION}: {v:?} is not \"true\" or \"false\""
+            "annotations.{ANNOTATION}: {v:?} is not \"true\", \"preferred\" or \"false\""
         )),
     }
 }
@@ -272,9 +287,10 @@ mod tests {
     #[test]
     fn only_true_and_false_are_asked() {
         let a = |v: &str| HashMap::from([(ANNOTATION.to_string(), v.to_string())]);
-        assert!(!asked(None).unwrap());
-        assert!(asked(Some(&a("true"))).unwrap());
-        assert!(!asked(Some(&a("false"))).unwrap());
+        assert_eq!(asked(None).unwrap(), Want::No);
+        assert_eq!(asked(Some(&a("true"))).unwrap(), Want::Required);
+        assert_eq!(asked(Some(&a("preferred"))).unwrap(), Want::Preferred);
+        assert_eq!(asked(Some(&a("false"))).unwrap(), Want::No);
         let e = asked(Some(&a("yes"))).unwrap_err().to_string();
         assert!(e.contains(ANNOTATION) && e.contains("\"yes\""), "{e}");
     }

@@ -151,7 +151,7 @@ pub struct Cgroup {
     pub path: PathBuf,
     pub hierarchies: Vec<Hierarchy>,
     /// Hold its cpuset's CPUs exclusively (see [`exclusive`]); only `create` reads it.
-    pub exclusive: bool,
+    pub exclusive: exclusive::Want,
 }
 
 impl Cgroup {
@@ -160,12 +160,12 @@ impl Cgroup {
         Cgroup {
             path,
             hierarchies,
-            exclusive: false,
+            exclusive: exclusive::Want::No,
         }
     }
 
-    /// The same cgroup, holding its CPUs exclusively when created.
-    pub fn with_exclusive(self, exclusive: bool) -> Self {
+    /// The same cgroup, holding its CPUs exclusively (as `exclusive` asks) when created.
+    pub fn with_exclusive(self, exclusive: exclusive::Want) -> Self {
         Cgroup { exclusive, ..self }
     }
 
@@ -216,7 +216,7 @@ impl Cgroup {
                 self.release_rt_budget();
             }
             // Its ancestors may have been made exclusive for CPUs it never held.
-            if self.exclusive {
+            if self.exclusive != exclusive::Want::No {
                 self.release_exclusive(&domain::profile::cpu_list(&cpus_of(res)));
             }
         }
@@ -268,14 +268,15 @@ impl Cgroup {
                     }
                     r?;
                 }
-                if self.exclusive {
+                if self.exclusive != exclusive::Want::No {
                     let (Some(mount), Some(dir)) = (cpuset, self.dir_of("cpuset")) else {
                         return Err(Error::Msg(format!(
                             "{}: the cpuset controller is not mounted",
                             exclusive::ANNOTATION
                         )));
                     };
-                    exclusive::claim_v1(&mount, &dir)?;
+                    let r = exclusive::claim_v1(&mount, &dir);
+                    self.settle(r, || exclusive::release_v1(&mount, &dir))?;
                 }
             }
             Version::V2 => {
@@ -294,14 +295,19 @@ impl Cgroup {
                 for w in &writes {
                     write_file(&dir.join(&w.file), &w.value)?;
                 }
-                if self.exclusive {
+                if self.exclusive != exclusive::Want::No {
                     let cpus = writes
                         .iter()
                         .find(|w| w.file == "cpuset.cpus")
                         .map(|w| w.value.clone())
                         .unwrap_or_default();
                     let _lock = rt::lock(root)?;
-                    exclusive::claim_v2(root, &dir, &cpus)?;
+                    let r = exclusive::claim_v2(root, &dir, &cpus);
+                    self.settle(r, || {
+                        let _ = fs::write(dir.join("cpuset.cpus.partition"), "member");
+                        let _ = fs::write(dir.join("cpuset.cpus.exclusive"), "");
+                        exclusive::release_v2(root, &dir, &domain::profile::cpu_list(&cpus))
+                    })?;
                 }
                 // Only a cgroup2 directory takes the program (the unit tests' fake tree is not).
                 if is_cgroup2(&dir) {
@@ -310,6 +316,23 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// A claim of exclusive cores that failed: the container's error when they were required;
+    /// when only preferred, what the claim did is undone (`undo`) and the container goes on
+    /// with its cores alone, said on stderr.
+    fn settle(&self, claim: Result<()>, undo: impl FnOnce()) -> Result<()> {
+        match claim {
+            Err(e) if self.exclusive == exclusive::Want::Preferred => {
+                undo();
+                eprintln!(
+                    "cellvisor: warning: {}: not held exclusively ({e}); the cores are the container's by placement only",
+                    self.path.display()
+                );
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     /// A real-time budget asked for (v1): its ancestors raised to grant it, before it is

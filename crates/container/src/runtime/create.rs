@@ -141,7 +141,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             &domain::profile::cpu_list(&cpus),
             &online,
             v2,
-            exclusive,
+            exclusive != crate::cgroups::exclusive::Want::No,
         )?;
     }
     let cg = Cgroup::new(&cgroup_rel, hierarchies.clone()).with_exclusive(exclusive);
