@@ -29,29 +29,40 @@ use crate::{io, Error, Result};
 /// What the run measures and how.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Wake-ups per variant.
+    /// Wake-ups per variant, over all rounds.
     pub samples: u64,
+    /// Rounds: each runs every variant once, on samples / rounds wake-ups.
+    pub rounds: u32,
     pub interval_us: u64,
     /// With a guest: the microVM variants too, the probe inside it.
     pub guest: Option<crate::vm::Guest>,
 }
 
 impl Plan {
-    /// 100,000 wake-ups of 1 ms per variant (cyclictest's usual), `quick` 3,000.
+    /// 100,000 wake-ups of 1 ms per variant (cyclictest's usual) in 5 rounds, `quick` 3,000
+    /// in one.
     pub fn new(
         quick: bool,
         samples: Option<u64>,
+        rounds: Option<u32>,
         interval_us: u64,
         guest: Option<crate::vm::Guest>,
     ) -> Result<Plan> {
         let samples = samples.unwrap_or(if quick { 3_000 } else { 100_000 });
-        if samples == 0 || interval_us == 0 {
+        let rounds = rounds.unwrap_or(if quick { 1 } else { 5 });
+        if samples == 0 || interval_us == 0 || rounds == 0 {
             return Err(Error::Msg(
-                "--samples and --interval-us must be at least 1".into(),
+                "--samples, --rounds and --interval-us must be at least 1".into(),
             ));
+        }
+        if samples < u64::from(rounds) {
+            return Err(Error::Msg(format!(
+                "--samples {samples} is fewer than one wake-up a round ({rounds} rounds)"
+            )));
         }
         Ok(Plan {
             samples,
+            rounds,
             interval_us,
             guest,
         })
@@ -75,6 +86,8 @@ pub struct Variant {
     /// The load's CPU time on the realtime core, ms (loaded variants with a core of its own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_ms_on_rt_core: Option<f64>,
+    /// Each round's p99, µs (the ratios are taken round by round).
+    pub p99_us_rounds: Vec<u64>,
     /// For a microVM: its VMM's threads as the host saw them while the probe ran — name,
     /// policy, CPUs each (e.g. `vcpu0 SCHED_FIFO 80 cpus 1`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -87,12 +100,15 @@ pub struct Variant {
 pub struct Report {
     pub benchmark: &'static str,
     pub interval_us: u64,
+    /// Every variant runs once a round, the rounds one after another.
+    pub rounds: u32,
     pub rt_cpu: u32,
     pub host: serde_json::Value,
     pub variants: Vec<Variant>,
     /// Variants that could not run (cyclictest not installed, no RT budget for the host).
     pub failed: Vec<(String, String)>,
-    /// loaded p99 / unloaded p99 (the realtime configuration under load).
+    /// loaded p99 / unloaded p99 (the realtime configuration under load), the median over the
+    /// rounds of the ratio within a round; the same for the others.
     pub loaded_over_unloaded_p99: Option<f64>,
     /// loaded p99 / control p99 (with the configuration vs without it).
     pub loaded_over_control_p99: Option<f64>,
@@ -240,34 +256,6 @@ fn quantile(hist: &[(u64, u64)], samples: u64, q: f64) -> u64 {
         .unwrap_or_else(|| hist.last().map_or(0, |b| b.0))
 }
 
-fn variant(
-    name: &'static str,
-    what: &'static str,
-    out: &str,
-    steal_pct: f64,
-    load_ms_on_rt_core: Option<f64>,
-) -> Result<Variant> {
-    let (policy, samples, hist, max_us) = parse_probe(out).ok_or_else(|| {
-        Error::Msg(format!(
-            "{name}: no figures from the probe: {}",
-            out.lines().last().unwrap_or("")
-        ))
-    })?;
-    Ok(Variant {
-        name,
-        what,
-        policy,
-        samples,
-        p50_us: quantile(&hist, samples, 0.5),
-        p99_us: quantile(&hist, samples, 0.99),
-        p999_us: quantile(&hist, samples, 0.999),
-        max_us,
-        steal_pct,
-        load_ms_on_rt_core,
-        vmm_threads: Vec::new(),
-        hist,
-    })
-}
 
 /// The threads of process `pid`: name, policy and allowed CPUs each, as /proc says.
 fn threads_of(pid: i32) -> Vec<String> {
@@ -471,7 +459,8 @@ pub fn run(
         host,
         rt_cpu,
     };
-    let samples = plan.samples.to_string();
+    let per_round = (plan.samples / u64::from(plan.rounds)).max(1);
+    let samples = per_round.to_string();
     let interval = plan.interval_us.to_string();
     let probe: Vec<String> = [
         "/bin/cellvisor-agent",
@@ -483,179 +472,321 @@ pub fn run(
     ]
     .map(String::from)
     .to_vec();
-    // Long enough for every wake-up, late ones too.
-    let deadline =
-        Duration::from_micros(plan.samples * plan.interval_us * 3) + Duration::from_secs(60);
-    let threads = cpus.len();
-    let mut variants = Vec::new();
+    let cyclic: Option<Vec<String>> = cyclictest.as_ref().map(|prog| {
+        let p = PRIORITY.to_string();
+        [
+            prog.as_str(),
+            "-q",
+            "-m",
+            "-t",
+            "1",
+            "-p",
+            &p,
+            "-i",
+            &interval,
+            "-l",
+            &samples,
+            "-h",
+            "20000",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let ctx = Ctx {
+        rig: &rig,
+        probe: &probe,
+        // Long enough for every wake-up, late ones too.
+        deadline: Duration::from_micros(per_round * plan.interval_us * 3)
+            + Duration::from_secs(60),
+        threads: cpus.len(),
+        agent: base.join("bin/cellvisor-agent"),
+        cyclic,
+    };
+    let specs = specs(ctx.cyclic.is_some(), rig.vm.is_some());
+    let mut acc: Vec<Acc> = specs.iter().map(|s| Acc::new(s.name, s.what)).collect();
     let mut failed = Vec::new();
-    let mut measure = |name: &'static str,
-                       what: &'static str,
-                       run: &mut dyn FnMut() -> Result<(String, Option<f64>, Vec<String>)>|
-     -> Result<()> {
-        progress(&format!("{name}: {what}"));
-        let s0 = steal_jiffies();
-        let r = run();
-        let s1 = steal_jiffies();
-        let steal = 100.0 * (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64;
-        let v = r.and_then(|(out, on_rt, threads)| {
-            variant(name, what, &out, steal, on_rt).map(|v| Variant {
-                vmm_threads: threads,
-                ..v
-            })
-        });
-        match v {
-            Ok(v) => variants.push(v),
-            Err(e) if name == "native" || name == "cyclictest" => {
-                failed.push((name.to_string(), domain::chain(&e)))
+    if cyclictest.is_none() {
+        failed.push((
+            "cyclictest".to_string(),
+            "not installed (apt-get install rt-tests)".to_string(),
+        ));
+    }
+    for round in 0..plan.rounds as usize {
+        // Each round starts at another variant: none is always first (the machine's noise
+        // drifts), and the ratios are taken round by round.
+        for k in 0..specs.len() {
+            let i = (k + round) % specs.len();
+            let sp = &specs[i];
+            if failed.iter().any(|(f, _)| f == sp.name) {
+                continue;
             }
-            Err(e) => return Err(e.within(name)),
+            progress(&format!(
+                "round {}/{}: {}: {}",
+                round + 1,
+                plan.rounds,
+                sp.name,
+                sp.what
+            ));
+            let s0 = steal_jiffies();
+            let r = (sp.run)(&ctx);
+            let s1 = steal_jiffies();
+            let steal = 100.0 * (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64;
+            match r.and_then(|ran| acc[i].add(ran, steal)) {
+                Ok(()) => {}
+                Err(e) if sp.optional => failed.push((sp.name.to_string(), domain::chain(&e))),
+                Err(e) => return Err(e.within(sp.name)),
+            }
         }
-        Ok(())
-    };
-    measure("unloaded", "the realtime domain alone", &mut || {
-        let dev = rig.device(true, &probe, None, false)?;
-        Ok((dev.probe_output(deadline)?, None, Vec::new()))
-    })?;
-    measure(
-        "loaded",
-        "the realtime domain, the other domain loading its cores",
-        &mut || {
-            let dev = rig.device(true, &probe, Some(threads), false)?;
-            let t0 = cpu_time_on(&rig.be, rt_cpu);
-            let out = dev.probe_output(deadline)?;
-            let t1 = cpu_time_on(&rig.be, rt_cpu);
-            let on_rt = t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
-            Ok((out, on_rt, Vec::new()))
-        },
-    )?;
-    measure(
-        "control",
-        "the probe in a common domain, the load on every core",
-        &mut || {
-            let dev = rig.device(false, &probe, Some(threads), false)?;
-            Ok((dev.probe_output(deadline)?, None, Vec::new()))
-        },
-    )?;
-    measure(
-        "native",
-        "the probe as a host process, SCHED_FIFO on the realtime core, the same load",
-        &mut || {
-            // The device as in `loaded`, its realtime domain asleep; the probe on the host.
-            let sleep = ["/bin/sleep".to_string(), "1000000".into()];
-            let _dev = rig.device(true, &sleep, Some(threads), false)?;
-            let out = io(
-                std::process::Command::new(base.join("bin/cellvisor-agent"))
-                    .args(&probe[1..])
-                    .args([
-                        "--fifo",
-                        &PRIORITY.to_string(),
-                        "--cpu",
-                        &rt_cpu.to_string(),
-                    ])
-                    .output(),
-                || "running the native probe".into(),
-            )?;
-            if !out.status.success() {
-                return Err(Error::Msg(
-                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                ));
-            }
-            Ok((
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                None,
-                Vec::new(),
-            ))
-        },
-    )?;
-    if rig.vm.is_some() {
-        measure(
-            "vm-unloaded",
-            "the probe in a realtime microVM alone",
-            &mut || {
-                let dev = rig.device(true, &probe, None, true)?;
-                let (out, threads) = dev.probe_run(deadline)?;
-                Ok((out, None, threads))
-            },
-        )?;
-        measure(
-            "vm-loaded",
-            "the probe in a realtime microVM (its vCPU SCHED_FIFO on the realtime core), the other domain loading its cores",
-            &mut || {
-                let dev = rig.device(true, &probe, Some(threads), true)?;
-                let t0 = cpu_time_on(&rig.be, rt_cpu);
-                let (out, vmm) = dev.probe_run(deadline)?;
-                let t1 = cpu_time_on(&rig.be, rt_cpu);
-                let on_rt = t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
-                Ok((out, on_rt, vmm))
-            },
-        )?;
-        measure(
-            "vm-control",
-            "the same microVM as a common domain, the load on every core",
-            &mut || {
-                let dev = rig.device(false, &probe, Some(threads), true)?;
-                let (out, threads) = dev.probe_run(deadline)?;
-                Ok((out, None, threads))
-            },
-        )?;
     }
-    match &cyclictest {
-        Some(prog) => measure(
-            "cyclictest",
-            "rt-tests' cyclictest in the realtime domain, the same load",
-            &mut || {
-                let cmd: Vec<String> = [
-                    prog.as_str(),
-                    "-q",
-                    "-m",
-                    "-t",
-                    "1",
-                    "-p",
-                    &PRIORITY.to_string(),
-                    "-i",
-                    &interval,
-                    "-l",
-                    &samples,
-                    "-h",
-                    "20000",
-                ]
-                .map(String::from)
-                .to_vec();
-                let dev = rig.device(true, &cmd, Some(threads), false)?;
-                Ok((dev.probe_output(deadline)?, None, Vec::new()))
-            },
-        )?,
-        None => failed.push((
-            "cyclictest".into(),
-            "not installed (apt-get install rt-tests)".into(),
-        )),
-    }
-    let p99 = |n: &str| {
-        variants
-            .iter()
-            .find(|v| v.name == n)
-            .map(|v| v.p99_us.max(1) as f64)
-    };
+    let variants: Vec<Variant> = acc
+        .into_iter()
+        .filter(|a| a.samples > 0)
+        .map(Acc::variant)
+        .collect();
+    let ratio = |a: &str, b: &str| round_ratio(&variants, a, b);
     Ok(Report {
         benchmark: "real-time wake-up latency under load",
         interval_us: plan.interval_us,
+        rounds: plan.rounds,
         rt_cpu,
         host: crate::host::facts(),
-        loaded_over_unloaded_p99: p99("loaded").zip(p99("unloaded")).map(|(a, b)| a / b),
-        loaded_over_control_p99: p99("loaded").zip(p99("control")).map(|(a, b)| a / b),
-        vm_loaded_over_unloaded_p99: p99("vm-loaded").zip(p99("vm-unloaded")).map(|(a, b)| a / b),
-        vm_loaded_over_control_p99: p99("vm-loaded").zip(p99("vm-control")).map(|(a, b)| a / b),
+        loaded_over_unloaded_p99: ratio("loaded", "unloaded"),
+        loaded_over_control_p99: ratio("loaded", "control"),
+        vm_loaded_over_unloaded_p99: ratio("vm-loaded", "vm-unloaded"),
+        vm_loaded_over_control_p99: ratio("vm-loaded", "vm-control"),
         variants,
         failed,
     })
 }
 
+/// What one run of a variant gives: the probe's output, the load's CPU time on the realtime
+/// core (ms), the VMM's threads.
+type Ran = (String, Option<f64>, Vec<String>);
+
+/// What every variant's run needs.
+struct Ctx<'a> {
+    rig: &'a Rig,
+    probe: &'a [String],
+    deadline: Duration,
+    /// The load's workers of each kind.
+    threads: usize,
+    /// The agent on the host (the native probe).
+    agent: PathBuf,
+    /// cyclictest's command in the realtime domain, when it is installed.
+    cyclic: Option<Vec<String>>,
+}
+
+/// One variant: its name, what it is, how it runs; an optional one (native, cyclictest) is
+/// reported as failed instead of failing the run.
+struct Spec {
+    name: &'static str,
+    what: &'static str,
+    optional: bool,
+    run: fn(&Ctx) -> Result<Ran>,
+}
+
+/// The probe of a device (realtime or not, loaded or not, in a microVM or not) to its end,
+/// with the load's CPU time on the realtime core meanwhile.
+fn probed(c: &Ctx, rt: bool, loaded: bool, vm: bool) -> Result<Ran> {
+    let dev = c.rig.device(rt, c.probe, loaded.then_some(c.threads), vm)?;
+    let t0 = cpu_time_on(&c.rig.be, c.rig.rt_cpu);
+    let (out, threads) = dev.probe_run(c.deadline)?;
+    let t1 = cpu_time_on(&c.rig.be, c.rig.rt_cpu);
+    let on_rt = (rt && loaded)
+        .then(|| t0.zip(t1).map(|(a, b)| b.saturating_sub(a) as f64 / 1e6))
+        .flatten();
+    Ok((out, on_rt, threads))
+}
+
+/// The native probe: the device as in `loaded`, its realtime domain asleep; the probe a host
+/// process, SCHED_FIFO on the realtime core.
+fn native(c: &Ctx) -> Result<Ran> {
+    let sleep = ["/bin/sleep".to_string(), "1000000".into()];
+    let _dev = c.rig.device(true, &sleep, Some(c.threads), false)?;
+    let out = io(
+        std::process::Command::new(&c.agent)
+            .args(&c.probe[1..])
+            .args([
+                "--fifo",
+                &PRIORITY.to_string(),
+                "--cpu",
+                &c.rig.rt_cpu.to_string(),
+            ])
+            .output(),
+        || "running the native probe".into(),
+    )?;
+    if !out.status.success() {
+        return Err(Error::Msg(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), None, Vec::new()))
+}
+
+/// The variants of a run: with `cyclic` (cyclictest's command) its cross-check, with `vm` the
+/// microVM's three.
+fn specs(cyclic: bool, vm: bool) -> Vec<Spec> {
+    let mut v = vec![
+        Spec {
+            name: "unloaded",
+            what: "the realtime domain alone",
+            optional: false,
+            run: |c| probed(c, true, false, false),
+        },
+        Spec {
+            name: "loaded",
+            what: "the realtime domain, the other domain loading its cores",
+            optional: false,
+            run: |c| probed(c, true, true, false),
+        },
+        Spec {
+            name: "control",
+            what: "the probe in a common domain, the load on every core",
+            optional: false,
+            run: |c| probed(c, false, true, false),
+        },
+        Spec {
+            name: "native",
+            what: "the probe as a host process, SCHED_FIFO on the realtime core, the same load",
+            optional: true,
+            run: native,
+        },
+    ];
+    if vm {
+        v.extend([
+            Spec {
+                name: "vm-unloaded",
+                what: "the probe in a realtime microVM alone",
+                optional: false,
+                run: |c| probed(c, true, false, true),
+            },
+            Spec {
+                name: "vm-loaded",
+                what: "the probe in a realtime microVM (its vCPU SCHED_FIFO on the realtime core), the other domain loading its cores",
+                optional: false,
+                run: |c| probed(c, true, true, true),
+            },
+            Spec {
+                name: "vm-control",
+                what: "the same microVM as a common domain, the load on every core",
+                optional: false,
+                run: |c| probed(c, false, true, true),
+            },
+        ]);
+    }
+    if cyclic {
+        v.push(Spec {
+            name: "cyclictest",
+            what: "rt-tests' cyclictest in the realtime domain, the same load",
+            optional: true,
+            run: |c| {
+                let cmd = c.cyclic.as_deref().unwrap_or_default();
+                let dev = c.rig.device(true, cmd, Some(c.threads), false)?;
+                Ok((dev.probe_output(c.deadline)?, None, Vec::new()))
+            },
+        });
+    }
+    v
+}
+
+/// A variant's figures over the rounds: histograms merged, each round's p99 kept.
+struct Acc {
+    name: &'static str,
+    what: &'static str,
+    policy: String,
+    samples: u64,
+    hist: std::collections::BTreeMap<u64, u64>,
+    max_us: f64,
+    steal: Vec<f64>,
+    load_ms: Option<f64>,
+    vmm_threads: Vec<String>,
+    p99_rounds: Vec<u64>,
+}
+
+impl Acc {
+    fn new(name: &'static str, what: &'static str) -> Acc {
+        Acc {
+            name,
+            what,
+            policy: String::new(),
+            samples: 0,
+            hist: Default::default(),
+            max_us: 0.0,
+            steal: Vec::new(),
+            load_ms: None,
+            vmm_threads: Vec::new(),
+            p99_rounds: Vec::new(),
+        }
+    }
+
+    /// One round's run, with the steal time meanwhile (%).
+    fn add(&mut self, (out, on_rt, threads): Ran, steal: f64) -> Result<()> {
+        let (policy, samples, hist, max_us) = parse_probe(&out).ok_or_else(|| {
+            Error::Msg(format!(
+                "no figures from the probe: {}",
+                out.lines().last().unwrap_or("")
+            ))
+        })?;
+        self.p99_rounds.push(quantile(&hist, samples, 0.99));
+        for (us, n) in hist {
+            *self.hist.entry(us).or_default() += n;
+        }
+        self.samples += samples;
+        self.max_us = self.max_us.max(max_us);
+        self.policy = policy;
+        self.steal.push(steal);
+        if let Some(m) = on_rt {
+            self.load_ms = Some(self.load_ms.unwrap_or(0.0) + m);
+        }
+        if self.vmm_threads.is_empty() {
+            self.vmm_threads = threads;
+        }
+        Ok(())
+    }
+
+    fn variant(self) -> Variant {
+        let hist: Vec<(u64, u64)> = self.hist.into_iter().collect();
+        let q = |x| quantile(&hist, self.samples, x);
+        Variant {
+            name: self.name,
+            what: self.what,
+            policy: self.policy,
+            samples: self.samples,
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: self.max_us,
+            steal_pct: self.steal.iter().sum::<f64>() / self.steal.len().max(1) as f64,
+            load_ms_on_rt_core: self.load_ms,
+            vmm_threads: self.vmm_threads,
+            p99_us_rounds: self.p99_rounds,
+            hist,
+        }
+    }
+}
+
+/// The median over the rounds of `a`'s p99 / `b`'s p99 in the same round.
+fn round_ratio(variants: &[Variant], a: &str, b: &str) -> Option<f64> {
+    let of = |n: &str| variants.iter().find(|v| v.name == n);
+    let (a, b) = (of(a)?, of(b)?);
+    let r: Vec<f64> = a
+        .p99_us_rounds
+        .iter()
+        .zip(&b.p99_us_rounds)
+        .map(|(x, y)| *x as f64 / (*y).max(1) as f64)
+        .collect();
+    crate::stats::median(&r)
+}
+
 /// The terminal table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "{} — {} µs interval, realtime core {}; latency = wake-up − asked, µs\n",
-        r.benchmark, r.interval_us, r.rt_cpu
+        "{} — {} µs interval, realtime core {}, {} round{}; latency = wake-up − asked, µs\n",
+        r.benchmark,
+        r.interval_us,
+        r.rt_cpu,
+        r.rounds,
+        if r.rounds == 1 { "" } else { "s" }
     );
     s += &format!(
         "{:<11} {:>8} {:>7} {:>7} {:>8} {:>9} {:>7} {:>10}  {}\n",
@@ -677,16 +808,22 @@ pub fn table(r: &Report) -> String {
         );
     }
     if let Some(x) = r.loaded_over_unloaded_p99 {
-        s += &format!("loaded p99 / unloaded p99: {x:.2}\n");
+        s += &format!("loaded p99 / unloaded p99: {x:.2} (median over the rounds)\n");
     }
     if let Some(x) = r.loaded_over_control_p99 {
-        s += &format!("loaded p99 / control p99: {x:.3}\n");
+        s += &format!("loaded p99 / control p99: {x:.3} (median over the rounds)\n");
     }
     if let Some(x) = r.vm_loaded_over_unloaded_p99 {
-        s += &format!("vm-loaded p99 / vm-unloaded p99: {x:.2}\n");
+        s += &format!("vm-loaded p99 / vm-unloaded p99: {x:.2} (median over the rounds)\n");
     }
     if let Some(x) = r.vm_loaded_over_control_p99 {
-        s += &format!("vm-loaded p99 / vm-control p99: {x:.3}\n");
+        s += &format!("vm-loaded p99 / vm-control p99: {x:.3} (median over the rounds)\n");
+    }
+    if r.rounds > 1 {
+        for v in &r.variants {
+            let by: Vec<String> = v.p99_us_rounds.iter().map(u64::to_string).collect();
+            s += &format!("{} p99 by round: {}\n", v.name, by.join(" "));
+        }
     }
     for v in r.variants.iter().filter(|v| !v.vmm_threads.is_empty()) {
         s += &format!("{} VMM threads: {}\n", v.name, v.vmm_threads.join("; "));
@@ -743,6 +880,35 @@ mod tests {
         assert_eq!(quantile(&hist, n, 0.5), 3);
         assert_eq!(quantile(&hist, n, 0.995), 50);
         assert!(parse_probe("nothing here").is_none());
+    }
+
+    #[test]
+    fn rounds_merge_and_ratios_are_taken_within_a_round() {
+        let line = |p99: u64| {
+            format!("{{\"rt\":{{\"samples\":100,\"policy\":\"SCHED_FIFO 80\",\"max_us\":{p99}.5,\"hist\":[[1,98],[{p99},2]]}}}}")
+        };
+        let run = |p99s: &[u64]| {
+            let mut a = Acc::new("x", "x");
+            for &p in p99s {
+                a.add((line(p), Some(1.0), Vec::new()), 0.5).unwrap();
+            }
+            a
+        };
+        let mut loaded = run(&[10, 40, 12]).variant();
+        loaded.name = "loaded";
+        assert_eq!((loaded.samples, loaded.p99_us_rounds.clone()), (300, vec![10, 40, 12]));
+        assert_eq!(loaded.max_us, 40.5);
+        assert_eq!(loaded.load_ms_on_rt_core, Some(3.0));
+        assert_eq!(loaded.hist, vec![(1, 294), (10, 2), (12, 2), (40, 2)]);
+        let mut control = run(&[100, 80, 400]).variant();
+        control.name = "control";
+        // Rounds 0.1, 0.5, 0.03: the median, not the merged figures' 40/400.
+        let r = round_ratio(&[loaded, control], "loaded", "control").unwrap();
+        assert!((r - 0.1).abs() < 1e-9, "{r}");
+        let mut a = Acc::new("x", "x");
+        assert!(a.add(("nothing".into(), None, Vec::new()), 0.0).is_err());
+        assert!(Plan::new(false, Some(3), Some(5), 1000, None).is_err());
+        assert_eq!(Plan::new(true, None, None, 1000, None).unwrap().rounds, 1);
     }
 
     #[test]

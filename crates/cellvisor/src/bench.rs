@@ -224,12 +224,16 @@ pub enum BenchCmd {
     /// core) while a common domain loads the rest, beside the same probe unloaded, in a common
     /// domain (the control), natively, and cyclictest's (root)
     Rt {
-        /// 3,000 wake-ups per variant instead of 100,000
+        /// 3,000 wake-ups per variant in one round instead of 100,000 in five
         #[arg(long)]
         quick: bool,
-        /// Wake-ups per variant
+        /// Wake-ups per variant, over all rounds
         #[arg(long)]
         samples: Option<u64>,
+        /// Rounds, each running every variant once (its share of the wake-ups); the ratios
+        /// are medians over the rounds
+        #[arg(long)]
+        rounds: Option<u32>,
         /// Between wake-ups, µs
         #[arg(long, default_value_t = 1000)]
         interval_us: u64,
@@ -358,6 +362,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
         BenchCmd::Rt {
             quick,
             samples,
+            rounds,
             interval_us,
             agent,
             kernel,
@@ -371,7 +376,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
                 }
                 _ => None,
             };
-            let plan = bench::rt::Plan::new(*quick, *samples, *interval_us, guest)?;
+            let plan = bench::rt::Plan::new(*quick, *samples, *rounds, *interval_us, guest)?;
             let agent = agent_path(agent)?;
             let work = tempdir()?;
             // A variant lasts seconds to minutes: a line each.
