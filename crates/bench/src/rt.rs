@@ -160,9 +160,10 @@ fn profile(
         if rt { "realtime" } else { "common" }
     );
     match vm {
-        // The guest runs the probe as its command, at the same priority inside.
+        // The guest runs the probe as its command, at the same priority inside; then waits
+        // for the console to drain its long line (the init's reboot would cut it short).
         Some(v) => {
-            let cmd = format!("{} --fifo {PRIORITY}", probe.join(" "));
+            let cmd = format!("{} --fifo {PRIORITY}; sleep 2", probe.join(" "));
             let cmdline = format!(
                 "{} loglevel=1 cellvisor.root=/dev/vda cellvisor.run=\"{cmd}\"",
                 crate::vm::CMDLINE
@@ -943,7 +944,7 @@ mod tests {
         assert_eq!(spec.vcpus, 1);
         let cl = spec.cmdline.as_deref().unwrap();
         assert!(
-            cl.contains("cellvisor.run=\"/bin/cellvisor-agent rt-probe --fifo 80\""),
+            cl.contains("cellvisor.run=\"/bin/cellvisor-agent rt-probe --fifo 80; sleep 2\""),
             "{cl}"
         );
         assert_eq!(p.domain("load").unwrap().cpus.as_deref(), Some("0"));
