@@ -5,7 +5,7 @@
 # partition), the probe also inside a guest booting the Debian kernel: a realtime microVM
 # (its vCPU SCHED_FIFO on the realtime core) beside the same VM as a common domain. Writes
 # the report (rt.json, rt-latency.svg, table.txt) into DIR.
-# usage: bench-rt-vm.sh [--quick | --samples N] [DIR]
+# usage: bench-rt-vm.sh [--quick | --samples N] [--rounds R] [DIR]
 #        (after `make build`; KVM_TEST_HOST_MEM sets the test host's memory in MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +13,9 @@ args=()
 out=docs/benchmarks/rt-vm
 while [ $# -gt 0 ]; do
   case "$1" in
-    --samples) args+=("$1" "$2"); shift 2 ;;
+    --samples|--rounds) args+=("$1" "$2"); shift 2 ;;
     --quick) args+=("$1"); shift ;;
-    -*) echo "usage: $0 [--quick | --samples N] [DIR]" >&2; exit 2 ;;
+    -*) echo "usage: $0 [--quick | --samples N] [--rounds R] [DIR]" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done

@@ -88,6 +88,9 @@ pub struct Variant {
     pub load_ms_on_rt_core: Option<f64>,
     /// Each round's p99, µs (the ratios are taken round by round).
     pub p99_us_rounds: Vec<u64>,
+    /// Runs done again because the guest failed before its probe ended (microVM variants).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
     /// For a microVM: its VMM's threads as the host saw them while the probe ran — name,
     /// policy, CPUs each (e.g. `vcpu0 SCHED_FIFO 80 cpus 1`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -256,7 +259,6 @@ fn quantile(hist: &[(u64, u64)], samples: u64, q: f64) -> u64 {
     agent::rt::quantile(hist.iter().copied(), samples, q)
         .unwrap_or_else(|| hist.last().map_or(0, |b| b.0))
 }
-
 
 /// The threads of process `pid`: name, policy and allowed CPUs each, as /proc says.
 fn threads_of(pid: i32) -> Vec<String> {
@@ -497,8 +499,7 @@ pub fn run(
         rig: &rig,
         probe: &probe,
         // Long enough for every wake-up, late ones too.
-        deadline: Duration::from_micros(per_round * plan.interval_us * 3)
-            + Duration::from_secs(60),
+        deadline: Duration::from_micros(per_round * plan.interval_us * 3) + Duration::from_secs(60),
         threads: cpus.len(),
         agent: base.join("bin/cellvisor-agent"),
         cyclic,
@@ -529,7 +530,20 @@ pub fn run(
                 sp.what
             ));
             let s0 = steal_jiffies();
-            let r = (sp.run)(&ctx);
+            let mut r = (sp.run)(&ctx);
+            // A guest under nested emulation now and then resets or hangs before its probe
+            // has run: it runs again, twice at most, and the report counts it.
+            let mut again = 0;
+            while r.is_err() && sp.name.starts_with("vm-") && again < 2 {
+                again += 1;
+                acc[i].retries += 1;
+                progress(&format!(
+                    "{}: again, the guest failed: {}",
+                    sp.name,
+                    domain::chain(r.as_ref().unwrap_err())
+                ));
+                r = (sp.run)(&ctx);
+            }
             let s1 = steal_jiffies();
             let steal = 100.0 * (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64;
             match r.and_then(|ran| acc[i].add(ran, steal)) {
@@ -558,6 +572,10 @@ pub fn run(
         variants,
         failed,
     })
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What one run of a variant gives: the probe's output, the load's CPU time on the realtime
@@ -621,7 +639,11 @@ fn native(c: &Ctx) -> Result<Ran> {
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), None, Vec::new()))
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        None,
+        Vec::new(),
+    ))
 }
 
 /// The variants of a run: with `cyclic` (cyclictest's command) its cross-check, with `vm` the
@@ -702,6 +724,7 @@ struct Acc {
     load_ms: Option<f64>,
     vmm_threads: Vec<String>,
     p99_rounds: Vec<u64>,
+    retries: u32,
 }
 
 impl Acc {
@@ -717,6 +740,7 @@ impl Acc {
             load_ms: None,
             vmm_threads: Vec::new(),
             p99_rounds: Vec::new(),
+            retries: 0,
         }
     }
 
@@ -761,6 +785,7 @@ impl Acc {
             load_ms_on_rt_core: self.load_ms,
             vmm_threads: self.vmm_threads,
             p99_us_rounds: self.p99_rounds,
+            retries: self.retries,
             hist,
         }
     }
@@ -825,6 +850,12 @@ pub fn table(r: &Report) -> String {
             let by: Vec<String> = v.p99_us_rounds.iter().map(u64::to_string).collect();
             s += &format!("{} p99 by round: {}\n", v.name, by.join(" "));
         }
+    }
+    for v in r.variants.iter().filter(|v| v.retries > 0) {
+        s += &format!(
+            "{}: run again {} times (the guest failed first)\n",
+            v.name, v.retries
+        );
     }
     for v in r.variants.iter().filter(|v| !v.vmm_threads.is_empty()) {
         s += &format!("{} VMM threads: {}\n", v.name, v.vmm_threads.join("; "));
@@ -897,7 +928,10 @@ mod tests {
         };
         let mut loaded = run(&[10, 40, 12]).variant();
         loaded.name = "loaded";
-        assert_eq!((loaded.samples, loaded.p99_us_rounds.clone()), (300, vec![10, 40, 12]));
+        assert_eq!(
+            (loaded.samples, loaded.p99_us_rounds.clone()),
+            (300, vec![10, 40, 12])
+        );
         assert_eq!(loaded.max_us, 40.5);
         assert_eq!(loaded.load_ms_on_rt_core, Some(3.0));
         assert_eq!(loaded.hist, vec![(1, 294), (10, 2), (12, 2), (40, 2)]);
