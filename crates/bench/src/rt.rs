@@ -411,14 +411,10 @@ impl Device<'_> {
     }
 }
 
-/// Run the benchmark in `work` with the in-domain `agent` (and cyclictest when installed);
-/// `progress` hears each variant as it starts.
-pub fn run(
-    plan: &Plan,
-    agent: &Path,
-    work: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Report> {
+/// The rig of a run in `work`: the shared root (busybox, the agent, cyclictest when the host
+/// has it), the backends (the microVM's with its root image when `plan` has a guest), the
+/// realtime core (the last CPU); cyclictest's path in the root.
+fn rig(plan: &Plan, agent: &Path, work: &Path) -> Result<(Rig, Option<String>)> {
     let host = container::cgroups::rt::host();
     let cpus = host.cpus.clone().unwrap_or_default();
     if cpus.len() < 2 {
@@ -462,6 +458,21 @@ pub fn run(
         host,
         rt_cpu,
     };
+    Ok((rig, cyclictest))
+}
+
+/// Run the benchmark in `work` with the in-domain `agent` (and cyclictest when installed);
+/// `progress` hears each variant as it starts.
+pub fn run(
+    plan: &Plan,
+    agent: &Path,
+    work: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    let (rig, cyclictest) = rig(plan, agent, work)?;
+    let base = rig.base.clone();
+    let cpus = rig.host.cpus.clone().unwrap_or_default();
+    let rt_cpu = rig.rt_cpu;
     let per_round = (plan.samples / u64::from(plan.rounds)).max(1);
     let samples = per_round.to_string();
     let interval = plan.interval_us.to_string();
