@@ -74,7 +74,13 @@ pub fn hierarchies_from_mountinfo(text: &str) -> Vec<Hierarchy> {
                     .split(',')
                     .filter(|o| V1_CONTROLLERS.contains(o))
                     .collect();
-                if ctrls.is_empty() {
+                // A hierarchy seen again is the same one mounted elsewhere too (a container's
+                // root with shared propagation, say, while it exists): the first is the host's.
+                if ctrls.is_empty()
+                    || v1.iter().any(|h| {
+                        matches!(h, Hierarchy::V1 { options, .. } if *options == ctrls.join(","))
+                    })
+                {
                     continue;
                 }
                 let name = Path::new(mnt)
@@ -761,6 +767,15 @@ mod tests {
             }
         );
         assert!(matches!(&h[2], Hierarchy::V1 { options, .. } if options == "cpu,cpuacct"));
+    }
+
+    #[test]
+    fn a_hierarchy_mounted_again_elsewhere_is_counted_once() {
+        let again = format!(
+            "{HYBRID}\n90 26 0:24 / /tmp/.tmpX/rootfs/sys/fs/cgroup/cpu rw,relatime shared:8 - cgroup cgroup rw,cpu\n"
+        );
+        let h = hierarchies_from_mountinfo(&again);
+        assert_eq!(h, hierarchies_from_mountinfo(HYBRID));
     }
 
     #[test]
