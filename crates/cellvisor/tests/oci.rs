@@ -1626,6 +1626,22 @@ fn exclusive_cores_are_held_against_other_containers() {
         return;
     }
 
+    // Every other test's container may run on any CPU: they hold the CPUs shared, so none
+    // should be up now; wait for any that still is to go (a container of another test
+    // binary, say) rather than take its presence for a failure.
+    let others = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cv)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while !others().is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(others().is_empty(), "still beside us: {:?}", others());
     let held = common::id("excl");
     let b = bundle(&with(
         &["sleep", "1000"],
