@@ -1351,16 +1351,6 @@ fn phone_profile_domains_come_up_and_go_away() {
     assert!(common::processes_with(&prefix).is_empty());
 }
 
-/// (scheduling policy, real-time priority) of process `pid` from /proc/PID/stat.
-fn sched_of(stat: &str) -> (u32, u32) {
-    let f: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields 40 (rt_priority) and 41 (policy), counted from 1; `f` starts at field 3.
-    (f[38].parse().unwrap(), f[37].parse().unwrap())
-}
-
 /// `process.scheduler` and a real-time budget with cgroup v1 RT group scheduling: SCHED_FIFO
 /// is refused without a budget (one line naming it, nothing left); with
 /// `linux.resources.cpu.realtimeRuntime` the budget is granted from the parent down, the

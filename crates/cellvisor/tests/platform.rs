@@ -1262,14 +1262,8 @@ fn the_realtime_domain_runs_in_real_time_on_its_own_core() {
     d.ok(&["up"]);
     let modem = d.pid("modem");
     let stat = std::fs::read_to_string(format!("/proc/{modem}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(") ")
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // Fields 40 (rt_priority) and 41 (policy): SCHED_FIFO (1) at 50.
-    assert_eq!((f[38], f[37]), ("1", "50"), "{stat}");
+    // SCHED_FIFO (1) at 50.
+    assert_eq!(common::sched_of(&stat), (1, 50), "{stat}");
     let cg = parent.join(format!("{}-modem", d.prefix));
     assert_eq!(common::rt_runtime(&cg), Some(100_000));
     let cpus = |pid: i32| {
@@ -1371,17 +1365,9 @@ realtime = {{ policy = "fifo", priority = 40, budget = "100ms/1s" }}
             .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
             .unwrap()
     };
-    // Fields 40 (rt_priority) and 41 (policy) of a thread's stat.
+    // (policy, priority) of a thread.
     let sched = |tid: &str| {
-        let stat = std::fs::read_to_string(format!("/proc/{vmm}/task/{tid}/stat")).unwrap();
-        let f: Vec<String> = stat
-            .rsplit_once(") ")
-            .unwrap()
-            .1
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        (f[38].clone(), f[37].clone())
+        common::sched_of(&std::fs::read_to_string(format!("/proc/{vmm}/task/{tid}/stat")).unwrap())
     };
     let tids: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/task"))
         .unwrap()
@@ -1393,11 +1379,11 @@ realtime = {{ policy = "fifo", priority = 40, budget = "100ms/1s" }}
         .filter(|t| status(t, "Name:") == "vcpu0")
         .collect();
     assert_eq!(vcpu.len(), 1, "threads {tids:?}");
-    assert_eq!(sched(vcpu[0]), ("1".into(), "40".into()), "SCHED_FIFO 40");
+    assert_eq!(sched(vcpu[0]), (1, 40), "SCHED_FIFO 40");
     assert_eq!(status(vcpu[0], "Cpus_allowed_list:"), "1");
     for t in tids.iter().filter(|t| *t != vcpu[0]) {
         assert_eq!(status(t, "Cpus_allowed_list:"), "0", "VMM thread {t}");
-        assert_eq!(sched(t).0, "0", "VMM thread {t} is not SCHED_OTHER");
+        assert_eq!(sched(t).0, 0, "VMM thread {t} is not SCHED_OTHER");
     }
     let jail = Path::new("/sys/fs/cgroup/cpu/cellvisor").join(format!("{}-baseband", d.prefix));
     assert_eq!(common::rt_runtime(&jail), Some(100_000));

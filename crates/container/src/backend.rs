@@ -91,6 +91,8 @@ pub fn oci_config(
     }
     if let Some(rt) = d.realtime {
         use domain::profile::RtPolicy;
+        // What this host's kernel can do for it, read once.
+        let host = crate::cgroups::rt::host();
         let (sched, budget) = match rt {
             RtPolicy::Fifo { priority, budget } => (
                 json!({"policy": "SCHED_FIFO", "priority": priority}),
@@ -111,7 +113,7 @@ pub fn oci_config(
             ),
         };
         c["process"]["scheduler"] = sched;
-        if d.cpus.is_some() && crate::cgroups::rt::host().exclusive_cpus {
+        if d.cpus.is_some() && host.exclusive_cpus {
             // Its cores are its own, by the kernel's rule too where the kernel lets it (another
             // manager's cpuset beside /cellvisor on v1 does not); the profile's placement keeps
             // the others off them in any case.
@@ -119,7 +121,7 @@ pub fn oci_config(
         }
         // Without real-time group scheduling (cgroup v2) the budget cannot be the domain's:
         // the host-wide limit holds (`cellvisor profile check` says so).
-        if let Some(b) = budget.filter(|_| crate::cgroups::rt::host().rt_group_budgets) {
+        if let Some(b) = budget.filter(|_| host.rt_group_budgets) {
             res["cpu"]["realtimeRuntime"] = json!(b.runtime_us);
             res["cpu"]["realtimePeriod"] = json!(b.period_us);
         }

@@ -95,7 +95,7 @@ impl std::fmt::Display for Moved {
 }
 
 fn online() -> Vec<u32> {
-    container::cgroups::rt::host().cpus.unwrap_or_default()
+    container::cgroups::rt::online_cpus()
 }
 
 /// Run this process (and what it forks from now on) on `cpus`; false when none of them can be.

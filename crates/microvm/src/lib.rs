@@ -82,9 +82,6 @@ pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
 /// `cfg` gives its vCPUs): the VMM's other threads run on the shared ones; the vCPU
 /// threads, not the process, take the policy (its real-time budget stays the jail's).
 fn realtime_jail(c: &mut serde_json::Value, cfg: &mut vmm::Config, online: &[u32]) {
-    if cfg.vcpu_cpus.is_empty() {
-        return;
-    }
     cfg.vmm_cpus = online
         .iter()
         .copied()
@@ -136,8 +133,9 @@ fn jail(
         }
     }
     let mut cfg = vmm_config(d, vm, port);
-    let online = container::cgroups::rt::host().cpus.unwrap_or_default();
-    realtime_jail(c, &mut cfg, &online);
+    if !cfg.vcpu_cpus.is_empty() {
+        realtime_jail(c, &mut cfg, &container::cgroups::rt::online_cpus());
+    }
     let bind = |src: &Path, dst: &Path, ro: bool| {
         let opts = if ro {
             json!(["rbind", "ro", "nosuid", "nodev"])

@@ -409,3 +409,13 @@ pub fn cpusets_beside_cellvisor() -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// (scheduling policy, real-time priority) of process `pid` from /proc/PID/stat.
+pub fn sched_of(stat: &str) -> (u32, u32) {
+    let f: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 40 (rt_priority) and 41 (policy), counted from 1; `f` starts at field 3.
+    (f[38].parse().unwrap(), f[37].parse().unwrap())
+}

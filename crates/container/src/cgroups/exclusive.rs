@@ -144,6 +144,15 @@ pub fn explain(dir: &Path, cpus: &str) -> Option<String> {
     })
 }
 
+/// The cpuset beside `dir` (v1) that shares CPUs with it: what the kernel's refusal of an
+/// exclusive flag (EINVAL, naming no one) is about.
+fn sharing(dir: &Path) -> Option<PathBuf> {
+    let mine = read_cpus(&dir.join("cpuset.cpus"));
+    children(dir.parent()?)
+        .into_iter()
+        .find(|s| s != dir && !intersect(&mine, &read_cpus(&s.join("cpuset.cpus"))).is_empty())
+}
+
 /// v1: hold `dir`'s CPUs exclusively (its cpuset.cpus is written): its ancestors made
 /// exclusive, top first, then itself, without load balancing.
 pub fn claim_v1(mount: &Path, dir: &Path) -> Result<()> {
@@ -155,13 +164,7 @@ pub fn claim_v1(mount: &Path, dir: &Path) -> Result<()> {
             continue;
         }
         if let Err(e) = fs::write(&f, "1") {
-            // The kernel's refusal names no one: find the cpuset beside it that shares CPUs.
-            let mine = read_cpus(&a.join("cpuset.cpus"));
-            let beside = a.parent().map(children).unwrap_or_default();
-            let other = beside.iter().find(|s| {
-                **s != a && !intersect(&mine, &read_cpus(&s.join("cpuset.cpus"))).is_empty()
-            });
-            return Err(Error::Msg(match other {
+            return Err(Error::Msg(match sharing(&a) {
                 Some(o) => format!(
                     "cpus {cpus} exclusively: cgroup v1 needs {} exclusive as well, and {} shares its CPUs",
                     a.display(),
@@ -175,12 +178,7 @@ pub fn claim_v1(mount: &Path, dir: &Path) -> Result<()> {
         }
     }
     if let Err(e) = fs::write(dir.join("cpuset.cpu_exclusive"), "1") {
-        let beside = dir.parent().map(children).unwrap_or_default();
-        let mine = cpu_list(cpus);
-        let other = beside.iter().find(|s| {
-            **s != dir && !intersect(&mine, &read_cpus(&s.join("cpuset.cpus"))).is_empty()
-        });
-        return Err(Error::Msg(match other {
+        return Err(Error::Msg(match sharing(dir) {
             Some(o) => format!("cpus {cpus} exclusively: {} has some of them", o.display()),
             None => format!("cpus {cpus} exclusively: {e}"),
         }));

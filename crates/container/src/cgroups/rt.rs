@@ -17,9 +17,9 @@ use crate::error::{Context, Error, Result};
 pub fn host() -> domain::profile::Host {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let mut h = domain::profile::Host::default();
-    let online = read("/sys/devices/system/cpu/online");
-    if !online.trim().is_empty() {
-        h.cpus = Some(domain::profile::cpu_list(online.trim()));
+    let online = online_cpus();
+    if !online.is_empty() {
+        h.cpus = Some(online);
     }
     if let Ok(r) = read("/proc/sys/kernel/sched_rt_runtime_us").trim().parse() {
         h.rt_runtime_us = r;
@@ -43,6 +43,13 @@ pub fn host() -> domain::profile::Host {
         });
     h.rt_group_budgets = v1("cpu").is_some_and(|m| m.join("cpu.rt_runtime_us").exists());
     h
+}
+
+/// This host's online CPUs (empty when /sys does not say): one file, where that is all a
+/// caller needs of [`host`].
+pub fn online_cpus() -> Vec<u32> {
+    let online = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    domain::profile::cpu_list(online.trim())
 }
 
 /// The kernel's fixed point for bandwidth ratios.

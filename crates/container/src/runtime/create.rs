@@ -135,7 +135,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     let v2 = matches!(hierarchies.first(), Some(Hierarchy::Unified(_)));
     if let Some(s) = process.scheduler() {
         let cpus = crate::cgroups::cpus_of(linux.resources().as_ref());
-        let online = crate::cgroups::rt::host().cpus.unwrap_or_default();
+        let online = crate::cgroups::rt::online_cpus();
         crate::sched::check_cpus(
             &crate::sched::plan(s)?,
             &domain::profile::cpu_list(&cpus),
