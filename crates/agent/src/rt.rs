@@ -2,8 +2,8 @@
 //! cyclictest's method — absolute `clock_nanosleep` on CLOCK_MONOTONIC at a fixed interval,
 //! latency = the wake-up less the time asked for, memory locked — into a histogram of 1 µs
 //! buckets. [`load`]: what the other domains do meanwhile, until killed: CPU hogs, a fork
-//! storm, a message storm (hackbench-like pairs over socket pairs), memory and page-cache
-//! pressure, fsynced writes.
+//! storm, a message storm (hackbench's groups: 20 senders to 20 receivers over socket pairs),
+//! memory and page-cache pressure, fsynced writes.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -230,17 +230,45 @@ fn forks() {
     }
 }
 
+/// Senders and receivers in one message group (hackbench's default group).
+const GROUP: usize = 20;
+
 fn messages() {
-    // Two ends of a socket pair, each on a thread of its own, passing 100-byte messages.
-    let Ok((mut a, mut b)) = UnixStream::pair() else {
+    // A hackbench group: each of GROUP senders writes 100-byte messages to each of GROUP
+    // receivers, over a socket pair per receiver, every one a thread of its own: a storm of
+    // wake-ups among many runnable tasks.
+    let Ok(pairs) = (0..GROUP)
+        .map(|_| UnixStream::pair())
+        .collect::<std::io::Result<Vec<_>>>()
+    else {
         return;
     };
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 100];
-        while b.read_exact(&mut buf).is_ok() && b.write_all(&buf).is_ok() {}
-    });
-    let mut buf = [7u8; 100];
-    while a.write_all(&buf).is_ok() && a.read_exact(&mut buf).is_ok() {}
+    let (ends, receivers): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+    for mut r in receivers {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 100];
+            while r.read_exact(&mut buf).is_ok() {}
+        });
+    }
+    let ends = std::sync::Arc::new(ends);
+    let senders: Vec<_> = (0..GROUP)
+        .map(|_| {
+            let ends = ends.clone();
+            std::thread::spawn(move || {
+                let buf = [7u8; 100];
+                loop {
+                    for mut e in ends.iter() {
+                        if e.write_all(&buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        let _ = s.join();
+    }
 }
 
 fn memory() {
