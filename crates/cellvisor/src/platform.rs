@@ -1,5 +1,5 @@
-//! The device platform's verbs (`up`, `down`, `ps`, `fg`, `channel`, `logs`, `top`): each is a
-//! request to cellvisord's REST API on its Unix socket.
+//! The device platform's verbs (`up`, `down`, `ps`, `fg`, `channel`, `logs`, `top`, `sched`):
+//! each is a request to cellvisord's REST API on its Unix socket.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,7 +51,19 @@ pub enum PlatformCmd {
         #[command(flatten)]
         d: Daemon,
     },
-    /// Live CPU and memory use per domain
+    /// The scheduler: its policy, each core's load, which domain is where, the last moves;
+    /// `sched POLICY` switches it (balance, power, fixed); `sched place NAME CPUS` puts a
+    /// domain on CPUS (within its profile's)
+    Sched {
+        /// POLICY, or `place NAME CPUS`
+        args: Vec<String>,
+        /// The daemon's answer as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        d: Daemon,
+    },
+    /// Live CPU and memory use per domain, and each core's load
     Top {
         /// Refreshes before exiting (default: until interrupted)
         #[arg(short = 'n', long)]
@@ -99,6 +111,7 @@ impl PlatformCmd {
             PlatformCmd::Channel(_) => "channel",
             PlatformCmd::Logs { .. } => "logs",
             PlatformCmd::Top { .. } => "top",
+            PlatformCmd::Sched { .. } => "sched",
         }
     }
 }
@@ -150,12 +163,100 @@ fn table(domains: &Value) -> String {
     s
 }
 
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{:.0}%", x * 100.0))
+        .unwrap_or("-".into())
+}
+
+/// Each core's load and the domains on it: `cpu 0  97%  trusted,common`.
+fn cores(s: &Value) -> String {
+    let mut out = String::new();
+    for c in s["cores"].as_array().into_iter().flatten() {
+        let names: Vec<&str> = c["domains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        let who = match c["realtime"].as_str() {
+            Some(rt) => format!("{rt} (realtime, its own)"),
+            None if names.is_empty() => "-".into(),
+            None => names.join(","),
+        };
+        out += &format!(
+            "cpu {:<3} {:>5}  {who}\n",
+            c["cpu"].to_string(),
+            pct(&c["load"])
+        );
+    }
+    out
+}
+
+/// `cellvisor sched`'s screen.
+fn sched_screen(s: &Value) -> String {
+    let mut out = format!(
+        "policy {} (period {} ms, spread {}, threshold {} less a margin of {}, {} ms on a core); {} ticks, {:.0} µs of CPU each ({:.3}% of a core)\n",
+        s["policy"].as_str().unwrap_or("?"),
+        s["period_ms"],
+        pct(&s["spread"]),
+        pct(&s["threshold"]),
+        pct(&s["margin"]),
+        s["min_residency_ms"],
+        s["ticks"],
+        s["cpu_us_per_tick"].as_f64().unwrap_or(0.0),
+        s["cpu_share"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    out += &cores(s);
+    out += &format!(
+        "{:<12} {:<8} {:<8} {:>6}\n",
+        "DOMAIN", "CPUS", "ALLOWED", "LOAD"
+    );
+    for d in s["domains"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<12} {:<8} {:<8} {:>6}\n",
+            d["name"].as_str().unwrap_or(""),
+            d["cpus"].as_str().unwrap_or(""),
+            d["allowed"].as_str().unwrap_or(""),
+            pct(&d["load"])
+        );
+    }
+    let moves = s["moves"].as_array().cloned().unwrap_or_default();
+    if !moves.is_empty() {
+        out += "last moves:\n";
+    }
+    for m in moves.iter().rev().take(8).rev() {
+        out += &format!(
+            "  {} {} -> {}: {} ({} µs){}\n",
+            m["domain"].as_str().unwrap_or(""),
+            m["from"].as_str().unwrap_or(""),
+            m["to"].as_str().unwrap_or(""),
+            m["reason"].as_str().unwrap_or(""),
+            m["took_us"],
+            m["error"]
+                .as_str()
+                .map(|e| format!(" failed: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
 fn top_once(d: &Daemon, prev: &mut Option<Value>) -> Result<String> {
     let now = call(d, "GET", "/v1/stats", None)?;
     let list = call(d, "GET", "/v1/domains", None)?;
-    let mut s = format!(
-        "{:<12} {:<8} {:>3} {:>7} {:>10} {:>6}\n",
-        "NAME", "STATUS", "FG", "CPU%", "MEMORY", "PIDS"
+    let sched = call(d, "GET", "/v1/scheduler", None)?;
+    let mut s = cores(&sched);
+    let cpus_of = |name: &str| {
+        sched["domains"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name))
+            .and_then(|x| x["cpus"].as_str().map(str::to_string))
+            .unwrap_or("-".into())
+    };
+    s += &format!(
+        "{:<12} {:<8} {:>3} {:>7} {:<6} {:>10} {:>6}\n",
+        "NAME", "STATUS", "FG", "CPU%", "CPUS", "MEMORY", "PIDS"
     );
     for dom in list.as_array().into_iter().flatten() {
         let name = dom["name"].as_str().unwrap_or("");
@@ -194,11 +295,12 @@ fn top_once(d: &Daemon, prev: &mut Option<Value>) -> Result<String> {
             .map(|p| p.to_string())
             .unwrap_or("-".into());
         s += &format!(
-            "{:<12} {:<8} {:>3} {:>7} {:>10} {:>6}\n",
+            "{:<12} {:<8} {:>3} {:>7} {:<6} {:>10} {:>6}\n",
             name,
             dom["status"].as_str().unwrap_or(""),
             if dom["foreground"] == true { "*" } else { "" },
             cpu,
+            cpus_of(name),
             mem,
             pids
         );
@@ -318,6 +420,30 @@ pub fn run(cmd: &PlatformCmd) -> Result<i32> {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        PlatformCmd::Sched { args, json, d } => {
+            let v = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                [] => call(d, "GET", "/v1/scheduler", None)?,
+                ["place", name, cpus] => call(
+                    d,
+                    "PUT",
+                    &format!("/v1/domains/{name}/cpus"),
+                    Some(&json!({ "cpus": cpus })),
+                )?,
+                ["place", ..] => bail!("usage: cellvisor sched place NAME CPUS"),
+                [policy] => call(
+                    d,
+                    "PUT",
+                    "/v1/scheduler",
+                    Some(&json!({ "policy": policy })),
+                )?,
+                _ => bail!("usage: cellvisor sched [balance|power|fixed] | sched place NAME CPUS"),
+            };
+            if *json {
+                println!("{v}");
+            } else {
+                print!("{}", sched_screen(&v));
             }
         }
         PlatformCmd::Top {

@@ -436,6 +436,27 @@ impl Backend for ContainerBackend {
         })
     }
 
+    fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError> {
+        let list = domain::profile::cpu_list_string(cpus);
+        if cpus.is_empty() {
+            return Err(BackendError::invalid(name, "an empty set of cpus"));
+        }
+        let st = self.load(name)?;
+        if !st.init_alive() {
+            return Err(BackendError::NotRunning(name.to_string()));
+        }
+        st.cgroup()
+            .and_then(|c| c.set_cpus(&list))
+            .map_err(|e| BackendError::failed(name, format!("putting it on cpus {list}"), e))
+    }
+
+    fn cpu_time(&self, name: &str) -> Result<domain::CpuTime, BackendError> {
+        self.load(name)?
+            .cgroup()
+            .and_then(|c| c.cpu_time())
+            .map_err(|e| BackendError::failed(name, "reading its CPU time", e))
+    }
+
     fn exists(&self, name: &str) -> bool {
         crate::state::exists(&self.root(), &self.container_id(name))
             || self.layer(name, Path::new("/")).is_mounted()

@@ -67,6 +67,12 @@ impl<C: Backend, M: Backend> Backend for Backends<C, M> {
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
         self.of(name).stats(name)
     }
+    fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError> {
+        self.of(name).set_cpus(name, cpus)
+    }
+    fn cpu_time(&self, name: &str) -> Result<domain::CpuTime, BackendError> {
+        self.of(name).cpu_time(name)
+    }
     fn pid(&self, name: &str) -> Option<i32> {
         self.of(name).pid(name)
     }

@@ -1,6 +1,7 @@
 //! cellvisord, the device platform's daemon: it loads a device profile, starts and stops its
 //! domains, opens channels between them under the profile's policy (deny by default), moves
-//! the foreground, and answers a REST API on a Unix socket. [`platform`] is the logic,
+//! the foreground, moves the domains between cores (the scheduler), and answers a REST API
+//! on a Unix socket. [`platform`] is the logic, [`scheduler`] the scheduler's part of it,
 //! [`server`] the sockets, [`backends`] each domain on the backend of its kind, [`client`] a
 //! client of the API.
 
@@ -8,4 +9,5 @@ pub mod backends;
 pub mod client;
 pub mod placement;
 pub mod platform;
+pub mod scheduler;
 pub mod server;

@@ -103,20 +103,27 @@ pub struct Switch {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Saved {
+pub(crate) struct Saved {
     profile: String,
     foreground: Option<String>,
     channels: Vec<ChannelInfo>,
     next_channel: u64,
+    /// Where the scheduler (or a request) put each domain not on its profile's cores.
+    #[serde(default)]
+    pub(crate) placement: BTreeMap<String, Vec<u32>>,
+    /// The policy switched to live, kept over a restart.
+    #[serde(default)]
+    pub(crate) policy: Option<domain::profile::SchedPolicy>,
 }
 
 /// The platform: a profile, a backend, and the state of both.
 pub struct Platform<B: Backend> {
     pub profile: Profile,
-    backend: B,
+    pub(crate) backend: B,
     dir: PathBuf,
     agent: Option<PathBuf>,
-    saved: Saved,
+    pub(crate) saved: Saved,
+    pub(crate) sched: crate::scheduler::Sched,
     /// One end of every channel opened by this daemon, handed out on request (each domain
     /// gets the side it is on); dropping it closes the channel for both domains.
     ends: BTreeMap<u64, End>,
@@ -133,8 +140,15 @@ fn status_name(s: DomainStatus) -> &'static str {
 impl<B: Backend> Platform<B> {
     /// Open the platform kept in `dir`, re-adopting what an earlier daemon left: domains that
     /// still run are kept (and put back in the foreground or background the saved state
-    /// says); half-made domains are removed; channels are listed as adopted.
-    pub fn open(profile: Profile, backend: B, dir: &Path, agent: Option<PathBuf>) -> Result<Self> {
+    /// says, on the cores the scheduler gave them); half-made domains are removed; channels
+    /// are listed as adopted. `online` is the host's CPUs.
+    pub fn open(
+        profile: Profile,
+        backend: B,
+        dir: &Path,
+        agent: Option<PathBuf>,
+        online: Vec<u32>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir.join("run"))
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
         let saved: Saved = match std::fs::read(dir.join("platform.json")) {
@@ -142,12 +156,14 @@ impl<B: Backend> Platform<B> {
                 .map_err(|e| internal(format!("{}/platform.json: {e}", dir.display())))?,
             Err(_) => Saved::default(),
         };
+        let sched = crate::scheduler::Sched::new(profile.scheduler, online);
         let mut p = Platform {
             profile,
             backend,
             dir: dir.to_path_buf(),
             agent,
             saved,
+            sched,
             ends: BTreeMap::new(),
         };
         let up: Vec<String> = p.running()?;
@@ -175,6 +191,7 @@ impl<B: Backend> Platform<B> {
             p.saved.foreground = None;
         }
         p.save()?;
+        p.sched_readopt(&up)?;
         // Finish a switch the earlier daemon may have been killed in.
         for name in &up {
             p.place(name)?;
@@ -182,12 +199,12 @@ impl<B: Backend> Platform<B> {
         Ok(p)
     }
 
-    fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self) -> Result<()> {
         let data = serde_json::to_vec_pretty(&self.saved).map_err(internal)?;
         container::util::write_atomic(&self.dir.join("platform.json"), &data).map_err(internal)
     }
 
-    fn domain(&self, name: &str) -> Result<domain::Domain> {
+    pub(crate) fn domain(&self, name: &str) -> Result<domain::Domain> {
         self.profile.domain(name).cloned().ok_or_else(|| {
             ApiError::NotFound(format!(
                 "no domain {name:?} in profile {:?}",
@@ -197,7 +214,7 @@ impl<B: Backend> Platform<B> {
     }
 
     /// The backend's word on a domain; an error is said, never taken for "stopped".
-    fn status(&self, name: &str) -> Result<DomainStatus> {
+    pub(crate) fn status(&self, name: &str) -> Result<DomainStatus> {
         self.backend.status(name).map_err(backend_err)
     }
 
@@ -288,6 +305,8 @@ impl<B: Backend> Platform<B> {
                     .map_err(|e| internal(format!("copying the agent {}: {e}", agent.display())))?;
             }
         }
+        // It starts on its profile's cores.
+        self.sched_forget(name)?;
         let becomes_fg =
             self.saved.foreground.is_none() && self.profile.foreground.as_deref() == Some(name);
         let mut devices: Vec<PathBuf> = self
@@ -389,6 +408,7 @@ impl<B: Backend> Platform<B> {
         } else {
             self.backend.down(name).map_err(backend_err)?;
         }
+        self.sched_forget(name)?;
         self.info(name)
     }
 
@@ -613,6 +633,12 @@ mod tests {
         fn stats(&self, _: &str) -> std::result::Result<DomainStats, BackendError> {
             Ok(DomainStats::default())
         }
+        fn set_cpus(&self, _: &str, _: &[u32]) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn cpu_time(&self, _: &str) -> std::result::Result<domain::CpuTime, BackendError> {
+            Ok(domain::CpuTime::Total(0))
+        }
         fn pid(&self, _: &str) -> Option<i32> {
             None
         }
@@ -630,7 +656,7 @@ mod tests {
         let profile =
             domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", Path::new("/")).unwrap();
         // A daemon cannot start on domains it cannot see.
-        let e = Platform::open(profile.clone(), Unreadable, dir.path(), None)
+        let e = Platform::open(profile.clone(), Unreadable, dir.path(), None, vec![0, 1])
             .err()
             .unwrap();
         assert_eq!(
@@ -646,6 +672,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             agent: None,
             saved: Saved::default(),
+            sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
             ends: BTreeMap::new(),
         };
         let info = p.info("common").unwrap();

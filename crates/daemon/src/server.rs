@@ -119,6 +119,8 @@ pub fn router(state: Shared, group: Option<u32>) -> Router {
         .route("/v1/channels", get(channels).post(channel_open))
         .route("/v1/channels/{id}", axum::routing::delete(channel_close))
         .route("/v1/stats", get(stats))
+        .route("/v1/scheduler", get(sched_get).put(sched_put))
+        .route("/v1/domains/{name}/cpus", axum::routing::put(place))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) })
         .with_state(state);
     api.layer(axum::middleware::from_fn(
@@ -292,6 +294,71 @@ async fn stats(State(s): State<Shared>) -> ApiResult {
         .map(|(n, st)| json!({"name": n, "cpu_ns": st.cpu_ns, "memory_bytes": st.memory_bytes, "pids": st.pids}))
         .collect();
     ok(json!({"time_ns": now, "domains": domains}))
+}
+
+async fn sched_get(State(s): State<Shared>) -> ApiResult {
+    ok(lock(&s).scheduler_info())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedBody {
+    policy: String,
+}
+
+async fn sched_put(
+    State(s): State<Shared>,
+    body: Result<Json<SchedBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let policy = domain::profile::SchedPolicy::parse(&b.policy).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "policy {:?} is not one of balance, power, fixed",
+            b.policy
+        ))
+    })?;
+    ok(lock(&s).set_policy(policy)?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceBody {
+    cpus: String,
+}
+
+async fn place(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<PlaceBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    ok(lock(&s).place_on(&name, &b.cpus)?)
+}
+
+/// This thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The scheduler's period: read /proc/stat, tick the platform, count what it cost. On the
+/// daemon's one thread, between requests.
+async fn sched_loop(s: Shared) {
+    let start = std::time::Instant::now();
+    loop {
+        let period = lock(&s).sched_period_ms();
+        tokio::time::sleep(Duration::from_millis(period)).await;
+        let c0 = thread_cpu_ns();
+        let cpus = scheduler::sample::read_proc_stat().unwrap_or_default();
+        let mut p = lock(&s);
+        p.tick(start.elapsed().as_millis() as u64, cpus);
+        p.tick_cost(thread_cpu_ns().saturating_sub(c0));
+    }
 }
 
 /// A domain's port: one JSON request line, one JSON answer line (with the end's descriptors
@@ -523,9 +590,11 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
         eprintln!("cellvisord: {moved}");
     }
     let profile = cfg.profile.clone();
-    let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone())
+    let online = container::cgroups::rt::online_cpus();
+    let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone(), online)
         .map_err(|e| e.to_string())?;
     let shared: Shared = Arc::new(Mutex::new(platform));
+    tokio::spawn(sched_loop(shared.clone()));
     made.extend(bind_ports(&shared).map_err(|e| format!("binding the domains' ports: {e}"))?);
     if let Some(parent) = cfg.socket.parent() {
         std::fs::create_dir_all(parent)
@@ -575,7 +644,7 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
 }
 
 /// The routes the server answers, for the OpenAPI check.
-pub const ROUTES: [(&str, &str); 14] = [
+pub const ROUTES: [(&str, &str); 17] = [
     ("get", "/v1/version"),
     ("get", "/v1/domains"),
     ("get", "/v1/domains/{name}"),
@@ -590,4 +659,7 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("post", "/v1/channels"),
     ("delete", "/v1/channels/{id}"),
     ("get", "/v1/stats"),
+    ("get", "/v1/scheduler"),
+    ("put", "/v1/scheduler"),
+    ("put", "/v1/domains/{name}/cpus"),
 ];

@@ -16,6 +16,10 @@ struct FakeDomain {
     frozen: bool,
     weight: u32,
     devices: BTreeSet<PathBuf>,
+    /// Its cpuset, as the scheduler last set it (empty: the profile's).
+    cpus: Vec<u32>,
+    /// Its CPU time per CPU, as the test makes it run.
+    cpu_ns: Vec<u64>,
 }
 
 /// Domains in memory; clones share them (a restarted daemon sees the same domains).
@@ -38,6 +42,8 @@ impl Backend for Fake {
                 frozen: false,
                 weight: d.cpu_weight,
                 devices: o.devices.iter().cloned().collect(),
+                cpus: Vec::new(),
+                cpu_ns: vec![0; 2],
             },
         );
         Ok(())
@@ -84,6 +90,17 @@ impl Backend for Fake {
     }
     fn stats(&self, _: &str) -> Result<DomainStats, BackendError> {
         Ok(DomainStats::default())
+    }
+    fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError> {
+        let mut m = self.0.borrow_mut();
+        m.get_mut(name).ok_or_else(|| nope(name))?.cpus = cpus.to_vec();
+        Ok(())
+    }
+    fn cpu_time(&self, name: &str) -> Result<domain::CpuTime, BackendError> {
+        let m = self.0.borrow();
+        Ok(domain::CpuTime::PerCpu(
+            m.get(name).ok_or_else(|| nope(name))?.cpu_ns.clone(),
+        ))
     }
     fn pid(&self, name: &str) -> Option<i32> {
         self.0.borrow().contains_key(name).then_some(1)
@@ -195,7 +212,14 @@ fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
 fn run(ops: Vec<Op>, background: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::default();
-    let mut p = Platform::open(profile(background), fake.clone(), dir.path(), None).unwrap();
+    let mut p = Platform::open(
+        profile(background),
+        fake.clone(),
+        dir.path(),
+        None,
+        vec![0, 1],
+    )
+    .unwrap();
     for op in ops {
         match op {
             Op::Up(d) => {
@@ -266,7 +290,7 @@ fn run(ops: Vec<Op>, background: &str) {
             Op::Restart => {
                 let prof = p.profile.clone();
                 drop(p);
-                p = Platform::open(prof, fake.clone(), dir.path(), None).unwrap();
+                p = Platform::open(prof, fake.clone(), dir.path(), None, vec![0, 1]).unwrap();
                 // Adopted channels cannot be handed out again, but are still listed.
                 assert!(p.channels().iter().all(|c| c.adopted));
             }

@@ -31,6 +31,15 @@ pub struct DomainStats {
     pub pids: u64,
 }
 
+/// A domain's CPU time counter as its cgroup keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpuTime {
+    /// ns per CPU, indexed by CPU number (cgroup v1 cpuacct.usage_percpu).
+    PerCpu(Vec<u64>),
+    /// ns in all (cgroup v2 cpu.stat usage_usec: it has no per-CPU figure).
+    Total(u64),
+}
+
 /// The cause of a backend error: the runtime's, the kernel's (an errno), a file's.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -135,6 +144,11 @@ pub trait Backend {
         present: bool,
     ) -> Result<(), BackendError>;
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError>;
+    /// Put the running domain on `cpus` (its cpuset; a microVM's VMM with it), within what
+    /// its profile allows: the scheduler's actuator.
+    fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError>;
+    /// Its CPU time, per CPU where the host counts it so.
+    fn cpu_time(&self, name: &str) -> Result<CpuTime, BackendError>;
     /// The domain's main process, as the host sees it.
     fn pid(&self, name: &str) -> Option<i32>;
     /// Does the backend hold anything of the domain (running or not)?

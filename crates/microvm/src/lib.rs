@@ -251,6 +251,16 @@ impl Backend for MicrovmBackend {
         self.jail.stats(name)
     }
 
+    /// The VMM's cgroup, and with it every thread of the VMM (a realtime VM's vCPU threads
+    /// are pinned on their own cores and never moved: the scheduler leaves realtime domains be).
+    fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError> {
+        self.jail.set_cpus(name, cpus)
+    }
+
+    fn cpu_time(&self, name: &str) -> Result<domain::CpuTime, BackendError> {
+        self.jail.cpu_time(name)
+    }
+
     fn pid(&self, name: &str) -> Option<i32> {
         self.jail.pid(name)
     }

@@ -401,6 +401,46 @@ impl Cgroup {
         }
     }
 
+    /// Move the running cgroup to `cpus` (a list like `0-1,3`): cpuset.cpus, which the
+    /// kernel applies to every task in it at once.
+    pub fn set_cpus(&self, cpus: &str) -> Result<()> {
+        let d = self
+            .dir_of(if self.version() == Version::V1 {
+                "cpuset"
+            } else {
+                ""
+            })
+            .ok_or_else(|| Error::Msg("the cpuset cgroup controller is not mounted".into()))?;
+        write_file(&d.join("cpuset.cpus"), cpus)
+    }
+
+    /// Its CPU time: per CPU on v1 (cpuacct.usage_percpu), in all on v2 (cpu.stat).
+    pub fn cpu_time(&self) -> Result<domain::CpuTime> {
+        let read = |f: &Path| fs::read_to_string(f).ctx(|| format!("reading {}", f.display()));
+        match self.version() {
+            Version::V1 => {
+                let d = self.dir_of("cpuacct").ok_or_else(|| {
+                    Error::Msg("the cpuacct cgroup controller is not mounted".into())
+                })?;
+                let t = read(&d.join("cpuacct.usage_percpu"))?;
+                Ok(domain::CpuTime::PerCpu(
+                    t.split_whitespace()
+                        .map(|x| x.parse().unwrap_or(0))
+                        .collect(),
+                ))
+            }
+            Version::V2 => {
+                let f = self.dir_of("").unwrap_or_default().join("cpu.stat");
+                let usec = read(&f)?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                Ok(domain::CpuTime::Total(usec * 1000))
+            }
+        }
+    }
+
     /// Allow or deny one device rule on a running container: v1 writes `devices.allow` /
     /// `devices.deny`; v2 replaces the device filter with one for the whole rule list that
     /// `v2_rules` gives (the container's rules with this change last).

@@ -10,9 +10,9 @@ use toml::Spanned;
 
 use super::raw;
 use super::{
-    cpu_list, cpu_list_string, parse_duration, parse_size, BackendKind, BackgroundMode, Budget,
-    DiskMode, Domain, DomainKind, Host, Role, RtPolicy, VmSpec, DEFAULT_DEVICE_NODES,
-    EXCLUSIVE_DEVICES, SHARED_DEVICES,
+    cpu_list, cpu_list_string, is_cpu_list, parse_duration, parse_size, BackendKind,
+    BackgroundMode, Budget, DiskMode, Domain, DomainKind, Host, Role, RtPolicy, SchedParams,
+    SchedPolicy, VmSpec, DEFAULT_DEVICE_NODES, EXCLUSIVE_DEVICES, SHARED_DEVICES,
 };
 use crate::policy::{Policy, Rule};
 
@@ -60,16 +60,6 @@ pub(super) fn syntax(r: &mut Report, text: &str) -> Option<raw::Profile> {
             None
         }
     }
-}
-
-fn is_cpu_list(s: &str) -> bool {
-    !s.is_empty()
-        && s.split(',').all(|p| match p.split_once('-') {
-            Some((a, b)) => {
-                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
-            }
-            None => p.parse::<u32>().is_ok(),
-        })
 }
 
 /// A path under /dev that cannot climb out of it.
@@ -665,6 +655,71 @@ pub(super) fn foreground(r: &mut Report, p: &raw::Profile, domains: &[Domain]) -
     if let Some(w) = &f.background_cpu_weight {
         weight(r, w, "foreground.background_cpu_weight");
         out.background_cpu_weight = *w.get_ref();
+    }
+    out
+}
+
+/// `[scheduler]`: a known policy, a period and residency as durations, shares within range.
+pub(super) fn scheduler(r: &mut Report, s: Option<&Spanned<raw::Scheduler>>) -> SchedParams {
+    let mut out = SchedParams::default();
+    let Some(s) = s else {
+        return out;
+    };
+    let at = s.span();
+    let s = s.get_ref();
+    if let Some(p) = &s.policy {
+        match SchedPolicy::parse(p.get_ref()) {
+            Some(v) => out.policy = v,
+            None => r.at(
+                p.span(),
+                format!(
+                    "scheduler.policy: {:?} is not one of balance, power, fixed",
+                    p.get_ref()
+                ),
+            ),
+        }
+    }
+    for (name, v, field) in [
+        ("period", &s.period, &mut out.period_ms),
+        ("min_residency", &s.min_residency, &mut out.min_residency_ms),
+    ] {
+        if let Some(v) = v {
+            match parse_duration(v.get_ref()) {
+                Some(ns) => *field = ns / 1_000_000,
+                None => r.at(
+                    v.span(),
+                    format!(
+                        "scheduler.{name}: {:?} is not a duration like 500ms or 2s",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+    for (v, field) in [
+        (&s.spread, &mut out.spread),
+        (&s.threshold, &mut out.threshold),
+        (&s.margin, &mut out.margin),
+    ] {
+        if let Some(v) = v {
+            *field = *v.get_ref();
+        }
+    }
+    // Each knob out of range said at its own place.
+    let spans = [
+        ("period", s.period.as_ref().map(|v| v.span())),
+        ("spread", s.spread.as_ref().map(|v| v.span())),
+        ("threshold", s.threshold.as_ref().map(|v| v.span())),
+        ("margin", s.margin.as_ref().map(|v| v.span())),
+        ("min_residency", s.min_residency.as_ref().map(|v| v.span())),
+    ];
+    for p in out.problems() {
+        let span = spans
+            .iter()
+            .find(|(k, _)| p.starts_with(&format!("scheduler.{k}:")))
+            .and_then(|(_, sp)| sp.clone())
+            .unwrap_or(at.clone());
+        r.at(span, p);
     }
     out
 }

@@ -66,6 +66,104 @@ pub enum BackgroundMode {
     Freeze,
 }
 
+/// How the scheduler moves the domains that are not realtime between the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedPolicy {
+    /// Move domains from the busiest cores to the idlest while their loads differ by more
+    /// than the spread.
+    Balance,
+    /// Pack the domains onto the fewest cores that keep each under the threshold.
+    Power,
+    /// Every domain stays on the cores its profile gives it.
+    #[default]
+    Fixed,
+}
+
+impl SchedPolicy {
+    pub const ALL: [SchedPolicy; 3] =
+        [SchedPolicy::Balance, SchedPolicy::Power, SchedPolicy::Fixed];
+
+    /// As a profile and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedPolicy::Balance => "balance",
+            SchedPolicy::Power => "power",
+            SchedPolicy::Fixed => "fixed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SchedPolicy> {
+        SchedPolicy::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// The profile's `[scheduler]`: the policy and its knobs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, Deserialize)]
+pub struct SchedParams {
+    pub policy: SchedPolicy,
+    /// How often loads are sampled and the policy run.
+    pub period_ms: u64,
+    /// `balance` acts while the busiest and the idlest core's loads differ by more than this
+    /// (0..1, a share of one core).
+    pub spread: f64,
+    /// `power` keeps every core it uses at or under this load.
+    pub threshold: f64,
+    /// `power` packs onto fewer cores only when each stays this far under the threshold.
+    pub margin: f64,
+    /// A domain the scheduler moved stays at least this long where it was put (but `power`
+    /// spreads at once when a core is over its threshold).
+    pub min_residency_ms: u64,
+}
+
+impl Default for SchedParams {
+    /// `fixed`; a period of 1 s, a spread of 25%, 80% (where Linux EAS gives up packing)
+    /// less a margin of 10%, 5 s on a core.
+    fn default() -> SchedParams {
+        SchedParams {
+            policy: SchedPolicy::Fixed,
+            period_ms: 1000,
+            spread: 0.25,
+            threshold: 0.8,
+            margin: 0.1,
+            min_residency_ms: 5000,
+        }
+    }
+}
+
+impl SchedParams {
+    /// Every knob within its range, or what is not: one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !(50..=60_000).contains(&self.period_ms) {
+            out.push(format!(
+                "scheduler.period: {} ms is not between 50ms and 60s",
+                self.period_ms
+            ));
+        }
+        for (name, v) in [("spread", self.spread), ("threshold", self.threshold)] {
+            if !(v > 0.0 && v <= 1.0) {
+                out.push(format!(
+                    "scheduler.{name}: {v} is not a share of one core (above 0, at most 1)"
+                ));
+            }
+        }
+        if !(self.margin >= 0.0 && self.margin < self.threshold) {
+            out.push(format!(
+                "scheduler.margin: {} is not from 0 up to the threshold ({})",
+                self.margin, self.threshold
+            ));
+        }
+        if self.min_residency_ms > 3_600_000 {
+            out.push(format!(
+                "scheduler.min_residency: {} ms is more than an hour",
+                self.min_residency_ms
+            ));
+        }
+        out
+    }
+}
+
 /// Devices that only the foreground domain holds.
 pub const EXCLUSIVE_DEVICES: [&str; 3] = ["display", "input", "camera"];
 /// Devices every domain that lists them shares.
@@ -192,6 +290,17 @@ pub fn cpu_list(s: &str) -> Vec<u32> {
     out
 }
 
+/// Is `s` a CPU list like `0-1,3` (each range from low to high)?
+pub fn is_cpu_list(s: &str) -> bool {
+    !s.is_empty()
+        && s.split(',').all(|p| match p.split_once('-') {
+            Some((a, b)) => {
+                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
+            }
+            None => p.parse::<u32>().is_ok(),
+        })
+}
+
 /// CPU numbers as a list like `0-1,3`.
 pub fn cpu_list_string(cpus: &[u32]) -> String {
     let mut parts = Vec::new();
@@ -283,6 +392,7 @@ pub struct Profile {
     /// The host device node behind each device class (`display`, `input`, ...). A class
     /// without a node is owned on paper only.
     pub device_nodes: BTreeMap<String, PathBuf>,
+    pub scheduler: SchedParams,
 }
 
 impl Profile {
@@ -366,6 +476,7 @@ pub fn parse_on(text: &str, file: &str, dir: &Path, host: &Host) -> Result<Profi
     let fg = check::foreground(&mut r, &raw, &domains);
     let policy = check::policy(&mut r, &raw.allow, &names);
     let device_nodes = check::device_nodes(&mut r, &raw.device_nodes);
+    let scheduler = check::scheduler(&mut r, raw.scheduler.as_ref());
     if !r.errors.is_empty() {
         return Err(Errors(r.errors));
     }
@@ -378,6 +489,7 @@ pub fn parse_on(text: &str, file: &str, dir: &Path, host: &Host) -> Result<Profi
         background_cpu_weight: fg.background_cpu_weight,
         policy,
         device_nodes,
+        scheduler,
     })
 }
 
@@ -442,6 +554,58 @@ buffer = "64K"
         assert_eq!(p.domain("a").unwrap().exclusive_devices, ["display"]);
         assert_eq!(p.domain("b").unwrap().cpu_weight, 100);
         assert_eq!(p.foreground.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_scheduler_section() {
+        assert_eq!(
+            parse(OK, "p.toml", Path::new("/x")).unwrap().scheduler,
+            SchedParams::default()
+        );
+        let text = format!("{OK}\n[scheduler]\npolicy = \"power\"\nperiod = \"500ms\"\nthreshold = 0.7\nmin_residency = \"2s\"\n");
+        let s = parse(&text, "p.toml", Path::new("/x")).unwrap().scheduler;
+        assert_eq!(s.policy, SchedPolicy::Power);
+        assert_eq!((s.period_ms, s.min_residency_ms), (500, 2000));
+        assert_eq!((s.threshold, s.spread, s.margin), (0.7, 0.25, 0.1));
+        let line = OK.lines().count() + 2;
+        let e = errs(&format!(
+            "{OK}\n[scheduler]\npolicy = \"turbo\"\nperiod = \"soon\"\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                format!(
+                    "p.toml:{}:10: scheduler.policy: \"turbo\" is not one of balance, power, fixed",
+                    line + 1
+                ),
+                format!(
+                    "p.toml:{}:10: scheduler.period: \"soon\" is not a duration like 500ms or 2s",
+                    line + 2
+                ),
+            ]
+        );
+        let e = errs(&format!(
+            "{OK}\n[scheduler]\nthreshold = 1.5\nmargin = 2.0\nperiod = \"10ms\"\n"
+        ));
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("p.toml:{}:10: ", line + 3)),
+            "{e:?}"
+        );
+        assert!(
+            e[0].ends_with("scheduler.period: 10 ms is not between 50ms and 60s"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].ends_with(
+                "scheduler.threshold: 1.5 is not a share of one core (above 0, at most 1)"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e[2].contains("scheduler.margin: 2 is not from 0 up to the threshold"),
+            "{e:?}"
+        );
     }
 
     #[test]

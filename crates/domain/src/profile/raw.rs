@@ -21,6 +21,20 @@ pub(super) struct Profile {
     pub allow: Vec<Allow>,
     #[serde(default)]
     pub device_nodes: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub scheduler: Option<Spanned<Scheduler>>,
+}
+
+/// `[scheduler]`: `policy = "balance"`, `period = "1s"`, `spread = 0.25`, `threshold = 0.8`,
+/// `margin = 0.1`, `min_residency = "5s"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Scheduler {
+    pub policy: Option<Spanned<String>>,
+    pub period: Option<Spanned<String>>,
+    pub spread: Option<Spanned<f64>>,
+    pub threshold: Option<Spanned<f64>>,
+    pub margin: Option<Spanned<f64>>,
+    pub min_residency: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
