@@ -611,6 +611,50 @@ fn the_api_is_what_openapi_json_says() {
         404,
     );
     call("post", "/v1/up", "/v1/up", None, 200);
+    call("get", "/v1/scheduler", "/v1/scheduler", None, 200);
+    for (body, want) in [
+        (json!({"policy": "balance"}), 200),
+        (json!({"policy": "turbo"}), 400),
+        (json!({"policy": "fixed"}), 200),
+    ] {
+        call("put", "/v1/scheduler", "/v1/scheduler", Some(body), want);
+    }
+    let place = "/v1/domains/{name}/cpus";
+    call(
+        "put",
+        place,
+        "/v1/domains/common/cpus",
+        Some(json!({"cpus": "0"})),
+        200,
+    );
+    call(
+        "put",
+        place,
+        "/v1/domains/common/cpus",
+        Some(json!({"cpus": "1"})),
+        400,
+    );
+    call(
+        "put",
+        place,
+        "/v1/domains/common/cpus",
+        Some(json!({"cpus": "x"})),
+        400,
+    );
+    call(
+        "put",
+        place,
+        "/v1/domains/modem/cpus",
+        Some(json!({"cpus": "1"})),
+        400,
+    );
+    call(
+        "put",
+        place,
+        "/v1/domains/ghost/cpus",
+        Some(json!({"cpus": "0"})),
+        404,
+    );
     call("get", "/v1/foreground", "/v1/foreground", None, 200);
     call(
         "put",
@@ -716,6 +760,13 @@ fn the_api_is_what_openapi_json_says() {
         "/v1/domains/ghost/down",
         None,
         404,
+    );
+    call(
+        "put",
+        place,
+        "/v1/domains/common/cpus",
+        Some(json!({"cpus": "0"})),
+        409,
     );
     call("post", "/v1/down", "/v1/down?purge=true", None, 200);
     // Every documented operation was exercised.
@@ -1391,4 +1442,121 @@ realtime = {{ policy = "fifo", priority = 40, budget = "100ms/1s" }}
     let cpus = std::fs::read_to_string(format!("/proc/{apps}/status")).unwrap();
     assert!(cpus.contains("Cpus_allowed_list:\t0\n"), "{cpus}");
     d.teardown_and_check(&[apps, vmm]);
+}
+
+/// The scheduler through `cellvisor sched`: two CPU-bound domains put on one core are moved
+/// apart by `balance`; a daemon killed and restarted keeps where they are and the policy;
+/// `fixed` puts them back on their profile's cores; bad requests get one line and change
+/// nothing; nothing is left after.
+#[test]
+fn the_scheduler_moves_domains_apart_and_keeps_them_over_a_restart() {
+    need_root!();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    if online.trim() != "0-1" || !Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus").exists() {
+        eprintln!("skipped: needs CPUs 0-1 and a cgroup v1 cpuset");
+        return;
+    }
+    // The CPUs alone: another test's load on the idle core would hide the imbalance.
+    let _cpus = common::cpus_lock();
+    let hog = "command = [\"/run/cellvisor/agent\", \"load\", \"cpu\", \"--threads\", \"1\"]";
+    let profile = format!(
+        "name = \"sched\"\nbase = \"rootfs\"\n[scheduler]\npolicy = \"fixed\"\nperiod = \"500ms\"\n\
+         [[domain]]\nname = \"a\"\nrole = \"common\"\n{hog}\n\
+         [[domain]]\nname = \"b\"\nrole = \"common\"\n{hog}\n"
+    );
+    let mut d = Daemon::with_profile("sc", &profile, &[]);
+    d.ok(&["up"]);
+    let pids = [d.pid("a"), d.pid("b")];
+    let prefix = d.prefix.clone();
+    let cpuset = |n: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/cpuset/cellvisor/{prefix}-{n}/cpuset.cpus"
+        ))
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    assert_eq!((cpuset("a"), cpuset("b")), ("0-1".into(), "0-1".into()));
+    d.ok(&["sched", "place", "a", "0"]);
+    let out = d.ok(&["sched", "place", "b", "0"]);
+    assert!(out.contains("b 0-1 -> 0: placed by request"), "{out}");
+    assert_eq!((cpuset("a"), cpuset("b")), ("0".into(), "0".into()));
+    // Under fixed they stay crowded.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!((cpuset("a"), cpuset("b")), ("0".into(), "0".into()));
+    let out = d.ok(&["sched", "balance"]);
+    assert!(out.starts_with("policy balance"), "{out}");
+    let end = Instant::now() + Duration::from_secs(30);
+    while cpuset("a") == cpuset("b") {
+        assert!(Instant::now() < end, "not apart: {}", d.ok(&["sched"]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (a, b) = (cpuset("a"), cpuset("b"));
+    let mut apart = [a.clone(), b.clone()];
+    apart.sort();
+    assert_eq!(apart, ["0".to_string(), "1".to_string()]);
+    let v = d.api("GET", "/v1/scheduler", None).1;
+    let mv = v["moves"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        mv["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("balance: cpu 0 at"),
+        "{mv}"
+    );
+    // The cpuset is the kernel's word for it: the moved domain's process runs there.
+    let moved = if a == "1" { pids[0] } else { pids[1] };
+    let allowed = std::fs::read_to_string(format!("/proc/{moved}/status")).unwrap();
+    assert!(allowed.contains("Cpus_allowed_list:\t1\n"), "{allowed}");
+    // Killed and started again: the same placement, the same policy.
+    d.signal(libc::SIGKILL);
+    d.start();
+    assert_eq!((cpuset("a"), cpuset("b")), (a.clone(), b.clone()));
+    let v = d.api("GET", "/v1/scheduler", None).1;
+    assert_eq!(v["policy"], "balance", "{v}");
+    let placed: Vec<(String, String)> = v["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["name"].as_str().unwrap().into(),
+                x["cpus"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(placed, [("a".into(), a.clone()), ("b".into(), b.clone())]);
+    // Bad requests: one line each, nothing changed.
+    for (args, says) in [
+        (
+            &["sched", "turbo"][..],
+            "policy \"turbo\" is not one of balance, power, fixed",
+        ),
+        (
+            &["sched", "place", "a", "5"],
+            "domain a may use cpus 0-1 only: 5 is not among them",
+        ),
+        (
+            &["sched", "place", "a", "0-"],
+            "cpus \"0-\" is not a list like",
+        ),
+        (&["sched", "place", "ghost", "0"], "no domain \"ghost\""),
+        (
+            &["sched", "place", "a"],
+            "usage: cellvisor sched place NAME CPUS",
+        ),
+    ] {
+        let o = d.cv(args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = common::stderr(&o);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!((cpuset("a"), cpuset("b")), (a, b));
+    // fixed: back on the profile's cores.
+    d.ok(&["sched", "fixed"]);
+    assert_eq!((cpuset("a"), cpuset("b")), ("0-1".into(), "0-1".into()));
+    let top = d.ok(&["top", "-n", "1", "--interval", "0.6"]);
+    assert!(top.contains("cpu 0") && top.contains("cpu 1"), "{top}");
+    d.teardown_and_check(&pids);
 }
