@@ -1,6 +1,8 @@
-//! Property tests of the platform over random sequences of API calls (and daemon restarts),
-//! on an in-memory backend: no sequence yields a channel the policy forbids, hands a domain
-//! another domain's channel, or leaves the foreground's devices and weights inconsistent.
+//! Property tests of the platform over random sequences of API calls (and daemon restarts,
+//! and scheduler periods with random loads), on an in-memory backend: no sequence yields a
+//! channel the policy forbids, hands a domain another domain's channel, leaves the
+//! foreground's devices and weights inconsistent, puts a domain on a realtime domain's core or
+//! outside its own, or loses a placement over a restart.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,7 +45,7 @@ impl Backend for Fake {
                 weight: d.cpu_weight,
                 devices: o.devices.iter().cloned().collect(),
                 cpus: Vec::new(),
-                cpu_ns: vec![0; 2],
+                cpu_ns: vec![0; CPUS.len()],
             },
         );
         Ok(())
@@ -134,7 +136,15 @@ enum Op {
     Close(u64),
     Take(&'static str, &'static str, Option<&'static str>),
     Restart,
+    Sched(domain::profile::SchedPolicy),
+    Place(&'static str, &'static str),
+    /// A scheduler period: each running domain used this share (‰) of each of its cores.
+    Tick(Vec<u16>),
 }
+
+/// The host's CPUs in these tests; the modem (realtime) owns cpu 1.
+const CPUS: [u32; 4] = [0, 1, 2, 3];
+const LISTS: [&str; 6] = ["0", "1", "2-3", "0,2", "0-3", "x"];
 
 const DOMAINS: [&str; 4] = ["trusted", "common", "modem", "ghost"];
 const CHANNELS: [&str; 3] = ["messages", "telephony", "x"];
@@ -157,6 +167,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..6).prop_map(Op::Close),
         4 => (d(), c(), prop::option::of(d())).prop_map(|(a, c, p)| Op::Take(a, c, p)),
         1 => Just(Op::Restart),
+        1 => prop::sample::select(domain::profile::SchedPolicy::ALL.to_vec()).prop_map(Op::Sched),
+        2 => (d(), prop::sample::select(LISTS.to_vec())).prop_map(|(d, l)| Op::Place(d, l)),
+        4 => prop::collection::vec(0u16..1000, 16).prop_map(Op::Tick),
     ]
 }
 
@@ -188,6 +201,18 @@ fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
     }
     let m = fake.0.borrow();
     for (name, st) in m.iter() {
+        // Placed within its own cores, never on the modem's, never on none; as the platform
+        // says it is.
+        let allowed = p.allowed(name);
+        if name == "modem" {
+            assert!(st.cpus.is_empty(), "the realtime domain was moved: {:?}", st.cpus);
+        } else if st.cpus.is_empty() {
+            assert_eq!(p.cpus_of(name), allowed, "{name}");
+        } else {
+            assert!(st.cpus.iter().all(|c| allowed.contains(c)), "{name} on {:?}", st.cpus);
+            assert!(!st.cpus.contains(&1), "{name} on the realtime core");
+            assert_eq!(p.cpus_of(name), st.cpus, "{name}");
+        }
         let d = prof.domain(name).unwrap();
         let excl: BTreeSet<PathBuf> = prof.exclusive_nodes(d).into_iter().collect();
         let held: BTreeSet<PathBuf> = st.devices.intersection(&excl).cloned().collect();
@@ -217,9 +242,14 @@ fn run(ops: Vec<Op>, background: &str) {
         fake.clone(),
         dir.path(),
         None,
-        vec![0, 1],
+        CPUS.to_vec(),
     )
     .unwrap();
+    let mut t_ms = 0u64;
+    let mut stat: BTreeMap<u32, scheduler::sample::CpuTimes> = CPUS
+        .iter()
+        .map(|&c| (c, scheduler::sample::CpuTimes::default()))
+        .collect();
     for op in ops {
         match op {
             Op::Up(d) => {
@@ -289,10 +319,62 @@ fn run(ops: Vec<Op>, background: &str) {
             }
             Op::Restart => {
                 let prof = p.profile.clone();
+                let before: Vec<(String, Vec<u32>)> = p
+                    .running()
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| (n.clone(), p.cpus_of(&n)))
+                    .collect();
+                let policy = p.scheduler_info().policy;
                 drop(p);
-                p = Platform::open(prof, fake.clone(), dir.path(), None, vec![0, 1]).unwrap();
+                p = Platform::open(prof, fake.clone(), dir.path(), None, CPUS.to_vec()).unwrap();
                 // Adopted channels cannot be handed out again, but are still listed.
                 assert!(p.channels().iter().all(|c| c.adopted));
+                // Every domain where it was, the policy as it was.
+                for (n, cpus) in before {
+                    assert_eq!(p.cpus_of(&n), cpus, "{n} after a restart");
+                }
+                assert_eq!(p.scheduler_info().policy, policy);
+            }
+            Op::Sched(policy) => {
+                assert_eq!(p.set_policy(policy).unwrap().policy, policy);
+            }
+            Op::Place(d, list) => {
+                let up = p.running().unwrap().iter().any(|r| r == d);
+                let r = p.place_on(d, list);
+                match &r {
+                    Ok(_) => assert_eq!(p.cpus_of(d), domain::profile::cpu_list(list)),
+                    Err(ApiError::NotFound(_)) => assert_eq!(d, "ghost"),
+                    Err(ApiError::BadRequest(_)) => {
+                        assert!(d == "modem" || list == "x" || list.contains('1') || list == "0-3")
+                    }
+                    Err(ApiError::Conflict(_)) => assert!(!up),
+                    Err(e) => panic!("place {d} {list}: {e}"),
+                }
+                assert_eq!(r.is_ok(), up && d != "modem" && ["0", "2-3", "0,2"].contains(&list), "{d} {list}: {r:?}");
+            }
+            Op::Tick(use_) => {
+                t_ms += p.sched_period_ms();
+                let period_ns = p.sched_period_ms() * 1_000_000;
+                let names: Vec<String> = fake.0.borrow().keys().cloned().collect();
+                let mut busy = [0u64; 4];
+                for (i, n) in names.iter().enumerate() {
+                    let cpus = p.cpus_of(n);
+                    let mut m = fake.0.borrow_mut();
+                    let st = m.get_mut(n).unwrap();
+                    for c in cpus {
+                        let ns = period_ns * u64::from(use_[(i * 4 + c as usize) % use_.len()]) / 4000;
+                        st.cpu_ns[c as usize] += ns;
+                        busy[c as usize] += ns;
+                    }
+                }
+                // Clock ticks of 1 ms: each core's busy and idle time this period.
+                for (c, t) in stat.iter_mut() {
+                    let b = (busy[*c as usize] / 1_000_000).min(p.sched_period_ms());
+                    t.busy += b;
+                    t.idle += p.sched_period_ms() - b;
+                }
+                p.tick(t_ms, stat.clone());
             }
         }
         check_invariants(&p, &fake);
