@@ -3,8 +3,9 @@
 //! loops the channel benchmarks run, between two processes or two domains; [`vsock`] holds
 //! both ends of a microVM's vsock; [`micro`] the LMbench-style microbenchmarks `cellvisor bench`
 //! runs in every backend, [`workload`] its macrobenchmarks; [`rt`] the real-time benchmark's
-//! wake-up probe and loads.
+//! wake-up probe and loads; [`duty`] the scheduler benchmark's load.
 
+pub mod duty;
 pub mod micro;
 pub mod pingpong;
 pub mod port;

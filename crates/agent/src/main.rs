@@ -18,6 +18,9 @@
 //!                                        latency histogram as JSON (see rt.rs)
 //!   load cpu|fork|msg|mem|io|all [--threads N]
 //!                                        the real-time benchmark's load, until killed
+//!   work --duty PCT [--threads N] [--duty-file PATH]
+//!                                        the scheduler benchmark's load: PCT of a core's work
+//!                                        per thread, the chunks done printed (see duty.rs)
 //!   spin FROM_MS TO_MS                   wait for FROM, count loop iterations until TO (epoch
 //!                                        ms), print the count (bench's busy domains)
 //!   spin-go PORT MS                      (microVM guest) connect to host vsock PORT, wait for
@@ -57,6 +60,8 @@ struct Opts {
     samples: u64,
     fifo: Option<i32>,
     threads: usize,
+    duty: u32,
+    duty_file: Option<String>,
 }
 
 fn parse() -> Result<(String, Opts), String> {
@@ -80,6 +85,8 @@ fn parse() -> Result<(String, Opts), String> {
         samples: 10_000,
         fifo: None,
         threads: 1,
+        duty: 100,
+        duty_file: None,
     };
     let mut it = std::env::args().skip(1);
     let cmd = it
@@ -137,6 +144,13 @@ fn parse() -> Result<(String, Opts), String> {
                     .parse()
                     .map_err(|_| "--threads: a number")?
             }
+            "--duty" => {
+                let v = val("--duty")?;
+                o.duty = v
+                    .parse()
+                    .map_err(|_| format!("--duty {v:?}: a percentage"))?;
+            }
+            "--duty-file" => o.duty_file = Some(val("--duty-file")?),
             "--exit-port" => o.exit_port = true,
             "--exec" => o.exec = Some(val("--exec")?),
             "--cpu" => {
@@ -343,6 +357,7 @@ fn run() -> Result<(), String> {
             }
             say(&agent::rt::probe(o.interval_us, o.samples)?.json());
         }
+        "work" => agent::duty::run(o.duty, o.threads, o.duty_file.clone())?,
         "load" => agent::rt::load(o.args.first().map_or("all", String::as_str), o.threads)?,
         "send" => {
             let mut l = link(&o)?;

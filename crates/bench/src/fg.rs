@@ -4,15 +4,14 @@
 //! a request to the API until its answer (the new foreground holds its devices, the old one
 //! is in the background), as the client sees it and as the daemon measured it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
-use daemon::client::request;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{io, Error, Result};
+use crate::device::Device;
+use crate::{Error, Result};
 
 #[derive(Debug, Serialize)]
 pub struct ModeReport {
@@ -58,89 +57,32 @@ pub fn profile(base: &Path, mode: &str) -> Result<String> {
     Ok(text)
 }
 
-/// One daemon of the benchmark, and what it keeps.
+/// One daemon of the benchmark, in one background mode.
 struct Instance {
     mode: &'static str,
-    dir: PathBuf,
-    sock: PathBuf,
-    child: Option<Child>,
+    dev: Device,
 }
 
 impl Instance {
     fn start(mode: &'static str, work: &Path, base: &Path, agent: &Path) -> Result<Instance> {
-        let dir = work.join(mode);
-        io(std::fs::create_dir_all(&dir), || {
-            format!("creating {}", dir.display())
-        })?;
-        let file = dir.join("phone.toml");
-        io(std::fs::write(&file, profile(base, mode)?), || {
-            format!("writing {}", file.display())
-        })?;
-        let sock = dir.join("api.sock");
-        let me = io(std::env::current_exe(), || "finding this program".into())?;
-        let daemon = me.with_file_name("cellvisord");
-        let child = io(
-            Command::new(&daemon)
-                .arg("--profile")
-                .arg(&file)
-                .arg("--state")
-                .arg(dir.join("state"))
-                .arg("--socket")
-                .arg(&sock)
-                .arg("--agent")
-                .arg(agent)
-                .arg("--prefix")
-                .arg(format!("benchfg-{mode}-{}", std::process::id()))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn(),
-            || format!("starting {}", daemon.display()),
-        )?;
-        let mut inst = Instance {
-            mode,
-            dir,
-            sock,
-            child: Some(child),
-        };
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&inst.sock).is_err() {
-            if Instant::now() > end {
-                inst.stop();
-                return Err(Error::Msg(format!("cellvisord ({mode}) did not start")));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (s, v) = request(&inst.sock, "POST", "/v1/up", None)?;
-        if s != 200 {
-            inst.stop();
-            return Err(Error::Msg(format!("up ({mode}): {}", v["error"])));
-        }
-        Ok(inst)
+        let dev = Device::start(&format!("fg-{mode}"), work, &profile(base, mode)?, agent)?;
+        dev.api("POST", "/v1/up", None)?;
+        Ok(Instance { mode, dev })
     }
 
     /// One switch: (client µs, daemon µs).
     fn switch(&self, to: &str) -> Result<(f64, f64)> {
         let t = Instant::now();
-        let (s, v) = request(
-            &self.sock,
-            "PUT",
-            "/v1/foreground",
-            Some(&json!({"name": to})),
-        )?;
+        let v = self
+            .dev
+            .api("PUT", "/v1/foreground", Some(&json!({"name": to})))?;
         let client = t.elapsed().as_secs_f64() * 1e6;
-        if s != 200 {
-            return Err(Error::Msg(format!(
-                "fg {to} ({}): {}",
-                self.mode, v["error"]
-            )));
-        }
         Ok((client, v["switch_us"].as_f64().unwrap_or(f64::NAN)))
     }
 
     /// The new foreground sees its device nodes, the old one none (nodes the host has).
     fn verify(&self, fg: &str, bg: &str) -> Result<()> {
-        let (_, doms) = request(&self.sock, "GET", "/v1/domains", None)?;
+        let doms = self.dev.api("GET", "/v1/domains", None)?;
         let pid = |n: &str| {
             doms.as_array()
                 .and_then(|a| a.iter().find(|d| d["name"] == n))
@@ -161,22 +103,6 @@ impl Instance {
             }
         }
         Ok(())
-    }
-
-    fn stop(&mut self) {
-        let _ = request(&self.sock, "POST", "/v1/down?purge=true", None);
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: SIGTERM to our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod boot;
+pub mod device;
 pub mod domains;
 pub mod fg;
 pub mod host;
@@ -13,6 +14,7 @@ pub mod report;
 pub mod rootfs;
 pub mod rt;
 pub mod scale;
+pub mod sched;
 pub mod start;
 pub mod stats;
 pub mod suite;

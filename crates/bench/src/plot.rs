@@ -94,6 +94,27 @@ pub fn lines(
     series: &[(String, Vec<(f64, f64)>)],
     path: &Path,
 ) -> Result<()> {
+    chart(title, "domains (n)", y_desc, series, true, path)
+}
+
+/// One line per series over time (s), as the survey's Figure 5.
+pub fn over_time(
+    title: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    path: &Path,
+) -> Result<()> {
+    chart(title, "time (s)", y_desc, series, false, path)
+}
+
+fn chart(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    markers: bool,
+    path: &Path,
+) -> Result<()> {
     let plot = |e: &dyn std::fmt::Display| Error::Msg(format!("plotting {}: {e}", path.display()));
     let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
     let x_max = xs.fold(1.0f64, f64::max);
@@ -116,7 +137,7 @@ pub fn lines(
         .map_err(|e| plot(&e))?;
     chart
         .configure_mesh()
-        .x_desc("domains (n)")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .draw()
         .map_err(|e| plot(&e))?;
@@ -130,9 +151,11 @@ pub fn lines(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
             });
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| plot(&e))?;
+        if markers {
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| plot(&e))?;
+        }
     }
     chart
         .configure_series_labels()

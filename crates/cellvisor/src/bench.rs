@@ -220,6 +220,23 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The scheduler (root): balance moving two crowded CPU-bound domains apart beside fixed,
+    /// power packing a light load onto one core and spreading it again, a realtime domain's
+    /// core untouched, the scheduler's cost; and simulated machines of 2 to 16 cores
+    Sched {
+        /// Periods of 500 ms, windows of 2 s, one round (instead of 1 s, 5 s, three)
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of the balance case
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Write sched.json and the simulator's SVG plots here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Real-time wake-up latency: a periodic probe in a realtime domain (SCHED_FIFO, its own
     /// core) while a common domain loads the rest, beside the same probe unloaded, in a common
     /// domain (the control), natively, and cyclictest's (root)
@@ -359,6 +376,27 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             runtimes,
             out,
         } => start(*rounds, runtimes, out),
+        BenchCmd::Sched {
+            quick,
+            rounds,
+            agent,
+            out,
+        } => {
+            let plan = bench::sched::Plan::new(*quick, *rounds)?;
+            let agent = agent_path(agent)?;
+            let work = tempdir()?;
+            let r = bench::sched::run(&plan, &agent, &work, &mut |msg| eprintln!("{msg}"));
+            let _ = std::fs::remove_dir_all(&work);
+            let r = r?;
+            print!("{}", bench::sched::table(&r));
+            if let Some(dir) = out {
+                write_report(dir, "sched.json", &r)?;
+                for p in bench::sched::plot(&r, dir)? {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            Ok(0)
+        }
         BenchCmd::Rt {
             quick,
             samples,

@@ -48,8 +48,8 @@ impl Sched {
 /// One move, as `GET /v1/scheduler` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MoveInfo {
-    /// When it was decided, ms since the epoch.
-    pub at_ms: u64,
+    /// When it was decided, µs since the epoch.
+    pub at_us: u64,
     pub domain: String,
     pub from: String,
     pub to: String,
@@ -109,10 +109,10 @@ pub struct SchedInfo {
     pub cpu_share: f64,
 }
 
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
@@ -187,7 +187,7 @@ impl<B: Backend> Platform<B> {
                     &name,
                     allowed,
                     "fixed: back on its profile's cores".into(),
-                    0,
+                    None,
                 );
             }
         }
@@ -226,27 +226,37 @@ impl<B: Backend> Platform<B> {
         if self.status(name)? == DomainStatus::Stopped {
             return Err(ApiError::Conflict(format!("domain {name} is not up")));
         }
-        let t = self.sched.moved_at.get(name).copied().unwrap_or(0);
-        if let Some(e) = self.record(name, want, "placed by request".into(), t) {
+        // Not the scheduler's move: no time on the core is owed to it.
+        self.sched.moved_at.remove(name);
+        if let Some(e) = self.record(name, want, "placed by request".into(), None) {
             return Err(ApiError::Internal(e));
         }
         Ok(self.scheduler_info())
     }
 
-    /// Make a move and keep it among the last ones; its error, if it failed.
-    fn record(&mut self, name: &str, to: Vec<u32>, reason: String, t_ms: u64) -> Option<String> {
+    /// Make a move and keep it among the last ones; its error, if it failed. `t_ms`: the
+    /// scheduler's tick that decided it (None for a request), from which the domain's time
+    /// on its new cores counts.
+    fn record(
+        &mut self,
+        name: &str,
+        to: Vec<u32>,
+        reason: String,
+        t_ms: Option<u64>,
+    ) -> Option<String> {
         let from = self.cpus_of(name);
         if from == to {
             return None;
         }
+        let at_us = unix_us();
         let t0 = std::time::Instant::now();
         let r = self.put(name, &to);
         let error = r.err().map(|e| e.to_string());
-        if error.is_none() {
-            self.sched.moved_at.insert(name.to_string(), t_ms);
+        if let (None, Some(t)) = (&error, t_ms) {
+            self.sched.moved_at.insert(name.to_string(), t);
         }
         let m = MoveInfo {
-            at_ms: unix_ms(),
+            at_us,
             domain: name.to_string(),
             from: cpu_list_string(&from),
             to: cpu_list_string(&to),
@@ -354,7 +364,7 @@ impl<B: Backend> Platform<B> {
             })
             .collect();
         for m in scheduler::decide(&self.sched.params, &cores, &views) {
-            self.record(&m.domain, m.to, m.reason, t_ms);
+            self.record(&m.domain, m.to, m.reason, Some(t_ms));
         }
     }
 

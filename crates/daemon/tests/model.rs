@@ -205,11 +205,19 @@ fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
         // says it is.
         let allowed = p.allowed(name);
         if name == "modem" {
-            assert!(st.cpus.is_empty(), "the realtime domain was moved: {:?}", st.cpus);
+            assert!(
+                st.cpus.is_empty(),
+                "the realtime domain was moved: {:?}",
+                st.cpus
+            );
         } else if st.cpus.is_empty() {
             assert_eq!(p.cpus_of(name), allowed, "{name}");
         } else {
-            assert!(st.cpus.iter().all(|c| allowed.contains(c)), "{name} on {:?}", st.cpus);
+            assert!(
+                st.cpus.iter().all(|c| allowed.contains(c)),
+                "{name} on {:?}",
+                st.cpus
+            );
             assert!(!st.cpus.contains(&1), "{name} on the realtime core");
             assert_eq!(p.cpus_of(name), st.cpus, "{name}");
         }
@@ -351,7 +359,11 @@ fn run(ops: Vec<Op>, background: &str) {
                     Err(ApiError::Conflict(_)) => assert!(!up),
                     Err(e) => panic!("place {d} {list}: {e}"),
                 }
-                assert_eq!(r.is_ok(), up && d != "modem" && ["0", "2-3", "0,2"].contains(&list), "{d} {list}: {r:?}");
+                assert_eq!(
+                    r.is_ok(),
+                    up && d != "modem" && ["0", "2-3", "0,2"].contains(&list),
+                    "{d} {list}: {r:?}"
+                );
             }
             Op::Tick(use_) => {
                 t_ms += p.sched_period_ms();
@@ -363,7 +375,8 @@ fn run(ops: Vec<Op>, background: &str) {
                     let mut m = fake.0.borrow_mut();
                     let st = m.get_mut(n).unwrap();
                     for c in cpus {
-                        let ns = period_ns * u64::from(use_[(i * 4 + c as usize) % use_.len()]) / 4000;
+                        let ns =
+                            period_ns * u64::from(use_[(i * 4 + c as usize) % use_.len()]) / 4000;
                         st.cpu_ns[c as usize] += ns;
                         busy[c as usize] += ns;
                     }

@@ -18,8 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use domain::profile::cpu_list_string;
-
 use crate::{Params, Policy};
 
 /// A core the scheduler may use, with its smoothed load (0..=1).
@@ -305,28 +303,90 @@ fn power(
         }
         return (m.now.clone(), why);
     }
-    // Over the threshold: spread onto the fewest cores that fit, or onto every allowed core.
-    let place = (1..=m.cores.len())
+    if !over.is_empty() {
+        return spread(p, m, domains);
+    }
+    // The foreground short of its share: a packing that gives it room, on no fewer cores
+    // than now, or every domain on every core it may use.
+    let place = (in_use.len().max(1)..=m.cores.len())
         .find_map(|k| pack(m, k, p.threshold))
-        .filter(|place| {
-            // Never onto fewer cores than now while spreading.
-            place.iter().flatten().collect::<BTreeSet<_>>().len() >= in_use.len().min(m.cores.len())
-                || !over.is_empty()
-        })
         .unwrap_or_else(|| m.may.clone());
-    let reason = if over.is_empty() {
-        "power: the foreground domain would get less than it uses".to_string()
-    } else {
-        format!(
-            "power: cpu {} over {}: spread",
-            cpu_list_string(&over),
-            pct(p.threshold)
-        )
-    };
+    let reason = "power: the foreground domain would get less than it uses".to_string();
     for (d, to) in place.iter().enumerate() {
         if *to != m.now[d] {
             why.insert(domains[d].name.clone(), reason.clone());
         }
+    }
+    (place, why)
+}
+
+/// `power` over its threshold: domains off the cores over it, one at a time, each where it
+/// fits under the threshold (a core in use first), residency or not; the others stay.
+fn spread(
+    p: &Params,
+    m: &Model,
+    domains: &[DomainView],
+) -> (Vec<Vec<u32>>, BTreeMap<String, String>) {
+    let mut place = m.now.clone();
+    let mut why = BTreeMap::new();
+    let mut moved = BTreeSet::new();
+    for _ in 0..domains.len() {
+        let l = m.loads(&place);
+        let in_use: BTreeSet<u32> = place.iter().flatten().copied().collect();
+        let Some((&b, &lb)) = l
+            .iter()
+            .filter(|(c, v)| in_use.contains(c) && **v > p.threshold + 1e-9)
+            .max_by(|x, y| x.1.total_cmp(y.1))
+        else {
+            break;
+        };
+        // The best: fits under the threshold, onto a core in use, the lowest load after.
+        let mut best: Option<((bool, bool), f64, usize, Vec<u32>, u32)> = None;
+        for d in 0..domains.len() {
+            if !place[d].contains(&b) || moved.contains(&d) {
+                continue;
+            }
+            for &i in &m.may[d] {
+                if place[d].contains(&i) {
+                    continue;
+                }
+                let mut swap: Vec<u32> = place[d].iter().copied().filter(|&c| c != b).collect();
+                swap.push(i);
+                swap.sort_unstable();
+                let mut wide = place[d].clone();
+                wide.push(i);
+                wide.sort_unstable();
+                for cand in [swap, wide] {
+                    let mut trial = place.clone();
+                    trial[d] = cand.clone();
+                    let lt = m.loads(&trial);
+                    let top = lt[&b].max(lt[&i]);
+                    if top >= lb - EPS {
+                        continue;
+                    }
+                    let key = (lt[&i] <= p.threshold + 1e-9, in_use.contains(&i));
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|(k, t, ..)| key > *k || (key == *k && top < *t - 1e-9));
+                    if better {
+                        best = Some((key, top, d, cand, i));
+                    }
+                }
+            }
+        }
+        let Some((_, _, d, cand, i)) = best else {
+            break;
+        };
+        why.insert(
+            domains[d].name.clone(),
+            format!(
+                "power: cpu {b} at {} over {}: onto cpu {i}",
+                pct(lb),
+                pct(p.threshold)
+            ),
+        );
+        place[d] = cand;
+        moved.insert(d);
     }
     (place, why)
 }
@@ -558,7 +618,11 @@ mod tests {
         let m = decide(&p, &cores(&[1.0, 0.0]), &d);
         assert_eq!(m.len(), 1, "{m:?}");
         assert_eq!(m[0].to, vec![1]);
-        assert!(m[0].reason.contains("over 80%"), "{}", m[0].reason);
+        assert!(
+            m[0].reason.contains("cpu 0 at 100% over 80%"),
+            "{}",
+            m[0].reason
+        );
         // 75% in all fits under 80% but not under 70%: spread stays spread.
         let d = [
             dom("a", &[0, 1], &[0], &[(0, 0.4)]),
