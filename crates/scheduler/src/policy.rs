@@ -320,6 +320,10 @@ fn power(
     (place, why)
 }
 
+/// A move `spread` weighs: (fits under the threshold, onto a core in use), the higher load
+/// of the two cores after, the domain, its new cores, the core it gains.
+type Candidate = ((bool, bool), f64, usize, Vec<u32>, u32);
+
 /// `power` over its threshold: domains off the cores over it, one at a time, each where it
 /// fits under the threshold (a core in use first), residency or not; the others stay.
 fn spread(
@@ -341,7 +345,7 @@ fn spread(
             break;
         };
         // The best: fits under the threshold, onto a core in use, the lowest load after.
-        let mut best: Option<((bool, bool), f64, usize, Vec<u32>, u32)> = None;
+        let mut best: Option<Candidate> = None;
         for d in 0..domains.len() {
             if !place[d].contains(&b) || moved.contains(&d) {
                 continue;
