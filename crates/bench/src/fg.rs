@@ -188,6 +188,7 @@ pub fn table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn the_phone_profile_is_set_by_its_keys_not_its_text() {

@@ -155,6 +155,9 @@ pub struct Cost {
     pub share: f64,
 }
 
+/// A simulated period: (s, spread, cores in use, demand in cores).
+pub type Point = (f64, f64, usize, f64);
+
 /// One policy on one simulated machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimRow {
@@ -167,7 +170,7 @@ pub struct SimRow {
     pub moves: usize,
     /// Per period: (s, spread, cores in use, demand in cores); kept for 8 and 16 cores.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub series: Vec<(f64, f64, usize, f64)>,
+    pub series: Vec<Point>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -855,7 +858,7 @@ pub fn plot(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
                 .iter()
                 .find(|x| x.cores == cores && x.policy == policy)
         };
-        let series = |policy: &str, f: &dyn Fn(&(f64, f64, usize, f64)) -> f64| {
+        let series = |policy: &str, f: &dyn Fn(&Point) -> f64| {
             (
                 policy.to_string(),
                 of(policy)
