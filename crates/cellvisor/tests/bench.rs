@@ -638,6 +638,89 @@ fn bench_rt_quick() {
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
+/// `bench sched --quick`: balance moved the two crowded domains apart and they got more done
+/// than under fixed, power packed the light load onto one core and spread it again when it
+/// rose, nothing moved onto the realtime domain's core nor ran there, the scheduler's cost
+/// was counted, the simulator's rows and plots were written, and nothing is left behind.
+/// (The figures' goals are the report's to judge: here only what cannot be noise.)
+#[test]
+fn bench_sched_quick() {
+    if !common::can_run() {
+        return;
+    }
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    if online.trim() == "0" {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let _cpus = common::cpus_lock();
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(common::BIN)
+        .args(["bench", "sched", "--quick", "--agent"])
+        .arg(common::agent())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let text = common::stdout(&o);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("sched.json")).unwrap()).unwrap();
+    let b = &doc["balance"];
+    assert!(b["rounds"][0]["apart_ms"].as_f64().is_some(), "{b}");
+    assert!(
+        b["ratio"].as_f64().unwrap() > 1.2,
+        "two cores did not do more than one: {text}"
+    );
+    let p = &doc["power"];
+    let on = p["packed_on"].as_str().unwrap();
+    assert!(on.parse::<u32>().is_ok(), "packed on {on:?}: {text}");
+    assert!(
+        p["spread_ms"].as_f64().is_some(),
+        "never spread again: {text}"
+    );
+    let rt = &doc["realtime"];
+    if rt["skipped"].is_null() {
+        assert_eq!(rt["onto_rt"], 0, "{rt}");
+        assert!(
+            rt["common_ns_on_rt"].is_null() || rt["common_ns_on_rt"] == 0,
+            "{rt}"
+        );
+    }
+    for c in doc["cost"].as_array().unwrap() {
+        assert!(c["ticks"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["cpu_us_per_tick"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let sim = doc["sim"].as_array().unwrap();
+    assert_eq!(sim.len(), 12, "{text}");
+    for cores in [8, 16] {
+        for (what, shows) in [("spread", "balance"), ("cores", "power")] {
+            let svg =
+                std::fs::read_to_string(out.path().join(format!("sched-sim-{cores}-{what}.svg")))
+                    .unwrap();
+            assert!(svg.contains("<svg") && svg.contains(shows), "{what}");
+        }
+    }
+    assert!(
+        text.contains("balance/fixed work") && text.contains("power/balance work"),
+        "{text}"
+    );
+    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|c| {
+            std::fs::read_dir(c.path().join("cellvisor"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("benchsched"))
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
 /// `bench rt` with its microVM variants where a stock kernel boots (scripts/bench-rt-vm.sh
 /// --quick, in the KVM test host with two CPUs and cgroup v2): every variant's figures, the
 /// realtime microVM's vCPU thread SCHED_FIFO 80 on the realtime core and the VMM's other
