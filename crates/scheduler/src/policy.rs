@@ -63,6 +63,9 @@ pub struct Move {
 /// Loads are compared with this much slack: a move must gain more than it.
 const EPS: f64 = 0.02;
 
+/// A domain using this much of each of its cores fills them.
+const SATURATED: f64 = 0.9;
+
 /// What the policy in `p` does with `domains` on `cores`: the moves to make (none for
 /// `fixed`). Every placement it gives is within the domain's allowed cores that are among
 /// `cores`, and holds at least one core; a domain with no such core is left alone.
@@ -173,6 +176,33 @@ impl<'a> Model<'a> {
         l
     }
 
+    /// Does domain `i` fill every core of `cpus` (so it may want more)?
+    fn saturated(&self, i: usize, cpus: &[u32]) -> bool {
+        !cpus.is_empty()
+            && cpus.iter().all(|c| {
+                self.share(i, cpus)
+                    .iter()
+                    .any(|(k, u)| k == c && *u >= SATURATED)
+            })
+    }
+
+    /// Is core `c` over the threshold under `place` in a way a move can help: shared by two
+    /// domains or more, or filled by one that fills all its cores? (A domain alone on its
+    /// core that uses most of it is not over: moving it gains nothing.)
+    fn over(&self, p: &Params, place: &[Vec<u32>], c: u32) -> bool {
+        if self.loads(place)[&c] <= p.threshold + 1e-9 {
+            return false;
+        }
+        let on: Vec<usize> = (0..place.len())
+            .filter(|&d| {
+                self.share(d, &place[d])
+                    .iter()
+                    .any(|(k, u)| *k == c && *u >= 0.02)
+            })
+            .collect();
+        on.len() >= 2 || on.iter().any(|&d| self.saturated(d, &place[d]))
+    }
+
     fn movable(&self, p: &Params, i: usize) -> bool {
         self.domains[i]
             .since_move_ms
@@ -262,28 +292,47 @@ fn power(
     m: &Model,
     domains: &[DomainView],
 ) -> (Vec<Vec<u32>>, BTreeMap<String, String>) {
-    let now = m.loads(&m.now);
     let in_use: BTreeSet<u32> = m.now.iter().flatten().copied().collect();
     let over: Vec<u32> = in_use
         .iter()
         .copied()
-        .filter(|c| now[c] > p.threshold + 1e-9)
+        .filter(|&c| m.over(p, &m.now, c))
         .collect();
-    let fits_now = over.is_empty() && fg_keeps_share(m, &m.now);
+    // Over the threshold: off the cores over it first.
+    if !over.is_empty() {
+        let (place, why) = spread(p, m, domains);
+        if place != m.now {
+            return (place, why);
+        }
+    }
     let total: f64 = domains.iter().map(DomainView::total).sum();
     let mut why = BTreeMap::new();
-    if fits_now {
-        // Fewer cores only with the margin to spare, and only if nothing moving just moved.
+    if !fg_keeps_share(m, &m.now) {
+        // The foreground short of its share: a packing that gives it room, on no fewer
+        // cores than now, or every domain on every core it may use.
+        let place = (in_use.len().max(1)..=m.cores.len())
+            .find_map(|k| pack(m, k, p.threshold))
+            .unwrap_or_else(|| m.may.clone());
+        for (d, to) in place.iter().enumerate() {
+            if *to != m.now[d] {
+                why.insert(
+                    domains[d].name.clone(),
+                    "power: the foreground domain would get less than it uses".to_string(),
+                );
+            }
+        }
+        return (place, why);
+    }
+    // Fewer cores, only with the margin to spare and nothing moving that just moved: the
+    // whole load repacked when nothing is over, else the emptiest core drained.
+    if over.is_empty() {
         for k in 1..in_use.len() {
             let Some(place) = pack(m, k, p.threshold - p.margin) else {
                 continue;
             };
             let used = place.iter().flatten().collect::<BTreeSet<_>>().len();
-            if used >= in_use.len() {
-                break;
-            }
             let stays = (0..domains.len()).all(|d| place[d] == m.now[d] || m.movable(p, d));
-            if !stays {
+            if used >= in_use.len() || !stays {
                 break;
             }
             for (d, to) in place.iter().enumerate() {
@@ -301,28 +350,88 @@ fn power(
             }
             return (place, why);
         }
-        return (m.now.clone(), why);
     }
-    if !over.is_empty() {
-        return spread(p, m, domains);
-    }
-    // The foreground short of its share: a packing that gives it room, on no fewer cores
-    // than now, or every domain on every core it may use.
-    let place = (in_use.len().max(1)..=m.cores.len())
-        .find_map(|k| pack(m, k, p.threshold))
-        .unwrap_or_else(|| m.may.clone());
-    let reason = "power: the foreground domain would get less than it uses".to_string();
-    for (d, to) in place.iter().enumerate() {
-        if *to != m.now[d] {
-            why.insert(domains[d].name.clone(), reason.clone());
-        }
-    }
-    (place, why)
+    drain(p, m, domains)
 }
 
-/// A move `spread` weighs: (fits under the threshold, onto a core in use), the higher load
-/// of the two cores after, the domain, its new cores, the core it gains.
-type Candidate = ((bool, bool), f64, usize, Vec<u32>, u32);
+/// `power`, one core freed: the emptiest core in use whose domains all fit elsewhere under
+/// the threshold less the margin (each onto the fullest core in use with room; one on
+/// several cores narrowed), none of them just moved.
+fn drain(
+    p: &Params,
+    m: &Model,
+    domains: &[DomainView],
+) -> (Vec<Vec<u32>>, BTreeMap<String, String>) {
+    let limit = p.threshold - p.margin;
+    let now = m.loads(&m.now);
+    let mut in_use: Vec<u32> = m
+        .now
+        .iter()
+        .flatten()
+        .copied()
+        .collect::<BTreeSet<u32>>()
+        .into_iter()
+        .collect();
+    in_use.sort_by(|a, b| now[a].total_cmp(&now[b]).then(a.cmp(b)));
+    if in_use.len() <= 1 {
+        return (m.now.clone(), BTreeMap::new());
+    }
+    'core: for &e in &in_use {
+        let mut on: Vec<usize> = (0..domains.len())
+            .filter(|&d| m.now[d].contains(&e))
+            .collect();
+        if on.iter().any(|&d| !m.movable(p, d)) {
+            continue;
+        }
+        on.sort_by(|&a, &b| domains[b].total().total_cmp(&domains[a].total()));
+        let mut place = m.now.clone();
+        for &d in &on {
+            if place[d].len() > 1 {
+                place[d].retain(|&c| c != e);
+                continue;
+            }
+            let l = m.loads(&place);
+            let to = in_use
+                .iter()
+                .copied()
+                .filter(|&c| c != e && m.may[d].contains(&c))
+                .filter(|c| l[c] + domains[d].total() <= limit + 1e-9)
+                .max_by(|a, b| l[a].total_cmp(&l[b]));
+            match to {
+                Some(c) => place[d] = vec![c],
+                None => continue 'core,
+            }
+        }
+        let l = m.loads(&place);
+        let within = on
+            .iter()
+            .flat_map(|&d| place[d].iter())
+            .all(|c| l[c] <= limit + 1e-9);
+        if !within || !fg_keeps_share(m, &place) {
+            continue;
+        }
+        let why = on
+            .iter()
+            .map(|&d| {
+                (
+                    domains[d].name.clone(),
+                    format!(
+                        "power: cpu {e} drained, {} under {}",
+                        pct(now[&e]),
+                        pct(limit)
+                    ),
+                )
+            })
+            .collect();
+        return (place, why);
+    }
+    (m.now.clone(), BTreeMap::new())
+}
+
+/// A move `spread` weighs: (the core it leaves under the threshold after, the core it goes to
+/// under it, that core in use already), the higher load of the two after, the domain, its
+/// new cores, the core it gains.
+type Candidate = ((bool, bool, bool), f64, usize, Vec<u32>, u32);
 
 /// `power` over its threshold: domains off the cores over it, one at a time, each where it
 /// fits under the threshold (a core in use first), residency or not; the others stay.
@@ -339,12 +448,13 @@ fn spread(
         let in_use: BTreeSet<u32> = place.iter().flatten().copied().collect();
         let Some((&b, &lb)) = l
             .iter()
-            .filter(|(c, v)| in_use.contains(c) && **v > p.threshold + 1e-9)
+            .filter(|(c, _)| in_use.contains(c) && m.over(p, &place, **c))
             .max_by(|x, y| x.1.total_cmp(y.1))
         else {
             break;
         };
-        // The best: fits under the threshold, onto a core in use, the lowest load after.
+        // The best: leaves the core under the threshold, fits where it goes, onto a core in
+        // use, the lowest load after.
         let mut best: Option<Candidate> = None;
         for d in 0..domains.len() {
             if !place[d].contains(&b) || moved.contains(&d) {
@@ -360,7 +470,13 @@ fn spread(
                 let mut wide = place[d].clone();
                 wide.push(i);
                 wide.sort_unstable();
-                for cand in [swap, wide] {
+                // Wider only for a domain that fills its cores: one that does not would not
+                // use another.
+                let mut cands = vec![swap];
+                if m.saturated(d, &place[d]) {
+                    cands.push(wide);
+                }
+                for cand in cands {
                     let mut trial = place.clone();
                     trial[d] = cand.clone();
                     let lt = m.loads(&trial);
@@ -368,7 +484,11 @@ fn spread(
                     if top >= lb - EPS {
                         continue;
                     }
-                    let key = (lt[&i] <= p.threshold + 1e-9, in_use.contains(&i));
+                    let key = (
+                        lt[&b] <= p.threshold + 1e-9,
+                        lt[&i] <= p.threshold + 1e-9,
+                        in_use.contains(&i),
+                    );
                     let better = best
                         .as_ref()
                         .is_none_or(|(k, t, ..)| key > *k || (key == *k && top < *t - 1e-9));
@@ -473,10 +593,21 @@ fn pack_onto(m: &Model, target: &[u32], limit: f64, fg_alone: bool) -> Option<Ve
             continue;
         }
         let total = dom.total();
-        let want = ((total / limit).ceil() as usize).clamp(1, options.len());
+        // A domain on one core stays on one (it may fill a core of its own); one on more
+        // narrows only as far as the limit allows.
+        let single = m.now[d].len() == 1 && total <= 1.0;
+        let want = if single {
+            1
+        } else {
+            ((total / limit).ceil() as usize).clamp(1, options.len())
+        };
+        let empty = |c: u32, load: &BTreeMap<u32, f64>| (load[&c] - m.other[&c]).abs() < 1e-9;
         let fits = |cpus: &[u32], load: &BTreeMap<u32, f64>| {
             let each = total / cpus.len() as f64;
-            cpus.iter().all(|c| load[c] + each <= limit + 1e-9)
+            cpus.iter().all(|c| {
+                load[c] + each <= limit + 1e-9
+                    || (single && empty(*c, load) && load[c] + each <= 1.0 + 1e-9)
+            })
         };
         // Where it is, if that is a fit of the right size; else the first cores that fit.
         let here = m.now[d].len() == want
@@ -490,7 +621,8 @@ fn pack_onto(m: &Model, target: &[u32], limit: f64, fg_alone: bool) -> Option<Ve
                 if pick.len() == want {
                     break;
                 }
-                if load[&c] + total / want as f64 <= limit + 1e-9 {
+                if fits(&[c], &load) || (want > 1 && load[&c] + total / want as f64 <= limit + 1e-9)
+                {
                     pick.push(c);
                 }
             }
