@@ -1232,6 +1232,15 @@ buffer = "4K"
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(log.contains("idle guest: up"), "{log}");
+    // The scheduler's actuator for a microVM is its VMM's cgroup: every thread goes along.
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    if online.trim() == "0-1" {
+        d.ok(&["sched", "place", "guest", "1"]);
+        for t in std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap().flatten() {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            assert!(st.is_empty() || st.contains("Cpus_allowed_list:\t1\n"), "{st}");
+        }
+    }
     d.ok(&["fg", "apps"]);
     assert_eq!(d.domain("guest")["status"], "frozen");
     assert_eq!(d.pid("guest"), vmm, "the VMM was restarted");
