@@ -82,6 +82,7 @@ run "$cv" ps
 run "$cv" fg trusted
 echo "trusted sees: $(devs trusted)   common sees: $(devs common)"
 run "$cv" top -n 1 --interval 0.5
+run "$cv" sched
 
 step "teardown: every domain down with its private layer, then the daemon"
 stop_and_check "$prefix"
