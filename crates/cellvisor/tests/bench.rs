@@ -653,8 +653,11 @@ fn bench_sched_quick() {
         eprintln!("skipped: needs two CPUs");
         return;
     }
+    // The CPUs alone: balance rightly moves nothing while another test's load (the test
+    // host's emulator above all) keeps the second core busy too.
     let _cpus = common::cpus_lock();
     let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let _emulator = TEST_HOST.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(common::BIN)
         .args(["bench", "sched", "--quick", "--agent"])
