@@ -247,12 +247,24 @@ fn top_once(d: &Daemon, prev: &mut Option<Value>) -> Result<String> {
     let list = call(d, "GET", "/v1/domains", None)?;
     let sched = call(d, "GET", "/v1/scheduler", None)?;
     let mut s = cores(&sched);
+    // A realtime domain is not the scheduler's: its cores are those marked its own.
     let cpus_of = |name: &str| {
-        sched["domains"]
+        let placed = sched["domains"]
             .as_array()
             .and_then(|a| a.iter().find(|x| x["name"] == name))
-            .and_then(|x| x["cpus"].as_str().map(str::to_string))
-            .unwrap_or("-".into())
+            .and_then(|x| x["cpus"].as_str().map(str::to_string));
+        let owned: Vec<String> = sched["cores"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["realtime"] == name)
+            .map(|c| c["cpu"].to_string())
+            .collect();
+        placed.unwrap_or(if owned.is_empty() {
+            "-".into()
+        } else {
+            owned.join(",")
+        })
     };
     s += &format!(
         "{:<12} {:<8} {:>3} {:>7} {:<6} {:>10} {:>6}\n",
