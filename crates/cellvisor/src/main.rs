@@ -12,10 +12,20 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// What `--version` prints after the name, as runc does: the version, the commit it was
+/// built from, the newest runtime-spec version it implements (`features`' ociVersionMax).
+const VERSION: &str = concat!(
+    "version ",
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("CELLVISOR_COMMIT"),
+    "\nspec: 1.2.0"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cellvisor",
-    version,
+    version = VERSION,
     about = "Lightweight virtualization for devices: isolated container domains (an OCI runtime)"
 )]
 pub struct Cli {
@@ -73,11 +83,11 @@ fn log_error(cli: &Cli, msg: &str) {
     let _ = writeln!(f, "{line}");
 }
 
+/// Now in RFC 3339, UTC, with nanoseconds (`2026-12-01T20:35:12.088329014Z`), as runc's
+/// logrus lines have it: containerd reads the last line of the log when a create fails and
+/// parses its `time` as a Go time.Time, and says its own parse error instead of ours otherwise.
 fn container_time() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 fn main() {

@@ -278,7 +278,7 @@ fn containerd_ctr_runs_containers_with_cellvisor() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sock = d.join("containerd.sock");
-    let mut daemon = Command::new("containerd")
+    let child = Command::new("containerd")
         .arg("--root")
         .arg(d.join("root"))
         .arg("--state")
@@ -289,6 +289,11 @@ fn containerd_ctr_runs_containers_with_cellvisor() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Stopped, and its mounts (under our temporary root) gone, however the test ends.
+    let _daemon = Containerd {
+        child,
+        root: d.join("root"),
+    };
     let end = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         assert!(Instant::now() < end, "containerd did not start");
@@ -341,6 +346,28 @@ fn containerd_ctr_runs_containers_with_cellvisor() {
         "hello-ctr\nsh -c echo hello-ctr; cat /proc/1/cmdline | tr '\\0' ' ' "
     );
 
+    // A create cellvisor refuses: the user sees cellvisor's own line (containerd parses the
+    // JSON log's last line, its time as RFC 3339), not containerd's parse error.
+    let o = ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        BIN,
+        "--annotation",
+        "io.cellvisor.cpus.exclusive=bogus",
+        img,
+        "c3",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("annotations.io.cellvisor.cpus.exclusive: \"bogus\" is not"),
+        "{err}"
+    );
+    assert!(!err.contains("parsing time"), "{err}");
+    let _ = ctr(&["container", "rm", "c3"]);
+
     ok(&ctr(&[
         "run",
         "-d",
@@ -375,13 +402,21 @@ fn containerd_ctr_runs_containers_with_cellvisor() {
     ok(&ctr(&["task", "rm", "c2"]));
     ok(&ctr(&["container", "rm", "c2"]));
     assert!(!ok(&ctr(&["task", "ls"])).contains("c2"));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     let _ = p.run(&["rmi", "-a", "-f"]);
-    // containerd's shims exit with their tasks; its mounts live under our temporary root.
-    let _ = Command::new("umount")
-        .arg("-R")
-        .arg(d.join("root"))
-        .status();
-    common::remove_empty_cgroups("default");
+}
+
+/// A containerd of a test: killed, its mounts unmounted and the cgroup it made removed when
+/// dropped (containerd's shims exit with their tasks; its mounts live under `root`).
+struct Containerd {
+    child: std::process::Child,
+    root: std::path::PathBuf,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-R").arg(&self.root).status();
+        common::remove_empty_cgroups("default");
+    }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::process::Command;
 use std::time::Duration;
 
 macro_rules! need_root {
@@ -888,6 +889,43 @@ fn state_survives_a_killed_caller() {
     assert_nothing_left(&b, &id);
 }
 
+/// `--version` as runc prints it: the version, the commit, the runtime-spec version (the
+/// newest `features` declares).
+#[test]
+fn version_names_the_commit_and_the_spec() {
+    let o = Command::new(common::BIN).arg("--version").output().unwrap();
+    assert!(o.status.success());
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(
+        lines[0],
+        concat!("cellvisor version ", env!("CARGO_PKG_VERSION"))
+    );
+    let commit = lines[1].strip_prefix("commit: ").unwrap();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(common::WORKSPACE)
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    match head {
+        // Built from this checkout: its commit (perhaps newer than the build, never other).
+        Some(h) => assert!(
+            !commit.is_empty() && commit != "unknown",
+            "{out} ({})",
+            stdout(&h)
+        ),
+        None => assert_eq!(commit, "unknown"),
+    }
+    let f = Command::new(common::BIN).arg("features").output().unwrap();
+    let f: serde_json::Value = serde_json::from_slice(&f.stdout).unwrap();
+    assert_eq!(
+        lines[2],
+        format!("spec: {}", f["ociVersionMax"].as_str().unwrap())
+    );
+}
+
 /// Errors go to --log as JSON lines, the way containerd's shim reads them.
 #[test]
 fn errors_are_logged_as_json() {
@@ -907,6 +945,16 @@ fn errors_are_logged_as_json() {
     let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(v["level"], "error");
     assert!(v["msg"].as_str().unwrap().contains("does not exist"), "{v}");
+    // The time in RFC 3339, UTC, as runc's logrus lines have it: 2026-12-01T20:35:12.0883Z.
+    let t = v["time"].as_str().unwrap();
+    let b = t.as_bytes();
+    assert!(
+        t.len() >= 20
+            && t.ends_with('Z')
+            && [b[4], b[7], b[10], b[13], b[16]] == [b'-', b'-', b'T', b':', b':']
+            && t[..4].parse::<u32>().is_ok_and(|y| y >= 2024),
+        "{t}"
+    );
 }
 
 /// exec with a process.json, as podman and containerd pass it.
