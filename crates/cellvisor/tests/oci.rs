@@ -926,6 +926,64 @@ fn version_names_the_commit_and_the_spec() {
     );
 }
 
+/// As runc and crun give them: a missing process.cwd is made (before a read-only root turns
+/// read-only); HOME comes from the container's /etc/passwd entry for process.user.uid when
+/// the config sets none (`/` without an entry), for run and for exec; standard input, output
+/// and error handed in belong to the process's user, so it can reopen /proc/self/fd/1.
+#[test]
+fn cwd_home_and_stdio_as_runc_gives_them() {
+    need_root!();
+    let id = id("home");
+    let top = format!("made-{id}");
+    let dir = format!("/{top}/for/me");
+    let mut c = config(&["sh", "-c", "pwd; echo HOME=$HOME"]);
+    c["process"]["cwd"] = json!(dir);
+    assert_eq!(
+        c["root"]["readonly"], true,
+        "the default spec's root is read-only"
+    );
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id]);
+    assert_eq!(stdout(&o), format!("{dir}\nHOME=/root\n"), "{}", stderr(&o));
+    std::fs::remove_dir_all(rootfs().join(&top)).unwrap();
+    // A user with no entry: HOME=/, and the pipe we hand it as stdout is its own.
+    let script = "echo HOME=$HOME; stat -c %u /proc/self/fd/1; echo reopened > /proc/self/fd/1";
+    let mut c = config(&["sh", "-c", script]);
+    c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    b.write_config(&c);
+    let o = b.cv(&["run", &id]);
+    assert_eq!(stdout(&o), "HOME=/\n1000\nreopened\n", "{}", stderr(&o));
+    // A HOME the config sets is kept.
+    let mut c = config(&["sh", "-c", "echo HOME=$HOME"]);
+    c["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("HOME=/srv"));
+    b.write_config(&c);
+    let o = b.cv(&["run", &id]);
+    assert_eq!(stdout(&o), "HOME=/srv\n", "{}", stderr(&o));
+    // exec: the same lookup for its user.
+    b.write_config(&config(&["sleep", "1000"]));
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let o = b.cv(&["exec", &id, "sh", "-c", "echo $HOME"]);
+    assert_eq!(stdout(&o), "/root\n", "{}", stderr(&o));
+    let o = b.cv(&[
+        "exec",
+        "--user",
+        "65534:65534",
+        &id,
+        "sh",
+        "-c",
+        "echo $HOME",
+    ]);
+    assert_eq!(stdout(&o), "/\n", "{}", stderr(&o));
+    let o = b.cv(&["exec", "--user", "4321:4321", &id, "sh", "-c", "echo $HOME"]);
+    assert_eq!(stdout(&o), "/\n", "{}", stderr(&o));
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
 /// Errors go to --log as JSON lines, the way containerd's shim reads them.
 #[test]
 fn errors_are_logged_as_json() {

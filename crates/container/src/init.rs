@@ -364,6 +364,12 @@ pub fn finalize(
         r => r.ctx(|| format!("setting additional groups {groups:?}"))?,
     }
     let (uid, gid) = (Uid::from_raw(user.uid()), Gid::from_raw(user.gid()));
+    own_stdio(uid);
+    // The user's home, for HOME when the config sets none: read while we may still read it.
+    let home = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| home_of(&t, user.uid()))
+        .unwrap_or_else(|| "/".into());
     nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("setting gid {gid}"))?;
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setting uid {uid}"))?;
     // SAFETY: as above.
@@ -396,13 +402,16 @@ pub fn finalize(
         .iter()
         .map(cstring)
         .collect();
-    let env: Vec<CString> = p
+    let mut env: Vec<CString> = p
         .env()
         .as_deref()
         .unwrap_or_default()
         .iter()
         .map(cstring)
         .collect();
+    if !env.iter().any(|e| e.as_bytes().starts_with(b"HOME=")) {
+        env.push(cstring(format!("HOME={home}")));
+    }
     let exe = cstring(exe);
     if let (Some(f), true) = (seccomp, nnp) {
         crate::seccomp::install(f).ctx(|| "loading the seccomp filter")?;
@@ -412,6 +421,33 @@ pub fn finalize(
         what: format!("exec {:?}", exe),
         source: e,
     })
+}
+
+/// The home directory of `uid` in an /etc/passwd text (`name:pw:uid:gid:gecos:home:shell`).
+pub fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_string())
+    })
+}
+
+/// Standard input, output and error handed in as pipes or files (or the console) are given
+/// to the process's user, so a program that is not root can reopen /proc/self/fd/1 — as runc
+/// does: only the owner changes (the group stays), /dev/null and what the user owns already
+/// are left alone, and a descriptor that cannot change hands (an owner or group not mapped
+/// in a user namespace, a read-only file system) is left as it is.
+fn own_stdio(uid: Uid) {
+    let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
+    for fd in 0..3 {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let is_null = (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && Some(st.st_rdev) == null;
+        if st.st_uid == uid.as_raw() || is_null {
+            continue;
+        }
+        let _ = nix::unistd::fchown(fd, Some(uid), None);
+    }
 }
 
 /// The program starts with every signal at its default and none blocked: an ignored signal
@@ -492,4 +528,19 @@ fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_comes_from_the_users_passwd_entry() {
+        let pw = "root:x:0:0:root:/root:/bin/sh\nweird\nnobody:x:65534:65534:nobody:/:/bin/false\nu:x:7:7::/home/u:/bin/sh\nnohome:x:8:8:::/bin/sh\n";
+        assert_eq!(home_of(pw, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(pw, 65534).as_deref(), Some("/"));
+        assert_eq!(home_of(pw, 7).as_deref(), Some("/home/u"));
+        assert_eq!(home_of(pw, 8), None);
+        assert_eq!(home_of(pw, 1000), None);
+    }
 }

@@ -563,8 +563,21 @@ pub fn unmount_new_under(dir: &Path, keep: &[u32]) {
     }
 }
 
-/// After `pivot_root`: masked and read-only paths, a read-only root, root propagation.
+/// After `pivot_root`: the process's working directory made where it is missing (as runc
+/// and crun do, before the root may turn read-only), masked and read-only paths, a
+/// read-only root, root propagation.
 pub fn finish_rootfs(cfg: &Config) -> Result<()> {
+    if let Some(p) = cfg.spec.process().as_ref() {
+        let cwd = p.cwd();
+        if !cwd.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(cwd)
+                .ctx(|| format!("creating process.cwd {}", cwd.display()))?;
+        }
+    }
     let linux = cfg.spec.linux().as_ref();
     for p in linux
         .and_then(|l| l.masked_paths().as_ref())
