@@ -87,7 +87,7 @@ fn log_error(cli: &Cli, msg: &str) {
 /// logrus lines have it: containerd reads the last line of the log when a create fails and
 /// parses its `time` as a Go time.Time, and says its own parse error instead of ours otherwise.
 fn container_time() -> String {
-    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+    container::util::rfc3339_now()
 }
 
 fn main() {

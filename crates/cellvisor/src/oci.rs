@@ -197,6 +197,11 @@ fn create_opts(a: &CreateArgs) -> CreateOpts {
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
+        listen_fds: container::runtime::listen_fds(
+            std::env::var("LISTEN_FDS").ok().as_deref(),
+            std::env::var("LISTEN_PID").ok().as_deref(),
+            std::process::id(),
+        ),
         no_pivot: a.no_pivot,
         log: None,
     }

@@ -984,6 +984,63 @@ fn cwd_home_and_stdio_as_runc_gives_them() {
     assert_nothing_left(&b, &id);
 }
 
+/// Socket activation, systemd's protocol as podman relies on it: with LISTEN_FDS=1 and
+/// LISTEN_PID naming the runtime, the container's process gets descriptor 3 — a listening Unix
+/// socket here — with LISTEN_FDS=1 and LISTEN_PID=1 (its pid in its own pid namespace);
+/// with LISTEN_PID naming another process, nothing crosses.
+#[test]
+fn socket_activation_passes_the_listening_descriptors() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    need_root!();
+    let id = id("listen");
+    let script = "echo LISTEN_FDS=$LISTEN_FDS LISTEN_PID=$LISTEN_PID; readlink /proc/self/fd/3 | cut -c1-7; test -e /proc/$$/fd/4 && echo fd4 || echo no-fd4";
+    let b = bundle(&config(&["sh", "-c", script]));
+    let sock = b.path().join("listen.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = l.as_raw_fd();
+    let run = |listen_pid: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "LISTEN_PID={listen_pid} exec \"$0\" --root \"$1\" run {id}"
+            ))
+            .arg(common::BIN)
+            .arg(&b.state_root)
+            .env("LISTEN_FDS", "1")
+            .current_dir(b.path())
+            .stdin(std::process::Stdio::null());
+        // SAFETY: dup2 and fcntl only, between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                if fd != 3 && libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::fcntl(3, libc::F_SETFD, 0);
+                Ok(())
+            })
+        };
+        c.output().unwrap()
+    };
+    // sh's $$ is the pid cellvisor runs as (exec).
+    let o = run("$$");
+    assert_eq!(
+        stdout(&o),
+        "LISTEN_FDS=1 LISTEN_PID=1\nsocket:\nno-fd4\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = run("1");
+    assert_eq!(
+        stdout(&o),
+        "LISTEN_FDS= LISTEN_PID=\nno-fd4\n",
+        "{}",
+        stderr(&o)
+    );
+    drop(l);
+    assert_nothing_left(&b, &id);
+}
+
 /// Errors go to --log as JSON lines, the way containerd's shim reads them.
 #[test]
 fn errors_are_logged_as_json() {

@@ -28,6 +28,8 @@ pub struct InitArgs<'a> {
     pub console: Option<OwnedFd>,
     pub seccomp: Option<&'a Filter>,
     pub preserve_fds: i32,
+    /// Socket-activation descriptors (3..3+listen_fds), before the preserved ones.
+    pub listen_fds: i32,
     pub no_pivot: bool,
     pub log: Option<&'a Path>,
     pub hierarchies: &'a [Hierarchy],
@@ -178,7 +180,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
             let state: serde_json::Value = serde_json::from_str(&state_json).unwrap_or_default();
             crate::hooks::run("startContainer", h, &state)?;
         }
-        finalize(process, a.seccomp, a.preserve_fds, &exe)
+        finalize(process, a.seccomp, a.preserve_fds, a.listen_fds, &exe)
     })();
     let e = match r {
         Ok(never) => match never {},
@@ -331,11 +333,13 @@ fn check_exec(p: &Path) -> std::result::Result<(), String> {
 }
 
 /// The last steps before the user's program: user and groups, capabilities, no_new_privs,
-/// seccomp, cwd, descriptors. Shared by the container's init and by `exec`.
+/// seccomp, cwd, descriptors. Shared by the container's init and by `exec` (which has no
+/// socket-activation descriptors: `listen_fds` 0).
 pub fn finalize(
     p: &Process,
     seccomp: Option<&Filter>,
     preserve_fds: i32,
+    listen_fds: i32,
     exe: &Path,
 ) -> Result<Infallible> {
     let nnp = p.no_new_privileges().unwrap_or(false);
@@ -385,12 +389,18 @@ pub fn finalize(
         }
     }
     reset_signals();
-    // Nothing but the preserved descriptors may cross into the container's program.
+    // Nothing but the socket-activation and preserved descriptors may cross into the
+    // container's program, and those do.
+    let keep = listen_fds.max(0) + preserve_fds.max(0);
+    for fd in 3..3 + keep {
+        // SAFETY: fcntl on a descriptor number only changes its flags (EBADF if not open).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
     unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            (3 + preserve_fds) as libc::c_uint,
+            (3 + keep) as libc::c_uint,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
@@ -411,6 +421,15 @@ pub fn finalize(
         .collect();
     if !env.iter().any(|e| e.as_bytes().starts_with(b"HOME=")) {
         env.push(cstring(format!("HOME={home}")));
+    }
+    if listen_fds > 0 {
+        // systemd's protocol, for this process: its pid as it sees itself (1 in a pid
+        // namespace of its own).
+        env.retain(|e| {
+            !e.as_bytes().starts_with(b"LISTEN_FDS=") && !e.as_bytes().starts_with(b"LISTEN_PID=")
+        });
+        env.push(cstring(format!("LISTEN_FDS={listen_fds}")));
+        env.push(cstring(format!("LISTEN_PID={}", std::process::id())));
     }
     let exe = cstring(exe);
     if let (Some(f), true) = (seccomp, nnp) {

@@ -27,10 +27,25 @@ pub struct CreateOpts {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub preserve_fds: i32,
+    /// Socket activation: descriptors from 3 on that the runtime was handed with LISTEN_FDS,
+    /// given to the container's process before the preserved ones, with LISTEN_FDS and
+    /// LISTEN_PID set for it ([`listen_fds`]).
+    pub listen_fds: i32,
     pub no_pivot: bool,
     /// Give the container's process this file (appended to) as stdout and stderr, and
     /// /dev/null as stdin, instead of the runtime's own stdio.
     pub log: Option<PathBuf>,
+}
+
+/// How many socket-activation descriptors (from 3 on) the runtime was handed, by the
+/// environment systemd's protocol sets: `LISTEN_FDS=N`, and `LISTEN_PID` naming this process
+/// (or not set, as a caller that cannot know our pid leaves it). Anything else: none.
+pub fn listen_fds(listen_fds: Option<&str>, listen_pid: Option<&str>, my_pid: u32) -> i32 {
+    let for_us = listen_pid.is_none_or(|p| p.trim().parse() == Ok(my_pid));
+    match listen_fds.and_then(|n| n.trim().parse::<i32>().ok()) {
+        Some(n) if for_us && (1..=1024).contains(&n) => n,
+        _ => 0,
+    }
 }
 
 /// A created container's init process, for a caller that waits on it (`run`).
@@ -282,6 +297,7 @@ fn spawn_init(
             console,
             seccomp: cfg.seccomp.as_ref(),
             preserve_fds: o.preserve_fds,
+            listen_fds: o.listen_fds,
             no_pivot: o.no_pivot,
             log: o.log.as_deref(),
             hierarchies,
@@ -331,5 +347,23 @@ fn setup_dialogue(parent: &Chan, st: &State, cfg: &Config) -> Result<()> {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen_fds;
+
+    #[test]
+    fn socket_activation_is_for_this_process_only() {
+        assert_eq!(listen_fds(Some("2"), Some("42"), 42), 2);
+        // A caller that cannot know our pid leaves LISTEN_PID out.
+        assert_eq!(listen_fds(Some("1"), None, 42), 1);
+        // Meant for another process (our parent, say), or not a count: none.
+        assert_eq!(listen_fds(Some("2"), Some("41"), 42), 0);
+        assert_eq!(listen_fds(Some("x"), None, 42), 0);
+        assert_eq!(listen_fds(Some("0"), None, 42), 0);
+        assert_eq!(listen_fds(Some("-3"), None, 42), 0);
+        assert_eq!(listen_fds(None, Some("42"), 42), 0);
     }
 }

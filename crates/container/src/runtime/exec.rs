@@ -116,7 +116,7 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
             init::set_rlimits(p)?;
             init::set_scheduler(p)?;
             let exe = init::find_executable(p)?;
-            init::finalize(p, seccomp.as_ref(), o.preserve_fds, &exe)
+            init::finalize(p, seccomp.as_ref(), o.preserve_fds, 0, &exe)
         })();
         let Err(e) = r;
         let _ = child.send(&Msg::Error(e.chain()));

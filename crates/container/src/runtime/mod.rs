@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use crate::error::{Context, Result};
 use crate::util::write_atomic;
 
-pub use create::{create, CreateOpts, Created};
+pub use create::{create, listen_fds, CreateOpts, Created};
 pub use delete::delete;
 pub use exec::{exec, exec_process, ExecOpts};
 pub use info::{list, ps, state, stats, ListEntry};
