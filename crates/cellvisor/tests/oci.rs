@@ -1041,6 +1041,96 @@ fn socket_activation_passes_the_listening_descriptors() {
     assert_nothing_left(&b, &id);
 }
 
+/// `run` in the foreground with `process.terminal` and no --console-socket gives the user's
+/// own terminal to the container, as runc and crun do (the README's tour: `spec`, then `run`):
+/// under a pseudo-terminal, the container's process sees a terminal of the same size, a
+/// resize reaches it, what is typed reaches it, and its exit code comes back.
+#[test]
+fn run_in_a_terminal_without_a_console_socket() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    need_root!();
+    let id = id("tty");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "stty size; while read x; do [ \"$x\" = q ] && exit 3; stty size; done",
+    ]);
+    c["process"]["terminal"] = json!(true);
+    let b = bundle(&c);
+    let size = |rows, cols| libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size(30, 100)), None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--root")
+        .arg(&b.state_root)
+        .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl only, between fork and exec: the pty becomes its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut master = std::fs::File::from(pty.master);
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = master.try_clone().unwrap();
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let seen = |text: &str| String::from_utf8_lossy(&out.lock().unwrap()).contains(text);
+    let wait_for = |text: &str, master: &mut std::fs::File, poke: bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        while !seen(text) {
+            assert!(
+                std::time::Instant::now() < end,
+                "{text:?} never came: {:?}",
+                String::from_utf8_lossy(&out.lock().unwrap())
+            );
+            if poke {
+                master.write_all(b"x\n").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("30 100", &mut master, false);
+    // A resize of the user's terminal reaches the container's.
+    // SAFETY: TIOCSWINSZ reads the winsize we pass.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size(40, 120)) };
+    wait_for("40 120", &mut master, true);
+    master.write_all(b"q\n").unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(3),
+        "{:?}",
+        String::from_utf8_lossy(&out.lock().unwrap())
+    );
+    assert_nothing_left(&b, &id);
+}
+
 /// Errors go to --log as JSON lines, the way containerd's shim reads them.
 #[test]
 fn errors_are_logged_as_json() {

@@ -26,6 +26,9 @@ pub struct CreateOpts {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
+    /// Instead of a console socket: a connected socket (the caller's, borrowed) the terminal's
+    /// master end is sent over — how `run` in the foreground gets it.
+    pub console_fd: Option<std::os::fd::RawFd>,
     pub preserve_fds: i32,
     /// Socket activation: descriptors from 3 on that the runtime was handed with LISTEN_FDS,
     /// given to the container's process before the preserved ones, with LISTEN_FDS and
@@ -134,7 +137,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     }
     let (process, linux) = process_and_linux(&cfg)?;
     let terminal = process.terminal().unwrap_or(false);
-    if terminal && o.console_socket.is_none() {
+    if terminal && o.console_socket.is_none() && o.console_fd.is_none() {
         return Err(Error::Msg(
             "process.terminal is true: --console-socket is required".into(),
         ));
@@ -263,12 +266,17 @@ fn spawn_init(
     hierarchies: &[Hierarchy],
     cg: &Cgroup,
 ) -> Result<(i32, Chan)> {
-    let console = o
-        .console_socket
-        .as_deref()
-        .filter(|_| terminal)
-        .map(crate::tty::connect)
-        .transpose()?;
+    let console = match (o.console_fd, o.console_socket.as_deref()) {
+        _ if !terminal => None,
+        (Some(fd), _) => Some(
+            // SAFETY: the caller keeps `fd` open for the call; we take a copy of our own.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .ctx(|| "duplicating the console descriptor")?,
+        ),
+        (None, Some(path)) => Some(crate::tty::connect(path)?),
+        (None, None) => None,
+    };
     let state_dir: OwnedFd = fs::File::open(dir)
         .ctx(|| "opening the state directory")?
         .into();

@@ -1,17 +1,63 @@
-//! `run`: create and start, and in the foreground wait, forwarding signals, then delete.
+//! `run`: create and start, and in the foreground wait, forwarding signals, then delete. With
+//! `process.terminal` and no console socket, the container's terminal is joined to the
+//! user's own, as runc and crun do: raw mode, both directions, the size and its changes.
 
-use nix::sys::signal::{kill, Signal};
+use std::os::fd::AsRawFd;
+
+use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use super::{create, delete, start, CreateOpts};
 use crate::error::{Context, Result};
 use crate::state::Root;
+use crate::tty::Attached;
+
+/// Does the bundle's config ask for a terminal? (It is checked whole by `create`.)
+fn wants_terminal(o: &CreateOpts) -> bool {
+    std::fs::read(o.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["process"]["terminal"] == true)
+}
 
 /// `run` in the foreground: create, start, forward signals, wait, delete.
 pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
-    let created = create(root, o)?;
+    // The user's own terminal, when the container wants one and no console socket takes it.
+    let attach =
+        !detach && o.console_socket.is_none() && o.console_fd.is_none() && wants_terminal(o);
+    let pair = if attach {
+        Some(std::os::unix::net::UnixStream::pair().ctx(|| "making the console socket pair")?)
+    } else {
+        None
+    };
+    let mut opts = o.clone();
+    opts.console_fd = pair.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+    let created = create(root, &opts)?;
+    // Signals blocked before any thread exists: the terminal's threads inherit the mask.
+    let set = signals();
+    let mut term = None;
+    if let Some((ours, theirs)) = pair {
+        drop(theirs);
+        let got = crate::tty::recv_master(&ours.into()).and_then(|m| {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&set),
+                None,
+            )
+            .ctx(|| "blocking signals")?;
+            Attached::new(m)
+        });
+        match got {
+            Ok(t) => term = Some(t),
+            Err(e) => {
+                let _ = delete(root, &o.id, true);
+                return Err(e);
+            }
+        }
+    }
     if let Err(e) = start(root, &o.id) {
+        drop(term);
         let _ = delete(root, &o.id, true);
         return Err(e);
     }
@@ -19,15 +65,19 @@ pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
         return Ok(0);
     }
     let pid = created.state.pid;
-    let code = forward_signals_and_wait(pid);
+    let code = forward_signals_and_wait(pid, set, term.as_ref());
+    if let Some(t) = term.as_mut() {
+        t.drain(std::time::Duration::from_secs(1));
+    }
+    drop(term);
     crate::timing::mark("wait");
     let _ = delete(root, &o.id, true);
     crate::timing::mark("delete");
     code
 }
 
-fn forward_signals_and_wait(pid: i32) -> Result<i32> {
-    use nix::sys::signal::{SigSet, SigmaskHow};
+/// The signals `run` passes on (and SIGCHLD, which ends its wait).
+fn signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -41,6 +91,13 @@ fn forward_signals_and_wait(pid: i32) -> Result<i32> {
     ] {
         set.add(s);
     }
+    set
+}
+
+/// Wait for the container's process, passing it our signals; with a terminal attached, a
+/// change of our terminal's size goes to its terminal instead (the kernel then signals it).
+fn forward_signals_and_wait(pid: i32, set: SigSet, term: Option<&Attached>) -> Result<i32> {
+    use nix::sys::signal::SigmaskHow;
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .ctx(|| "blocking signals")?;
     loop {
@@ -55,8 +112,12 @@ fn forward_signals_and_wait(pid: i32) -> Result<i32> {
             Err(e) => return Err(e).ctx(|| "waiting for the container"),
         }
         let sig = set.wait().ctx(|| "waiting for signals")?;
-        if sig != Signal::SIGCHLD {
-            let _ = kill(Pid::from_raw(pid), sig);
+        match (sig, term) {
+            (Signal::SIGCHLD, _) => {}
+            (Signal::SIGWINCH, Some(t)) => t.copy_size(),
+            _ => {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
         }
     }
 }
