@@ -1041,38 +1041,28 @@ fn socket_activation_passes_the_listening_descriptors() {
     assert_nothing_left(&b, &id);
 }
 
-/// `run` in the foreground with `process.terminal` and no --console-socket gives the user's
-/// own terminal to the container, as runc and crun do (the README's tour: `spec`, then `run`):
-/// under a pseudo-terminal, the container's process sees a terminal of the same size, a
-/// resize reaches it, what is typed reaches it, and its exit code comes back.
-#[test]
-fn run_in_a_terminal_without_a_console_socket() {
-    use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
+/// A pseudo-terminal of `rows` x `cols` as the controlling terminal and stdio of `cmd`: the
+/// child, the master end, and everything read from it so far.
+fn in_pty(
+    mut cmd: Command,
+    rows: u16,
+    cols: u16,
+) -> (
+    std::process::Child,
+    std::fs::File,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use std::io::Read;
     use std::os::unix::process::CommandExt;
-    use std::sync::{Arc, Mutex};
-    need_root!();
-    let id = id("tty");
-    let mut c = config(&[
-        "sh",
-        "-c",
-        "stty size; while read x; do [ \"$x\" = q ] && exit 3; stty size; done",
-    ]);
-    c["process"]["terminal"] = json!(true);
-    let b = bundle(&c);
-    let size = |rows, cols| libc::winsize {
+    let ws = libc::winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    let pty = nix::pty::openpty(Some(&size(30, 100)), None).unwrap();
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
     let slave = std::fs::File::from(pty.slave);
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("--root")
-        .arg(&b.state_root)
-        .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
-        .stdin(slave.try_clone().unwrap())
+    cmd.stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(slave.try_clone().unwrap());
     // SAFETY: setsid and ioctl only, between fork and exec: the pty becomes its terminal.
@@ -1085,10 +1075,10 @@ fn run_in_a_terminal_without_a_console_socket() {
             Ok(())
         })
     };
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     drop(slave);
-    let mut master = std::fs::File::from(pty.master);
-    let out = Arc::new(Mutex::new(Vec::new()));
+    let master = std::fs::File::from(pty.master);
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut reader = master.try_clone().unwrap();
     let sink = out.clone();
     std::thread::spawn(move || {
@@ -1100,26 +1090,64 @@ fn run_in_a_terminal_without_a_console_socket() {
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
-    let seen = |text: &str| String::from_utf8_lossy(&out.lock().unwrap()).contains(text);
-    let wait_for = |text: &str, master: &mut std::fs::File, poke: bool| {
-        let end = std::time::Instant::now() + Duration::from_secs(15);
-        while !seen(text) {
-            assert!(
-                std::time::Instant::now() < end,
-                "{text:?} never came: {:?}",
-                String::from_utf8_lossy(&out.lock().unwrap())
-            );
-            if poke {
-                master.write_all(b"x\n").unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    (child, master, out)
+}
+
+/// Wait until the terminal's output shows `text`, writing `poke` to it meanwhile.
+fn wait_in_pty(
+    out: &std::sync::Mutex<Vec<u8>>,
+    master: &mut std::fs::File,
+    text: &str,
+    poke: Option<&[u8]>,
+) {
+    use std::io::Write;
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while !String::from_utf8_lossy(&out.lock().unwrap()).contains(text) {
+        assert!(
+            std::time::Instant::now() < end,
+            "{text:?} never came: {:?}",
+            String::from_utf8_lossy(&out.lock().unwrap())
+        );
+        if let Some(p) = poke {
+            master.write_all(p).unwrap();
         }
-    };
-    wait_for("30 100", &mut master, false);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `run` (and `exec -t`) in the foreground with a terminal and no --console-socket give the
+/// user's own terminal to the container, as runc and crun do (the README's tour: `spec`, then
+/// `run`): under a pseudo-terminal, the container's process sees a terminal of the same size,
+/// a resize reaches it, what is typed reaches it, and its exit code comes back.
+#[test]
+fn run_in_a_terminal_without_a_console_socket() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    need_root!();
+    let id = id("tty");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "stty size; while read x; do [ \"$x\" = q ] && exit 3; stty size; done",
+    ]);
+    c["process"]["terminal"] = json!(true);
+    let b = bundle(&c);
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--root")
+        .arg(&b.state_root)
+        .args(["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    let (mut child, mut master, out) = in_pty(cmd, 30, 100);
+    wait_in_pty(&out, &mut master, "30 100", None);
     // A resize of the user's terminal reaches the container's.
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads the winsize we pass.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size(40, 120)) };
-    wait_for("40 120", &mut master, true);
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    wait_in_pty(&out, &mut master, "40 120", Some(b"x\n"));
     master.write_all(b"q\n").unwrap();
     let st = child.wait().unwrap();
     assert_eq!(
@@ -1128,6 +1156,28 @@ fn run_in_a_terminal_without_a_console_socket() {
         "{:?}",
         String::from_utf8_lossy(&out.lock().unwrap())
     );
+    assert_nothing_left(&b, &id);
+    // exec -t into a running container.
+    b.write_config(&config(&["sleep", "1000"]));
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--root").arg(&b.state_root).args([
+        "exec",
+        "-t",
+        &id,
+        "sh",
+        "-c",
+        "stty size; tty; read x; echo got $x; exit 5",
+    ]);
+    let (mut child, mut master, out) = in_pty(cmd, 25, 90);
+    wait_in_pty(&out, &mut master, "25 90", None);
+    wait_in_pty(&out, &mut master, "got hi", Some(b"hi\n"));
+    let st = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    assert_eq!(st.code(), Some(5), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
     assert_nothing_left(&b, &id);
 }
 

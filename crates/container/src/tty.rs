@@ -77,6 +77,18 @@ fn become_tty(fd: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// The size of the terminal on our standard input, (rows, columns).
+pub fn size_of_stdin() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize to the pointer, which is valid.
+    (unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
 /// Receive the terminal's master end over `sock` (what [`setup`] sends).
 pub fn recv_master(sock: &OwnedFd) -> Result<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned};
@@ -102,17 +114,15 @@ pub fn recv_master(sock: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// The user's terminal (standard input) joined to a container's: in raw mode while this
-/// lives (put back when dropped), its size copied over, the bytes copied both ways on two
-/// threads.
+/// lives (put back when dropped), its size copied over; [`Attached::serve`] then carries the
+/// bytes both ways on this one thread (a runtime that joined a pid namespace cannot start
+/// threads) until the container's process ends.
 pub struct Attached {
     master: OwnedFd,
     saved: Option<nix::sys::termios::Termios>,
-    output: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Attached {
-    /// Join our stdin/stdout to `master`. Call with the signals blocked: the threads inherit
-    /// the mask.
     pub fn new(master: OwnedFd) -> Result<Attached> {
         use nix::sys::termios;
         let stdin = std::io::stdin();
@@ -123,30 +133,8 @@ impl Attached {
             termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw)
                 .ctx(|| "putting the terminal in raw mode")?;
         }
-        let a = Attached {
-            master,
-            saved,
-            output: None,
-        };
+        let a = Attached { master, saved };
         a.copy_size();
-        let copy = |from: RawFd, to: RawFd| -> Result<std::thread::JoinHandle<()>> {
-            let dup = |fd: RawFd| {
-                // SAFETY: `fd` is open for the call; we take a copy of our own.
-                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-                    .try_clone_to_owned()
-                    .map(std::fs::File::from)
-                    .ctx(|| "duplicating a terminal descriptor")
-            };
-            let (mut r, mut w) = (dup(from)?, dup(to)?);
-            Ok(std::thread::spawn(move || {
-                // Ends at EOF, or EIO from a master whose other side all closed.
-                let _ = std::io::copy(&mut r, &mut w);
-            }))
-        };
-        let m = a.master.as_raw_fd();
-        copy(0, m)?;
-        let mut a = a;
-        a.output = Some(copy(m, 1)?);
         Ok(a)
     }
 
@@ -167,13 +155,114 @@ impl Attached {
         }
     }
 
-    /// Wait (up to `limit`) for the container's output to be copied out to its end.
-    pub fn drain(&mut self, limit: std::time::Duration) {
-        if let Some(h) = self.output.take() {
-            let end = std::time::Instant::now() + limit;
-            while !h.is_finished() && std::time::Instant::now() < end {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+    /// Carry stdin to the container's terminal and its output to stdout, and `signals`
+    /// (blocked by the caller) to process `pid` — a change of our terminal's size to its
+    /// terminal instead — until `pid` ends; its exit code (128 + the signal that killed it).
+    pub fn serve(&self, pid: i32, signals: &nix::sys::signal::SigSet) -> Result<i32> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::signal::Signal;
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        use std::os::fd::AsFd;
+        let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .ctx(|| "opening a signalfd")?;
+        let m = self.master.as_raw_fd();
+        let (mut stdin_open, mut master_open) = (true, true);
+        let mut buf = [0u8; 8192];
+        loop {
+            match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => {
+                    self.drain();
+                    return Ok(c);
+                }
+                Ok(WaitStatus::Signaled(_, s, _)) => {
+                    self.drain();
+                    return Ok(128 + s as i32);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e).ctx(|| "waiting for the container's process"),
             }
+            // SAFETY: descriptors 0 and the master stay open while this call runs.
+            let (stdin, master) = unsafe {
+                (
+                    std::os::fd::BorrowedFd::borrow_raw(0),
+                    std::os::fd::BorrowedFd::borrow_raw(m),
+                )
+            };
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let mi = master_open.then(|| {
+                fds.push(PollFd::new(master, PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let si = stdin_open.then(|| {
+                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::Error::EINTR) => continue,
+                r => r.ctx(|| "waiting on the terminal")?,
+            };
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            if ready[0] {
+                while let Ok(Some(si)) = sfd.read_signal() {
+                    match Signal::try_from(si.ssi_signo as i32) {
+                        Ok(Signal::SIGCHLD) | Err(_) => {}
+                        Ok(Signal::SIGWINCH) => self.copy_size(),
+                        Ok(s) => {
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
+                        }
+                    }
+                }
+            }
+            if mi.is_some_and(|i| ready[i]) {
+                match nix::unistd::read(m, &mut buf) {
+                    Ok(0) | Err(nix::Error::EIO) => master_open = false,
+                    Ok(n) => write_all(1, &buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            if si.is_some_and(|i| ready[i]) {
+                match nix::unistd::read(0, &mut buf) {
+                    Ok(0) | Err(nix::Error::EIO) | Err(nix::Error::EBADF) => stdin_open = false,
+                    Ok(n) => write_all(m, &buf[..n]),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// What the container's terminal still holds, out to stdout (without waiting for more).
+    fn drain(&self) {
+        let m = self.master.as_raw_fd();
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: the master stays open while this runs.
+            let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(m) };
+            let mut p = [nix::poll::PollFd::new(f, nix::poll::PollFlags::POLLIN)];
+            if !matches!(nix::poll::poll(&mut p, nix::poll::PollTimeout::from(50u16)), Ok(n) if n > 0)
+            {
+                return;
+            }
+            match nix::unistd::read(m, &mut buf) {
+                Ok(n) if n > 0 => write_all(1, &buf[..n]),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Write all of `data` to `fd` (best effort: a closed end drops it).
+fn write_all(fd: RawFd, mut data: &[u8]) {
+    while !data.is_empty() {
+        // SAFETY: `fd` is open for the call.
+        let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(f, data) {
+            Ok(n) if n > 0 => data = &data[n..],
+            Err(nix::Error::EINTR) => continue,
+            _ => return,
         }
     }
 }

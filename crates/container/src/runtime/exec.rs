@@ -45,11 +45,14 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     if crate::selfexe::needs_sealed_copy(p) {
         crate::selfexe::reexec_sealed()?;
     }
-    if p.terminal().unwrap_or(false) && o.console_socket.is_none() {
+    let terminal = p.terminal().unwrap_or(false);
+    if terminal && o.console_socket.is_none() && o.detach {
         return Err(Error::Msg(
-            "a terminal was asked for: --console-socket is required".into(),
+            "a terminal was asked for with --detach: --console-socket is required".into(),
         ));
     }
+    // In the foreground without a console socket: the user's own terminal, joined to it.
+    let attach = terminal && o.console_socket.is_none();
     let seccomp = st
         .config
         .linux()
@@ -79,12 +82,20 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
         ns_fds.push((t, fd, PathBuf::from(theirs)));
     }
     let cg = st.cgroup()?;
-    let console = o
-        .console_socket
-        .as_deref()
-        .filter(|_| p.terminal().unwrap_or(false))
-        .map(crate::tty::connect)
-        .transpose()?;
+    let mut ours = None;
+    let our_size = attach.then(crate::tty::size_of_stdin).flatten();
+    let console = if attach {
+        let (a, b) =
+            std::os::unix::net::UnixStream::pair().ctx(|| "making the console socket pair")?;
+        ours = Some(OwnedFd::from(a));
+        Some(OwnedFd::from(b))
+    } else {
+        o.console_socket
+            .as_deref()
+            .filter(|_| terminal)
+            .map(crate::tty::connect)
+            .transpose()?
+    };
     init::set_dumpable(false);
     if let Some((t, fd, path)) = ns_fds
         .iter()
@@ -108,9 +119,12 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
             nix::unistd::chdir("/").ctx(|| "chdir /")?;
             nix::unistd::setsid().ctx(|| "setsid")?;
             if let Some(c) = &console {
+                // Attached to our terminal: its size from the start (the program may ask
+                // before we could set it from outside).
                 let size = p
                     .console_size()
-                    .map(|b| (b.height() as u16, b.width() as u16));
+                    .map(|b| (b.height() as u16, b.width() as u16))
+                    .or(our_size);
                 crate::tty::setup(c, size)?;
             }
             init::set_rlimits(p)?;
@@ -145,5 +159,23 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     if o.detach {
         return Ok(0);
     }
-    wait_exit(pid)
+    let Some(ours) = ours else {
+        return wait_exit(pid);
+    };
+    // Signals blocked before the terminal's threads exist: they inherit the mask.
+    let set = super::run::signals();
+    let term = crate::tty::recv_master(&ours).and_then(|m| {
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .ctx(|| "blocking signals")?;
+        crate::tty::Attached::new(m)
+    });
+    let term = match term {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(e);
+        }
+    };
+    term.serve(pid, &set)
 }

@@ -36,7 +36,7 @@ pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
     let created = create(root, &opts)?;
     // Signals blocked before any thread exists: the terminal's threads inherit the mask.
     let set = signals();
-    let mut term = None;
+    let mut term: Option<Attached> = None;
     if let Some((ours, theirs)) = pair {
         drop(theirs);
         let got = crate::tty::recv_master(&ours.into()).and_then(|m| {
@@ -65,10 +65,10 @@ pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
         return Ok(0);
     }
     let pid = created.state.pid;
-    let code = forward_signals_and_wait(pid, set, term.as_ref());
-    if let Some(t) = term.as_mut() {
-        t.drain(std::time::Duration::from_secs(1));
-    }
+    let code = match &term {
+        Some(t) => t.serve(pid, &set),
+        None => forward_signals_and_wait(pid, set),
+    };
     drop(term);
     crate::timing::mark("wait");
     let _ = delete(root, &o.id, true);
@@ -77,7 +77,7 @@ pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
 }
 
 /// The signals `run` passes on (and SIGCHLD, which ends its wait).
-fn signals() -> SigSet {
+pub(super) fn signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -94,9 +94,8 @@ fn signals() -> SigSet {
     set
 }
 
-/// Wait for the container's process, passing it our signals; with a terminal attached, a
-/// change of our terminal's size goes to its terminal instead (the kernel then signals it).
-fn forward_signals_and_wait(pid: i32, set: SigSet, term: Option<&Attached>) -> Result<i32> {
+/// Wait for the container's process, passing it our signals.
+fn forward_signals_and_wait(pid: i32, set: SigSet) -> Result<i32> {
     use nix::sys::signal::SigmaskHow;
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .ctx(|| "blocking signals")?;
@@ -112,12 +111,8 @@ fn forward_signals_and_wait(pid: i32, set: SigSet, term: Option<&Attached>) -> R
             Err(e) => return Err(e).ctx(|| "waiting for the container"),
         }
         let sig = set.wait().ctx(|| "waiting for signals")?;
-        match (sig, term) {
-            (Signal::SIGCHLD, _) => {}
-            (Signal::SIGWINCH, Some(t)) => t.copy_size(),
-            _ => {
-                let _ = kill(Pid::from_raw(pid), sig);
-            }
+        if sig != Signal::SIGCHLD {
+            let _ = kill(Pid::from_raw(pid), sig);
         }
     }
 }
