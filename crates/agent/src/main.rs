@@ -16,7 +16,7 @@
 //!   rt-probe [--interval-us 1000] [--samples N] [--fifo PRIO] [--cpu N]
 //!                                        periodic wake-ups (cyclictest's method): their
 //!                                        latency histogram as JSON (see rt.rs)
-//!   load cpu|fork|msg|mem|io|all [--threads N]
+//!   load cpu|fork|msg|mem|io|all [--threads N] [--group 20]
 //!                                        the real-time benchmark's load, until killed
 //!   work --duty PCT [--threads N] [--duty-file PATH]
 //!                                        the scheduler benchmark's load: PCT of a core's work
@@ -62,6 +62,7 @@ struct Opts {
     threads: usize,
     duty: u32,
     duty_file: Option<String>,
+    group: usize,
 }
 
 fn parse() -> Result<(String, Opts), String> {
@@ -87,6 +88,7 @@ fn parse() -> Result<(String, Opts), String> {
         threads: 1,
         duty: 100,
         duty_file: None,
+        group: 20,
     };
     let mut it = std::env::args().skip(1);
     let cmd = it
@@ -151,6 +153,7 @@ fn parse() -> Result<(String, Opts), String> {
                     .map_err(|_| format!("--duty {v:?}: a percentage"))?;
             }
             "--duty-file" => o.duty_file = Some(val("--duty-file")?),
+            "--group" => o.group = val("--group")?.parse().map_err(|_| "--group: a number")?,
             "--exit-port" => o.exit_port = true,
             "--exec" => o.exec = Some(val("--exec")?),
             "--cpu" => {
@@ -358,7 +361,11 @@ fn run() -> Result<(), String> {
             say(&agent::rt::probe(o.interval_us, o.samples)?.json());
         }
         "work" => agent::duty::run(o.duty, o.threads, o.duty_file.clone())?,
-        "load" => agent::rt::load(o.args.first().map_or("all", String::as_str), o.threads)?,
+        "load" => agent::rt::load(
+            o.args.first().map_or("all", String::as_str),
+            o.threads,
+            o.group,
+        )?,
         "send" => {
             let mut l = link(&o)?;
             let mut buf = Vec::new();

@@ -165,15 +165,17 @@ pub fn probe(interval_us: u64, samples: u64) -> Result<Probe, String> {
 /// The loads a common domain runs during the benchmark.
 pub const LOADS: [&str; 5] = ["cpu", "fork", "msg", "mem", "io"];
 
-/// Run load `kind` with `threads` workers (CPU hogs, forking loops, message pairs, memory
-/// touchers, writers), until killed. "all" runs each kind, one process each.
-pub fn load(kind: &str, threads: usize) -> Result<(), String> {
+/// Run load `kind` with `threads` workers (CPU hogs, forking loops, message groups of `group`
+/// senders and receivers, memory touchers, writers), until killed. "all" runs each kind, one
+/// process each.
+pub fn load(kind: &str, threads: usize, group: usize) -> Result<(), String> {
+    GROUP.store(group.max(1), std::sync::atomic::Ordering::Relaxed);
     if kind == "all" {
         for k in LOADS {
             // SAFETY: the child runs only the load loop and never returns.
             match unsafe { libc::fork() } {
                 0 => {
-                    let _ = load(k, threads);
+                    let _ = load(k, threads, group);
                     // SAFETY: leaving the child.
                     unsafe { libc::_exit(0) }
                 }
@@ -230,14 +232,15 @@ fn forks() {
     }
 }
 
-/// Senders and receivers in one message group (hackbench's default group).
-const GROUP: usize = 20;
+/// Senders (and receivers) in one message group: hackbench's 20 unless `load` is told less.
+static GROUP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(20);
 
 fn messages() {
     // A hackbench group: each of GROUP senders writes 100-byte messages to each of GROUP
     // receivers, over a socket pair per receiver, every one a thread of its own: a storm of
     // wake-ups among many runnable tasks.
-    let Ok(pairs) = (0..GROUP)
+    let group = GROUP.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let Ok(pairs) = (0..group)
         .map(|_| UnixStream::pair())
         .collect::<std::io::Result<Vec<_>>>()
     else {
@@ -251,7 +254,7 @@ fn messages() {
         });
     }
     let ends = std::sync::Arc::new(ends);
-    let senders: Vec<_> = (0..GROUP)
+    let senders: Vec<_> = (0..group)
         .map(|_| {
             let ends = ends.clone();
             std::thread::spawn(move || {

@@ -36,6 +36,10 @@ pub struct Plan {
     pub interval_us: u64,
     /// With a guest: the microVM variants too, the probe inside it.
     pub guest: Option<crate::vm::Guest>,
+    /// Senders (and receivers) in each message group of the load: hackbench's 20; 4 with
+    /// `--quick` (a smoke run: the emulated test host's kernel has been seen to give way under
+    /// the full storm).
+    pub group: usize,
 }
 
 impl Plan {
@@ -65,6 +69,7 @@ impl Plan {
             rounds,
             interval_us,
             guest,
+            group: if quick { 4 } else { 20 },
         })
     }
 }
@@ -148,7 +153,7 @@ fn profile(
     rt: bool,
     rt_cpu: u32,
     probe: &[String],
-    load: Option<usize>,
+    load: Option<(usize, usize)>,
     vm: Option<&VmProbe>,
 ) -> String {
     let list = |v: &[String]| {
@@ -185,9 +190,9 @@ fn profile(
             "cpus = \"{rt_cpu}\"\nrealtime = {{ policy = \"fifo\", priority = {PRIORITY}, budget = \"{BUDGET}\" }}\n"
         );
     }
-    if let Some(t) = load {
+    if let Some((t, g)) = load {
         p += &format!(
-            "[[domain]]\nname = \"load\"\nrole = \"common\"\ncommand = [\"/bin/cellvisor-agent\", \"load\", \"all\", \"--threads\", \"{t}\"]\n"
+            "[[domain]]\nname = \"load\"\nrole = \"common\"\ncommand = [\"/bin/cellvisor-agent\", \"load\", \"all\", \"--threads\", \"{t}\", \"--group\", \"{g}\"]\n"
         );
     }
     p
@@ -326,6 +331,8 @@ struct Rig {
     state: PathBuf,
     host: domain::profile::Host,
     rt_cpu: u32,
+    /// The load's message group size.
+    group: usize,
 }
 
 impl Rig {
@@ -346,6 +353,7 @@ impl Rig {
         vm: bool,
     ) -> Result<Device<'_>> {
         let guest = self.vm.as_ref().map(|(_, g)| g).filter(|_| vm);
+        let load = load.map(|t| (t, self.group));
         let text = profile(&self.base, rt, self.rt_cpu, cmd, load, guest);
         let p = domain::profile::parse_on(&text, "rtbench.toml", Path::new("/"), &self.host)
             .map_err(|e| Error::Msg(format!("the benchmark's profile: {e}")))?;
@@ -457,6 +465,7 @@ fn rig(plan: &Plan, agent: &Path, work: &Path) -> Result<(Rig, Option<String>)> 
         state,
         host,
         rt_cpu,
+        group: plan.group,
     };
     Ok((rig, cyclictest))
 }
@@ -981,7 +990,14 @@ mod tests {
             cpus: Some(vec![0, 1]),
             ..Default::default()
         };
-        let text = profile(Path::new("/base"), true, 1, &probe, Some(2), Some(&vm));
+        let text = profile(
+            Path::new("/base"),
+            true,
+            1,
+            &probe,
+            Some((2, 20)),
+            Some(&vm),
+        );
         let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
         let d = p.domain("probe").unwrap();
         assert!(d.realtime.is_some());
@@ -993,7 +1009,14 @@ mod tests {
             "{cl}"
         );
         assert_eq!(p.domain("load").unwrap().cpus.as_deref(), Some("0"));
-        let text = profile(Path::new("/base"), false, 1, &probe, Some(2), Some(&vm));
+        let text = profile(
+            Path::new("/base"),
+            false,
+            1,
+            &probe,
+            Some((2, 20)),
+            Some(&vm),
+        );
         let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
         assert!(p.domain("probe").unwrap().realtime.is_none());
         assert_eq!(p.domain("load").unwrap().cpus, None);
@@ -1002,7 +1025,7 @@ mod tests {
     #[test]
     fn the_devices_profile_places_the_load_off_the_realtime_core() {
         let probe = ["/bin/cellvisor-agent".to_string(), "rt-probe".into()];
-        let text = profile(Path::new("/base"), true, 1, &probe, Some(2), None);
+        let text = profile(Path::new("/base"), true, 1, &probe, Some((2, 20)), None);
         let host = domain::profile::Host {
             cpus: Some(vec![0, 1]),
             ..Default::default()
@@ -1010,7 +1033,7 @@ mod tests {
         let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
         assert!(p.domain("probe").unwrap().realtime.is_some());
         assert_eq!(p.domain("load").unwrap().cpus.as_deref(), Some("0"));
-        let text = profile(Path::new("/base"), false, 1, &probe, Some(2), None);
+        let text = profile(Path::new("/base"), false, 1, &probe, Some((2, 20)), None);
         let p = domain::profile::parse_on(&text, "t.toml", Path::new("/"), &host).unwrap();
         assert_eq!(p.domain("load").unwrap().cpus, None);
         assert_eq!(p.domain("probe").unwrap().realtime, None);

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use container::runtime::{self, CreateOpts, ExecOpts};
 use container::state::Root;
@@ -108,6 +108,8 @@ pub enum OciCmd {
         interval: String,
         id: String,
     },
+    /// Change a container's resources in place (as `runc update`)
+    Update(UpdateArgs),
     /// What this runtime supports (OCI features JSON)
     Features,
     /// Write a default config.json into the bundle directory
@@ -184,10 +186,140 @@ impl OciCmd {
             OciCmd::Pause { .. } => "pause",
             OciCmd::Resume { .. } => "resume",
             OciCmd::Events { .. } => "events",
+            OciCmd::Update(_) => "update",
             OciCmd::Features => "features",
             OciCmd::Spec { .. } => "spec",
         }
     }
+}
+
+/// `update`'s flags, runc's.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// A LinuxResources JSON document (the runtime-spec's linux.resources), from FILE or `-`
+    /// for standard input; the flags below apply on top of it
+    #[arg(short = 'r', long = "resources")]
+    pub resources: Option<String>,
+    /// Memory limit: bytes, or with K, M, G; -1 for none
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Memory and swap together (as runc): bytes, or with K, M, G; -1 for no limit
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Memory soft limit: bytes, or with K, M, G
+    #[arg(long)]
+    pub memory_reservation: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(long = "cpu-shares", alias = "cpu-share")]
+    pub cpu_shares: Option<u64>,
+    /// CFS quota per period, µs; -1 for none
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// CFS period, µs
+    #[arg(long)]
+    pub cpu_period: Option<u64>,
+    /// Real-time runtime per period, µs (cgroup v1)
+    #[arg(long)]
+    pub cpu_rt_runtime: Option<i64>,
+    /// Real-time period, µs (cgroup v1)
+    #[arg(long)]
+    pub cpu_rt_period: Option<u64>,
+    /// CPUs it may run on, e.g. 0-1,3
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes it may use
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Most processes at once; -1 for no limit
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Block I/O weight, 10..1000
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    pub id: String,
+}
+
+/// A size flag: -1 (no limit), bytes, or a size with K, M or G.
+fn size_flag(name: &str, v: &str) -> Result<i64> {
+    if let Ok(n) = v.trim().parse::<i64>() {
+        return Ok(n);
+    }
+    domain::profile::parse_size(v)
+        .and_then(|b| i64::try_from(b).ok())
+        .ok_or_else(|| anyhow!("--{name} {v:?}: not a size like 512M or -1"))
+}
+
+/// The resources `update` writes: the -r document with the flags on top, checked as the
+/// runtime-spec's LinuxResources.
+fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources> {
+    use serde_json::{json, Value};
+    let mut doc: Value = match a.resources.as_deref() {
+        None => json!({}),
+        Some(src) => {
+            let text = if src == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("reading the resources from standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(src).with_context(|| format!("reading {src}"))?
+            };
+            serde_json::from_str(&text).map_err(|e| anyhow!("--resources {src}: {e}"))?
+        }
+    };
+    if !doc.is_object() {
+        bail!("--resources: not a JSON object (the runtime-spec's linux.resources)");
+    }
+    let mut set = |section: &str, key: &str, v: Value| {
+        if !doc[section].is_object() {
+            doc[section] = json!({});
+        }
+        doc[section][key] = v;
+    };
+    if let Some(v) = &a.memory {
+        set("memory", "limit", json!(size_flag("memory", v)?));
+    }
+    if let Some(v) = &a.memory_swap {
+        set("memory", "swap", json!(size_flag("memory-swap", v)?));
+    }
+    if let Some(v) = &a.memory_reservation {
+        set(
+            "memory",
+            "reservation",
+            json!(size_flag("memory-reservation", v)?),
+        );
+    }
+    if let Some(v) = a.cpu_shares {
+        set("cpu", "shares", json!(v));
+    }
+    if let Some(v) = a.cpu_quota {
+        set("cpu", "quota", json!(v));
+    }
+    if let Some(v) = a.cpu_period {
+        set("cpu", "period", json!(v));
+    }
+    if let Some(v) = a.cpu_rt_runtime {
+        set("cpu", "realtimeRuntime", json!(v));
+    }
+    if let Some(v) = a.cpu_rt_period {
+        set("cpu", "realtimePeriod", json!(v));
+    }
+    if let Some(v) = &a.cpuset_cpus {
+        set("cpu", "cpus", json!(v));
+    }
+    if let Some(v) = &a.cpuset_mems {
+        set("cpu", "mems", json!(v));
+    }
+    if let Some(v) = a.pids_limit {
+        set("pids", "limit", json!(v));
+    }
+    if let Some(v) = a.blkio_weight {
+        set("blockIO", "weight", json!(v));
+    }
+    if doc.as_object().is_some_and(|o| o.is_empty()) {
+        bail!("update: nothing to change (give --resources or a flag such as --memory)");
+    }
+    serde_json::from_value(doc).map_err(|e| anyhow!("the resources: {e}"))
 }
 
 fn create_opts(a: &CreateArgs) -> CreateOpts {
@@ -394,6 +526,10 @@ pub fn run(cli: &Cli, cmd: &OciCmd) -> Result<i32> {
                 }
                 std::thread::sleep(every);
             }
+        }
+        OciCmd::Update(a) => {
+            let res = update_resources(a)?;
+            runtime::update(&root, &a.id, &res).map_err(chain)?;
         }
         OciCmd::Features => print_json(&runtime::features())?,
         OciCmd::Spec { bundle, rootless } => {

@@ -1181,6 +1181,119 @@ fn run_in_a_terminal_without_a_console_socket() {
     assert_nothing_left(&b, &id);
 }
 
+/// `update` as runc has it: a running container's memory, CPU, cpuset and pids limits changed
+/// in place by flags and by a LinuxResources document (`-r FILE`, `-r -`), the cgroup files
+/// showing them; refused in one line, changing nothing, for a bad value, nothing to change,
+/// an unknown container or a stopped one.
+#[test]
+fn update_changes_a_running_containers_resources() {
+    use std::io::Write;
+    need_root!();
+    if !std::path::Path::new("/sys/fs/cgroup/memory/cellvisor").exists()
+        && !std::path::Path::new("/sys/fs/cgroup/cpu").exists()
+    {
+        eprintln!("skipped: the cgroup v1 files this test reads");
+        return;
+    }
+    let id = id("upd");
+    let b = bundle(&config(&["sleep", "1000"]));
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let cg = |ctrl: &str, f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/cellvisor/{id}/{f}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let o = b.cv(&[
+        "update",
+        "--memory",
+        "64M",
+        "--memory-swap",
+        "128M",
+        "--cpu-shares",
+        "512",
+        "--cpu-period",
+        "50000",
+        "--cpu-quota",
+        "25000",
+        "--cpuset-cpus",
+        "0",
+        "--pids-limit",
+        "20",
+        &id,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cg("memory", "memory.limit_in_bytes"), "67108864");
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(cg("memory", "memory.memsw.limit_in_bytes"), "134217728");
+    }
+    assert_eq!(cg("cpu", "cpu.shares"), "512");
+    assert_eq!(cg("cpu", "cpu.cfs_period_us"), "50000");
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "25000");
+    assert_eq!(cg("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(cg("pids", "pids.max"), "20");
+    // A document, from a file and from standard input; -1 lifts a limit.
+    let doc = b.path().join("res.json");
+    std::fs::write(
+        &doc,
+        r#"{"memory": {"limit": 33554432, "swap": 33554432}, "pids": {"limit": 30}}"#,
+    )
+    .unwrap();
+    let o = b.cv(&["update", "-r", doc.to_str().unwrap(), &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cg("memory", "memory.limit_in_bytes"), "33554432");
+    assert_eq!(cg("pids", "pids.max"), "30");
+    let mut c = Command::new(common::BIN)
+        .arg("--root")
+        .arg(&b.state_root)
+        .args(["update", "-r", "-", "--pids-limit", "-1", &id])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"cpu": {"shares": 256}}"#)
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(cg("cpu", "cpu.shares"), "256");
+    assert_eq!(cg("pids", "pids.max"), "max");
+    // Refusals: one line each, nothing changed.
+    for (args, says) in [
+        (
+            vec!["update", "--memory", "lots", &id],
+            "--memory \"lots\": not a size",
+        ),
+        (vec!["update", &id], "nothing to change"),
+        (vec!["update", "--cpuset-cpus", "99", &id], "cpuset.cpus"),
+        (
+            vec!["update", "--memory", "64M", "nosuch"],
+            "does not exist",
+        ),
+    ] {
+        let o = b.cv(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains(says), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    }
+    assert_eq!(cg("memory", "memory.limit_in_bytes"), "33554432");
+    assert_eq!(cg("cpuset", "cpuset.cpus"), "0");
+    assert!(b.cv(&["kill", &id, "KILL"]).status.success());
+    b.wait_stopped(&id);
+    let o = b.cv(&["update", "--memory", "64M", &id]);
+    assert!(
+        stderr(&o).contains("a stopped container's resources cannot be updated"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(b.cv(&["delete", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
 /// Errors go to --log as JSON lines, the way containerd's shim reads them.
 #[test]
 fn errors_are_logged_as_json() {

@@ -71,6 +71,7 @@ pub enum Verb {
     Resume,
     Exec,
     Stats,
+    Update,
 }
 
 impl Verb {
@@ -84,6 +85,7 @@ impl Verb {
             Verb::Resume => "only a paused container can be resumed",
             Verb::Exec => "exec needs a running container",
             Verb::Stats => "no statistics for a stopped container",
+            Verb::Update => "a stopped container's resources cannot be updated",
         }
     }
 }
@@ -94,7 +96,7 @@ impl Status {
     pub fn allows(self, verb: Verb) -> bool {
         match verb {
             Verb::Start => self == Status::Created,
-            Verb::Kill | Verb::Stats => self != Status::Stopped,
+            Verb::Kill | Verb::Stats | Verb::Update => self != Status::Stopped,
             Verb::Delete => self == Status::Stopped,
             Verb::Pause | Verb::Exec => self == Status::Running,
             Verb::Resume => self == Status::Paused,

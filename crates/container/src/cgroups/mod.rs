@@ -401,6 +401,52 @@ impl Cgroup {
         }
     }
 
+    /// Change a live cgroup's limits to what `res` sets, as planned for a new one but for the
+    /// device rules (an update leaves them as they are): each file written in the plan's
+    /// order (a quota after its period, a memory limit before its swap — but for a limit
+    /// raised above v1's current memory+swap limit, which has to go first).
+    pub fn update(&self, res: &LinuxResources) -> Result<()> {
+        let writes: Vec<plan::Write> = plan::plan(res, self.version())?
+            .into_iter()
+            .filter(|w| w.controller != "devices")
+            .collect();
+        let memsw = writes
+            .iter()
+            .position(|w| w.file == "memory.memsw.limit_in_bytes");
+        let mut done = vec![false; writes.len()];
+        for (i, w) in writes.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let r = self.write_planned(w);
+            if let (Err(_), "memory.limit_in_bytes", Some(j)) = (&r, w.file.as_str(), memsw) {
+                self.write_planned(&writes[j])?;
+                done[j] = true;
+                self.write_planned(w)?;
+                continue;
+            }
+            r?;
+        }
+        Ok(())
+    }
+
+    /// One planned write into the live cgroup; a refused CPU said with its holder.
+    fn write_planned(&self, w: &plan::Write) -> Result<()> {
+        let dir = self.dir_of(w.controller).ok_or_else(|| {
+            Error::Msg(format!(
+                "cgroup controller {} is not mounted on this machine",
+                w.controller
+            ))
+        })?;
+        let r = write_file(&dir.join(&w.file), &w.value);
+        if r.is_err() && w.file == "cpuset.cpus" {
+            if let Some(why) = exclusive::explain(&dir, &w.value) {
+                return Err(Error::Msg(why));
+            }
+        }
+        r
+    }
+
     /// Move the running cgroup to `cpus` (a list like `0-1,3`): cpuset.cpus, which the
     /// kernel applies to every task in it at once.
     pub fn set_cpus(&self, cpus: &str) -> Result<()> {

@@ -12,6 +12,7 @@ mod pause;
 mod run;
 mod spec;
 mod start;
+mod update;
 
 use std::path::Path;
 
@@ -30,6 +31,7 @@ pub use pause::set_paused;
 pub use run::run;
 pub use spec::{default_spec, features};
 pub use start::start;
+pub use update::update;
 
 #[repr(C)]
 #[derive(Default)]
