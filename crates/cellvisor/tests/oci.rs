@@ -1294,6 +1294,44 @@ fn update_changes_a_running_containers_resources() {
     assert_nothing_left(&b, &id);
 }
 
+/// An inheritable set outside the permitted one (inheritable and bounding CAP_SYS_ADMIN,
+/// permitted and effective empty) is applied as crun applies it, for run and for exec.
+#[test]
+fn inheritable_capabilities_outside_the_permitted_set() {
+    need_root!();
+    let id = id("capinh");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "grep -E '^Cap(Inh|Prm|Eff|Bnd)' /proc/self/status",
+    ]);
+    c["process"]["capabilities"] = json!({
+        "bounding": ["CAP_SYS_ADMIN"],
+        "inheritable": ["CAP_SYS_ADMIN"],
+        "permitted": [],
+        "effective": []
+    });
+    let b = bundle(&c);
+    let want = "CapInh:\t0000000000200000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000200000\n";
+    let o = b.cv(&["run", &id]);
+    assert_eq!(stdout(&o), want, "{}", stderr(&o));
+    let mut c2 = c.clone();
+    c2["process"]["args"] = json!(["sleep", "1000"]);
+    b.write_config(&c2);
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let o = b.cv(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "grep -E '^Cap(Inh|Prm|Eff|Bnd)' /proc/self/status",
+    ]);
+    assert_eq!(stdout(&o), want, "{}", stderr(&o));
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
 /// Errors go to --log as JSON lines, the way containerd's shim reads them.
 #[test]
 fn errors_are_logged_as_json() {

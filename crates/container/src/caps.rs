@@ -64,10 +64,14 @@ pub fn apply(sets: &CapSets) -> Result<()> {
     let err = |what: &str, e: caps::errors::CapsError| {
         Error::Msg(format!("setting {what} capabilities: {e}"))
     };
-    // Order matters: effective must stay within permitted at every step.
+    // Order matters, as crun has it: inheritable first, while the permitted set (and
+    // CAP_SETPCAP in the effective one) still cover it — the kernel checks a new inheritable
+    // set against the old permitted one, so one outside the new permitted set (inheritable
+    // CAP_SYS_ADMIN, permitted empty) fails after; then effective, within permitted at every
+    // step, then permitted.
+    caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| err("inheritable", e))?;
     caps::set(None, CapSet::Effective, &effective).map_err(|e| err("effective", e))?;
     caps::set(None, CapSet::Permitted, &permitted).map_err(|e| err("permitted", e))?;
-    caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| err("inheritable", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| err("ambient", e))?;
     for c in sets.ambient.iter() {
         if permitted.contains(c) && inheritable.contains(c) {
