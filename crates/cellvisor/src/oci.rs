@@ -328,7 +328,7 @@ fn create_opts(a: &CreateArgs) -> CreateOpts {
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
-        console_fd: None,
+        own_terminal: false,
         preserve_fds: a.preserve_fds,
         listen_fds: container::runtime::listen_fds(
             std::env::var("LISTEN_FDS").ok().as_deref(),

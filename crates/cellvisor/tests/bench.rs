@@ -623,7 +623,13 @@ fn bench_rt_quick() {
     let svg = std::fs::read_to_string(out.path().join("rt-latency.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("loaded"));
     // Nothing left: no cgroup of its domains.
-    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+    let left = cgroups_left("cvrt");
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+/// The cgroups below any hierarchy's /cellvisor whose names start with `prefix`.
+fn cgroups_left(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .flatten()
         .flat_map(|c| {
@@ -633,9 +639,8 @@ fn bench_rt_quick() {
                 .flatten()
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("cvrt"))
-        .collect();
-    assert!(left.is_empty(), "cgroups left: {left:?}");
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// `bench sched --quick`: balance moved the two crowded domains apart and they got more done
@@ -709,18 +714,7 @@ fn bench_sched_quick() {
         text.contains("balance/fixed work") && text.contains("power/balance work"),
         "{text}"
     );
-    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
-        .unwrap()
-        .flatten()
-        .flat_map(|c| {
-            std::fs::read_dir(c.path().join("cellvisor"))
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("benchsched"))
-        .collect();
+    let left = cgroups_left("benchsched");
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 

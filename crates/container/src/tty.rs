@@ -77,6 +77,12 @@ fn become_tty(fd: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// A connected socket pair standing in for a console socket: (ours, the container's).
+pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = UnixStream::pair().ctx(|| "making the console socket pair")?;
+    Ok((a.into(), b.into()))
+}
+
 /// The size of the terminal on our standard input, (rows, columns).
 pub fn size_of_stdin() -> Option<(u16, u16)> {
     let mut ws = libc::winsize {
@@ -123,7 +129,11 @@ pub struct Attached {
 }
 
 impl Attached {
-    pub fn new(master: OwnedFd) -> Result<Attached> {
+    /// Join the user's terminal to `master`, with `signals` blocked first (they reach the
+    /// container through [`Attached::serve`]).
+    pub fn new(master: OwnedFd, signals: &nix::sys::signal::SigSet) -> Result<Attached> {
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(signals), None)
+            .ctx(|| "blocking signals")?;
         use nix::sys::termios;
         let stdin = std::io::stdin();
         let saved = termios::tcgetattr(&stdin).ok();

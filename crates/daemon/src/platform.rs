@@ -255,7 +255,6 @@ impl<B: Backend> Platform<B> {
         };
         let fg = self.foreground() == Some(name);
         let up = st.is_some_and(|s| s != DomainStatus::Stopped);
-        let background = up && !fg && d.role != Role::Realtime;
         Ok(DomainInfo {
             name: d.name.clone(),
             role: d.role.name().into(),
@@ -264,17 +263,25 @@ impl<B: Backend> Platform<B> {
             error,
             foreground: fg,
             pid: self.backend.pid(name),
-            cpu_weight: if background && self.profile.background == BackgroundMode::Throttle {
-                self.profile.background_cpu_weight
-            } else {
-                d.cpu_weight
-            },
+            cpu_weight: self.weight_now(&d, up),
             devices: if fg && up {
                 d.exclusive_devices.clone()
             } else {
                 Vec::new()
             },
         })
+    }
+
+    /// The CPU weight domain `d` has now: its own in the foreground (and as a realtime
+    /// domain), the background one when throttled there.
+    pub(crate) fn weight_now(&self, d: &domain::Domain, up: bool) -> u32 {
+        let background =
+            up && self.foreground() != Some(d.name.as_str()) && d.role != Role::Realtime;
+        if background && self.profile.background == BackgroundMode::Throttle {
+            self.profile.background_cpu_weight
+        } else {
+            d.cpu_weight
+        }
     }
 
     pub fn list(&self) -> Vec<DomainInfo> {

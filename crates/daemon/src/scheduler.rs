@@ -92,12 +92,9 @@ pub struct PlacedInfo {
 /// `GET /v1/scheduler`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SchedInfo {
-    pub policy: SchedPolicy,
-    pub period_ms: u64,
-    pub spread: f64,
-    pub threshold: f64,
-    pub margin: f64,
-    pub min_residency_ms: u64,
+    /// The policy (switched live) and the profile's knobs.
+    #[serde(flatten)]
+    pub params: SchedParams,
     pub cores: Vec<CoreInfo>,
     pub domains: Vec<PlacedInfo>,
     /// The last moves, the newest last.
@@ -317,22 +314,22 @@ impl<B: Backend> Platform<B> {
     /// counters now.
     pub fn tick(&mut self, t_ms: u64, cpus: BTreeMap<u32, CpuTimes>) {
         self.sched.sampler.cpus(t_ms, cpus);
-        let names: Vec<String> = self
+        let domains: Vec<domain::Domain> = self
             .profile
             .domains
             .iter()
             .filter(|d| d.role != Role::Realtime)
-            .map(|d| d.name.clone())
-            .filter(|n| self.backend.exists(n))
+            .cloned()
             .collect();
         let mut views = Vec::new();
         let mut ready = !self.sched.sampler.core_load.is_empty();
-        for n in &names {
+        for d in &domains {
+            let n = &d.name;
             let cpus = self.cpus_of(n);
             match self.backend.cpu_time(n) {
                 Ok(c) => self.sched.sampler.domain(n, t_ms, c, &cpus),
                 Err(_) => {
-                    // Not running (or gone mid-tick): not placed this period.
+                    // Not up (or gone mid-tick): not placed this period.
                     self.sched.sampler.forget(n);
                     continue;
                 }
@@ -341,7 +338,7 @@ impl<B: Backend> Platform<B> {
                 ready = false;
                 continue;
             };
-            let weight = self.info(n).map(|i| i.cpu_weight).unwrap_or(100);
+            let weight = self.weight_now(d, true);
             views.push(DomainView {
                 name: n.clone(),
                 allowed: self.allowed(n),
@@ -430,12 +427,7 @@ impl<B: Backend> Platform<B> {
             c.cpu_ns as f64 / c.ticks as f64 / 1e3
         };
         SchedInfo {
-            policy: p.policy,
-            period_ms: p.period_ms,
-            spread: p.spread,
-            threshold: p.threshold,
-            margin: p.margin,
-            min_residency_ms: p.min_residency_ms,
+            params: *p,
             cores,
             domains,
             moves: self.sched.moves.iter().cloned().collect(),

@@ -333,7 +333,7 @@ fn run(ops: Vec<Op>, background: &str) {
                     .into_iter()
                     .map(|n| (n.clone(), p.cpus_of(&n)))
                     .collect();
-                let policy = p.scheduler_info().policy;
+                let policy = p.scheduler_info().params.policy;
                 drop(p);
                 p = Platform::open(prof, fake.clone(), dir.path(), None, CPUS.to_vec()).unwrap();
                 // Adopted channels cannot be handed out again, but are still listed.
@@ -342,10 +342,10 @@ fn run(ops: Vec<Op>, background: &str) {
                 for (n, cpus) in before {
                     assert_eq!(p.cpus_of(&n), cpus, "{n} after a restart");
                 }
-                assert_eq!(p.scheduler_info().policy, policy);
+                assert_eq!(p.scheduler_info().params.policy, policy);
             }
             Op::Sched(policy) => {
-                assert_eq!(p.set_policy(policy).unwrap().policy, policy);
+                assert_eq!(p.set_policy(policy).unwrap().params.policy, policy);
             }
             Op::Place(d, list) => {
                 let up = p.running().unwrap().iter().any(|r| r == d);

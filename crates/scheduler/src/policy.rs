@@ -178,19 +178,16 @@ impl<'a> Model<'a> {
 
     /// Does domain `i` fill every core of `cpus` (so it may want more)?
     fn saturated(&self, i: usize, cpus: &[u32]) -> bool {
-        !cpus.is_empty()
-            && cpus.iter().all(|c| {
-                self.share(i, cpus)
-                    .iter()
-                    .any(|(k, u)| k == c && *u >= SATURATED)
-            })
+        let share = self.share(i, cpus);
+        !share.is_empty() && share.iter().all(|(_, u)| *u >= SATURATED)
     }
 
     /// Is core `c` over the threshold under `place` in a way a move can help: shared by two
     /// domains or more, or filled by one that fills all its cores? (A domain alone on its
-    /// core that uses most of it is not over: moving it gains nothing.)
-    fn over(&self, p: &Params, place: &[Vec<u32>], c: u32) -> bool {
-        if self.loads(place)[&c] <= p.threshold + 1e-9 {
+    /// core that uses most of it is not over: moving it gains nothing.) `loads` are those of
+    /// `place`.
+    fn over(&self, p: &Params, place: &[Vec<u32>], loads: &BTreeMap<u32, f64>, c: u32) -> bool {
+        if loads[&c] <= p.threshold + 1e-9 {
             return false;
         }
         let on: Vec<usize> = (0..place.len())
@@ -208,6 +205,18 @@ impl<'a> Model<'a> {
             .since_move_ms
             .is_none_or(|t| t >= p.min_residency_ms)
     }
+}
+
+/// A domain on `cpus` moved from core `b` to core `i` (b swapped for i), and widened onto
+/// `i` as well; both sorted.
+fn moved_to(cpus: &[u32], b: u32, i: u32) -> (Vec<u32>, Vec<u32>) {
+    let mut swap: Vec<u32> = cpus.iter().copied().filter(|&c| c != b).collect();
+    swap.push(i);
+    swap.sort_unstable();
+    let mut wide = cpus.to_vec();
+    wide.push(i);
+    wide.sort_unstable();
+    (swap, wide)
 }
 
 fn pct(x: f64) -> String {
@@ -248,12 +257,7 @@ fn balance(
             if !m.movable(p, d) || moved.contains(&d) {
                 continue;
             }
-            let mut swap: Vec<u32> = cur.iter().copied().filter(|&c| c != b).collect();
-            swap.push(i);
-            swap.sort_unstable();
-            let mut wide = cur.clone();
-            wide.push(i);
-            wide.sort_unstable();
+            let (swap, wide) = moved_to(cur, b, i);
             for cand in [swap, wide] {
                 let mut trial = place.clone();
                 trial[d] = cand.clone();
@@ -293,10 +297,11 @@ fn power(
     domains: &[DomainView],
 ) -> (Vec<Vec<u32>>, BTreeMap<String, String>) {
     let in_use: BTreeSet<u32> = m.now.iter().flatten().copied().collect();
+    let now = m.loads(&m.now);
     let over: Vec<u32> = in_use
         .iter()
         .copied()
-        .filter(|&c| m.over(p, &m.now, c))
+        .filter(|&c| m.over(p, &m.now, &now, c))
         .collect();
     // Over the threshold: off the cores over it first.
     if !over.is_empty() {
@@ -448,7 +453,7 @@ fn spread(
         let in_use: BTreeSet<u32> = place.iter().flatten().copied().collect();
         let Some((&b, &lb)) = l
             .iter()
-            .filter(|(c, _)| in_use.contains(c) && m.over(p, &place, **c))
+            .filter(|(c, _)| in_use.contains(c) && m.over(p, &place, &l, **c))
             .max_by(|x, y| x.1.total_cmp(y.1))
         else {
             break;
@@ -464,12 +469,7 @@ fn spread(
                 if place[d].contains(&i) {
                     continue;
                 }
-                let mut swap: Vec<u32> = place[d].iter().copied().filter(|&c| c != b).collect();
-                swap.push(i);
-                swap.sort_unstable();
-                let mut wide = place[d].clone();
-                wide.push(i);
-                wide.sort_unstable();
+                let (swap, wide) = moved_to(&place[d], b, i);
                 // Wider only for a domain that fills its cores: one that does not would not
                 // use another.
                 let mut cands = vec![swap];

@@ -260,19 +260,7 @@ impl Cgroup {
                 // Held until the container's own budget is written below.
                 let _rt_lock = self.grant_rt_budget(res)?;
                 for w in &writes {
-                    let dir = self.dir_of(w.controller).ok_or_else(|| {
-                        Error::Msg(format!(
-                            "cgroup controller {} is not mounted on this machine",
-                            w.controller
-                        ))
-                    })?;
-                    let r = write_file(&dir.join(&w.file), &w.value);
-                    if r.is_err() && w.file == "cpuset.cpus" {
-                        if let Some(why) = exclusive::explain(&dir, &w.value) {
-                            return Err(Error::Msg(why));
-                        }
-                    }
-                    r?;
+                    self.write_planned(w)?;
                 }
                 if self.exclusive != exclusive::Want::No {
                     let (Some(mount), Some(dir)) = (cpuset, self.dir_of("cpuset")) else {

@@ -26,9 +26,9 @@ pub struct CreateOpts {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
-    /// Instead of a console socket: a connected socket (the caller's, borrowed) the terminal's
-    /// master end is sent over — how `run` in the foreground gets it.
-    pub console_fd: Option<std::os::fd::RawFd>,
+    /// With process.terminal and no console socket: keep the terminal's master end for the
+    /// caller ([`Created::master`]) — `run` in the foreground, joining it to the user's own.
+    pub own_terminal: bool,
     pub preserve_fds: i32,
     /// Socket activation: descriptors from 3 on that the runtime was handed with LISTEN_FDS,
     /// given to the container's process before the preserved ones, with LISTEN_FDS and
@@ -54,6 +54,8 @@ pub fn listen_fds(listen_fds: Option<&str>, listen_pid: Option<&str>, my_pid: u3
 /// A created container's init process, for a caller that waits on it (`run`).
 pub struct Created {
     pub state: State,
+    /// The terminal's master end, with [`CreateOpts::own_terminal`] and process.terminal.
+    pub master: Option<OwnedFd>,
 }
 
 /// Cleans up a half-created container unless disarmed.
@@ -137,7 +139,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     }
     let (process, linux) = process_and_linux(&cfg)?;
     let terminal = process.terminal().unwrap_or(false);
-    if terminal && o.console_socket.is_none() && o.console_fd.is_none() {
+    if terminal && o.console_socket.is_none() && !o.own_terminal {
         return Err(Error::Msg(
             "process.terminal is true: --console-socket is required".into(),
         ));
@@ -173,7 +175,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             .clone()
             .map(|k| (cfg.rootfs.as_path(), k)),
     };
-    let (pid, parent) = spawn_init(&cfg, o, &dir.path, terminal, &hierarchies, &cg)?;
+    let (pid, parent, ours) = spawn_init(&cfg, o, &dir.path, terminal, &hierarchies, &cg)?;
     crate::timing::mark("clone");
     undo.pid = Some(pid);
     let mut st = State {
@@ -198,6 +200,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     cg.add(pid)?;
     parent.send(&Msg::Proceed)?;
     setup_dialogue(&parent, &st, &cfg)?;
+    // The init sent the terminal's master before it said it was ready.
+    let master = ours.as_ref().map(crate::tty::recv_master).transpose()?;
     st.pid_start = proc_start_time(pid)
         .ok_or_else(|| Error::Msg("the container process exited during setup".into()))?;
     st.save(root)?;
@@ -210,7 +214,7 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     undo.cgroup = None;
     undo.mounts = None;
     dir.keep();
-    Ok(Created { state: st })
+    Ok(Created { state: st, master })
 }
 
 /// The config's process and linux sections, which `create` needs.
@@ -265,17 +269,15 @@ fn spawn_init(
     terminal: bool,
     hierarchies: &[Hierarchy],
     cg: &Cgroup,
-) -> Result<(i32, Chan)> {
-    let console = match (o.console_fd, o.console_socket.as_deref()) {
-        _ if !terminal => None,
-        (Some(fd), _) => Some(
-            // SAFETY: the caller keeps `fd` open for the call; we take a copy of our own.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-                .try_clone_to_owned()
-                .ctx(|| "duplicating the console descriptor")?,
-        ),
-        (None, Some(path)) => Some(crate::tty::connect(path)?),
-        (None, None) => None,
+) -> Result<(i32, Chan, Option<OwnedFd>)> {
+    // The console: the caller's socket, or one end of a pair whose other end we keep.
+    let (console, ours) = match o.console_socket.as_deref() {
+        _ if !terminal => (None, None),
+        Some(path) => (Some(crate::tty::connect(path)?), None),
+        None => {
+            let (a, b) = crate::tty::pair()?;
+            (Some(b), Some(a))
+        }
     };
     let state_dir: OwnedFd = fs::File::open(dir)
         .ctx(|| "opening the state directory")?
@@ -313,7 +315,7 @@ fn spawn_init(
             hooks: any_hooks,
         });
     }
-    Ok((pid, parent))
+    Ok((pid, parent, ours))
 }
 
 /// The init's setup, as it reports it: the prestart and createRuntime hooks run here when

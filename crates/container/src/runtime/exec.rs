@@ -85,10 +85,9 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     let mut ours = None;
     let our_size = attach.then(crate::tty::size_of_stdin).flatten();
     let console = if attach {
-        let (a, b) =
-            std::os::unix::net::UnixStream::pair().ctx(|| "making the console socket pair")?;
-        ours = Some(OwnedFd::from(a));
-        Some(OwnedFd::from(b))
+        let (a, b) = crate::tty::pair()?;
+        ours = Some(a);
+        Some(b)
     } else {
         o.console_socket
             .as_deref()
@@ -162,13 +161,8 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     let Some(ours) = ours else {
         return wait_exit(pid);
     };
-    // Signals blocked before the terminal's threads exist: they inherit the mask.
     let set = super::run::signals();
-    let term = crate::tty::recv_master(&ours).and_then(|m| {
-        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
-            .ctx(|| "blocking signals")?;
-        crate::tty::Attached::new(m)
-    });
+    let term = crate::tty::recv_master(&ours).and_then(|m| crate::tty::Attached::new(m, &set));
     let term = match term {
         Ok(t) => t,
         Err(e) => {

@@ -2,8 +2,6 @@
 //! `process.terminal` and no console socket, the container's terminal is joined to the
 //! user's own, as runc and crun do: raw mode, both directions, the size and its changes.
 
-use std::os::fd::AsRawFd;
-
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -13,49 +11,22 @@ use crate::error::{Context, Result};
 use crate::state::Root;
 use crate::tty::Attached;
 
-/// Does the bundle's config ask for a terminal? (It is checked whole by `create`.)
-fn wants_terminal(o: &CreateOpts) -> bool {
-    std::fs::read(o.bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v["process"]["terminal"] == true)
-}
-
 /// `run` in the foreground: create, start, forward signals, wait, delete.
 pub fn run(root: &Root, o: &CreateOpts, detach: bool) -> Result<i32> {
     // The user's own terminal, when the container wants one and no console socket takes it.
-    let attach =
-        !detach && o.console_socket.is_none() && o.console_fd.is_none() && wants_terminal(o);
-    let pair = if attach {
-        Some(std::os::unix::net::UnixStream::pair().ctx(|| "making the console socket pair")?)
-    } else {
-        None
+    let opts = CreateOpts {
+        own_terminal: !detach && o.console_socket.is_none(),
+        ..o.clone()
     };
-    let mut opts = o.clone();
-    opts.console_fd = pair.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
     let created = create(root, &opts)?;
-    // Signals blocked before any thread exists: the terminal's threads inherit the mask.
     let set = signals();
-    let mut term: Option<Attached> = None;
-    if let Some((ours, theirs)) = pair {
-        drop(theirs);
-        let got = crate::tty::recv_master(&ours.into()).and_then(|m| {
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_BLOCK,
-                Some(&set),
-                None,
-            )
-            .ctx(|| "blocking signals")?;
-            Attached::new(m)
-        });
-        match got {
-            Ok(t) => term = Some(t),
-            Err(e) => {
-                let _ = delete(root, &o.id, true);
-                return Err(e);
-            }
+    let term = match created.master.map(|m| Attached::new(m, &set)).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = delete(root, &o.id, true);
+            return Err(e);
         }
-    }
+    };
     if let Err(e) = start(root, &o.id) {
         drop(term);
         let _ = delete(root, &o.id, true);
