@@ -378,22 +378,61 @@ fn user_namespace_maps_ids() {
     need_root!();
     let id = id("userns");
     let mut c = config(&["sh", "-c", "id -u; cat /proc/self/uid_map | tr -s ' '; ls -ln /bin/busybox | tr -s ' ' | cut -d' ' -f3"]);
-    c["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "user"}));
-    c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-    c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-    c["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|m| m["type"] != "cgroup");
+    in_user_namespace(&mut c, 200000, 200000);
     let b = bundle(&c);
     let o = b.cv(&["run", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Root inside, 200000 outside; host root's files belong to nobody.
     assert_eq!(stdout(&o), "0\n 0 200000 65536\n65534\n");
     assert_nothing_left(&b, &id);
+}
+
+/// linux.devices at any path; in a user namespace the nodes the runtime made, owned by the
+/// config's ids through the mapping, usable, and every device mount nosuid,noexec.
+#[test]
+fn devices_go_anywhere_and_keep_their_owner_in_a_user_namespace() {
+    need_root!();
+    let script = "ls -ln /dev/mynull /opt/null2 | tr -s ' ' | cut -d' ' -f1,3,4,5,6; \
+        echo x > /opt/null2 && echo x > /dev/null && echo wrote; \
+        grep -E ' /(dev/(null|mynull)|opt/null2) ' /proc/self/mountinfo | cut -d' ' -f5,6";
+    let devices = json!([
+        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o620, "uid": 1000, "gid": 1001},
+        {"path": "/opt/null2", "type": "c", "major": 1, "minor": 3},
+    ]);
+    // Without a user namespace: made with mknod, wherever the config says.
+    let id1 = id("devs");
+    let mut c = config(&["sh", "-c", script]);
+    c["linux"]["devices"] = devices.clone();
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id1]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("crw--w---- 1000 1001 1, 3\ncrw-rw-rw- 0 0 1, 3\nwrote\n"),
+        "{out}"
+    );
+    assert_nothing_left(&b, &id1);
+    // In a user namespace.
+    let id2 = id("devs-userns");
+    in_user_namespace(&mut c, 200000, 300000);
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id2]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("crw--w---- 1000 1001 1, 3"), "{out}");
+    assert_eq!(lines.next(), Some("crw-rw-rw- 0 0 1, 3"), "{out}");
+    assert_eq!(lines.next(), Some("wrote"), "{out}");
+    let mounts: Vec<&str> = lines.collect();
+    assert_eq!(mounts.len(), 3, "{out}");
+    for m in mounts {
+        let opts = m.split_once(' ').map(|x| x.1).unwrap_or_default();
+        assert!(
+            opts.split(',').any(|o| o == "nosuid") && opts.split(',').any(|o| o == "noexec"),
+            "{m}"
+        );
+    }
+    assert_nothing_left(&b, &id2);
 }
 
 #[test]
@@ -622,6 +661,22 @@ fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
             "bad-cpus",
             Box::new(|c| c["linux"]["resources"]["cpu"] = json!({"cpus": "99-1"})),
             "cpus",
+        ),
+        (
+            "dev-type-a",
+            Box::new(|c| {
+                c["linux"]["devices"] =
+                    json!([{"path": "/dev/x", "type": "a", "major": 1, "minor": 3}])
+            }),
+            "linux.devices[0] (/dev/x): type 'a' is not a device type",
+        ),
+        (
+            "dev-relative",
+            Box::new(|c| {
+                c["linux"]["devices"] =
+                    json!([{"path": "dev/x", "type": "c", "major": 1, "minor": 3}])
+            }),
+            "the path must be absolute",
         ),
         (
             "systemd-path",

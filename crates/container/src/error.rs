@@ -73,6 +73,15 @@ impl<T> Context<T> for std::result::Result<T, std::io::Error> {
     }
 }
 
+impl<T> Context<T> for std::result::Result<T, rustix::io::Errno> {
+    fn ctx<D: Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| Error::Sys {
+            what: what().to_string(),
+            source: nix::Error::from_raw(e.raw_os_error()),
+        })
+    }
+}
+
 /// Build a `Config` error from a format string.
 #[macro_export]
 macro_rules! config_err {

@@ -63,6 +63,12 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         Some(Msg::Proceed) => {}
         _ => exit_quietly(),
     }
+    // In a new user namespace, the runtime's nodes for linux.devices (see crate::devices).
+    let devices = if cfg.namespaces.creates(LinuxNamespaceType::User) {
+        a.chan.recv_fds()?.unwrap_or_else(|| exit_quietly())
+    } else {
+        Vec::new()
+    };
     if let Some(log) = a.log {
         redirect_stdio(log)?;
     }
@@ -92,7 +98,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
             return Err(nix::Error::last()).ctx(|| format!("setting domainname {d:?}"));
         }
     }
-    crate::mounts::prepare_rootfs(cfg, a.hierarchies, a.cgroup_rel)?;
+    crate::mounts::prepare_rootfs(cfg, a.hierarchies, a.cgroup_rel, devices)?;
     crate::timing::mark("init:mounts");
     let mut state_json = String::new();
     if a.hooks {

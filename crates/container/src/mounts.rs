@@ -6,8 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
+use oci_spec::runtime::{LinuxNamespaceType, Mount};
 
 use crate::cgroups::Hierarchy;
 use crate::config::Config;
@@ -114,23 +113,19 @@ pub fn propagation_flag(s: &str) -> Option<MsFlags> {
     })
 }
 
-/// The devices every container gets (runtime-spec "Default Devices").
-pub const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
-    ("/dev/null", 1, 3),
-    ("/dev/zero", 1, 5),
-    ("/dev/full", 1, 7),
-    ("/dev/random", 1, 8),
-    ("/dev/urandom", 1, 9),
-    ("/dev/tty", 5, 0),
-];
-
 fn none() -> Option<&'static str> {
     None
 }
 
 /// Everything before `pivot_root`: make the host's mounts invisible to propagation, turn the
-/// rootfs into a mount point, and mount what the config asks for beneath it.
-pub fn prepare_rootfs(cfg: &Config, hierarchies: &[Hierarchy], cgroup_rel: &Path) -> Result<()> {
+/// rootfs into a mount point, and mount what the config asks for beneath it, then the device
+/// nodes (`devices`: the runtime's mounts for the configured ones in a user namespace).
+pub fn prepare_rootfs(
+    cfg: &Config,
+    hierarchies: &[Hierarchy],
+    cgroup_rel: &Path,
+    devices: Vec<OwnedFd>,
+) -> Result<()> {
     let own_ns = cfg.namespaces.isolates(LinuxNamespaceType::Mount);
     if own_ns {
         // Nothing we mount may propagate back to the host.
@@ -177,7 +172,10 @@ pub fn prepare_rootfs(cfg: &Config, hierarchies: &[Hierarchy], cgroup_rel: &Path
             ))
         })?;
     }
-    create_devices(cfg, &root, in_userns)?;
+    crate::devices::create(cfg, &root, in_userns, devices)?;
+    if crate::devices::dev_is_tmpfs(cfg) {
+        crate::devices::symlinks(&root)?;
+    }
     Ok(())
 }
 
@@ -268,7 +266,7 @@ fn apply_propagation(root: &OwnedFd, dest: &Path, props: &[MsFlags]) -> Result<(
 }
 
 /// Flags of the mount at `path` that an unprivileged remount may not clear.
-fn locked_flags(path: &Path) -> MsFlags {
+pub(crate) fn locked_flags(path: &Path) -> MsFlags {
     let Ok(st) = nix::sys::statvfs::statvfs(path) else {
         return MsFlags::empty();
     };
@@ -404,108 +402,6 @@ fn mount_cgroup(
             none(),
         )
         .ctx(|| "remounting the cgroup tmpfs read-only")?;
-    }
-    Ok(())
-}
-
-/// The default devices plus the configured ones, and the usual /dev symlinks. In a user
-/// namespace device nodes cannot be made, so the host's nodes are bind-mounted instead.
-fn create_devices(cfg: &Config, root: &OwnedFd, in_userns: bool) -> Result<()> {
-    // Only when /dev is a mount of ours (a tmpfs): a bind-mounted host /dev already has them.
-    let dev_is_tmpfs = cfg
-        .spec
-        .mounts()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
-    let mut devices: Vec<(PathBuf, SFlag, u64, u64, u32, u32, u32)> = Vec::new();
-    if dev_is_tmpfs {
-        for (p, ma, mi) in DEFAULT_DEVICES {
-            devices.push((p.into(), SFlag::S_IFCHR, ma, mi, 0o666, 0, 0));
-        }
-    }
-    for d in cfg
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let kind = match d.typ() {
-            LinuxDeviceType::B => SFlag::S_IFBLK,
-            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
-            LinuxDeviceType::P => SFlag::S_IFIFO,
-            LinuxDeviceType::A => {
-                return Err(Error::Config(format!(
-                    "linux.devices: {} has type 'a', which is not a device type",
-                    d.path().display()
-                )))
-            }
-        };
-        if !d.path().starts_with("/dev") {
-            return Err(Error::Config(format!(
-                "linux.devices: {} is not under /dev",
-                d.path().display()
-            )));
-        }
-        devices.retain(|x| x.0 != *d.path());
-        devices.push((
-            d.path().clone(),
-            kind,
-            d.major() as u64,
-            d.minor() as u64,
-            d.file_mode().unwrap_or(0o666),
-            d.uid().unwrap_or(0),
-            d.gid().unwrap_or(0),
-        ));
-    }
-    for (path, kind, major, minor, mode, uid, gid) in devices {
-        let parent = path.parent().unwrap_or(Path::new("/dev"));
-        let dir = ensure_in_root(root, parent, Kind::Dir)
-            .ctx(|| format!("creating {}", parent.display()))?;
-        let name = path.file_name().unwrap_or_default();
-        let full = fd_path(&dir).join(name);
-        if in_userns {
-            let t = ensure_in_root(root, &path, Kind::File)
-                .ctx(|| format!("creating {}", path.display()))?;
-            mount(Some(&path), &fd_path(&t), none(), MsFlags::MS_BIND, none())
-                .ctx(|| format!("bind-mounting device {}", path.display()))?;
-            continue;
-        }
-        let _ = std::fs::remove_file(&full);
-        let old = nix::sys::stat::umask(Mode::empty());
-        let r = mknod(
-            &full,
-            kind,
-            Mode::from_bits_truncate(mode),
-            makedev(major, minor),
-        );
-        nix::sys::stat::umask(old);
-        r.ctx(|| format!("creating device {}", path.display()))?;
-        nix::unistd::chown(&full, Some(uid.into()), Some(gid.into()))
-            .ctx(|| format!("chown {}", path.display()))?;
-    }
-    if dev_is_tmpfs {
-        let dev = open_in_root(root, Path::new("/dev"), libc::O_PATH | libc::O_DIRECTORY)
-            .ctx(|| "opening /dev")?;
-        for (link, target) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-            ("ptmx", "pts/ptmx"),
-        ] {
-            let p = fd_path(&dev).join(link);
-            if std::fs::symlink_metadata(&p).is_ok() {
-                continue;
-            }
-            std::os::unix::fs::symlink(target, &p).ctx(|| format!("symlink /dev/{link}"))?;
-        }
-        if std::fs::symlink_metadata("/proc/kcore").is_ok() {
-            let _ = std::os::unix::fs::symlink("/proc/kcore", fd_path(&dev).join("core"));
-        }
     }
     Ok(())
 }

@@ -191,6 +191,21 @@ pub fn config(args: &[&str]) -> Value {
     c
 }
 
+/// Put `c` in a new user namespace: container ids 0..65536 are host uids from `uid`, gids from
+/// `gid`; the cgroup mount goes (a user namespace may not mount the host's hierarchies).
+pub fn in_user_namespace(c: &mut Value, uid: u32, gid: u32) {
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 65536}]);
+    c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 65536}]);
+    c["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "cgroup");
+}
+
 /// One of the project's test guests (guests/NAME/NAME.S: "tiny" or "idle"), built into DIR.
 pub fn test_guest(dir: &Path, name: &str) -> PathBuf {
     let elf = dir.join(format!("{name}.elf"));

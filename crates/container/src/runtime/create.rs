@@ -144,6 +144,14 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             "process.terminal is true: --console-socket is required".into(),
         ));
     }
+    crate::devices::plan(&cfg, false)?;
+    // Made before anything else (they live in descriptors only, so a failure below leaves
+    // nothing of them behind).
+    let devices = if crate::devices::runtime_makes_them(&cfg) {
+        crate::devices::make_for_userns(&cfg)?
+    } else {
+        Vec::new()
+    };
     let dir = NewDir::create(root, &o.id)?;
     exec_fifo(&dir.path, &cfg, linux)?;
     let hierarchies = crate::cgroups::hierarchies()?;
@@ -199,6 +207,10 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     }
     cg.add(pid)?;
     parent.send(&Msg::Proceed)?;
+    if cfg.namespaces.creates(LinuxNamespaceType::User) {
+        parent.send_fds(&devices)?;
+    }
+    drop(devices);
     setup_dialogue(&parent, &st, &cfg)?;
     // The init sent the terminal's master before it said it was ready.
     let master = ours.as_ref().map(crate::tty::recv_master).transpose()?;
