@@ -286,6 +286,64 @@ fn seccomp_denies_and_kills() {
     assert_nothing_left(&b, &id);
 }
 
+/// SCMP_ACT_NOTIFY: the agent at listenerPath gets the container process state and the
+/// notify descriptor (for run, and for exec), and its answers are what the calls return: here
+/// mkdir "succeeds" in a read-only root without making anything.
+#[test]
+fn seccomp_notify_hands_the_calls_to_the_agent() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = seccomp_agent::Agent::start(dir.path());
+    let id1 = id("notify");
+    let script = "mkdir /faked && echo made; test -d /faked && echo exists || echo absent";
+    let mut c = config(&["sh", "-c", script]);
+    c["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": agent.path,
+        "listenerMetadata": "who=test",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    let b = bundle(&c);
+    let o = b.cv(&["run", &id1]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "made\nabsent\n", "{}", stderr(&o));
+    let st = agent.wait_for_states(1);
+    assert_eq!(st[0]["fds"], json!(["seccompFd"]), "{}", st[0]);
+    assert_eq!(st[0]["metadata"], "who=test");
+    assert_eq!(st[0]["state"]["id"], id1.as_str());
+    assert_eq!(st[0]["state"]["status"], "creating");
+    assert!(st[0]["pid"].as_i64().unwrap() > 1, "{}", st[0]);
+    assert!(!agent.answered().is_empty());
+    assert_nothing_left(&b, &id1);
+
+    // Without no_new_privs (the filter goes in at create), and for exec.
+    let id2 = id("notify-exec");
+    c["process"]["args"] = json!(["sleep", "1000"]);
+    c["process"]["noNewPrivileges"] = json!(false);
+    let b = bundle(&c);
+    let (ok, err) = b.cv_bg(&["run", "-d", &id2]);
+    assert!(ok, "{err}");
+    let o = b.cv(&["exec", &id2, "sh", "-c", script]);
+    assert_eq!(stdout(&o), "made\nabsent\n", "{}", stderr(&o));
+    let st = agent.wait_for_states(3);
+    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(st[2]["state"]["status"], "running");
+    assert_eq!(st[2]["state"]["id"], id2.as_str());
+    assert!(b.cv(&["delete", "-f", &id2]).status.success());
+    assert_nothing_left(&b, &id2);
+
+    // No agent at the path: create fails in one line and leaves nothing.
+    let id3 = id("notify-none");
+    c["linux"]["seccomp"]["listenerPath"] = json!(dir.path().join("nobody.sock"));
+    let b = bundle(&c);
+    let o = b.cv(&["create", &id3]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the seccomp agent"), "{err}");
+    assert_nothing_left(&b, &id3);
+}
+
 #[test]
 fn capabilities_are_dropped() {
     need_root!();
@@ -677,6 +735,14 @@ fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
                     json!([{"path": "dev/x", "type": "c", "major": 1, "minor": 3}])
             }),
             "the path must be absolute",
+        ),
+        (
+            "notify-no-agent",
+            Box::new(|c| {
+                c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                    "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]})
+            }),
+            "SCMP_ACT_NOTIFY needs listenerPath",
         ),
         (
             "systemd-path",

@@ -35,6 +35,8 @@ pub struct InitArgs<'a> {
     pub hierarchies: &'a [Hierarchy],
     pub cgroup_rel: &'a Path,
     pub hooks: bool,
+    /// The seccomp agent's connection, when the filter notifies.
+    pub agent: Option<OwnedFd>,
 }
 
 /// Entry point of the cloned process. Never returns.
@@ -68,6 +70,14 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         a.chan.recv_fds()?.unwrap_or_else(|| exit_quietly())
     } else {
         Vec::new()
+    };
+    // With a seccomp agent, the state to send it (the runtime knows our pid as the host sees it).
+    let agent_state = match a.agent {
+        None => String::new(),
+        Some(_) => match a.chan.recv()? {
+            Some(Msg::ProcessState(s)) => s,
+            _ => exit_quietly(),
+        },
     };
     if let Some(log) = a.log {
         redirect_stdio(log)?;
@@ -186,7 +196,18 @@ fn init(a: &InitArgs) -> Result<Infallible> {
             let state: serde_json::Value = serde_json::from_str(&state_json).unwrap_or_default();
             crate::hooks::run("startContainer", h, &state)?;
         }
-        finalize(process, a.seccomp, a.preserve_fds, a.listen_fds, &exe)
+        let agent = a.agent.as_ref().map(|sock| crate::notify::Agent {
+            sock,
+            state: &agent_state,
+        });
+        finalize(
+            process,
+            a.seccomp,
+            agent,
+            a.preserve_fds,
+            a.listen_fds,
+            &exe,
+        )
     })();
     let e = match r {
         Ok(never) => match never {},
@@ -344,6 +365,7 @@ fn check_exec(p: &Path) -> std::result::Result<(), String> {
 pub fn finalize(
     p: &Process,
     seccomp: Option<&Filter>,
+    agent: Option<crate::notify::Agent>,
     preserve_fds: i32,
     listen_fds: i32,
     exe: &Path,
@@ -353,8 +375,9 @@ pub fn finalize(
     nix::unistd::chdir(p.cwd()).ctx(|| format!("chdir to process.cwd {}", p.cwd().display()))?;
     check_cwd_inside_root()?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
+    let mut agent = agent;
     if let (Some(f), false) = (seccomp, nnp) {
-        crate::seccomp::install(f).ctx(|| "loading the seccomp filter")?;
+        crate::notify::install(f, agent.take())?;
     }
     let sets = CapSets::from_spec(p.capabilities().as_ref());
     crate::caps::drop_bounding(&sets)?;
@@ -439,7 +462,7 @@ pub fn finalize(
     }
     let exe = cstring(exe);
     if let (Some(f), true) = (seccomp, nnp) {
-        crate::seccomp::install(f).ctx(|| "loading the seccomp filter")?;
+        crate::notify::install(f, agent)?;
     }
     let e = nix::unistd::execve(&exe, &args, &env).unwrap_err();
     Err(Error::Sys {

@@ -20,6 +20,7 @@ mod init;
 pub mod layers;
 pub mod mounts;
 pub mod namespaces;
+pub mod notify;
 pub mod runtime;
 pub mod sched;
 pub mod seccomp;

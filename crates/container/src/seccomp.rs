@@ -157,9 +157,6 @@ impl Asm {
 }
 
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<u32, String> {
-    if a == LinuxSeccompAction::ScmpActNotify {
-        return Err("SCMP_ACT_NOTIFY needs a seccomp agent, which is not supported".into());
-    }
     let errno = errno.map(|e| e & 0xffff).or(Some(libc::EPERM as u32));
     Ok(match a {
         LinuxSeccompAction::ScmpActErrno | LinuxSeccompAction::ScmpActTrace => a.as_u32(errno),
@@ -286,12 +283,50 @@ pub fn syscall_nr(name: &str) -> Option<u32> {
 pub struct Filter {
     pub prog: Vec<Insn>,
     pub flags: libc::c_ulong,
+    /// Where the notify descriptor goes, when a rule says SCMP_ACT_NOTIFY.
+    pub listener: Option<Listener>,
 }
+
+/// The seccomp agent of `linux.seccomp.listenerPath` (see [`crate::notify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub path: std::path::PathBuf,
+    pub metadata: Option<String>,
+}
+
+/// SECCOMP_FILTER_FLAG_NEW_LISTENER: the filter's install returns a notify descriptor.
+const FLAG_NEW_LISTENER: libc::c_ulong = 8;
 
 /// Compile an OCI seccomp section. Syscall names unknown on this architecture are skipped
 /// (profiles list names of every architecture), as libseccomp does.
 pub fn compile(sc: &LinuxSeccomp) -> Result<Filter, String> {
+    if sc.default_action() == LinuxSeccompAction::ScmpActNotify {
+        // As runc: the runtime's own last calls (and the agent's hand-over) would wait on it.
+        return Err("SCMP_ACT_NOTIFY cannot be the default action".into());
+    }
     let default = action(sc.default_action(), sc.default_errno_ret())?;
+    let notifies = sc
+        .syscalls()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.action() == LinuxSeccompAction::ScmpActNotify && !s.names().is_empty());
+    let listener = match (notifies, sc.listener_path()) {
+        (false, _) => None,
+        (true, None) => {
+            return Err("SCMP_ACT_NOTIFY needs listenerPath, the seccomp agent's socket".into())
+        }
+        (true, Some(p)) if !p.is_absolute() => {
+            return Err(format!(
+                "listenerPath {}: not an absolute path",
+                p.display()
+            ))
+        }
+        (true, Some(p)) => Some(Listener {
+            path: p.clone(),
+            metadata: sc.listener_metadata().clone(),
+        }),
+    };
     let mut by_nr: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
     for (i, s) in sc
         .syscalls()
@@ -356,11 +391,19 @@ pub fn compile(sc: &LinuxSeccomp) -> Result<Filter, String> {
             LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => 32,
         };
     }
-    Ok(Filter { prog, flags })
+    if listener.is_some() {
+        flags |= FLAG_NEW_LISTENER;
+    }
+    Ok(Filter {
+        prog,
+        flags,
+        listener,
+    })
 }
 
-/// Install a compiled filter on the calling thread.
-pub fn install(f: &Filter) -> std::io::Result<()> {
+/// Install a compiled filter on the calling thread; with [`FLAG_NEW_LISTENER`] in its flags,
+/// the notify descriptor it returns.
+pub fn install(f: &Filter) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     #[repr(C)]
     struct SockFprog {
         len: u16,
@@ -382,7 +425,13 @@ pub fn install(f: &Filter) -> std::io::Result<()> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    if f.flags & FLAG_NEW_LISTENER == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(Some(unsafe {
+        std::os::fd::FromRawFd::from_raw_fd(r as i32)
+    }))
 }
 
 /// A classic-BPF interpreter for seccomp programs, to test what a compiled filter decides.
@@ -510,14 +559,48 @@ mod tests {
     }
 
     #[test]
-    fn unknown_names_are_skipped_and_notify_refused() {
+    fn unknown_names_are_skipped() {
         let f = profile(
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["no_such_call"],"action":"SCMP_ACT_KILL"}]}"#,
         );
         assert_eq!(run(&f.prog, NATIVE_ARCH, 0, [0; 6]), RET_ALLOW);
-        let sc: LinuxSeccomp =
-            serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#).unwrap();
-        assert!(compile(&sc).is_err());
+    }
+
+    #[test]
+    fn notify_needs_a_listener_and_asks_for_a_notify_descriptor() {
+        let err = |j: &str| compile(&serde_json::from_str(j).unwrap()).unwrap_err();
+        assert!(
+            err(r#"{"defaultAction":"SCMP_ACT_NOTIFY","listenerPath":"/a"}"#)
+                .contains("cannot be the default action")
+        );
+        let rule = r#""syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_NOTIFY"}]"#;
+        assert!(
+            err(&format!(r#"{{"defaultAction":"SCMP_ACT_ALLOW",{rule}}}"#))
+                .contains("needs listenerPath")
+        );
+        assert!(err(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"rel.sock",{rule}}}"#
+        ))
+        .contains("not an absolute path"));
+        let f = profile(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/agent.sock","listenerMetadata":"m=1",{rule}}}"#
+        ));
+        assert_eq!(f.flags & FLAG_NEW_LISTENER, FLAG_NEW_LISTENER);
+        let l = f.listener.unwrap();
+        assert_eq!(l.path, std::path::Path::new("/run/agent.sock"));
+        assert_eq!(l.metadata.as_deref(), Some("m=1"));
+        let mkdir = syscall_nr("mkdirat").unwrap();
+        let f = profile(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/a",{rule}}}"#
+        ));
+        assert_eq!(
+            run(&f.prog, NATIVE_ARCH, mkdir, [0; 6]),
+            libc::SECCOMP_RET_USER_NOTIF
+        );
+        // Without a notify rule the path is ignored, as the spec says.
+        let f = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/a"}"#);
+        assert!(f.listener.is_none());
+        assert_eq!(f.flags & FLAG_NEW_LISTENER, 0);
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -20,6 +20,8 @@ pub enum Msg {
     Ready,
     /// child → runtime: failed, with the reason.
     Error(String),
+    /// runtime → child: the container process state for the seccomp agent.
+    ProcessState(String),
 }
 
 pub struct Chan(pub OwnedFd);
@@ -51,6 +53,11 @@ impl Chan {
                 v.extend_from_slice(s.as_bytes());
                 v
             }
+            Msg::ProcessState(s) => {
+                let mut v = vec![8];
+                v.extend_from_slice(s.as_bytes());
+                v
+            }
         };
         // MSG_NOSIGNAL: a peer that died is an error to report, not a signal that kills us
         // before we can clean up after it.
@@ -65,7 +72,8 @@ impl Chan {
 
     /// Receive one message; `None` when the other side has gone.
     pub fn recv(&self) -> Result<Option<Msg>> {
-        let mut buf = vec![0u8; 8192];
+        // Room for a state document with a large set of annotations.
+        let mut buf = vec![0u8; 1 << 18];
         let n = loop {
             match nix::unistd::read(self.0.as_raw_fd(), &mut buf) {
                 Err(nix::Error::EINTR) => continue,
@@ -81,6 +89,7 @@ impl Chan {
             3 => Msg::HooksDone(String::from_utf8_lossy(&buf[1..n]).into_owned()),
             4 => Msg::Ready,
             5 => Msg::Error(String::from_utf8_lossy(&buf[1..n]).into_owned()),
+            8 => Msg::ProcessState(String::from_utf8_lossy(&buf[1..n]).into_owned()),
             t => return Err(Error::Msg(format!("bad sync message {t}"))),
         }))
     }

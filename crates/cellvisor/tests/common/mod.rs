@@ -2,6 +2,8 @@
 //! the cellvisor binary run as a user would, and checks that nothing was left behind.
 #![allow(dead_code)]
 
+pub mod seccomp_agent;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

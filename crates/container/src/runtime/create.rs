@@ -183,7 +183,15 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             .clone()
             .map(|k| (cfg.rootfs.as_path(), k)),
     };
-    let (pid, parent, ours) = spawn_init(&cfg, o, &dir.path, terminal, &hierarchies, &cg)?;
+    // The seccomp agent, reached now: if it is not there, nothing runs.
+    let agent = cfg
+        .seccomp
+        .as_ref()
+        .and_then(|f| f.listener.as_ref())
+        .map(|l| crate::notify::connect(l, 3 + o.listen_fds.max(0) + o.preserve_fds.max(0)))
+        .transpose()?;
+    let has_agent = agent.is_some();
+    let (pid, parent, ours) = spawn_init(&cfg, o, &dir.path, terminal, &hierarchies, &cg, agent)?;
     crate::timing::mark("clone");
     undo.pid = Some(pid);
     let mut st = State {
@@ -211,6 +219,15 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         parent.send_fds(&devices)?;
     }
     drop(devices);
+    if has_agent {
+        let l = cfg.seccomp.as_ref().and_then(|f| f.listener.as_ref());
+        let doc = crate::notify::process_state(
+            st.oci(Status::Creating),
+            pid,
+            l.and_then(|l| l.metadata.as_deref()),
+        );
+        parent.send(&Msg::ProcessState(doc))?;
+    }
     setup_dialogue(&parent, &st, &cfg)?;
     // The init sent the terminal's master before it said it was ready.
     let master = ours.as_ref().map(crate::tty::recv_master).transpose()?;
@@ -281,6 +298,7 @@ fn spawn_init(
     terminal: bool,
     hierarchies: &[Hierarchy],
     cg: &Cgroup,
+    agent: Option<OwnedFd>,
 ) -> Result<(i32, Chan, Option<OwnedFd>)> {
     // The console: the caller's socket, or one end of a pair whose other end we keep.
     let (console, ours) = match o.console_socket.as_deref() {
@@ -325,8 +343,11 @@ fn spawn_init(
             hierarchies,
             cgroup_rel: &cg.path,
             hooks: any_hooks,
+            agent,
         });
     }
+    // The container's process holds the agent's connection now; ours goes.
+    drop(agent);
     Ok((pid, parent, ours))
 }
 

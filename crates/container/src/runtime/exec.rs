@@ -102,6 +102,12 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     {
         namespaces::setns(fd, *t, path)?;
     }
+    // The seccomp agent, reached before anything runs.
+    let agent = seccomp
+        .as_ref()
+        .and_then(|f| f.listener.as_ref())
+        .map(|l| crate::notify::connect(l, 3 + o.preserve_fds.max(0)))
+        .transpose()?;
     let (parent, child) = sync::pair()?;
     let pid = clone3(0)?;
     if pid == 0 {
@@ -129,7 +135,19 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
             init::set_rlimits(p)?;
             init::set_scheduler(p)?;
             let exe = init::find_executable(p)?;
-            init::finalize(p, seccomp.as_ref(), o.preserve_fds, 0, &exe)
+            // Our pid as the host sees it comes with the state for the agent.
+            let state = match &agent {
+                None => String::new(),
+                Some(_) => match child.recv()? {
+                    Some(Msg::ProcessState(s)) => s,
+                    m => return Err(Error::Msg(format!("unexpected message {m:?}"))),
+                },
+            };
+            let agent = agent.as_ref().map(|sock| crate::notify::Agent {
+                sock,
+                state: &state,
+            });
+            init::finalize(p, seccomp.as_ref(), agent, o.preserve_fds, 0, &exe)
         })();
         let Err(e) = r;
         let _ = child.send(&Msg::Error(e.chain()));
@@ -138,6 +156,17 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     }
     drop(child);
     drop(console);
+    if agent.is_some() {
+        let l = seccomp.as_ref().and_then(|f| f.listener.as_ref());
+        let doc = crate::notify::process_state(
+            st.oci(crate::state::Status::Running),
+            pid,
+            l.and_then(|l| l.metadata.as_deref()),
+        );
+        // A child that failed first says why below.
+        let _ = parent.send(&Msg::ProcessState(doc));
+    }
+    drop(agent);
     // EOF: the process exec'd (the socket is close-on-exec). A message: it failed.
     match parent.recv()? {
         None => {}
