@@ -1382,6 +1382,15 @@ fn update_changes_a_running_containers_resources() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(cg("cpu", "cpu.shares"), "256");
     assert_eq!(cg("pids", "pids.max"), "max");
+    // The saved config has what the updates wrote, beside what they left alone.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.state_root.join(&id).join("state.json")).unwrap())
+            .unwrap();
+    let r = &saved["config"]["linux"]["resources"];
+    assert_eq!(r["memory"]["limit"], 33554432, "{r}");
+    assert_eq!(r["cpu"]["shares"], 256, "{r}");
+    assert_eq!(r["cpu"]["quota"], 25000, "{r}");
+    assert_eq!(r["pids"]["limit"], -1, "{r}");
     // Refusals: one line each, nothing changed.
     for (args, says) in [
         (
