@@ -493,6 +493,45 @@ fn devices_go_anywhere_and_keep_their_owner_in_a_user_namespace() {
     assert_nothing_left(&b, &id2);
 }
 
+/// A container that makes cgroups of its own inside its cgroup (systemd does, and so does a
+/// runtime running in it): `delete` removes them with the container's.
+#[test]
+fn delete_removes_the_cgroups_made_inside() {
+    need_root!();
+    let id = id("nestcg");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "for d in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do mkdir -p $d/inner/deeper 2>/dev/null; done; \
+         echo $$ > /sys/fs/cgroup/pids/inner/deeper/cgroup.procs 2>/dev/null || \
+         echo $$ > /sys/fs/cgroup/inner/deeper/cgroup.procs; echo moved; sleep 1000",
+    ]);
+    for m in c["mounts"].as_array_mut().unwrap() {
+        if m["type"] == "cgroup" {
+            m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
+        }
+    }
+    let b = bundle(&c);
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(b.path().join("out-run"))
+        .unwrap_or_default()
+        .contains("moved")
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let made: Vec<_> = cgroup_leftovers(&id)
+        .into_iter()
+        .filter(|p| p.join("inner/deeper").exists())
+        .collect();
+    assert!(!made.is_empty(), "no inner cgroup was made");
+    let o = b.cv(&["delete", "-f", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_nothing_left(&b, &id);
+}
+
 #[test]
 fn join_namespaces_by_path() {
     need_root!();

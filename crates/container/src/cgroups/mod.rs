@@ -631,40 +631,49 @@ impl Cgroup {
         }
     }
 
+    /// Remove each directory with the groups the container made beneath it (systemd, or a
+    /// runtime, running inside makes its own), deepest first.
     fn remove_dirs(&self) -> Result<()> {
         let mut last = Ok(());
-        for (_, d) in self.dirs() {
-            if !d.exists() {
+        for (_, top) in self.dirs() {
+            if !top.exists() {
                 continue;
             }
-            let mut tries = 0;
-            loop {
-                match fs::remove_dir(&d) {
-                    Ok(()) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
-                        tries += 1;
-                        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-                            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                                let _ = nix::sys::signal::kill(
-                                    nix::unistd::Pid::from_raw(p),
-                                    nix::sys::signal::Signal::SIGKILL,
-                                );
-                            }
-                        }
-                        if self.is_frozen() {
-                            let _ = self.freeze(false);
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => {
-                        last = Err(e).ctx(|| format!("removing cgroup {}", d.display()));
-                        break;
-                    }
+            for d in tree_bottom_up(&top) {
+                if let Err(e) = self.remove_one(&d) {
+                    last = Err(e);
+                    break;
                 }
             }
         }
         last
+    }
+
+    /// Remove the group `d`, killing what is still in it (and thawing it) until it goes.
+    fn remove_one(&self, d: &Path) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir(d) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                    tries += 1;
+                    if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                        for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(p),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                    if self.is_frozen() {
+                        let _ = self.freeze(false);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e).ctx(|| format!("removing cgroup {}", d.display())),
+            }
+        }
     }
 
     /// Resource usage, in the shape of `runc events --stats` data.
@@ -816,8 +825,43 @@ fn enable_controllers(root: &Path, rel: &Path, writes: &[Write]) -> Result<()> {
     Ok(())
 }
 
+/// `top` and every directory beneath it, children before their parents.
+fn tree_bottom_up(top: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.push(d);
+    }
+    // Every directory came after its parent: reversed, children come first.
+    out.reverse();
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tree_comes_children_first() {
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().join("c");
+        for d in ["c/a/x", "c/a/y", "c/b"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        fs::write(top.join("cgroup.procs"), "").unwrap();
+        let order = tree_bottom_up(&top);
+        assert_eq!(order.len(), 5);
+        let at = |p: &str| order.iter().position(|d| *d == t.path().join(p)).unwrap();
+        assert!(at("c/a/x") < at("c/a") && at("c/a/y") < at("c/a"));
+        assert!(at("c/a") < at("c") && at("c/b") < at("c"));
+        assert_eq!(order.last().unwrap(), &top);
+    }
+
     use super::*;
 
     const HYBRID: &str = "\
