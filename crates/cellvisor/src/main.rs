@@ -38,7 +38,7 @@ pub struct Cli {
     /// Format of --log: text or json
     #[arg(long, global = true, default_value = "text")]
     pub log_format: String,
-    /// Use systemd to manage cgroups (not supported: refused)
+    /// Use systemd to manage cgroups: cgroupsPath is slice:prefix:name, the cgroup a transient unit
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     /// More output (accepted for compatibility)
@@ -108,11 +108,7 @@ fn main() {
         // SAFETY: setting the default disposition installs no handler code.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let r = if cli.systemd_cgroup {
-        Err(anyhow::anyhow!(
-            "--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs (podman: --cgroup-manager=cgroupfs)"
-        ))
-    } else if cli.log_format != "text" && cli.log_format != "json" {
+    let r = if cli.log_format != "text" && cli.log_format != "json" {
         Err(anyhow::anyhow!(
             "--log-format: {:?} is not text or json",
             cli.log_format

@@ -322,7 +322,7 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
     serde_json::from_value(doc).map_err(|e| anyhow!("the resources: {e}"))
 }
 
-fn create_opts(a: &CreateArgs) -> CreateOpts {
+fn create_opts(a: &CreateArgs, systemd_cgroup: bool) -> CreateOpts {
     CreateOpts {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
@@ -337,6 +337,7 @@ fn create_opts(a: &CreateArgs) -> CreateOpts {
         ),
         no_pivot: a.no_pivot,
         log: None,
+        systemd_cgroup,
     }
 }
 
@@ -432,11 +433,12 @@ pub fn run(cli: &Cli, cmd: &OciCmd) -> Result<i32> {
     let root = Root(cli.root.clone());
     match cmd {
         OciCmd::Create(a) => {
-            runtime::create(&root, &create_opts(a)).map_err(chain)?;
+            runtime::create(&root, &create_opts(a, cli.systemd_cgroup)).map_err(chain)?;
         }
         OciCmd::Start { id } => runtime::start(&root, id).map_err(chain)?,
         OciCmd::Run { create, detach, .. } => {
-            return runtime::run(&root, &create_opts(create), *detach).map_err(chain);
+            return runtime::run(&root, &create_opts(create, cli.systemd_cgroup), *detach)
+                .map_err(chain);
         }
         OciCmd::State { id } => print_json(&runtime::state(&root, id).map_err(chain)?)?,
         OciCmd::Kill { all, id, signal } => {

@@ -420,3 +420,127 @@ impl Drop for Containerd {
         common::remove_empty_cgroups("default");
     }
 }
+
+/// The systemd cgroup driver against a real systemd (PID 1 of a container domain, see
+/// `common::systemd_host`): `--systemd-cgroup` with `cgroupsPath` `slice:prefix:name` makes a
+/// transient scope with Delegate=yes and the container's process in it, the resources as the
+/// unit's properties and in the cgroup files, an `org.systemd.property.*` annotation honoured;
+/// `update` changes both; `delete` stops the unit and leaves no cgroup. Then podman, with its
+/// default `cgroup_manager = "systemd"`, drives cellvisor there.
+#[test]
+fn systemd_cgroup_driver_under_a_real_systemd() {
+    if !can_run() || !systemd_host::available() {
+        return;
+    }
+    let h = systemd_host::SystemdHost::boot(&id("systemd-host"));
+    let w = h.work.path().to_path_buf();
+    // A container of cellvisor's, from inside.
+    let inner = w.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let mut c = config(&["sleep", "1000"]);
+    c["linux"]["cgroupsPath"] = serde_json::json!("system.slice:cellvisor:inner");
+    c["linux"]["resources"] = serde_json::json!({
+        "memory": {"limit": 67108864}, "pids": {"limit": 20},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000}
+    });
+    c["annotations"] =
+        serde_json::json!({"org.systemd.property.TimeoutStopUSec": "uint64 7000000"});
+    std::fs::write(inner.join("config.json"), c.to_string()).unwrap();
+    let cv = format!("{BIN} --systemd-cgroup --root /run/cvi");
+    let unit = "cellvisor-inner.scope";
+    let show = format!("systemctl show {unit} -p ActiveState,Delegate,Slice,MemoryLimit,TasksMax,CPUShares,CPUQuotaPerSecUSec,TimeoutStopUSec | sort");
+    let o = h.sh(&format!(
+        "cd {} && {cv} run -d inner > out 2>&1; echo rc=$?; cat out; {show}",
+        inner.display()
+    ));
+    assert_eq!(
+        stdout(&o),
+        "rc=0\nActiveState=active\nCPUQuotaPerSecUSec=500ms\nCPUShares=512\nDelegate=yes\nMemoryLimit=67108864\nSlice=system.slice\nTasksMax=20\nTimeoutStopUSec=7s\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = h.sh(&format!(
+        "pid=$({cv} state inner | sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p'); \
+         grep -qx $pid /sys/fs/cgroup/systemd/system.slice/{unit}/cgroup.procs && echo in-scope; \
+         cat /sys/fs/cgroup/memory/system.slice/{unit}/memory.limit_in_bytes \
+             /sys/fs/cgroup/pids/system.slice/{unit}/pids.max"
+    ));
+    assert_eq!(stdout(&o), "in-scope\n67108864\n20\n", "{}", stderr(&o));
+    // update: the unit's properties and the files.
+    let o = h.sh(&format!(
+        "{cv} update --memory 32M --pids-limit 30 inner && \
+         systemctl show {unit} -p MemoryLimit,TasksMax | sort && \
+         cat /sys/fs/cgroup/memory/system.slice/{unit}/memory.limit_in_bytes"
+    ));
+    assert_eq!(
+        stdout(&o),
+        "MemoryLimit=33554432\nTasksMax=30\n33554432\n",
+        "{}",
+        stderr(&o)
+    );
+    // delete: the unit gone, and every directory of it.
+    let o = h.sh(&format!(
+        "{cv} delete -f inner && systemctl show {unit} -p LoadState; \
+         ls -d /sys/fs/cgroup/*/system.slice/{unit} 2>/dev/null | wc -l"
+    ));
+    assert_eq!(stdout(&o), "LoadState=not-found\n0\n", "{}", stderr(&o));
+    // A failure after systemd made the unit (no such program): the unit goes too.
+    c["process"]["args"] = serde_json::json!(["/no/such/program"]);
+    std::fs::write(inner.join("config.json"), c.to_string()).unwrap();
+    let o = h.sh(&format!(
+        "cd {} && {cv} run inner; echo rc=$?; systemctl list-units --all --no-legend 'cellvisor-*' | wc -l; \
+         ls -d /sys/fs/cgroup/*/system.slice/{unit} 2>/dev/null | wc -l; {cv} list -q | wc -l",
+        inner.display()
+    ));
+    assert!(
+        stdout(&o).ends_with("rc=1\n0\n0\n0\n"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("/no/such/program"), "{}", stderr(&o));
+    // A plain path with the systemd driver: one line, no unit, no cgroup.
+    c["linux"]["cgroupsPath"] = serde_json::json!("/cellvisor/plain");
+    std::fs::write(inner.join("config.json"), c.to_string()).unwrap();
+    let o = h.sh(&format!(
+        "cd {} && {cv} create plain; echo rc=$?; systemctl list-units --all --no-legend 'cellvisor-*' | wc -l; \
+         ls -d /sys/fs/cgroup/*/cellvisor/plain 2>/dev/null | wc -l; {cv} list -q | wc -l",
+        inner.display()
+    ));
+    let out = stdout(&o);
+    assert!(
+        out.ends_with("rc=1\n0\n0\n0\n") && stderr(&o).contains("is not slice:prefix:name"),
+        "{out}{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    // podman, with systemd as its cgroup manager, driving cellvisor.
+    if have("podman") {
+        std::fs::copy(rootfs_tar(&w), w.join("img.tar")).unwrap();
+        std::fs::write(
+            w.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n[engine]\ncgroup_manager = \"systemd\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        let p = format!(
+            "CONTAINERS_CONF={0}/containers.conf podman --root {0}/storage --runroot /run/podman --storage-driver vfs",
+            w.display()
+        );
+        let o = h.sh(&format!(
+            "{p} import {0}/img.tar img >/dev/null && \
+             {p} --runtime {BIN} run --rm --network none --memory 64m img \
+                 sh -c 'grep memory: /proc/self/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes'; \
+             echo rc=$?; systemctl list-units --all --no-legend 'libpod-*' | wc -l",
+            w.display()
+        ));
+        let out = stdout(&o);
+        assert!(
+            out.contains(":memory:/machine.slice/libpod-") && out.ends_with("67108864\nrc=0\n0\n"),
+            "{out}{}",
+            stderr(&o)
+        );
+    }
+    let b_id = h.id.clone();
+    drop(h);
+    assert_eq!(cgroup_leftovers(&b_id), Vec::<std::path::PathBuf>::new());
+}

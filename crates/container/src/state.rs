@@ -31,6 +31,9 @@ pub struct State {
     /// Relative cgroup path and the hierarchies it was made in.
     pub cgroup_path: PathBuf,
     pub cgroup_v2: bool,
+    /// With the systemd cgroup driver: the container's transient unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
     /// Without a mount namespace of its own, the container's mounts are the host's: the ids of
     /// the mounts at or under the rootfs before it was created, so delete removes the rest.
     #[serde(default)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod seccomp_agent;
+pub mod systemd_host;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -21,6 +21,7 @@ pub mod devices;
 pub mod exclusive;
 pub mod plan;
 pub mod rt;
+pub mod systemd;
 
 pub use plan::{validate, Version, Write};
 
@@ -132,14 +133,10 @@ fn read_hierarchies() -> Result<Vec<Hierarchy>> {
     Ok(h)
 }
 
-/// A cgroupsPath must be a plain path: no `..`, no systemd `slice:prefix:name` form.
+/// A cgroupsPath must not climb out (`..`). Whether it is a plain path or systemd's
+/// `slice:prefix:name` depends on the driver, which `create` checks.
 pub fn validate_path(p: &Path) -> Result<()> {
     let s = p.to_string_lossy();
-    if s.contains(':') {
-        return Err(config_err!(
-            "linux.cgroupsPath: {s:?} is in systemd form (slice:prefix:name); the systemd cgroup driver is not supported, use a plain path"
-        ));
-    }
     if p.components()
         .any(|c| matches!(c, std::path::Component::ParentDir))
     {
@@ -158,6 +155,8 @@ pub struct Cgroup {
     pub hierarchies: Vec<Hierarchy>,
     /// Hold its cpuset's CPUs exclusively (see [`exclusive`]); only `create` reads it.
     pub exclusive: exclusive::Want,
+    /// Its directories may exist already (systemd made them): `create` fills them in.
+    pub adopt: bool,
 }
 
 impl Cgroup {
@@ -167,7 +166,14 @@ impl Cgroup {
             path,
             hierarchies,
             exclusive: exclusive::Want::No,
+            adopt: false,
         }
+    }
+
+    /// The same cgroup, made by someone else (systemd) when `adopt`: `create` writes into the
+    /// directories that are there and makes the rest.
+    pub fn adopting(self, adopt: bool) -> Self {
+        Cgroup { adopt, ..self }
     }
 
     /// The same cgroup, holding its CPUs exclusively (as `exclusive` asks) when created.
@@ -241,7 +247,7 @@ impl Cgroup {
                         continue;
                     };
                     let dir = mount.join(self.rel());
-                    if dir.exists() {
+                    if dir.exists() && !self.adopt {
                         return Err(Error::Msg(format!(
                             "cgroup {} already exists",
                             dir.display()
@@ -278,7 +284,7 @@ impl Cgroup {
                     unreachable!()
                 };
                 let dir = root.join(self.rel());
-                if dir.exists() {
+                if dir.exists() && !self.adopt {
                     return Err(Error::Msg(format!(
                         "cgroup {} already exists",
                         dir.display()
@@ -905,8 +911,7 @@ mod tests {
     }
 
     #[test]
-    fn systemd_paths_are_refused() {
-        assert!(validate_path(Path::new("system.slice:cellvisor:x")).is_err());
+    fn climbing_paths_are_refused() {
         assert!(validate_path(Path::new("/a/../b")).is_err());
         assert!(validate_path(Path::new("/cellvisor/x")).is_ok());
     }

@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use super::{clone3, write_pid_file};
+use crate::cgroups::systemd::{self, bus::Systemd};
 use crate::cgroups::{Cgroup, Hierarchy};
 use crate::config::{self, Config};
 use crate::error::{Context, Error, Result};
@@ -38,6 +39,9 @@ pub struct CreateOpts {
     /// Give the container's process this file (appended to) as stdout and stderr, and
     /// /dev/null as stdin, instead of the runtime's own stdio.
     pub log: Option<PathBuf>,
+    /// The systemd cgroup driver (`--systemd-cgroup`): the cgroup is a transient unit of
+    /// systemd's (see [`crate::cgroups::systemd`]).
+    pub systemd_cgroup: bool,
 }
 
 /// How many socket-activation descriptors (from 3 on) the runtime was handed, by the
@@ -61,6 +65,8 @@ pub struct Created {
 /// Cleans up a half-created container unless disarmed.
 struct Undo<'a> {
     pid: Option<i32>,
+    /// A systemd unit started for the container, to stop.
+    unit: Option<(&'a Systemd, &'a str)>,
     cgroup: Option<&'a Cgroup>,
     /// Host mounts to remove (container without a mount namespace): rootfs and what to keep.
     mounts: Option<(&'a Path, Vec<u32>)>,
@@ -71,6 +77,9 @@ impl Drop for Undo<'_> {
         if let Some(pid) = self.pid {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some((bus, name)) = self.unit {
+            let _ = bus.stop(name);
         }
         if let Some(cg) = self.cgroup {
             let _ = cg.remove();
@@ -155,12 +164,18 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     let dir = NewDir::create(root, &o.id)?;
     exec_fifo(&dir.path, &cfg, linux)?;
     let hierarchies = crate::cgroups::hierarchies()?;
-    let cgroup_rel = linux
-        .cgroups_path()
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/cellvisor/{}", o.id)));
-    let exclusive = crate::cgroups::exclusive::asked(cfg.spec.annotations().as_ref())?;
     let v2 = matches!(hierarchies.first(), Some(Hierarchy::Unified(_)));
+    // With the systemd driver: the unit, its properties and systemd itself, before anything
+    // is made.
+    let systemd = o
+        .systemd_cgroup
+        .then(|| systemd_unit(&cfg, linux, &o.id, v2))
+        .transpose()?;
+    let cgroup_rel = match &systemd {
+        Some((unit, _, _)) => unit.path.clone(),
+        None => cgroupfs_path(linux, &o.id)?,
+    };
+    let exclusive = crate::cgroups::exclusive::asked(cfg.spec.annotations().as_ref())?;
     if let Some(s) = process.scheduler() {
         let cpus = crate::cgroups::cpus_of(linux.resources().as_ref());
         let online = crate::cgroups::rt::online_cpus();
@@ -172,13 +187,18 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             exclusive != crate::cgroups::exclusive::Want::No,
         )?;
     }
-    let cg = Cgroup::new(&cgroup_rel, hierarchies.clone()).with_exclusive(exclusive);
-    cg.create(linux.resources().as_ref())?;
+    let cg = Cgroup::new(&cgroup_rel, hierarchies.clone())
+        .with_exclusive(exclusive)
+        .adopting(systemd.is_some());
+    if systemd.is_none() {
+        cg.create(linux.resources().as_ref())?;
+    }
     crate::timing::mark("cgroup");
     let host_mounts_before = host_mounts_before(&cfg);
     let mut undo = Undo {
         pid: None,
-        cgroup: Some(&cg),
+        unit: None,
+        cgroup: systemd.is_none().then_some(&cg),
         mounts: host_mounts_before
             .clone()
             .map(|k| (cfg.rootfs.as_path(), k)),
@@ -207,11 +227,20 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         owner: owner(),
         cgroup_path: cg.path.clone(),
         cgroup_v2: v2,
+        systemd_unit: systemd.as_ref().map(|(u, _, _)| u.name.clone()),
         host_mounts_before,
         config: cfg.spec.clone(),
     };
     if cfg.namespaces.creates(LinuxNamespaceType::User) {
         write_id_maps(pid, linux)?;
+    }
+    if let Some((unit, props, bus)) = &systemd {
+        // systemd makes the group with the process in it; the rest is written to its files.
+        bus.start(unit, props, pid, &o.id)?;
+        undo.unit = Some((bus, unit.name.as_str()));
+        cg.create(linux.resources().as_ref())?;
+        undo.cgroup = Some(&cg);
+        crate::timing::mark("systemd");
     }
     cg.add(pid)?;
     parent.send(&Msg::Proceed)?;
@@ -240,10 +269,48 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     parent.send(&Msg::Proceed)?;
     crate::timing::mark("state");
     undo.pid = None;
+    undo.unit = None;
     undo.cgroup = None;
     undo.mounts = None;
     dir.keep();
     Ok(Created { state: st, master })
+}
+
+/// The cgroupfs driver's path: the config's, or `/cellvisor/ID`; one in systemd's form is
+/// refused with the flag it needs.
+fn cgroupfs_path(linux: &oci_spec::runtime::Linux, id: &str) -> Result<PathBuf> {
+    let p = linux
+        .cgroups_path()
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/cellvisor/{id}")));
+    if p.to_string_lossy().contains(':') {
+        return Err(Error::Config(format!(
+            "linux.cgroupsPath: {:?} is in systemd form (slice:prefix:name): run with --systemd-cgroup, or give a plain path",
+            p.display().to_string()
+        )));
+    }
+    Ok(p)
+}
+
+/// The systemd driver's unit for the container, its properties, and the connection.
+fn systemd_unit(
+    cfg: &Config,
+    linux: &oci_spec::runtime::Linux,
+    id: &str,
+    v2: bool,
+) -> Result<(systemd::Unit, systemd::Properties, Systemd)> {
+    let path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let unit = systemd::unit_of(path.as_deref(), id).map_err(Error::Config)?;
+    let props = systemd::properties(
+        linux.resources().as_ref(),
+        v2,
+        &cfg.spec.annotations().clone().unwrap_or_default(),
+    )
+    .map_err(Error::Config)?;
+    Ok((unit, props, Systemd::connect()?))
 }
 
 /// The config's process and linux sections, which `create` needs.

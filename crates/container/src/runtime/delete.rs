@@ -39,6 +39,12 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
     while st.init_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
+    // systemd's unit first: stopping it ends what is left in it, and systemd removes the
+    // group it made; the rest of the directories (cpuset on v1, ...) go after.
+    let stopped = match &st.systemd_unit {
+        Some(unit) => crate::cgroups::systemd::bus::Systemd::connect().and_then(|b| b.stop(unit)),
+        None => Ok(()),
+    };
     cg.remove()?;
     if let Some(keep) = &st.host_mounts_before {
         crate::mounts::unmount_new_under(&st.rootfs, keep);
@@ -50,6 +56,7 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         .and_then(|h| h.poststop().as_ref())
         .map(|h| crate::hooks::run("poststop", h, &st.oci(Status::Stopped)));
     state::remove_dir(root, id)?;
+    stopped?;
     if let Some(Err(e)) = r {
         // The container is gone either way; the caller hears about the failing hook.
         return Err(e);

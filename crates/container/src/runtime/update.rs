@@ -13,6 +13,13 @@ use crate::state::{Root, Verb};
 pub fn update(root: &Root, id: &str, res: &LinuxResources) -> Result<()> {
     let mut st = root.load(id)?;
     st.status_for(root, Verb::Update)?;
+    if let Some(unit) = &st.systemd_unit {
+        // systemd keeps the unit's properties and would write its old limits back.
+        let props =
+            crate::cgroups::systemd::properties(Some(res), st.cgroup_v2, &Default::default())
+                .map_err(Error::Config)?;
+        crate::cgroups::systemd::bus::Systemd::connect()?.set_properties(unit, &props)?;
+    }
     st.cgroup()?.update(res)?;
     let saved = st
         .config
