@@ -532,6 +532,78 @@ fn delete_removes_the_cgroups_made_inside() {
     assert_nothing_left(&b, &id);
 }
 
+/// runtime-spec 1.2's process and clock settings as crun applies them: a time namespace with
+/// linux.timeOffsets (the container's boot time moved two days on), process.ioPriority, and
+/// linux.personality LINUX32; for exec too where the spec says so (the I/O priority).
+#[test]
+fn time_offsets_io_priority_and_personality_apply() {
+    need_root!();
+    let id = id("clocks");
+    let mut c = config(&[
+        "sh",
+        "-c",
+        "cut -d. -f1 /proc/uptime; cat /proc/self/timens_offsets; ionice; uname -m; sleep 1000",
+    ]);
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    c["linux"]["timeOffsets"] = json!({
+        "boottime": {"secs": 172800},
+        "monotonic": {"secs": 86400, "nanosecs": 5}
+    });
+    c["linux"]["personality"] = json!({"domain": "LINUX32"});
+    c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 6});
+    let b = bundle(&c);
+    let (ok, err) = b.cv_bg(&["run", "-d", &id]);
+    assert!(ok, "{err}");
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = std::fs::read_to_string(b.path().join("out-run")).unwrap_or_default();
+        if out.lines().count() >= 5 || std::time::Instant::now() > end {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    let uptime: u64 = lines[0].parse().unwrap();
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(uptime >= 172800 + host as u64 - 5, "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["monotonic", "86400", "5"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["boottime", "172800", "0"],
+        "{out}"
+    );
+    assert_eq!(lines[3], "best-effort: prio 6", "{out}");
+    assert_eq!(lines[4], "i686", "{out}");
+    // exec joins the time namespace and takes its own process's I/O priority.
+    let proc_json = b.path().join("p.json");
+    let mut p = c["process"].clone();
+    p["args"] = json!(["sh", "-c", "cut -d. -f1 /proc/uptime; ionice"]);
+    p["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+    std::fs::write(&proc_json, p.to_string()).unwrap();
+    let o = b.cv(&["exec", "--process", proc_json.to_str().unwrap(), &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let mut l = out.lines();
+    assert!(l.next().unwrap().parse::<u64>().unwrap() >= 172800, "{out}");
+    assert_eq!(l.next(), Some("idle"), "{out}");
+    assert!(b.cv(&["delete", "-f", &id]).status.success());
+    assert_nothing_left(&b, &id);
+}
+
 #[test]
 fn join_namespaces_by_path() {
     need_root!();
@@ -782,6 +854,29 @@ fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
                     "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]})
             }),
             "SCMP_ACT_NOTIFY needs listenerPath",
+        ),
+        (
+            "offsets-no-timens",
+            Box::new(|c| c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 5}})),
+            "linux.timeOffsets: needs a new time namespace",
+        ),
+        (
+            "bad-clock",
+            Box::new(|c| {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "time"}));
+                c["linux"]["timeOffsets"] = json!({"realtime": {"secs": 5}})
+            }),
+            "\"realtime\" is not a clock with an offset",
+        ),
+        (
+            "bad-ioprio",
+            Box::new(|c| {
+                c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 9})
+            }),
+            "process.ioPriority.priority: 9",
         ),
         (
             "systemd-path",

@@ -170,6 +170,21 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
     if let Some(p) = linux.cgroups_path() {
         crate::cgroups::validate_path(p)?;
     }
+    if linux.time_offsets().as_ref().is_some_and(|o| !o.is_empty())
+        && !namespaces.creates(LinuxNamespaceType::Time)
+    {
+        return Err(config_err!(
+            "linux.timeOffsets: needs a new time namespace (linux.namespaces: {{\"type\": \"time\"}})"
+        ));
+    }
+    crate::namespaces::timens_offsets(linux.time_offsets().as_ref())?;
+    if let Some(p) = linux.personality() {
+        if let Some(f) = p.flags().as_deref().filter(|f| !f.is_empty()) {
+            return Err(config_err!(
+                "linux.personality.flags: {f:?}: no flags are defined for a personality"
+            ));
+        }
+    }
     let seccomp = linux
         .seccomp()
         .as_ref()
@@ -244,6 +259,9 @@ pub fn validate_process(p: &oci_spec::runtime::Process) -> Result<()> {
     }
     if let Some(s) = p.scheduler() {
         crate::sched::plan(s)?;
+    }
+    if let Some(io) = p.io_priority() {
+        crate::sched::io_priority(io)?;
     }
     Ok(())
 }

@@ -97,6 +97,13 @@ fn init(a: &InitArgs) -> Result<Infallible> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .ctx(|| "creating the cgroup namespace")?;
     }
+    if cfg.namespaces.creates(LinuxNamespaceType::Time) {
+        let offsets = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.time_offsets().as_ref());
+        namespaces::enter_new_time(&namespaces::timens_offsets(offsets)?)?;
+    }
     crate::timing::mark("init:namespaces");
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
@@ -149,6 +156,7 @@ fn init(a: &InitArgs) -> Result<Infallible> {
     }
     set_rlimits(process)?;
     set_scheduler(process)?;
+    set_personality(spec.linux().as_ref())?;
     nix::unistd::setsid().ctx(|| "setsid")?;
     if process.terminal().unwrap_or(false) {
         let console = a.console.as_ref().ok_or_else(|| {
@@ -302,12 +310,37 @@ pub fn set_rlimits(p: &Process) -> Result<()> {
 }
 
 /// The program to run, looked up in the process's PATH inside the container's root.
-/// `process.scheduler`, on this process (inside its cgroup already: a real-time policy needs
-/// that cgroup's budget).
+/// `process.scheduler` and `process.ioPriority`, on this process (inside its cgroup
+/// already: a real-time policy needs that cgroup's budget).
 pub fn set_scheduler(p: &Process) -> Result<()> {
-    match p.scheduler() {
-        Some(s) => crate::sched::apply(&crate::sched::plan(s)?),
-        None => Ok(()),
+    if let Some(s) = p.scheduler() {
+        crate::sched::apply(&crate::sched::plan(s)?)?;
+    }
+    if let Some(io) = p.io_priority() {
+        crate::sched::apply_io_priority(crate::sched::io_priority(io)?)?;
+    }
+    Ok(())
+}
+
+/// `linux.personality`: the execution domain the program runs in (`LINUX32`: `uname -m`
+/// says i686 on x86_64).
+fn set_personality(linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+    let Some(p) = linux.and_then(|l| l.personality().as_ref()) else {
+        return Ok(());
+    };
+    let persona = personality_of(p.domain());
+    // SAFETY: personality takes an integer.
+    if unsafe { libc::personality(persona) } < 0 {
+        return Err(nix::Error::last()).ctx(|| "setting linux.personality");
+    }
+    Ok(())
+}
+
+/// personality(2)'s value for a domain (PER_LINUX, PER_LINUX32).
+pub fn personality_of(d: oci_spec::runtime::LinuxPersonalityDomain) -> libc::c_ulong {
+    match d {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0x0000,
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
     }
 }
 

@@ -113,7 +113,10 @@ impl Namespaces {
     pub fn clone_flags(&self) -> CloneFlags {
         let mut f = CloneFlags::empty();
         for (t, ns) in &self.entries {
-            if *ns == Ns::New && *t != LinuxNamespaceType::Cgroup {
+            // The cgroup and time namespaces are made by the init itself (see
+            // `enter_new_time`), once it is in its cgroup and knows its clocks' offsets.
+            if *ns == Ns::New && *t != LinuxNamespaceType::Cgroup && *t != LinuxNamespaceType::Time
+            {
                 f |= clone_flag(*t);
             }
         }
@@ -145,8 +148,73 @@ pub fn setns(fd: &OwnedFd, t: LinuxNamespaceType, path: &Path) -> Result<()> {
         .ctx(|| format!("joining {} namespace {}", t, path.display()))
 }
 
+/// `linux.timeOffsets` as /proc/PID/timens_offsets takes them: one `CLOCK SECS NANOSECS` line
+/// per clock; only `monotonic` and `boottime` have offsets.
+pub fn timens_offsets(
+    offsets: Option<&std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>>,
+) -> Result<String> {
+    let mut lines = Vec::new();
+    let mut clocks: Vec<_> = offsets.into_iter().flatten().collect();
+    clocks.sort_by(|a, b| a.0.cmp(b.0));
+    for (clock, o) in clocks {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(config_err!(
+                "linux.timeOffsets: {clock:?} is not a clock with an offset (monotonic, boottime)"
+            ));
+        }
+        let ns = o.nanosecs().unwrap_or(0);
+        if ns >= 1_000_000_000 {
+            return Err(config_err!(
+                "linux.timeOffsets.{clock}.nanosecs: {ns} is a second or more"
+            ));
+        }
+        lines.push(format!("{clock} {} {ns}\n", o.secs().unwrap_or(0)));
+    }
+    Ok(lines.concat())
+}
+
+/// Make a new time namespace with `offsets` (see [`timens_offsets`]) and enter it. The
+/// offsets can only be written before any process is in the namespace, so it is made for
+/// our children first (unshare), given them, then joined.
+pub fn enter_new_time(offsets: &str) -> Result<()> {
+    // SAFETY: unshare takes flags only.
+    if unsafe { libc::unshare(libc::CLONE_NEWTIME) } < 0 {
+        return Err(nix::Error::last()).ctx(|| "creating the time namespace");
+    }
+    if !offsets.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", offsets).ctx(|| "writing linux.timeOffsets")?;
+    }
+    let ns = std::fs::File::open("/proc/self/ns/time_for_children")
+        .ctx(|| "opening the new time namespace")?;
+    nix::sched::setns(
+        ns,
+        nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    )
+    .ctx(|| "entering the time namespace")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn time_offsets_are_one_line_per_clock() {
+        let o: std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset> =
+            serde_json::from_str(
+                r#"{"monotonic": {"secs": -5, "nanosecs": 7}, "boottime": {"secs": 9}}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            timens_offsets(Some(&o)).unwrap(),
+            "boottime 9 0\nmonotonic -5 7\n"
+        );
+        assert_eq!(timens_offsets(None).unwrap(), "");
+        let bad: std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset> =
+            serde_json::from_str(r#"{"boottime": {"nanosecs": 1000000000}}"#).unwrap();
+        assert!(timens_offsets(Some(&bad))
+            .unwrap_err()
+            .to_string()
+            .contains("a second or more"));
+    }
+
     use super::*;
 
     fn ns(t: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
