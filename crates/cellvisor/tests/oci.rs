@@ -856,6 +856,11 @@ fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
             "SCMP_ACT_NOTIFY needs listenerPath",
         ),
         (
+            "net-devices",
+            Box::new(|c| c["linux"]["netDevices"] = json!({"eth9": {"name": "eth0"}})),
+            "linux.netDevices: moving host network devices into the container is not supported",
+        ),
+        (
             "offsets-no-timens",
             Box::new(|c| c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 5}})),
             "linux.timeOffsets: needs a new time namespace",

@@ -178,6 +178,17 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
         ));
     }
     crate::namespaces::timens_offsets(linux.time_offsets().as_ref())?;
+    // Asked for and not done would be worse than refused: say so before anything is made.
+    if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(config_err!(
+            "linux.netDevices: moving host network devices into the container is not supported (give the container a network namespace set up beforehand, by path)"
+        ));
+    }
+    if linux.intel_rdt().is_some() {
+        return Err(config_err!(
+            "linux.intelRdt: Intel RDT (resctrl) is not supported"
+        ));
+    }
     if let Some(p) = linux.personality() {
         if let Some(f) = p.flags().as_deref().filter(|f| !f.is_empty()) {
             return Err(config_err!(
