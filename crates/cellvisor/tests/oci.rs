@@ -856,6 +856,16 @@ fn bad_input_is_refused_with_one_line_and_leaves_nothing() {
             "SCMP_ACT_NOTIFY needs listenerPath",
         ),
         (
+            "nul-env",
+            Box::new(|c| c["process"]["env"] = json!(["PATH=/bin", "X=cut\0here"])),
+            "config.json: process.env[1]: contains a NUL byte",
+        ),
+        (
+            "nul-hostname",
+            Box::new(|c| c["hostname"] = json!("a\0b")),
+            "config.json: hostname: contains a NUL byte",
+        ),
+        (
             "net-devices",
             Box::new(|c| c["linux"]["netDevices"] = json!({"eth9": {"name": "eth0"}})),
             "linux.netDevices: moving host network devices into the container is not supported",

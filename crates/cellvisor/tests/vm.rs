@@ -249,6 +249,11 @@ fn bad_input_gets_one_line() {
     let k = k.to_str().unwrap();
     let junk = t.path().join("junk");
     std::fs::write(&junk, b"not a kernel at all").unwrap();
+    let big = t.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     for (args, want) in [
         (vec!["--kernel", "/no/such/kernel"], "/no/such/kernel"),
         (
@@ -261,6 +266,19 @@ fn bad_input_gets_one_line() {
         (
             vec!["--kernel", k, "--initrd", "/no/such/initrd"],
             "/no/such/initrd",
+        ),
+        // Files that would be read for ever, or could not fit.
+        (
+            vec!["--kernel", "/dev/zero"],
+            "kernel /dev/zero: not a regular file",
+        ),
+        (
+            vec!["--kernel", k, "--initrd", "/dev/urandom"],
+            "initrd /dev/urandom: not a regular file",
+        ),
+        (
+            vec!["--kernel", big.to_str().unwrap(), "--mem", "32M"],
+            "more than the guest's 33554432 bytes of memory",
         ),
     ] {
         let o = vm(&args);

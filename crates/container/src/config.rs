@@ -45,6 +45,7 @@ fn parse_with_spec_names<T: serde::de::DeserializeOwned>(
     what: &str,
     process: fn(&mut serde_json::Value) -> Option<&mut serde_json::Value>,
 ) -> Result<T> {
+    refuse_nul(json, what)?;
     let first = match serde_json::from_slice(json) {
         Ok(t) => return Ok(t),
         Err(e) => e,
@@ -60,6 +61,50 @@ fn parse_with_spec_names<T: serde::de::DeserializeOwned>(
         return Err(config_err!("{what}: {first}"));
     }
     serde_json::from_value(v).map_err(|e| config_err!("{what}: {e}"))
+}
+
+/// Refuse a document with a NUL byte in any string (a key or a value): no such string reaches
+/// a syscall intact (execve, a path, a sysctl would be cut at it), so none is accepted. JSON
+/// can carry one only as the escape `\u0000`, so documents without it are not parsed twice.
+fn refuse_nul(json: &[u8], what: &str) -> Result<()> {
+    if !json.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return Ok(());
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return Ok(());
+    };
+    match nul_at(&v, String::new()) {
+        Some(at) => Err(config_err!("{what}: {at}: contains a NUL byte")),
+        None => Ok(()),
+    }
+}
+
+/// The place (`process.env[1]`) of the first string in `v` holding a NUL byte.
+pub fn nul_at(v: &serde_json::Value, at: String) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => {
+            Some(if at.is_empty() { "a string".into() } else { at })
+        }
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_at(x, format!("{at}[{i}]"))),
+        serde_json::Value::Object(o) => o.iter().find_map(|(k, x)| {
+            if k.contains('\0') {
+                Some(format!("{} (a key)", join(&k.replace('\0', "\\0"))))
+            } else {
+                nul_at(x, join(k))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Load `<bundle>/config.json`, validate it, and resolve the rootfs.
@@ -336,6 +381,27 @@ pub fn validate_sysctl(key: &str, ns: &Namespaces) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_nul_anywhere_is_refused_at_its_place() {
+        let e = refuse_nul(
+            br#"{"process": {"env": ["A=1", "B=x\u0000y"]}}"#,
+            "config.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("config.json: process.env[1]: contains a NUL byte"),
+            "{e}"
+        );
+        let e = refuse_nul(br#"{"linux": {"sysctl": {"a\u0000b": "1"}}}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux.sysctl.a\\0b (a key)"), "{e}");
+        // An escaped backslash before u0000 is text, not a NUL.
+        assert!(refuse_nul(br#"{"a": "\\u0000"}"#, "c").is_ok());
+        assert!(refuse_nul(br#"{"a": "plain"}"#, "c").is_ok());
+    }
+
     use super::*;
 
     fn bundle_with(json: &str) -> (tempfile::TempDir, Result<Config>) {

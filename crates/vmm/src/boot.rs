@@ -17,7 +17,7 @@ pub(crate) fn load_kernel(
     mem: &GuestMemoryMmap,
     cfg: &Config,
 ) -> Result<(KernelLoaderResult, u64)> {
-    let mut f = File::open(&cfg.kernel).map_err(io(cfg.kernel.display()))?;
+    let mut f = guest_file(&cfg.kernel, "kernel", cfg.mem_bytes)?;
     let himem = Some(GuestAddress(arch::HIMEM));
     let elf = |r: KernelLoaderResult| {
         let entry = r.kernel_load.raw_value();
@@ -50,6 +50,27 @@ pub(crate) fn load_kernel(
             format!("neither an ELF kernel ({elf_err}) nor a bzImage ({bz_err})"),
         )),
     }
+}
+
+/// Open `path` to load into guest memory: a regular file no larger than the guest's RAM. A
+/// device (`/dev/zero`) or a pipe would be read for ever, and a larger file cannot fit.
+fn guest_file(path: &std::path::Path, what: &str, mem_bytes: u64) -> Result<File> {
+    let f = File::open(path).map_err(io(path.display()))?;
+    let meta = f.metadata().map_err(io(path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::Config(format!(
+            "{what} {}: not a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() > mem_bytes {
+        return Err(Error::Config(format!(
+            "{what} {}: {} bytes, more than the guest's {mem_bytes} bytes of memory",
+            path.display(),
+            meta.len()
+        )));
+    }
+    Ok(f)
 }
 
 /// The vmlinux a compressed bzImage carries, when its format is one [`unpack`] knows. One
@@ -115,7 +136,9 @@ fn initrd(mem: &GuestMemoryMmap, cfg: &Config) -> Result<Option<(GuestAddress, u
     let Some(p) = &cfg.initrd else {
         return Ok(None);
     };
-    let data = std::fs::read(p).map_err(io(p.display()))?;
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut guest_file(p, "initrd", cfg.mem_bytes)?, &mut data)
+        .map_err(io(p.display()))?;
     let at = arch::initrd_addr(mem, data.len())?;
     mem.write_slice(&data, at)
         .map_err(|e| Error::boot("loading the initrd", e))?;
