@@ -257,14 +257,13 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
         None => json!({}),
         Some(src) => {
             let text = if src == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                    .context("reading the resources from standard input")?;
-                s
+                domain::read_bounded(std::io::stdin(), domain::MAX_DOCUMENT)
+                    .context("reading the resources from standard input")?
             } else {
-                std::fs::read_to_string(src).with_context(|| format!("reading {src}"))?
+                domain::read_document(std::path::Path::new(src))
+                    .with_context(|| format!("reading {src}"))?
             };
-            serde_json::from_str(&text).map_err(|e| anyhow!("--resources {src}: {e}"))?
+            serde_json::from_slice(&text).map_err(|e| anyhow!("--resources {src}: {e}"))?
         }
     };
     if !doc.is_object() {
@@ -367,7 +366,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration> {
 
 fn exec_process(root: &Root, a: &ExecArgs) -> Result<Process> {
     if let Some(p) = &a.process {
-        let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let data = domain::read_document(p).with_context(|| format!("reading {}", p.display()))?;
         return Ok(container::config::parse_process(
             &data,
             &format!("process {}", p.display()),

@@ -1550,6 +1550,7 @@ fn update_changes_a_running_containers_resources() {
             "--memory \"lots\": not a size",
         ),
         (vec!["update", &id], "nothing to change"),
+        (vec!["update", "-r", "/dev/zero", &id], "not a document"),
         (vec!["update", "--cpuset-cpus", "99", &id], "cpuset.cpus"),
         (
             vec!["update", "--memory", "64M", "nosuch"],

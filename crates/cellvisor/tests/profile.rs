@@ -60,3 +60,13 @@ fn policy_is_deny_by_default() {
     ]);
     assert!(!o.status.success(), "a buffer above the rule's is denied");
 }
+
+/// A profile path that names an endless device is refused in one line, not read for ever.
+#[test]
+fn an_endless_profile_is_refused() {
+    let o = cv(&["profile", "check", "/dev/zero"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/dev/zero: more than"), "{err}");
+    assert!(err.lines().count() <= 2, "{err}");
+}

@@ -112,7 +112,7 @@ pub fn load(bundle: &Path) -> Result<Config> {
     let bundle = std::fs::canonicalize(bundle)
         .map_err(|e| Error::Msg(format!("bundle {}: {e}", bundle.display())))?;
     let path = bundle.join("config.json");
-    let json = std::fs::read(&path)
+    let json = domain::read_document(&path)
         .map_err(|e| Error::Msg(format!("cannot read {}: {e}", path.display())))?;
     let spec = parse_spec(&json, "config.json")?;
     from_spec(spec, bundle)

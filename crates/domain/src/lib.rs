@@ -87,6 +87,29 @@ impl BackendError {
     }
 }
 
+/// The most a document the user names (a config.json, a profile, a resources file) may
+/// hold: a device or a pipe without end is refused when it passes this, not read for ever.
+pub const MAX_DOCUMENT: u64 = 64 << 20;
+
+/// Read all of `r`, refusing more than `max` bytes.
+pub fn read_bounded(r: impl std::io::Read, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    r.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("more than {max} bytes: not a document"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Read the file at `path` with [`read_bounded`] and [`MAX_DOCUMENT`].
+pub fn read_document(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    read_bounded(std::fs::File::open(path)?, MAX_DOCUMENT)
+}
+
 /// An error and its causes on one line, `what: cause: cause`: how an error is printed once,
 /// at the top (a binary's last words, an API answer, a report).
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -155,4 +178,14 @@ pub trait Backend {
     fn exists(&self, name: &str) -> bool;
     /// Where the domain's output goes.
     fn log_path(&self, name: &str) -> Option<std::path::PathBuf>;
+}
+
+#[cfg(test)]
+mod read_tests {
+    #[test]
+    fn an_endless_document_is_refused() {
+        assert_eq!(super::read_bounded(&b"abc"[..], 3).unwrap(), b"abc");
+        let e = super::read_bounded(std::io::repeat(0), 1000).unwrap_err();
+        assert!(e.to_string().contains("more than 1000 bytes"), "{e}");
+    }
 }

@@ -500,7 +500,11 @@ pub fn load(path: &Path) -> Result<Profile, Errors> {
 
 /// Load a profile file, checked against `host` ([`parse_on`]).
 pub fn load_on(path: &Path, host: &Host) -> Result<Profile, Errors> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::read_document(path)
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
         .map_err(|e| Errors(vec![format!("{}: {e}", path.display())]))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     parse_on(&text, &path.display().to_string(), dir, host)
