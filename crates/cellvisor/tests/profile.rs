@@ -70,3 +70,24 @@ fn an_endless_profile_is_refused() {
     assert!(err.contains("/dev/zero: more than"), "{err}");
     assert!(err.lines().count() <= 2, "{err}");
 }
+
+/// A NUL byte in a profile's string (here a command) is refused at its place.
+#[test]
+fn a_nul_in_a_profile_is_refused_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("nul.toml");
+    std::fs::write(
+        &f,
+        "name = \"x\"\nbase = \"r\"\n[[domain]]\nname = \"a\"\nrole = \"trusted\"\ncommand = [\"sh\", \"-c\", \"cut\\u0000here\"]\n",
+    )
+    .unwrap();
+    let o = cv(&["profile", "check", f.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().next().unwrap_or_default().ends_with(
+            "nul.toml:6:28: a string holds a NUL byte, which no command, path or name can carry"
+        ),
+        "{err}"
+    );
+}

@@ -50,7 +50,23 @@ impl<'a> Report<'a> {
 /// The text as TOML, or its syntax error (with its place).
 pub(super) fn syntax(r: &mut Report, text: &str) -> Option<raw::Profile> {
     match toml::from_str(text) {
-        Ok(raw) => Some(raw),
+        Ok(raw) => {
+            // TOML can carry a NUL only as an escape; no command, path or name can hold one.
+            let nul = ["\\u0000", "\\U00000000"]
+                .iter()
+                .filter_map(|e| text.find(e))
+                .min();
+            match nul {
+                Some(at) if toml::from_str::<toml::Value>(text).is_ok_and(|v| holds_nul(&v)) => {
+                    r.at(
+                        at..at,
+                        "a string holds a NUL byte, which no command, path or name can carry",
+                    );
+                    None
+                }
+                _ => Some(raw),
+            }
+        }
         Err(e) => {
             let msg = e.message().trim().to_string();
             match e.span() {
@@ -63,6 +79,16 @@ pub(super) fn syntax(r: &mut Report, text: &str) -> Option<raw::Profile> {
 }
 
 /// A path under /dev that cannot climb out of it.
+/// Whether any string (or key) in `v` holds a NUL byte.
+fn holds_nul(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::String(s) => s.contains('\0'),
+        toml::Value::Array(a) => a.iter().any(holds_nul),
+        toml::Value::Table(t) => t.iter().any(|(k, x)| k.contains('\0') || holds_nul(x)),
+        _ => false,
+    }
+}
+
 fn is_dev_path(p: &Path) -> bool {
     p.starts_with("/dev/") && !p.components().any(|c| c == Component::ParentDir)
 }
