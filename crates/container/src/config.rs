@@ -274,13 +274,15 @@ pub fn from_spec(spec: Spec, bundle: PathBuf) -> Result<Config> {
             ));
         }
     }
-    Ok(Config {
+    let cfg = Config {
         rootfs,
         bundle,
         namespaces,
         seccomp,
         spec,
-    })
+    };
+    crate::devices::plan(&cfg, false)?;
+    Ok(cfg)
 }
 
 /// Checks that apply to the container's process and to `exec`'s process.json alike.
@@ -381,6 +383,8 @@ pub fn validate_sysctl(key: &str, ns: &Namespaces) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_nul_anywhere_is_refused_at_its_place() {
         let e = refuse_nul(
@@ -401,8 +405,6 @@ mod tests {
         assert!(refuse_nul(br#"{"a": "\\u0000"}"#, "c").is_ok());
         assert!(refuse_nul(br#"{"a": "plain"}"#, "c").is_ok());
     }
-
-    use super::*;
 
     fn bundle_with(json: &str) -> (tempfile::TempDir, Result<Config>) {
         let dir = tempfile::tempdir().unwrap();

@@ -250,14 +250,18 @@ pub fn create(cfg: &Config, root: &OwnedFd, in_userns: bool, made: Vec<OwnedFd>)
             .ctx(|| format!("{}: moving the node into place", at()))?;
             continue;
         }
-        bind_host_node(&n.path, &target).map_err(|e| Error::Msg(format!("{}: {e}", at())))?;
+        bind_host_node(root, &n.path, &target).map_err(|e| Error::Msg(format!("{}: {e}", at())))?;
     }
     Ok(())
 }
 
-/// Bind the host's node at `path` onto `target` and make the mount nosuid,noexec (keeping the
-/// flags the host's mount locks).
-fn bind_host_node(path: &Path, target: &OwnedFd) -> std::result::Result<(), String> {
+/// Bind the host's node at `path` onto `target` (that path under `root`) and make the mount
+/// nosuid,noexec (keeping the flags the host's mount locks).
+fn bind_host_node(
+    root: &OwnedFd,
+    path: &Path,
+    target: &OwnedFd,
+) -> std::result::Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| {
         format!("in a user namespace the host's node is bound in, and there is none: {e}")
     })?;
@@ -272,7 +276,8 @@ fn bind_host_node(path: &Path, target: &OwnedFd) -> std::result::Result<(), Stri
     let none: Option<&str> = None;
     mount(Some(path), &fd_path(target), none, MsFlags::MS_BIND, none)
         .map_err(|e| format!("bind-mounting the host's node: {e}"))?;
-    let here = reopen(target)?;
+    // The mount now on top of the path (`target` still names the file beneath).
+    let here = open_in_root(root, path, libc::O_PATH).map_err(|e| format!("re-opening: {e}"))?;
     let flags = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_NOSUID
@@ -280,20 +285,6 @@ fn bind_host_node(path: &Path, target: &OwnedFd) -> std::result::Result<(), Stri
         | crate::mounts::locked_flags(&fd_path(&here));
     mount(none, &fd_path(&here), none, flags, none)
         .map_err(|e| format!("remounting nosuid,noexec: {e}"))
-}
-
-/// The mount now on top of `target`'s path (an O_PATH descriptor opened before the mount
-/// still names the file beneath).
-fn reopen(target: &OwnedFd) -> std::result::Result<OwnedFd, String> {
-    let p = std::fs::read_link(fd_path(target)).map_err(|e| format!("reading the target: {e}"))?;
-    let f = nix::fcntl::open(
-        &p,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("re-opening {}: {e}", p.display()))?;
-    // SAFETY: open returned a new descriptor that nothing else owns.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(f) })
 }
 
 /// The usual /dev symlinks, when /dev is a tmpfs of ours.
@@ -361,6 +352,12 @@ mod tests {
     }
 
     fn cfg_with(devices: serde_json::Value, dev_tmpfs: bool) -> Config {
+        load_with(devices, dev_tmpfs).unwrap()
+    }
+
+    /// A bundle with `devices`, loaded (and checked) as `create` loads it; the plan needs
+    /// nothing of the bundle afterwards.
+    fn load_with(devices: serde_json::Value, dev_tmpfs: bool) -> Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
         let mut spec = crate::runtime::default_spec(false);
@@ -372,9 +369,7 @@ mod tests {
                 .retain(|m| m["destination"] != "/dev");
         }
         std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
-        let c = crate::config::load(dir.path()).unwrap();
-        std::mem::forget(dir);
-        c
+        crate::config::load(dir.path())
     }
 
     #[test]
@@ -413,7 +408,7 @@ mod tests {
                 "linux.devices[0] (dev/x): the path must be absolute and name a file",
             ),
         ] {
-            let e = plan(&cfg_with(d, true), true).unwrap_err().to_string();
+            let e = load_with(d, true).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
     }

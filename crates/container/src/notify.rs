@@ -37,17 +37,17 @@ pub fn connect(l: &Listener, min_fd: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
-/// The container process state sent with the descriptor: `state` is the container's state
-/// document, `pid` the filtered process as the host sees it.
-pub fn process_state(state: serde_json::Value, pid: i32, metadata: Option<&str>) -> String {
+/// The container process state sent to `l` with the descriptor: `state` is the container's
+/// state document, `pid` the filtered process as the host sees it.
+pub fn process_state(l: &Listener, state: serde_json::Value, pid: i32) -> String {
     let mut doc = serde_json::json!({
         "ociVersion": state["ociVersion"],
         "fds": ["seccompFd"],
         "pid": pid,
         "state": state,
     });
-    if let Some(m) = metadata {
-        doc["metadata"] = m.into();
+    if let Some(m) = &l.metadata {
+        doc["metadata"] = m.as_str().into();
     }
     doc.to_string()
 }
@@ -167,14 +167,19 @@ mod tests {
     fn the_process_state_names_the_descriptor_and_carries_the_state() {
         let st =
             serde_json::json!({"ociVersion": "1.2.0", "id": "c1", "status": "creating", "pid": 42});
+        let listener = |m: Option<&str>| Listener {
+            path: "/agent.sock".into(),
+            metadata: m.map(String::from),
+        };
         let doc: serde_json::Value =
-            serde_json::from_str(&process_state(st.clone(), 42, Some("k=v"))).unwrap();
+            serde_json::from_str(&process_state(&listener(Some("k=v")), st.clone(), 42)).unwrap();
         assert_eq!(doc["ociVersion"], "1.2.0");
         assert_eq!(doc["fds"], serde_json::json!(["seccompFd"]));
         assert_eq!(doc["pid"], 42);
         assert_eq!(doc["metadata"], "k=v");
         assert_eq!(doc["state"], st);
-        let doc: serde_json::Value = serde_json::from_str(&process_state(st, 42, None)).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&process_state(&listener(None), st, 42)).unwrap();
         assert!(doc.get("metadata").is_none());
     }
 }

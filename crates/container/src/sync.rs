@@ -98,8 +98,8 @@ impl Chan {
 /// Packet tags of [`Chan::send_fds`]: descriptors follow, and the last packet of them.
 const FDS: u8 = 6;
 const FDS_DONE: u8 = 7;
-/// Descriptors per packet, well under the kernel's SCM_MAX_FD (253).
-const FDS_PER_PACKET: usize = 64;
+/// Descriptors per packet: what one receive takes.
+const FDS_PER_PACKET: usize = crate::util::MAX_FDS;
 
 impl Chan {
     /// Send descriptors (SCM_RIGHTS), in order, in as many packets as they need, then the
@@ -126,34 +126,12 @@ impl Chan {
 
     /// Receive what [`Chan::send_fds`] sent; `None` when the other side has gone.
     pub fn recv_fds(&self) -> Result<Option<Vec<OwnedFd>>> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        use std::os::fd::{FromRawFd, RawFd};
         let mut out = Vec::new();
         loop {
             let mut buf = [0u8; 16];
-            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([RawFd; FDS_PER_PACKET]);
-            let msg = loop {
-                match recvmsg::<()>(
-                    self.0.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut space),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Err(nix::Error::EINTR) => continue,
-                    r => break r.ctx(|| "reading the sync socket")?,
-                }
-            };
-            let n = msg.bytes;
-            for c in msg
-                .cmsgs()
-                .ctx(|| "reading descriptors from the sync socket")?
-            {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
-                    out.extend(fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
-                }
-            }
+            let (n, fds) = crate::util::recv_with_fds(self.0.as_raw_fd(), &mut buf)
+                .ctx(|| "reading descriptors from the sync socket")?;
+            out.extend(fds);
             if n == 0 {
                 return Ok(None);
             }

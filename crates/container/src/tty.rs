@@ -97,26 +97,12 @@ pub fn size_of_stdin() -> Option<(u16, u16)> {
 
 /// Receive the terminal's master end over `sock` (what [`setup`] sends).
 pub fn recv_master(sock: &OwnedFd) -> Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
     let mut buf = [0u8; 64];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ctx(|| "receiving the container's terminal")?;
-    for c in msg.cmsgs().ctx(|| "reading the terminal's message")? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Err(Error::Msg("the container sent no terminal".into()))
+    let (_, fds) = crate::util::recv_with_fds(sock.as_raw_fd(), &mut buf)
+        .ctx(|| "receiving the container's terminal")?;
+    fds.into_iter()
+        .next()
+        .ok_or_else(|| Error::Msg("the container sent no terminal".into()))
 }
 
 /// The user's terminal (standard input) joined to a container's: in raw mode while this
@@ -176,7 +162,9 @@ impl Attached {
         use std::os::fd::AsFd;
         let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .ctx(|| "opening a signalfd")?;
-        let m = self.master.as_raw_fd();
+        let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+        let (input, output, master) = (stdin.as_fd(), stdout.as_fd(), self.master.as_fd());
+        let m = master.as_raw_fd();
         let (mut stdin_open, mut master_open) = (true, true);
         let mut buf = [0u8; 8192];
         loop {
@@ -192,20 +180,13 @@ impl Attached {
                 Ok(_) => {}
                 Err(e) => return Err(e).ctx(|| "waiting for the container's process"),
             }
-            // SAFETY: descriptors 0 and the master stay open while this call runs.
-            let (stdin, master) = unsafe {
-                (
-                    std::os::fd::BorrowedFd::borrow_raw(0),
-                    std::os::fd::BorrowedFd::borrow_raw(m),
-                )
-            };
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
             let mi = master_open.then(|| {
                 fds.push(PollFd::new(master, PollFlags::POLLIN));
                 fds.len() - 1
             });
             let si = stdin_open.then(|| {
-                fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+                fds.push(PollFd::new(input, PollFlags::POLLIN));
                 fds.len() - 1
             });
             match poll(&mut fds, PollTimeout::NONE) {
@@ -230,14 +211,14 @@ impl Attached {
             if mi.is_some_and(|i| ready[i]) {
                 match nix::unistd::read(m, &mut buf) {
                     Ok(0) | Err(nix::Error::EIO) => master_open = false,
-                    Ok(n) => write_all(1, &buf[..n]),
+                    Ok(n) => write_all(output, &buf[..n]),
                     Err(_) => {}
                 }
             }
             if si.is_some_and(|i| ready[i]) {
-                match nix::unistd::read(0, &mut buf) {
+                match nix::unistd::read(input.as_raw_fd(), &mut buf) {
                     Ok(0) | Err(nix::Error::EIO) | Err(nix::Error::EBADF) => stdin_open = false,
-                    Ok(n) => write_all(m, &buf[..n]),
+                    Ok(n) => write_all(master, &buf[..n]),
                     Err(_) => {}
                 }
             }
@@ -246,18 +227,17 @@ impl Attached {
 
     /// What the container's terminal still holds, out to stdout (without waiting for more).
     fn drain(&self) {
-        let m = self.master.as_raw_fd();
+        use std::os::fd::AsFd;
+        let (master, stdout) = (self.master.as_fd(), std::io::stdout());
         let mut buf = [0u8; 8192];
         loop {
-            // SAFETY: the master stays open while this runs.
-            let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(m) };
-            let mut p = [nix::poll::PollFd::new(f, nix::poll::PollFlags::POLLIN)];
+            let mut p = [nix::poll::PollFd::new(master, nix::poll::PollFlags::POLLIN)];
             if !matches!(nix::poll::poll(&mut p, nix::poll::PollTimeout::from(50u16)), Ok(n) if n > 0)
             {
                 return;
             }
-            match nix::unistd::read(m, &mut buf) {
-                Ok(n) if n > 0 => write_all(1, &buf[..n]),
+            match nix::unistd::read(master.as_raw_fd(), &mut buf) {
+                Ok(n) if n > 0 => write_all(stdout.as_fd(), &buf[..n]),
                 _ => return,
             }
         }
@@ -265,11 +245,9 @@ impl Attached {
 }
 
 /// Write all of `data` to `fd` (best effort: a closed end drops it).
-fn write_all(fd: RawFd, mut data: &[u8]) {
+fn write_all(fd: std::os::fd::BorrowedFd, mut data: &[u8]) {
     while !data.is_empty() {
-        // SAFETY: `fd` is open for the call.
-        let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        match nix::unistd::write(f, data) {
+        match nix::unistd::write(fd, data) {
             Ok(n) if n > 0 => data = &data[n..],
             Err(nix::Error::EINTR) => continue,
             _ => return,

@@ -10,6 +10,35 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Context, Result};
 
+/// The most descriptors [`recv_with_fds`] takes from one message, well under the kernel's
+/// SCM_MAX_FD (253).
+pub const MAX_FDS: usize = 64;
+
+/// Receive one message on the socket `sock` into `buf`, with the descriptors that came with
+/// it (SCM_RIGHTS, made close-on-exec): the bytes read, and the descriptors.
+pub fn recv_with_fds(
+    sock: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+    let msg = loop {
+        match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::Error::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
+            fds.extend(got.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
 /// Write `data` to `path` atomically: a temporary file in the same directory, then rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));

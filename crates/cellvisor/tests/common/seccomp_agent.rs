@@ -3,7 +3,7 @@
 //! notification with success (return value 0) without the call being made.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -64,32 +64,15 @@ impl Agent {
 
 /// One connection: the descriptor with the first bytes, then the document to EOF.
 fn receive(conn: UnixStream) -> (Value, OwnedFd) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut buf = vec![0u8; 1 << 16];
-    let mut fd = None;
-    let n = {
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .unwrap();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: the kernel just gave us this descriptor.
-                fd = fds.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
-            }
-        }
-        msg.bytes
-    };
+    let (n, fds) = container::util::recv_with_fds(conn.as_raw_fd(), &mut buf).unwrap();
     let mut doc = buf[..n].to_vec();
     (&conn).read_to_end(&mut doc).unwrap();
     (
         serde_json::from_slice(&doc).unwrap(),
-        fd.expect("no descriptor came with the state"),
+        fds.into_iter()
+            .next()
+            .expect("no descriptor came with the state"),
     )
 }
 

@@ -153,7 +153,6 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             "process.terminal is true: --console-socket is required".into(),
         ));
     }
-    crate::devices::plan(&cfg, false)?;
     // Made before anything else (they live in descriptors only, so a failure below leaves
     // nothing of them behind).
     let devices = if crate::devices::runtime_makes_them(&cfg) {
@@ -204,13 +203,10 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
             .map(|k| (cfg.rootfs.as_path(), k)),
     };
     // The seccomp agent, reached now: if it is not there, nothing runs.
-    let agent = cfg
-        .seccomp
-        .as_ref()
-        .and_then(|f| f.listener.as_ref())
+    let listener = cfg.seccomp.as_ref().and_then(|f| f.listener.as_ref());
+    let agent = listener
         .map(|l| crate::notify::connect(l, 3 + o.listen_fds.max(0) + o.preserve_fds.max(0)))
         .transpose()?;
-    let has_agent = agent.is_some();
     let (pid, parent, ours) = spawn_init(&cfg, o, &dir.path, terminal, &hierarchies, &cg, agent)?;
     crate::timing::mark("clone");
     undo.pid = Some(pid);
@@ -236,8 +232,9 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
     }
     if let Some((unit, props, bus)) = &systemd {
         // systemd makes the group with the process in it; the rest is written to its files.
-        bus.start(unit, props, pid, &o.id)?;
+        // Stopped on failure from here on: a start that timed out may still have its unit.
         undo.unit = Some((bus, unit.name.as_str()));
+        bus.start(unit, props, pid, &o.id)?;
         cg.create(linux.resources().as_ref())?;
         undo.cgroup = Some(&cg);
         crate::timing::mark("systemd");
@@ -248,13 +245,8 @@ pub fn create(root: &Root, o: &CreateOpts) -> Result<Created> {
         parent.send_fds(&devices)?;
     }
     drop(devices);
-    if has_agent {
-        let l = cfg.seccomp.as_ref().and_then(|f| f.listener.as_ref());
-        let doc = crate::notify::process_state(
-            st.oci(Status::Creating),
-            pid,
-            l.and_then(|l| l.metadata.as_deref()),
-        );
+    if let Some(l) = listener {
+        let doc = crate::notify::process_state(l, st.oci(Status::Creating), pid);
         parent.send(&Msg::ProcessState(doc))?;
     }
     setup_dialogue(&parent, &st, &cfg)?;

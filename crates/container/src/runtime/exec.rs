@@ -103,9 +103,8 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
         namespaces::setns(fd, *t, path)?;
     }
     // The seccomp agent, reached before anything runs.
-    let agent = seccomp
-        .as_ref()
-        .and_then(|f| f.listener.as_ref())
+    let listener = seccomp.as_ref().and_then(|f| f.listener.as_ref());
+    let agent = listener
         .map(|l| crate::notify::connect(l, 3 + o.preserve_fds.max(0)))
         .transpose()?;
     let (parent, child) = sync::pair()?;
@@ -156,13 +155,8 @@ pub fn exec(root: &Root, o: &ExecOpts) -> Result<i32> {
     }
     drop(child);
     drop(console);
-    if agent.is_some() {
-        let l = seccomp.as_ref().and_then(|f| f.listener.as_ref());
-        let doc = crate::notify::process_state(
-            st.oci(crate::state::Status::Running),
-            pid,
-            l.and_then(|l| l.metadata.as_deref()),
-        );
+    if let Some(l) = listener {
+        let doc = crate::notify::process_state(l, st.oci(crate::state::Status::Running), pid);
         // A child that failed first says why below.
         let _ = parent.send(&Msg::ProcessState(doc));
     }
