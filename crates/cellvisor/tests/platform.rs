@@ -35,6 +35,8 @@ struct Daemon {
     v2: bool,
     /// A profile with a realtime domain holds its core exclusively: see common::CpusLock.
     _cpus: Option<common::CpusLock>,
+    /// The crash point (CELLVISOR_CRASH_AT) of the next start only.
+    crash_at: Option<&'static str>,
 }
 
 impl Daemon {
@@ -57,6 +59,7 @@ impl Daemon {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             v2: false,
             _cpus: cpus,
+            crash_at: None,
         };
         d.start();
         d
@@ -95,6 +98,7 @@ impl Daemon {
             .arg("--prefix")
             .arg(&self.prefix)
             .args(&self.extra)
+            .env_remove("CELLVISOR_CRASH_AT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -109,7 +113,11 @@ impl Daemon {
 
     fn start(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("daemon.log"));
-        self.child = Some(self.command().spawn().unwrap());
+        let mut c = self.command();
+        if let Some(point) = self.crash_at.take() {
+            c.env("CELLVISOR_CRASH_AT", point);
+        }
+        self.child = Some(c.spawn().unwrap());
         let end = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(self.sock()).is_err() {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -130,6 +138,23 @@ impl Daemon {
             unsafe { libc::kill(c.id() as i32, sig) };
             c.wait().unwrap();
         }
+    }
+
+    /// Send a request the daemon dies on (at its crash point): it must have been killed.
+    fn dies_on(&mut self, method: &str, path: &str, body: Option<Value>) {
+        let mut s = UnixStream::connect(self.sock()).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        let st = self.child.take().unwrap().wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "{method} {path} did not reach its crash point ({st}): {}",
+            String::from_utf8_lossy(&sink)
+        );
     }
 
     fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -251,6 +276,16 @@ impl Daemon {
             }
         }
         assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
+        // Nor the channels' keeper (`cellvisord --keeper DIR`).
+        let state = self.state().to_string_lossy().into_owned();
+        let keepers: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("--keeper") && c.contains(&state))
+            .collect();
+        assert!(keepers.is_empty(), "processes left behind: {keepers:?}");
         let end = Instant::now() + Duration::from_secs(5);
         let alive = || {
             pids.iter()
@@ -466,9 +501,20 @@ fn killing_the_daemon_loses_no_domain_and_leaks_nothing() {
                 d.devs(b)
             );
         }
+        // The channel is the same: its keeper held it, the new daemon hands it out again.
         let (_, chans) = d.api("GET", "/v1/channels", None);
-        assert_eq!(chans[0]["adopted"], true, "{chans}");
+        assert_eq!(chans[0]["adopted"], false, "{chans}");
     }
+    let o = d.exec(
+        "common",
+        "/run/cellvisor/agent send messages again --reply --wait 5",
+    );
+    assert!(
+        common::stdout(&o).contains("reply: trusted got: again"),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
     // Killed while bringing a domain up: the half-made domain is removed or finished.
     d.ok(&["down", "common"]);
     let sock = d.sock();
@@ -488,6 +534,292 @@ fn killing_the_daemon_loses_no_domain_and_leaks_nothing() {
     let mut all = pids.clone();
     if let Some(p) = d.domain("common")["pid"].as_i64() {
         all.push(p as i32);
+    }
+    d.teardown_and_check(&all);
+}
+
+/// The phone profile with a trusted domain that answers channel after channel (its agent
+/// comes back when one closes) and a common domain that takes no channel by itself.
+fn echoing_profile() -> String {
+    let p = domain::DEFAULT_PROFILE
+        .replace(
+            "exec /run/cellvisor/agent echo messages --wait 600 --prefix 'trusted got: '",
+            "while :; do /run/cellvisor/agent echo messages --wait 600 --prefix 'trusted got: '; sleep 0.05; done",
+        )
+        .replace(
+            "/run/cellvisor/agent send messages 'hello from common' --reply --wait 600; ",
+            "",
+        );
+    assert!(p.contains("while :") && !p.contains("hello from common"));
+    p
+}
+
+/// What a daemon that came back must show, whatever step the last one died at: every domain
+/// running or stopped (nothing half-made: a stopped domain has no container left), one
+/// foreground at most and only a running one, devices only there, every channel between
+/// running domains and still handed out. Returns the running domains' pids.
+fn consistent(d: &Daemon, at: &str) -> Vec<i32> {
+    let doms = d.domains();
+    let oci: Vec<String> = std::fs::read_dir(d.state().join("oci"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut pids = Vec::new();
+    let mut fg = Vec::new();
+    for dom in &doms {
+        let name = dom["name"].as_str().unwrap();
+        let st = dom["status"].as_str().unwrap();
+        let id = format!("{}-{name}", d.prefix);
+        match st {
+            "running" => {
+                pids.push(dom["pid"].as_i64().unwrap() as i32);
+                assert!(oci.contains(&id), "{at}: {name} runs without its container");
+            }
+            "stopped" => assert!(
+                !oci.contains(&id),
+                "{at}: stopped {name} left its container"
+            ),
+            _ => panic!("{at}: {dom}"),
+        }
+        if dom["foreground"] == true {
+            assert_eq!(st, "running", "{at}: {dom}");
+            fg.push(name);
+        }
+        if has_vt() && st == "running" && dom["role"] != "realtime" {
+            let held = !d.devs(name).is_empty();
+            assert_eq!(
+                held,
+                dom["foreground"] == true,
+                "{at}: {name} {:?}",
+                d.devs(name)
+            );
+        }
+    }
+    assert!(fg.len() <= 1, "{at}: {doms:?}");
+    let (_, chans) = d.api("GET", "/v1/channels", None);
+    for c in chans.as_array().unwrap() {
+        assert_eq!(c["adopted"], false, "{at}: {c}");
+        for side in ["from", "to"] {
+            let dom = doms.iter().find(|x| x["name"] == c[side]).unwrap();
+            assert_eq!(dom["status"], "running", "{at}: {c}");
+        }
+    }
+    pids
+}
+
+/// common's agent sends over `messages` and trusted's answers.
+fn messages_flow(d: &Daemon, at: &str) {
+    let o = d.exec(
+        "common",
+        &format!("/run/cellvisor/agent send messages {at} --reply --wait 10"),
+    );
+    assert!(
+        common::stdout(&o).contains(&format!("reply: trusted got: {at}")),
+        "{at}: {}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+}
+
+/// SIGKILL injected at each step of up, down, a foreground switch, opening and closing a
+/// channel (CELLVISOR_CRASH_AT, exactly there): each time the next daemon comes back
+/// consistent, can finish the job, and at the end nothing is left.
+#[test]
+fn a_daemon_killed_at_any_step_comes_back_consistent() {
+    need_root!();
+    let mut d = Daemon::with_profile("ck", &echoing_profile(), &[]);
+    d.ok(&["up"]);
+    let mut all = consistent(&d, "up");
+    let open = json!({"from": "common", "to": "trusted", "channel": "messages"});
+    // (crash point, the request that reaches it, what to do first)
+    type Prep = fn(&Daemon);
+    let nothing: Prep = |_| {};
+    let fg_trusted: Prep = |d| {
+        d.ok(&["fg", "trusted"]);
+    };
+    let fg_common: Prep = |d| {
+        d.ok(&["fg", "common"]);
+    };
+    let no_channel: Prep = |d| {
+        let (_, chans) = d.api("GET", "/v1/channels", None);
+        for c in chans.as_array().unwrap() {
+            d.ok(&["channel", "close", &c["id"].to_string()]);
+        }
+    };
+    let a_channel: Prep = |d| {
+        let (_, chans) = d.api("GET", "/v1/channels", None);
+        if chans.as_array().unwrap().is_empty() {
+            d.ok(&["channel", "open", "common", "trusted", "messages"]);
+        }
+        messages_flow(d, "before");
+    };
+    let common_down: Prep = |d| {
+        if d.domain("common")["status"] == "running" {
+            d.ok(&["down", "common"]);
+        }
+    };
+    let trusted_down: Prep = |d| {
+        if d.domain("trusted")["status"] == "running" {
+            d.ok(&["down", "trusted"]);
+        }
+    };
+    let steps: [(&str, &str, String, Option<Value>, Prep); 12] = [
+        (
+            "fg:saved",
+            "PUT",
+            "/v1/foreground".into(),
+            Some(json!({"name": "common"})),
+            fg_trusted,
+        ),
+        (
+            "fg:old-placed",
+            "PUT",
+            "/v1/foreground".into(),
+            Some(json!({"name": "trusted"})),
+            fg_common,
+        ),
+        (
+            "channel-open:kept",
+            "POST",
+            "/v1/channels".into(),
+            Some(open.clone()),
+            no_channel,
+        ),
+        (
+            "channel-open:saved",
+            "POST",
+            "/v1/channels".into(),
+            Some(open.clone()),
+            no_channel,
+        ),
+        (
+            "channel-close:saved",
+            "DELETE",
+            String::new(),
+            None,
+            a_channel,
+        ),
+        (
+            "down:channels",
+            "POST",
+            "/v1/domains/common/down".into(),
+            None,
+            a_channel,
+        ),
+        (
+            "down:saved",
+            "POST",
+            "/v1/domains/common/down".into(),
+            None,
+            fg_common,
+        ),
+        (
+            "down:stopped",
+            "POST",
+            "/v1/domains/common/down".into(),
+            None,
+            nothing,
+        ),
+        (
+            "up:dir",
+            "POST",
+            "/v1/domains/common/up".into(),
+            None,
+            common_down,
+        ),
+        (
+            "up:forked",
+            "POST",
+            "/v1/domains/common/up".into(),
+            None,
+            common_down,
+        ),
+        (
+            "up:started",
+            "POST",
+            "/v1/domains/common/up".into(),
+            None,
+            common_down,
+        ),
+        // The profile's initial foreground, brought up with no foreground: it takes it.
+        (
+            "up:saved",
+            "POST",
+            "/v1/domains/trusted/up".into(),
+            None,
+            trusted_down,
+        ),
+    ];
+    for (point, method, path, body, prep) in steps {
+        for name in ["common", "trusted"] {
+            if d.domain(name)["status"] != "running" {
+                d.ok(&["up", name]);
+            }
+        }
+        prep(&d);
+        let path = if path.is_empty() {
+            let (_, chans) = d.api("GET", "/v1/channels", None);
+            format!("/v1/channels/{}", chans[0]["id"])
+        } else {
+            path
+        };
+        let target = body
+            .as_ref()
+            .and_then(|b| b["name"].as_str())
+            .map(str::to_string);
+        // Restarted armed, then killed at the point.
+        d.signal(libc::SIGTERM);
+        d.crash_at = Some(point);
+        d.start();
+        d.dies_on(method, &path, body);
+        d.start();
+        all.extend(consistent(&d, point));
+        // The job can be finished from where it stopped.
+        let (verb, _) = point.split_once(':').unwrap();
+        let (_, chans) = d.api("GET", "/v1/channels", None);
+        let chans = chans.as_array().unwrap().clone();
+        match verb {
+            "fg" => {
+                let name = target.unwrap();
+                d.ok(&["fg", &name]);
+                assert_eq!(d.domain(&name)["foreground"], true, "{point}");
+            }
+            "channel-open" => {
+                if chans.is_empty() {
+                    d.ok(&["channel", "open", "common", "trusted", "messages"]);
+                }
+                messages_flow(&d, point);
+            }
+            "channel-close" => {
+                // Saved as closed: closed for good, the keeper's copy let go.
+                assert!(chans.is_empty(), "{point}: {chans:?}");
+                let o = d.exec("common", "/run/cellvisor/agent send messages x --wait 0");
+                assert!(!o.status.success(), "{point}: {}", common::stdout(&o));
+            }
+            "down" => {
+                if d.domain("common")["status"] == "running" {
+                    d.ok(&["down", "common"]);
+                }
+                assert_eq!(d.domain("common")["status"], "stopped", "{point}");
+                assert!(chans.is_empty(), "{point}: {chans:?}");
+            }
+            _ => {
+                let name = if point == "up:saved" {
+                    "trusted"
+                } else {
+                    "common"
+                };
+                if d.domain(name)["status"] != "running" {
+                    d.ok(&["up", name]);
+                }
+                if point == "up:saved" {
+                    assert_eq!(d.domain(name)["foreground"], true, "{point}");
+                }
+                all.extend(consistent(&d, point));
+            }
+        }
     }
     d.teardown_and_check(&all);
 }

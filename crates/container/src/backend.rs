@@ -175,6 +175,21 @@ impl ContainerBackend {
         self.dir.join("domains").join(name)
     }
 
+    /// The domain's directory, locked (flock) for a start: the lock goes with the starting
+    /// process and its container's init until that execs the domain's command.
+    fn start_lock(&self, name: &str) -> Result<std::fs::File, BackendError> {
+        use std::os::fd::AsRawFd;
+        let dd = self.domain_dir(name);
+        let f = std::fs::File::open(&dd)
+            .map_err(|e| BackendError::failed(name, format!("opening {}", dd.display()), e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(BackendError::failed(name, "locking its directory", e));
+        }
+        Ok(f)
+    }
+
     /// Every device rule of a domain with `change` applied: its config's rules, then the
     /// changes made since it started (kept in `devices.json`, one per node, latest last).
     /// What a cgroup v2 device filter is rebuilt from.
@@ -305,14 +320,21 @@ impl ContainerBackend {
                 ..Default::default()
             };
             let root = self.root();
+            // Held until the container's process runs (or the start failed), even if this
+            // process dies meanwhile: see `settle`.
+            let lock = self.start_lock(name)?;
             // The runtime's error crosses the fork as text: it becomes the cause.
-            detached(&o.fds, move || {
-                runtime::create(&root, &co).map_err(|e| e.chain())?;
-                runtime::start(&root, &co.id).map_err(|e| {
-                    let _ = runtime::delete(&root, &co.id, true);
-                    e.chain()
-                })
-            })
+            detached(
+                &o.fds,
+                Some(std::os::fd::AsRawFd::as_raw_fd(&lock)),
+                move || {
+                    runtime::create(&root, &co).map_err(|e| e.chain())?;
+                    runtime::start(&root, &co.id).map_err(|e| {
+                        let _ = runtime::delete(&root, &co.id, true);
+                        e.chain()
+                    })
+                },
+            )
             .map_err(|e| BackendError::failed(name, "starting it", Reported(e)))
         })();
         if r.is_err() {
@@ -470,13 +492,39 @@ impl Backend for ContainerBackend {
         let st = self.state(name).ok()??;
         st.init_alive().then_some(st.pid)
     }
+
+    /// Wait (a minute at most) for the start lock a killed daemon's starting process holds,
+    /// then undo a container whose start can no longer come: one still `creating` or
+    /// `created` once nobody starts it.
+    fn settle(&self, name: &str) {
+        use std::os::fd::AsRawFd;
+        let Ok(dir) = std::fs::File::open(self.domain_dir(name)) else {
+            return;
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        while unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0
+            && std::time::Instant::now() < end
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.states().remove(name);
+        if let Ok(Some(st)) = self.state(name) {
+            if matches!(st.status(&self.root()), Status::Creating | Status::Created) {
+                let _ = runtime::delete(&self.root(), &self.container_id(name), true);
+            }
+        }
+        self.states().remove(name);
+    }
 }
 
 /// Run `f` in a child process that holds `fds` as descriptors 3, 4, ... and nothing else
-/// above 2, so that the domain's processes are not children of the caller (a daemon can die
-/// without taking them along, and never has to reap them). Returns what `f` returned.
+/// above 2 (but a copy of `hold`, close-on-exec), so that the domain's processes are not
+/// children of the caller (a daemon can die without taking them along, and never has to reap
+/// them). Returns what `f` returned.
 fn detached(
     fds: &[std::os::fd::RawFd],
+    hold: Option<std::os::fd::RawFd>,
     f: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     use std::io::Read;
@@ -501,12 +549,14 @@ fn detached(
             let base = 3 + fds.len() as i32 + 64;
             // SAFETY: F_DUPFD_CLOEXEC of descriptors this process holds.
             let tx2 = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
+            // SAFETY: as above.
+            let hold = hold.map(|h| unsafe { libc::fcntl(h, libc::F_DUPFD_CLOEXEC, base) });
             let moved: Vec<i32> = fds
                 .iter()
                 // SAFETY: as above.
                 .map(|&fd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base + 1) })
                 .collect();
-            if tx2 < 0 || moved.iter().any(|&m| m < 0) {
+            if tx2 < 0 || moved.iter().chain(&hold).any(|&m| m < 0) {
                 return (tx2, Err("rearranging descriptors".to_string()));
             }
             for (i, &m) in moved.iter().enumerate() {
@@ -518,6 +568,32 @@ fn detached(
                     );
                 }
             }
+            // The pipe goes right after them, and everything else the caller had open is
+            // closed: a daemon's listening sockets must not outlive it in a domain that is
+            // still being started (a client would connect to a socket nobody answers).
+            let out = 3 + fds.len() as i32;
+            // SAFETY: dup3 onto `out`, which holds nothing this child needs (the given
+            // descriptors are below it, their copies and the pipe's far above).
+            if unsafe { libc::dup3(tx2, out, libc::O_CLOEXEC) } < 0 {
+                return (tx2, Err("rearranging descriptors".to_string()));
+            }
+            let mut last = out;
+            if let Some(h) = hold {
+                last += 1;
+                // SAFETY: as above, onto the next one, from the copy far above.
+                if unsafe { libc::dup3(h, last, libc::O_CLOEXEC) } < 0 {
+                    return (out, Err("rearranging descriptors".to_string()));
+                }
+            }
+            // SAFETY: closing descriptors this child holds and will not use; the pipe at
+            // `out` and 0..out stay.
+            if unsafe { libc::syscall(libc::SYS_close_range, last + 1, u32::MAX, 0) } < 0 {
+                return (
+                    out,
+                    Err(format!("close_range: {}", std::io::Error::last_os_error())),
+                );
+            }
+            let tx2 = out;
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                 .unwrap_or_else(|_| Err("the domain start panicked".to_string()));
             (tx2, r)
@@ -534,6 +610,7 @@ fn detached(
         }
     }
     drop(tx);
+    crate::crash::point("up:forked");
     let mut msg = String::new();
     let _ = std::fs::File::from(rx).read_to_string(&mut msg);
     let mut status = 0;
@@ -602,6 +679,32 @@ fn place_node(pid: i32, node: &Path, dev: Option<(char, u32, u32, u32)>) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_start_holds_only_the_descriptors_it_is_given() {
+        use std::os::fd::AsRawFd;
+        // Open in the caller, inheritable or not: none may reach the child.
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: clearing FD_CLOEXEC on a descriptor we own.
+        unsafe { libc::fcntl(other.as_raw_fd(), libc::F_SETFD, 0) };
+        let listener =
+            std::os::unix::net::UnixListener::bind(tempfile::tempdir().unwrap().path().join("s"))
+                .unwrap();
+        let e = detached(&[kept.as_raw_fd()], None, || {
+            // fcntl opens nothing itself, unlike a listing of /proc/self/fd.
+            let open: Vec<String> = (0..4096)
+                // SAFETY: F_GETFD only asks whether a descriptor is open.
+                .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+                .map(|fd| fd.to_string())
+                .collect();
+            Err(open.join(" "))
+        })
+        .unwrap_err();
+        drop(listener);
+        // 0-2, the given one at 3, the pipe to the caller at 4.
+        assert_eq!(e, "0 1 2 3 4");
+    }
 
     #[test]
     fn a_domain_becomes_an_oci_config() {

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod caps;
 pub mod cgroups;
 pub mod config;
+pub mod crash;
 pub mod devices;
 pub mod error;
 pub mod hooks;

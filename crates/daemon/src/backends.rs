@@ -82,4 +82,7 @@ impl<C: Backend, M: Backend> Backend for Backends<C, M> {
     fn log_path(&self, name: &str) -> Option<PathBuf> {
         self.of(name).log_path(name)
     }
+    fn settle(&self, name: &str) {
+        self.of(name).settle(name)
+    }
 }

@@ -2,11 +2,12 @@
 //! domains, opens channels between them under the profile's policy (deny by default), moves
 //! the foreground, moves the domains between cores (the scheduler), and answers a REST API
 //! on a Unix socket. [`platform`] is the logic, [`scheduler`] the scheduler's part of it,
-//! [`server`] the sockets, [`backends`] each domain on the backend of its kind, [`client`] a
+//! [`server`] the sockets, [`keeper`] the process that holds the channels over a restart, [`backends`] each domain on the backend of its kind, [`client`] a
 //! client of the API.
 
 pub mod backends;
 pub mod client;
+pub mod keeper;
 pub mod placement;
 pub mod platform;
 pub mod scheduler;

@@ -31,6 +31,9 @@ struct Args {
     /// Prefix of the domains' container ids and cgroups.
     #[arg(long, default_value = "cv")]
     prefix: String,
+    /// Run as the channels' keeper of state directory DIR (started by the daemon itself).
+    #[arg(long, value_name = "DIR", hide = true)]
+    keeper: Option<PathBuf>,
 }
 
 fn group_id(g: &str) -> Result<u32, String> {
@@ -50,6 +53,9 @@ fn group_id(g: &str) -> Result<u32, String> {
 
 fn main() {
     let a = Args::parse();
+    if let Some(dir) = &a.keeper {
+        daemon::keeper::run(dir);
+    }
     let r = (|| {
         // Checked against this host: its CPUs, the real-time time it grants.
         let host = container::cgroups::rt::host();

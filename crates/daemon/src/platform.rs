@@ -14,6 +14,8 @@ use domain::profile::BackgroundMode;
 use domain::{Backend, Decision, DomainStatus, Profile, Role, UpOpts};
 use serde::{Deserialize, Serialize};
 
+use crate::keeper::EndStore;
+
 /// An error as the API reports it: a kind (its HTTP status) and one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -66,8 +68,8 @@ pub struct ChannelInfo {
     pub to: String,
     /// Bytes per direction.
     pub buffer: u64,
-    /// Opened before the daemon last restarted: the domains keep the ends they took, but
-    /// the daemon no longer holds one to hand out.
+    /// Opened before a restart that lost the keeper: the domains keep the ends they took,
+    /// but the daemon no longer holds one to hand out.
     #[serde(default)]
     pub adopted: bool,
 }
@@ -124,9 +126,18 @@ pub struct Platform<B: Backend> {
     agent: Option<PathBuf>,
     pub(crate) saved: Saved,
     pub(crate) sched: crate::scheduler::Sched,
-    /// One end of every channel opened by this daemon, handed out on request (each domain
-    /// gets the side it is on); dropping it closes the channel for both domains.
+    /// One end of every open channel, handed out on request (each domain gets the side it is
+    /// on); dropping it closes the channel for both domains.
     ends: BTreeMap<u64, End>,
+    /// Where the ends are kept beyond this daemon's life (the keeper), so that the next one
+    /// can still hand them out.
+    store: Option<Box<dyn EndStore>>,
+}
+
+impl<B: Backend> Drop for Platform<B> {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
 
 fn status_name(s: DomainStatus) -> &'static str {
@@ -140,14 +151,16 @@ fn status_name(s: DomainStatus) -> &'static str {
 impl<B: Backend> Platform<B> {
     /// Open the platform kept in `dir`, re-adopting what an earlier daemon left: domains that
     /// still run are kept (and put back in the foreground or background the saved state
-    /// says, on the cores the scheduler gave them); half-made domains are removed; channels
-    /// are listed as adopted. `online` is the host's CPUs.
+    /// says, on the cores the scheduler gave them); half-made domains are removed; the
+    /// channels between running domains are taken back from `store` (listed as adopted, ends
+    /// no longer handed out, when it does not hold them). `online` is the host's CPUs.
     pub fn open(
         profile: Profile,
         backend: B,
         dir: &Path,
         agent: Option<PathBuf>,
         online: Vec<u32>,
+        store: Option<Box<dyn EndStore>>,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir.join("run"))
             .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
@@ -165,7 +178,12 @@ impl<B: Backend> Platform<B> {
             saved,
             sched,
             ends: BTreeMap::new(),
+            store,
         };
+        // A domain an earlier daemon was bringing up when it died is up, or not, first.
+        for d in &p.profile.domains {
+            p.backend.settle(&d.name);
+        }
         let up: Vec<String> = p.running()?;
         if !p.saved.profile.is_empty() && p.saved.profile != p.profile.name && !up.is_empty() {
             return Err(ApiError::Conflict(format!(
@@ -187,6 +205,7 @@ impl<B: Backend> Platform<B> {
         p.saved
             .channels
             .retain(|c| up.contains(&c.from) && up.contains(&c.to));
+        p.take_back_ends();
         if p.saved.foreground.as_ref().is_some_and(|f| !up.contains(f)) {
             p.saved.foreground = None;
         }
@@ -197,6 +216,43 @@ impl<B: Backend> Platform<B> {
             p.place(name)?;
         }
         Ok(p)
+    }
+
+    /// Let go of the channels without closing them, as a daemon that stops does: the domains
+    /// keep running, and the store holds the ends for the next daemon. (Without a store, the
+    /// ends are dropped: the channels close.)
+    pub fn detach(&mut self) {
+        if self.store.take().is_some() {
+            for (_, e) in std::mem::take(&mut self.ends) {
+                e.release();
+            }
+        }
+    }
+
+    /// Take back from the store the ends of the saved channels; what it holds of a channel no
+    /// longer saved (closed, or its domains gone, before the last daemon died) is closed.
+    fn take_back_ends(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let kept = store.list().unwrap_or_else(|e| {
+            eprintln!("cellvisord: the channels' keeper: {e}; open channels stay adopted");
+            Vec::new()
+        });
+        for (id, [m, d0, d1, s0, s1]) in kept {
+            let end = End::from_fds(0, m, [d0, d1], [s0, s1]);
+            match (self.saved.channels.iter_mut().find(|c| c.id == id), end) {
+                (Some(c), Ok(end)) => {
+                    c.adopted = false;
+                    self.ends.insert(id, end);
+                }
+                // Dropping the end tells the domains holding the other side it is closed.
+                (_, end) => {
+                    let _ = store.forget(id);
+                    drop(end);
+                }
+            }
+        }
     }
 
     pub(crate) fn save(&self) -> Result<()> {
@@ -312,6 +368,7 @@ impl<B: Backend> Platform<B> {
                     .map_err(|e| internal(format!("copying the agent {}: {e}", agent.display())))?;
             }
         }
+        container::crash::point("up:dir");
         // It starts on its profile's cores.
         self.sched_forget(name)?;
         let becomes_fg =
@@ -332,10 +389,12 @@ impl<B: Backend> Platform<B> {
             fds: Vec::new(),
         };
         self.backend.up(&d, &o).map_err(backend_err)?;
+        container::crash::point("up:started");
         if becomes_fg {
             self.saved.foreground = Some(name.to_string());
             self.save()?;
         }
+        container::crash::point("up:saved");
         if let Err(e) = self.place(name) {
             let _ = self.backend.down(name);
             return Err(e);
@@ -406,15 +465,18 @@ impl<B: Backend> Platform<B> {
         for id in ids {
             self.close_channel(id)?;
         }
+        container::crash::point("down:channels");
         if self.foreground() == Some(name) {
             self.saved.foreground = None;
             self.save()?;
         }
+        container::crash::point("down:saved");
         if purge {
             self.backend.destroy(name).map_err(backend_err)?;
         } else {
             self.backend.down(name).map_err(backend_err)?;
         }
+        container::crash::point("down:stopped");
         self.sched_forget(name)?;
         self.info(name)
     }
@@ -441,9 +503,11 @@ impl<B: Backend> Platform<B> {
             };
             self.saved.foreground = Some(name.to_string());
             self.save()?;
+            container::crash::point("fg:saved");
             if let (Some(old), true) = (&previous, old_up) {
                 self.place(old)?;
             }
+            container::crash::point("fg:old-placed");
             self.place(name)?;
         }
         Ok(Switch {
@@ -489,9 +553,17 @@ impl<B: Backend> Platform<B> {
         let (a, b) = Channel::new(buffer).map_err(internal)?;
         // The daemon keeps one end; its descriptors serve both sides.
         b.release();
-        self.saved.next_channel += 1;
+        let id = self.saved.next_channel + 1;
+        // Kept before it is saved: a saved channel is one the next daemon can hand out.
+        if let Some(store) = self.store.as_mut() {
+            store
+                .put(id, a.fds())
+                .map_err(|e| internal(format!("keeping channel {id}: {e}")))?;
+        }
+        container::crash::point("channel-open:kept");
+        self.saved.next_channel = id;
         let info = ChannelInfo {
-            id: self.saved.next_channel,
+            id,
             channel: name.to_string(),
             from: from.to_string(),
             to: to.to_string(),
@@ -501,8 +573,13 @@ impl<B: Backend> Platform<B> {
         self.saved.channels.push(info.clone());
         if let Err(e) = self.save() {
             self.saved.channels.pop();
+            self.saved.next_channel -= 1;
+            if let Some(store) = self.store.as_mut() {
+                let _ = store.forget(id);
+            }
             return Err(e);
         }
+        container::crash::point("channel-open:saved");
         self.ends.insert(info.id, a);
         Ok(info)
     }
@@ -515,6 +592,11 @@ impl<B: Backend> Platform<B> {
         let c = self.saved.channels.remove(i);
         self.save()
             .inspect_err(|_| self.saved.channels.insert(i, c))?;
+        container::crash::point("channel-close:saved");
+        if let Some(store) = self.store.as_mut() {
+            // Should the keeper not hear it, the next daemon closes what it holds unsaved.
+            let _ = store.forget(id);
+        }
         // Dropping the daemon's end marks the channel closed and wakes both domains.
         self.ends.remove(&id);
         Ok(())
@@ -663,9 +745,16 @@ mod tests {
         let profile =
             domain::profile::parse(domain::DEFAULT_PROFILE, "phone.toml", Path::new("/")).unwrap();
         // A daemon cannot start on domains it cannot see.
-        let e = Platform::open(profile.clone(), Unreadable, dir.path(), None, vec![0, 1])
-            .err()
-            .unwrap();
+        let e = Platform::open(
+            profile.clone(),
+            Unreadable,
+            dir.path(),
+            None,
+            vec![0, 1],
+            None,
+        )
+        .err()
+        .unwrap();
         assert_eq!(
             e,
             ApiError::Internal(
@@ -681,6 +770,7 @@ mod tests {
             saved: Saved::default(),
             sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
             ends: BTreeMap::new(),
+            store: None,
         };
         let info = p.info("common").unwrap();
         assert_eq!(info.status, "unknown");

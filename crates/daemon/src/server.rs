@@ -564,7 +564,8 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
             .unwrap_or(true)
     };
     if empty("oci") && empty("domains") {
-        // Nothing up: the interrupts go back where they were.
+        // Nothing up: no channel to keep, the interrupts go back where they were.
+        crate::keeper::stop(&cfg.state_dir);
         crate::placement::restore(&cfg.state_dir);
         let _ = std::fs::remove_dir_all(&cfg.state_dir);
     }
@@ -591,8 +592,19 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
     }
     let profile = cfg.profile.clone();
     let online = container::cgroups::rt::online_cpus();
-    let platform = Platform::open(profile, backend, &cfg.state_dir, cfg.agent.clone(), online)
-        .map_err(|e| e.to_string())?;
+    // The channels are held over a restart by the keeper, `cellvisord --keeper`.
+    let keeper = std::env::current_exe()
+        .map(|exe| crate::keeper::Keeper::new(&cfg.state_dir, &exe))
+        .map_err(|e| format!("finding cellvisord itself: {e}"))?;
+    let platform = Platform::open(
+        profile,
+        backend,
+        &cfg.state_dir,
+        cfg.agent.clone(),
+        online,
+        Some(Box::new(keeper)),
+    )
+    .map_err(|e| e.to_string())?;
     let shared: Shared = Arc::new(Mutex::new(platform));
     tokio::spawn(sched_loop(shared.clone()));
     made.extend(bind_ports(&shared).map_err(|e| format!("binding the domains' ports: {e}"))?);
@@ -637,10 +649,13 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
             _ = tokio::signal::ctrl_c() => {},
         }
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+    let r = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    // The channels stay open for the domains, held by the keeper alone.
+    lock(&shared).detach();
+    r
 }
 
 /// The routes the server answers, for the OpenAPI check.

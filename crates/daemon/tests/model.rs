@@ -2,13 +2,17 @@
 //! and scheduler periods with random loads), on an in-memory backend: no sequence yields a
 //! channel the policy forbids, hands a domain another domain's channel, leaves the
 //! foreground's devices and weights inconsistent, puts a domain on a realtime domain's core or
-//! outside its own, or loses a placement over a restart.
+//! outside its own, or loses a placement or a channel over a restart (the channels' ends are
+//! kept in an in-memory store, as the keeper process keeps them; a restart may also lose it).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
+use daemon::keeper::EndStore;
 use daemon::platform::{ApiError, Platform};
 use domain::{Backend, BackendError, Decision, Domain, DomainStats, DomainStatus, Role, UpOpts};
 use proptest::prelude::*;
@@ -135,7 +139,8 @@ enum Op {
     Open(&'static str, &'static str, &'static str, Option<u64>),
     Close(u64),
     Take(&'static str, &'static str, Option<&'static str>),
-    Restart,
+    /// The daemon restarts; with `false`, its keeper of channels was lost too.
+    Restart(bool),
     Sched(domain::profile::SchedPolicy),
     Place(&'static str, &'static str),
     /// A scheduler period: each running domain used this share (‰) of each of its cores.
@@ -166,14 +171,50 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (d(), d(), c(), buf).prop_map(|(a, b, c, s)| Op::Open(a, b, c, s)),
         1 => (0u64..6).prop_map(Op::Close),
         4 => (d(), c(), prop::option::of(d())).prop_map(|(a, c, p)| Op::Take(a, c, p)),
-        1 => Just(Op::Restart),
+        1 => any::<bool>().prop_map(Op::Restart),
         1 => prop::sample::select(domain::profile::SchedPolicy::ALL.to_vec()).prop_map(Op::Sched),
         2 => (d(), prop::sample::select(LISTS.to_vec())).prop_map(|(d, l)| Op::Place(d, l)),
         4 => prop::collection::vec(0u16..1000, 16).prop_map(Op::Tick),
     ]
 }
 
-fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
+/// The keeper in memory: copies of each channel's descriptors, by id; clones share them (a
+/// restarted daemon finds what the last one kept).
+#[derive(Clone, Default)]
+struct Store(Arc<Mutex<BTreeMap<u64, Vec<OwnedFd>>>>);
+
+fn dup(fd: RawFd) -> OwnedFd {
+    // SAFETY: F_DUPFD_CLOEXEC of an open descriptor; the copy is new and ours.
+    unsafe { OwnedFd::from_raw_fd(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)) }
+}
+
+impl EndStore for Store {
+    fn put(&mut self, id: u64, fds: [RawFd; 5]) -> std::io::Result<()> {
+        self.0.lock().unwrap().insert(id, fds.map(dup).into());
+        Ok(())
+    }
+    fn forget(&mut self, id: u64) -> std::io::Result<()> {
+        self.0.lock().unwrap().remove(&id);
+        Ok(())
+    }
+    fn list(&mut self) -> std::io::Result<Vec<(u64, [OwnedFd; 5])>> {
+        let m = self.0.lock().unwrap();
+        Ok(m.iter()
+            .map(|(id, f)| (*id, std::array::from_fn(|i| dup(f[i].as_raw_fd()))))
+            .collect())
+    }
+}
+
+fn check_invariants(p: &Platform<Fake>, fake: &Fake, store: &Store) {
+    // The keeper holds exactly the channels whose ends the daemon hands out.
+    let kept: BTreeSet<u64> = store.0.lock().unwrap().keys().copied().collect();
+    let live: BTreeSet<u64> = p
+        .channels()
+        .iter()
+        .filter(|c| !c.adopted)
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(kept, live);
     let prof = &p.profile;
     let running = p.running().unwrap();
     let mut keys = BTreeSet::new();
@@ -245,14 +286,12 @@ fn check_invariants(p: &Platform<Fake>, fake: &Fake) {
 fn run(ops: Vec<Op>, background: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::default();
-    let mut p = Platform::open(
-        profile(background),
-        fake.clone(),
-        dir.path(),
-        None,
-        CPUS.to_vec(),
-    )
-    .unwrap();
+    let mut store = Store::default();
+    let open = |prof, store: &Store| {
+        let store = Some(Box::new(store.clone()) as Box<dyn EndStore>);
+        Platform::open(prof, fake.clone(), dir.path(), None, CPUS.to_vec(), store).unwrap()
+    };
+    let mut p = open(profile(background), &store);
     let mut t_ms = 0u64;
     let mut stat: BTreeMap<u32, scheduler::sample::CpuTimes> = CPUS
         .iter()
@@ -325,7 +364,7 @@ fn run(ops: Vec<Op>, background: &str) {
                     }
                 }
             }
-            Op::Restart => {
+            Op::Restart(kept) => {
                 let prof = p.profile.clone();
                 let before: Vec<(String, Vec<u32>)> = p
                     .running()
@@ -334,10 +373,24 @@ fn run(ops: Vec<Op>, background: &str) {
                     .map(|n| (n.clone(), p.cpus_of(&n)))
                     .collect();
                 let policy = p.scheduler_info().params.policy;
+                let chans = p.channels().to_vec();
                 drop(p);
-                p = Platform::open(prof, fake.clone(), dir.path(), None, CPUS.to_vec()).unwrap();
-                // Adopted channels cannot be handed out again, but are still listed.
-                assert!(p.channels().iter().all(|c| c.adopted));
+                if !kept {
+                    store = Store::default();
+                }
+                p = open(prof, &store);
+                // Every channel still listed; with its keeper, as good as before (its ends
+                // handed out to both sides); without, adopted: no longer handed out.
+                assert_eq!(p.channels().len(), chans.len());
+                for (c, was) in p.channels().iter().zip(&chans) {
+                    assert_eq!((c.id, &c.from, &c.to), (was.id, &was.from, &was.to));
+                    assert_eq!(c.adopted, !kept || was.adopted, "{c:?}");
+                    for who in [&c.from, &c.to] {
+                        let peer = if who == &c.from { &c.to } else { &c.from };
+                        let r = p.take_end(who, &c.channel, Some(peer));
+                        assert_eq!(r.is_ok(), !c.adopted, "{c:?}: {:?}", r.err());
+                    }
+                }
                 // Every domain where it was, the policy as it was.
                 for (n, cpus) in before {
                     assert_eq!(p.cpus_of(&n), cpus, "{n} after a restart");
@@ -390,7 +443,7 @@ fn run(ops: Vec<Op>, background: &str) {
                 p.tick(t_ms, stat.clone());
             }
         }
-        check_invariants(&p, &fake);
+        check_invariants(&p, &fake, &store);
     }
 }
 

@@ -178,6 +178,9 @@ pub trait Backend {
     fn exists(&self, name: &str) -> bool;
     /// Where the domain's output goes.
     fn log_path(&self, name: &str) -> Option<std::path::PathBuf>;
+    /// Wait until a start of the domain that another process began (a daemon killed while
+    /// bringing it up) has ended, finished or undone: what the domain is then, it stays.
+    fn settle(&self, _name: &str) {}
 }
 
 #[cfg(test)]

@@ -269,6 +269,10 @@ impl Backend for MicrovmBackend {
         self.jail.exists(name)
     }
 
+    fn settle(&self, name: &str) {
+        self.jail.settle(name)
+    }
+
     /// The guest's serial console, with the VMM's own errors.
     fn log_path(&self, name: &str) -> Option<PathBuf> {
         self.jail.log_path(name)
