@@ -84,6 +84,11 @@ impl Device {
         Ok(v)
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The host directory a domain sees at /run/cellvisor.
     pub fn run_dir(&self, domain: &str) -> PathBuf {
         self.dir.join("state").join("run").join(domain)

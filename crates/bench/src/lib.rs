@@ -9,6 +9,7 @@ pub mod domains;
 pub mod fg;
 pub mod host;
 pub mod ipc;
+pub mod load;
 pub mod plot;
 pub mod report;
 pub mod rootfs;

@@ -197,6 +197,29 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// cellvisord under load: concurrent clients mixing reads and mutations beside idle
+    /// connections; every request answered, a new client's wait loaded vs idle, the platform
+    /// consistent after (exits 1 if not)
+    Api {
+        /// Concurrent clients
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Requests per client
+        #[arg(short = 'n', long, default_value_t = 50)]
+        requests: usize,
+        /// Idle connections held open meanwhile
+        #[arg(long, default_value_t = 300)]
+        idle: usize,
+        /// A new client's requests timed on the idle daemon
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Write api.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// MicroVM boot: VMM start to the first guest userspace line, cellvisor's VMM beside QEMU's
     /// microvm on the same kernel and initramfs (scripts/mkinitramfs.sh); needs a /dev/kvm that
     /// boots a stock kernel (on this kind of machine: inside scripts/kvm-test-host.sh)
@@ -368,6 +391,32 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             print!("{}", bench::fg::table(&r));
             if let Some(dir) = out {
                 write_report(dir, "fg.json", &r)?;
+            }
+            Ok(0)
+        }
+        BenchCmd::Api {
+            clients,
+            requests,
+            idle,
+            probes,
+            agent,
+            out,
+        } => {
+            let agent = agent_path(agent)?;
+            let plan = bench::load::Plan {
+                clients: *clients,
+                requests: *requests,
+                idle: *idle,
+                probes: *probes,
+            };
+            let r = bench::load::run(plan, &agent)?;
+            print!("{}", bench::load::table(&r));
+            if let Some(dir) = out {
+                write_report(dir, "api.json", &r)?;
+            }
+            if r.unanswered > 0 || !r.consistent {
+                eprintln!("cellvisor: bench api: requests went unanswered or the platform is inconsistent");
+                return Ok(1);
             }
             Ok(0)
         }

@@ -103,6 +103,56 @@ fn bench_fg_smoke() {
     }
 }
 
+/// cellvisord under load, the short version (issue 17's 200 clients and 300 idle
+/// connections, few requests each): every request answered, the platform consistent, and the
+/// daemon back to its descriptors once the connections and channels are closed.
+#[test]
+fn bench_api_under_load() {
+    let _cpus = common::cpus_shared();
+    if !common::can_run() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(common::BIN)
+        .args([
+            "bench",
+            "api",
+            "--clients",
+            "200",
+            "--idle",
+            "300",
+            "-n",
+            "3",
+        ])
+        .args(["--probes", "20", "--out"])
+        .arg(out.path())
+        .arg("--agent")
+        .arg(common::agent())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("api.json")).unwrap()).unwrap();
+    assert_eq!(r["sent"], 600, "{r}");
+    assert_eq!(r["answered"], 600, "{r}");
+    assert_eq!(r["consistent"], true, "{r}");
+    assert_eq!(r["daemon_fds_after"], r["daemon_fds_before"], "{r}");
+    // Every kind of request in the mix was answered, refusals included.
+    let by: Vec<&str> = r["by_status"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert!(by.contains(&"200") && by.contains(&"409"), "{r}");
+    assert!(r["probe_loaded_count"].as_u64().unwrap() >= 1, "{r}");
+}
+
 /// The suite, `--quick` as CI runs it: every backend present in results.json with a figure
 /// for every micro- and macrobenchmark, the CSV one line per run and test, the SVG plot; a bad backend is one line
 /// and leaves no work directory.
