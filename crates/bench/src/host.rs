@@ -69,6 +69,22 @@ pub fn program(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// The resident set size of process `pid`, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    read(Path::new(&format!("/proc/{pid}/status")))
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many descriptors process `pid` ("self" for this one) has open.
+pub fn fd_count(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// The proportional set size of process `pid`, KiB.
 pub fn pss_kib(pid: u32) -> f64 {
     read(Path::new(&format!("/proc/{pid}/smaps_rollup")))

@@ -16,6 +16,7 @@ pub mod rootfs;
 pub mod rt;
 pub mod scale;
 pub mod sched;
+pub mod soak;
 pub mod start;
 pub mod stats;
 pub mod suite;

@@ -91,23 +91,6 @@ fn pick(client: usize, i: usize) -> (&'static str, String, Option<serde_json::Va
     }
 }
 
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// A new client's request, timed, µs.
 fn probe(sock: &Path) -> Result<f64> {
     let t = Instant::now();
@@ -136,7 +119,7 @@ pub fn run(plan: Plan, agent: &Path) -> Result<Report> {
 
 /// The profile with every domain only sleeping: the channels the load opens and closes stop
 /// no domain's command (the phone's trusted domain ends with its channel).
-fn quiet(profile: &str) -> Result<String> {
+pub(crate) fn quiet(profile: &str) -> Result<String> {
     let bad = |e: &dyn std::fmt::Display| Error::Msg(format!("the phone profile: {e}"));
     let mut t: toml::Table = profile.parse().map_err(|e| bad(&e))?;
     for d in t
@@ -183,8 +166,8 @@ fn load(dev: &Device, plan: Plan) -> Result<Report> {
     let idle_probes: Vec<f64> = (0..plan.probes)
         .map(|_| probe(&dev.sock))
         .collect::<Result<_>>()?;
-    r.daemon_fds_before = fds_of(pid);
-    r.daemon_rss_kib_before = rss_kib(pid);
+    r.daemon_fds_before = crate::soak::steady_fds(pid, None);
+    r.daemon_rss_kib_before = crate::host::rss_kib(pid);
     // The idle connections: half say nothing, half stop in the middle of a request's head.
     let mut idle = Vec::new();
     for i in 0..plan.idle {
@@ -268,12 +251,8 @@ fn load(dev: &Device, plan: Plan) -> Result<Report> {
     for c in chans.as_array().into_iter().flatten() {
         dev.api("DELETE", &format!("/v1/channels/{}", c["id"]), None)?;
     }
-    let end = Instant::now() + Duration::from_secs(10);
-    while fds_of(pid) > r.daemon_fds_before && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    r.daemon_fds_after = fds_of(pid);
-    r.daemon_rss_kib_after = rss_kib(pid);
+    r.daemon_fds_after = crate::soak::steady_fds(pid, Some(r.daemon_fds_before));
+    r.daemon_rss_kib_after = crate::host::rss_kib(pid);
     let doms = dev.api("GET", "/v1/domains", None)?;
     let doms = doms.as_array().cloned().unwrap_or_default();
     r.consistent = doms.iter().all(|d| d["status"] == "running")

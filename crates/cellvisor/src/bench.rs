@@ -220,6 +220,30 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Soak: lifecycles over and over — containers through the OCI CLI, a daemon's platform,
+    /// microVMs — then what they left (mounts, cgroups, processes, state files, sockets, taps,
+    /// descriptors) and the daemon's descriptors and RSS, first cycle vs last (exits 1 on a
+    /// leak)
+    Soak {
+        /// Container cycles (create, start, exit, delete)
+        #[arg(long, default_value_t = 1000)]
+        oci: usize,
+        /// Platform cycles (up, fg, channel open and close, fg, down)
+        #[arg(long, default_value_t = 1000)]
+        daemon: usize,
+        /// MicroVM cycles (needs --vm-kernel)
+        #[arg(long, default_value_t = 0)]
+        vms: usize,
+        /// The microVMs' guest, one that ends by itself (scripts/mktiny.sh OUT.elf)
+        #[arg(long)]
+        vm_kernel: Option<PathBuf>,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Write soak.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// MicroVM boot: VMM start to the first guest userspace line, cellvisor's VMM beside QEMU's
     /// microvm on the same kernel and initramfs (scripts/mkinitramfs.sh); needs a /dev/kvm that
     /// boots a stock kernel (on this kind of machine: inside scripts/kvm-test-host.sh)
@@ -391,6 +415,40 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             print!("{}", bench::fg::table(&r));
             if let Some(dir) = out {
                 write_report(dir, "fg.json", &r)?;
+            }
+            Ok(0)
+        }
+        BenchCmd::Soak {
+            oci,
+            daemon,
+            vms,
+            vm_kernel,
+            agent,
+            out,
+        } => {
+            let agent = agent_path(agent)?;
+            let me = std::env::current_exe().context("finding this binary")?;
+            let plan = bench::soak::Plan {
+                oci: *oci,
+                daemon: *daemon,
+                vms: *vms,
+                vm_kernel: vm_kernel.clone(),
+            };
+            let mut line = Ticker::default();
+            let r = bench::soak::run(&plan, &me, &agent, &mut |phase, done, all| {
+                if done % 10 == 0 || done == all {
+                    line.show(&format!("{phase} {done}/{all}"));
+                }
+            });
+            drop(line);
+            let r = r?;
+            print!("{}", bench::soak::table(&r));
+            if let Some(dir) = out {
+                write_report(dir, "soak.json", &r)?;
+            }
+            if r.leaked() {
+                eprintln!("cellvisor: bench soak: something was left behind (above)");
+                return Ok(1);
             }
             Ok(0)
         }
