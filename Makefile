@@ -5,7 +5,7 @@ CARGO ?= cargo
 # The in-domain agent is a static executable, so it runs in any domain's root filesystem.
 AGENT = target/static/release/cellvisor-agent
 
-.PHONY: all deps build agent demo test lint unit e2e clean
+.PHONY: all deps build agent demo test lint unit e2e fuzz clean
 
 all: build
 
@@ -39,6 +39,11 @@ test: deps lint agent
 	@tail -n 1 target/demo-oci.log
 	CELLVISOR_BIN=target/debug scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; exit 1; }
 	@tail -n 1 target/demo.log
+	scripts/fuzz.sh 15
+
+# The fuzz targets, 15 s each (a campaign: scripts/fuzz.sh SECONDS).
+fuzz:
+	scripts/fuzz.sh 15
 
 clean:
 	$(CARGO) clean

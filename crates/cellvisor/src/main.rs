@@ -132,7 +132,7 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = domain::one_line(&format!("{e:#}"));
             log_error(&cli, &msg);
             eprintln!("cellvisor: {msg}");
             std::process::exit(1);

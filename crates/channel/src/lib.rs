@@ -9,6 +9,7 @@
 //! only moves bytes. A peer that writes garbage into the shared header can make its own end
 //! fail with [`Error::Corrupt`], never read or write outside the mapping.
 
+pub mod fuzz;
 pub mod handoff;
 pub mod stream;
 
@@ -417,9 +418,10 @@ impl End {
             wait(&self.space[d])?;
             r.writer_waiting.store(0, Ordering::Relaxed);
         }
+        // Positions live in memory the peer can write: they wrap, never overflow.
         self.map.put(d, tail, &(msg.len() as u32).to_le_bytes());
-        self.map.put(d, tail + LEN as u64, msg);
-        r.tail.store(tail + need, Ordering::Release);
+        self.map.put(d, tail.wrapping_add(LEN as u64), msg);
+        r.tail.store(tail.wrapping_add(need), Ordering::Release);
         fence(Ordering::SeqCst);
         if r.reader_waiting.load(Ordering::SeqCst) != 0 {
             notify(&self.data[d]);
@@ -480,7 +482,7 @@ impl End {
         if len + LEN as u64 > avail {
             return Err(Error::Corrupt);
         }
-        let off = ((head + LEN as u64) & (cap - 1)) as usize;
+        let off = (head.wrapping_add(LEN as u64) & (cap - 1)) as usize;
         let first = (len as usize).min(cap as usize - off);
         // SAFETY: [off, off+first) and [0, len-first) lie in ring d, in the range between head
         // and tail that the producer has published and will not touch until head moves.
@@ -491,7 +493,8 @@ impl End {
                 std::slice::from_raw_parts(base, len as usize - first),
             )
         };
-        r.head.store(head + LEN as u64 + len, Ordering::Release);
+        r.head
+            .store(head.wrapping_add(LEN as u64 + len), Ordering::Release);
         fence(Ordering::SeqCst);
         if r.writer_waiting.load(Ordering::SeqCst) != 0 {
             notify(&self.space[d]);

@@ -50,17 +50,19 @@ fn parse_with_spec_names<T: serde::de::DeserializeOwned>(
         Ok(t) => return Ok(t),
         Err(e) => e,
     };
+    // serde quotes what the document says (an unknown key, a bad value) as it was written.
+    let said = |e: &serde_json::Error| domain::one_line(&e.to_string());
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        return Err(config_err!("{what}: {first}"));
+        return Err(config_err!("{what}: {}", said(&first)));
     };
     let before = v.clone();
     if let Some(p) = process(&mut v) {
         crate::sched::spec_flag_names(p);
     }
     if v == before {
-        return Err(config_err!("{what}: {first}"));
+        return Err(config_err!("{what}: {}", said(&first)));
     }
-    serde_json::from_value(v).map_err(|e| config_err!("{what}: {e}"))
+    serde_json::from_value(v).map_err(|e| config_err!("{what}: {}", said(&e)))
 }
 
 /// Refuse a document with a NUL byte in any string (a key or a value): no such string reaches
@@ -104,6 +106,22 @@ pub fn nul_at(v: &serde_json::Value, at: String) -> Option<String> {
             }
         }),
         _ => None,
+    }
+}
+
+/// The fuzz target's check (`fuzz/fuzz_targets/oci_config.rs`) and a proptest's: whatever the
+/// bytes, config.json becomes a validated config or is refused in one line, and process.json
+/// (`exec --process`) the same; no file is read, nothing is made.
+pub fn fuzz(data: &[u8]) {
+    let one_line = |e: Error| {
+        let m = e.to_string();
+        assert!(!m.contains('\n'), "a refusal of more than one line: {m}");
+    };
+    if let Err(e) = parse_spec(data, "config.json").and_then(|s| from_spec(s, "/bundle".into())) {
+        one_line(e);
+    }
+    if let Err(e) = parse_process(data, "process.json").and_then(|p| validate_process(&p)) {
+        one_line(e);
     }
 }
 
@@ -384,6 +402,20 @@ pub fn validate_sysctl(key: &str, ns: &Namespaces) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+        /// The default spec with a few bytes changed: near enough to reach the validation.
+        #[test]
+        fn no_config_json_breaks_the_validation(edits in proptest::collection::vec((0usize..8000, proptest::prelude::any::<u8>()), 0..6)) {
+            let mut b = crate::runtime::default_spec(false).to_string().into_bytes();
+            for (at, v) in edits {
+                let n = b.len();
+                b[at % n] = v;
+            }
+            fuzz(&b);
+        }
+    }
 
     #[test]
     fn a_nul_anywhere_is_refused_at_its_place() {

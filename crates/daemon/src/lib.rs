@@ -10,5 +10,6 @@ pub mod client;
 pub mod keeper;
 pub mod placement;
 pub mod platform;
+pub mod port;
 pub mod scheduler;
 pub mod server;

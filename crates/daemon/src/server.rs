@@ -32,6 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::platform::{ApiError, Platform};
+use crate::port::PortOp;
 
 type Shared = Arc<Mutex<Platform<Domains>>>;
 /// The daemon's domains: containers, and microVMs jailed in containers.
@@ -52,7 +53,11 @@ pub struct Config {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(json!({"error": self.to_string()}))).into_response()
+        (
+            code,
+            Json(json!({"error": domain::one_line(&self.to_string())})),
+        )
+            .into_response()
     }
 }
 
@@ -361,18 +366,6 @@ async fn sched_loop(s: Shared) {
     }
 }
 
-/// A domain's port: one JSON request line, one JSON answer line (with the end's descriptors
-/// when it hands one over).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortRequest {
-    op: String,
-    channel: Option<String>,
-    peer: Option<String>,
-    /// For `get`: how long to wait for the channel to be opened (at most ten minutes).
-    wait_ms: Option<u64>,
-}
-
 /// Woken whenever a channel is opened, for the ports' waiting `get`s.
 static OPENED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
@@ -381,10 +374,10 @@ static OPENED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// `"stream": true` and then carries the channel itself, as frames ([`channel::stream`]).
 async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) {
     let mut r = BufReader::new(stream);
-    let mut line = String::new();
+    let mut line = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut limited = (&mut r).take(4096);
-        limited.read_line(&mut line).await
+        let mut limited = (&mut r).take(crate::port::MAX_LINE as u64);
+        limited.read_until(b'\n', &mut line).await
     })
     .await;
     // Bytes the peer sent after its request line: the first frames, in stream mode.
@@ -398,12 +391,12 @@ async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) 
         msg.push('\n');
         let _ = channel::handoff::send(stream.as_raw_fd(), msg.as_bytes(), fds);
     };
-    let req: PortRequest = match serde_json::from_str(line.trim()) {
-        Ok(r) => r,
-        Err(e) => return reply(json!({"error": format!("bad request: {e}")}), &[]),
+    let op = match crate::port::parse(&line) {
+        Ok(op) => op,
+        Err(e) => return reply(json!({ "error": e }), &[]),
     };
-    match (req.op.as_str(), req.channel) {
-        ("ls", _) => {
+    match op {
+        PortOp::Ls => {
             let mine: Vec<_> = lock(&s)
                 .channels()
                 .iter()
@@ -412,14 +405,17 @@ async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) 
                 .collect();
             reply(json!({"domain": who, "channels": mine}), &[]);
         }
-        ("get", Some(ch)) => {
-            let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(600_000));
+        PortOp::Get {
+            channel: ch,
+            peer,
+            wait,
+        } => {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 let opened = OPENED.notified();
                 tokio::pin!(opened);
                 opened.as_mut().enable();
-                let r = lock(&s).take_end(&who, &ch, req.peer.as_deref());
+                let r = lock(&s).take_end(&who, &ch, peer.as_deref());
                 match r {
                     Ok((c, side, fds)) => {
                         let mut answer = json!({"channel": c.channel, "id": c.id, "side": side,
@@ -447,8 +443,6 @@ async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) 
                 }
             }
         }
-        ("get", None) => reply(json!({"error": "get needs a channel"}), &[]),
-        (op, _) => reply(json!({"error": format!("unknown op {op:?}")}), &[]),
     }
 }
 

@@ -120,7 +120,25 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         s.push_str(&c.to_string());
         src = c.source();
     }
-    s
+    one_line(&s)
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`): a message that quotes what a
+/// user or a domain wrote (a JSON key, a channel name) stays one line and cannot drive the
+/// terminal it is printed on.
+pub fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A cause that reached us as text (from a child process, over a pipe).
@@ -185,6 +203,15 @@ pub trait Backend {
 
 #[cfg(test)]
 mod read_tests {
+    #[test]
+    fn a_message_stays_one_line() {
+        assert_eq!(super::one_line("plain: text"), "plain: text");
+        assert_eq!(
+            super::one_line("unknown field `a\nb\u{1b}[2J`"),
+            "unknown field `a\\nb\\u{1b}[2J`"
+        );
+    }
+
     #[test]
     fn an_endless_document_is_refused() {
         assert_eq!(super::read_bounded(&b"abc"[..], 3).unwrap(), b"abc");

@@ -142,18 +142,9 @@ pub fn validate(r: &LinuxResources) -> Result<()> {
     Ok(())
 }
 
-/// "0-3,5,7-8"
+/// "0-3,5,7-8", every number a CPU (or memory node) the kernel can have.
 fn is_cpu_list(s: &str) -> bool {
-    s.split(',').all(|part| {
-        let mut it = part.splitn(2, '-');
-        let a = it.next().map(|x| x.trim().parse::<u32>());
-        let b = it.next().map(|x| x.trim().parse::<u32>());
-        match (a, b) {
-            (Some(Ok(_)), None) => true,
-            (Some(Ok(a)), Some(Ok(b))) => a <= b,
-            _ => false,
-        }
-    })
+    domain::profile::is_cpu_list(s)
 }
 
 /// Device access bits, as the kernel's cgroup device filter numbers them.
@@ -621,6 +612,9 @@ mod tests {
         assert!(!is_cpu_list(""));
         assert!(!is_cpu_list("0-"));
         assert!(!is_cpu_list("3-1"));
+        // No CPU the kernel cannot have: a range is not a request for 16 GiB of numbers.
+        assert!(!is_cpu_list("0-4294967295"));
+        assert!(!is_cpu_list("8192"));
     }
 
     #[test]

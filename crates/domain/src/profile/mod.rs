@@ -275,14 +275,20 @@ pub fn parse_duration(s: &str) -> Option<u64> {
 
 /// `0-1,3` as CPU numbers, sorted (the list is checked before).
 pub fn cpu_list(s: &str) -> Vec<u32> {
+    // A range is cut at MAX_CPUS: "0-4294967295" is not 16 GiB of CPU numbers.
     let mut out: Vec<u32> = s
         .split(',')
         .flat_map(|p| match p.split_once('-') {
             Some((a, b)) => {
-                let (a, b) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
-                (a..=b).collect::<Vec<u32>>()
+                let (a, b): (u32, u32) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+                (a..=b.min(MAX_CPUS - 1)).collect::<Vec<u32>>()
             }
-            None => p.parse().ok().into_iter().collect(),
+            None => p
+                .parse()
+                .ok()
+                .filter(|&c| c < MAX_CPUS)
+                .into_iter()
+                .collect(),
         })
         .collect();
     out.sort_unstable();
@@ -290,14 +296,17 @@ pub fn cpu_list(s: &str) -> Vec<u32> {
     out
 }
 
-/// Is `s` a CPU list like `0-1,3` (each range from low to high)?
+/// The most CPUs a Linux kernel can have (its largest NR_CPUS): no CPU number reaches it.
+pub const MAX_CPUS: u32 = 8192;
+
+/// Is `s` a CPU list like `0-1,3` (each range from low to high, every number below
+/// [`MAX_CPUS`])?
 pub fn is_cpu_list(s: &str) -> bool {
+    let cpu = |x: &str| x.parse::<u32>().ok().filter(|&c| c < MAX_CPUS);
     !s.is_empty()
         && s.split(',').all(|p| match p.split_once('-') {
-            Some((a, b)) => {
-                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
-            }
-            None => p.parse::<u32>().is_ok(),
+            Some((a, b)) => matches!((cpu(a), cpu(b)), (Some(a), Some(b)) if a <= b),
+            None => cpu(p).is_some(),
         })
 }
 
@@ -456,6 +465,27 @@ pub fn parse(text: &str, file: &str, dir: &Path) -> Result<Profile, Errors> {
     parse_on(text, file, dir, &Host::default())
 }
 
+/// The fuzz target's check (`fuzz/fuzz_targets/profile.rs`) and a proptest's: whatever the
+/// text, a profile or errors, each one line with its place, on a host of two CPUs with the
+/// kernel's real-time defaults.
+pub fn fuzz(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let host = Host {
+        cpus: Some(vec![0, 1]),
+        ..Host::default()
+    };
+    if let Err(Errors(es)) = parse_on(&text, "fuzz.toml", Path::new("/fuzz"), &host) {
+        assert!(!es.is_empty(), "refused without a reason");
+        for e in es {
+            assert!(
+                e.starts_with("fuzz.toml:"),
+                "an error without its place: {e}"
+            );
+            assert!(!e.contains('\n'), "an error of more than one line: {e}");
+        }
+    }
+}
+
 /// [`parse`], checked against `host`: the realtime domains' budgets against what it grants,
 /// their cores against its CPUs; every other domain without `cpus` is placed on the CPUs no
 /// realtime domain owns.
@@ -542,6 +572,35 @@ to = "b"
 channel = "ctl"
 buffer = "64K"
 "#;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, ..Default::default() })]
+        #[test]
+        fn no_text_breaks_the_profile_checker(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            fuzz(&data);
+        }
+
+        /// Near the real thing: the phone profile with a few bytes changed.
+        #[test]
+        fn nor_a_phone_profile_with_bytes_changed(edits in proptest::collection::vec((0usize..4000, proptest::prelude::any::<u8>()), 1..6)) {
+            let mut b = crate::DEFAULT_PROFILE.as_bytes().to_vec();
+            for (at, v) in edits {
+                let n = b.len();
+                b[at % n] = v;
+            }
+            fuzz(&b);
+        }
+    }
+
+    #[test]
+    fn a_cpu_list_names_only_cpus_a_kernel_can_have() {
+        assert_eq!(cpu_list("0-2,5"), [0, 1, 2, 5]);
+        assert!(is_cpu_list("0-8191"));
+        assert!(!is_cpu_list("0-4294967295") && !is_cpu_list("8192"));
+        // Even unchecked, a huge range costs MAX_CPUS numbers at most.
+        assert_eq!(cpu_list("0-4294967295").len(), MAX_CPUS as usize);
+        assert!(cpu_list("4294967295").is_empty());
+    }
 
     #[test]
     fn the_embedded_phone_profile_is_valid() {
