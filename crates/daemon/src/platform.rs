@@ -485,7 +485,7 @@ impl<B: Backend> Platform<B> {
     pub fn set_foreground(&mut self, name: &str) -> Result<Switch> {
         let d = self.domain(name)?;
         if d.role == Role::Realtime {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Conflict(format!(
                 "domain {name} is a realtime domain and cannot be in the foreground"
             )));
         }

@@ -195,8 +195,9 @@ impl<B: Backend> Platform<B> {
     /// stays under `fixed`, where `balance` and `power` start from.
     pub fn place_on(&mut self, name: &str, cpus: &str) -> Result<SchedInfo, ApiError> {
         let d = self.domain(name)?;
+        // A well-formed request the profile does not allow: a conflict, not a bad request.
         if d.role == Role::Realtime {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Conflict(format!(
                 "domain {name} is a realtime domain: its cores are its own and the scheduler never moves it"
             )));
         }
@@ -213,7 +214,7 @@ impl<B: Backend> Platform<B> {
             .filter(|c| !allowed.contains(c))
             .collect();
         if !off.is_empty() {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Conflict(format!(
                 "domain {name} may use cpus {} only: {} {} not among them",
                 cpu_list_string(&allowed),
                 cpu_list_string(&off),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -157,6 +158,13 @@ async fn up_one(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiR
     ok(lock(&s).up(&name)?)
 }
 
+/// A query that does not parse, answered as every refusal is (JSON, one line), not axum's
+/// plain text.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
 #[derive(Deserialize)]
 struct DownQuery {
     #[serde(default)]
@@ -166,8 +174,9 @@ struct DownQuery {
 async fn down_one(
     State(s): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Query(q): Query<DownQuery>,
+    q: Result<Query<DownQuery>, QueryRejection>,
 ) -> ApiResult {
+    let q = query(q)?;
     ok(lock(&s).down(&name, q.purge)?)
 }
 
@@ -199,7 +208,11 @@ async fn up_all(State(s): State<Shared>) -> ApiResult {
     ok(p.list())
 }
 
-async fn down_all(State(s): State<Shared>, Query(q): Query<DownQuery>) -> ApiResult {
+async fn down_all(
+    State(s): State<Shared>,
+    q: Result<Query<DownQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     let mut p = lock(&s);
     let names: Vec<String> = p.profile.domains.iter().map(|d| d.name.clone()).collect();
     for n in names {
@@ -281,8 +294,9 @@ struct LogQuery {
 async fn logs(
     State(s): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Query(q): Query<LogQuery>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> ApiResult {
+    let q = query(q)?;
     let (text, next) = lock(&s).logs(&name, q.offset)?;
     ok(json!({"text": text, "offset": next}))
 }

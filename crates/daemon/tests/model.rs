@@ -406,10 +406,10 @@ fn run(ops: Vec<Op>, background: &str) {
                 match &r {
                     Ok(_) => assert_eq!(p.cpus_of(d), domain::profile::cpu_list(list)),
                     Err(ApiError::NotFound(_)) => assert_eq!(d, "ghost"),
-                    Err(ApiError::BadRequest(_)) => {
-                        assert!(d == "modem" || list == "x" || list.contains('1') || list == "0-3")
+                    Err(ApiError::BadRequest(_)) => assert_eq!(list, "x"),
+                    Err(ApiError::Conflict(_)) => {
+                        assert!(!up || d == "modem" || list.contains('1') || list == "0-3")
                     }
-                    Err(ApiError::Conflict(_)) => assert!(!up),
                     Err(e) => panic!("place {d} {list}: {e}"),
                 }
                 assert_eq!(
