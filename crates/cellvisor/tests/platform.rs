@@ -429,6 +429,48 @@ fn the_phone_profile_under_the_daemon() {
     d.teardown_and_check(&pids);
 }
 
+/// A descriptor opened in the foreground does not outlive the switch: trusted holds the
+/// input terminal (tty1) open and writes to it; once common is in the foreground, trusted's
+/// descriptor is hung up (its writes fail), and common opens and writes the terminal.
+#[test]
+fn a_switch_revokes_the_terminal_the_old_foreground_held_open() {
+    need_root!();
+    if !has_vt() {
+        eprintln!("skipped: no /dev/tty1");
+        return;
+    }
+    let d = Daemon::new("rv");
+    d.ok(&["up"]);
+    let pids: Vec<i32> = ["trusted", "common", "modem"].map(|n| d.pid(n)).to_vec();
+    let state = format!("/proc/{}/root/tmp/tty-state", d.pid("trusted"));
+    // Opened once, written until a write fails.
+    let o = d.exec(
+        "trusted",
+        "(exec 3<>/dev/tty1; printf . >&3 && echo open > /tmp/tty-state; \
+          while printf . >&3 2>/dev/null; do sleep 0.05; done; echo revoked > /tmp/tty-state) \
+          </dev/null >/dev/null 2>&1 &",
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let wait_for = |want: &str| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = std::fs::read_to_string(&state).unwrap_or_default();
+            if now.trim() == want {
+                return;
+            }
+            assert!(Instant::now() < end, "tty state {now:?}, not {want:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("open");
+    d.ok(&["fg", "common"]);
+    wait_for("revoked");
+    // The new foreground's own open works.
+    let o = d.exec("common", "printf . > /dev/tty1 && echo wrote");
+    assert_eq!(common::stdout(&o).trim(), "wrote", "{}", common::stderr(&o));
+    d.teardown_and_check(&pids);
+}
+
 /// Background domains can be frozen instead: no CPU, memory kept, thawed when they come back.
 #[test]
 fn background_domains_can_be_frozen() {

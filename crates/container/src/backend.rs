@@ -437,6 +437,11 @@ impl Backend for ContainerBackend {
             let verb = if present { "making" } else { "removing" };
             BackendError::failed(name, what(verb), e)
         })?;
+        if !present {
+            // It can no longer open it; what it opened before is taken back too.
+            crate::revoke::revoke(node, typ, major)
+                .map_err(|e| BackendError::failed(name, what("revoking"), e))?;
+        }
         if present {
             st.cgroup()
                 .and_then(|c| c.set_device(&rule, v2_rules))

@@ -22,6 +22,7 @@ pub mod layers;
 pub mod mounts;
 pub mod namespaces;
 pub mod notify;
+pub mod revoke;
 pub mod runtime;
 pub mod sched;
 pub mod seccomp;
