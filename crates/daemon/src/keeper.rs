@@ -147,10 +147,13 @@ impl Keeper {
         os(unsafe { libc::listen(l.as_raw_fd(), 8) })?;
         let fd = l.as_raw_fd();
         let mut c = std::process::Command::new(&self.exe);
+        // From /: a keeper that outlives its daemon pins no directory it was started in.
         c.arg("--keeper")
             .arg(&self.dir)
+            .current_dir("/")
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         // SAFETY: dup2 and setsid are async-signal-safe; dup2 onto 3 clears its CLOEXEC.
         unsafe {
             c.pre_exec(move || {
