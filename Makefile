@@ -40,10 +40,12 @@ test: deps lint agent
 	CELLVISOR_BIN=target/debug scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; exit 1; }
 	@tail -n 1 target/demo.log
 	scripts/fuzz.sh 15
+	scripts/api-fuzz.sh 20 18080 --exclude-checks positive_data_acceptance
 
-# The fuzz targets, 15 s each (a campaign: scripts/fuzz.sh SECONDS).
+# The fuzz targets, 15 s each (a campaign: scripts/fuzz.sh SECONDS), and schemathesis on the API.
 fuzz:
 	scripts/fuzz.sh 15
+	scripts/api-fuzz.sh 20 18080 --exclude-checks positive_data_acceptance
 
 clean:
 	$(CARGO) clean
