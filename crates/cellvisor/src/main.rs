@@ -132,7 +132,8 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let msg = domain::one_line(&format!("{e:#}"));
+            // A profile's report keeps a line per error; nothing else in it drives the terminal.
+            let msg = domain::printable(&format!("{e:#}"));
             log_error(&cli, &msg);
             eprintln!("cellvisor: {msg}");
             std::process::exit(1);

@@ -127,12 +127,23 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// user or a domain wrote (a JSON key, a channel name) stays one line and cannot drive the
 /// terminal it is printed on.
 pub fn one_line(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    escape_controls(s, |_| true)
+}
+
+/// `s` with its control characters escaped but its line breaks: a report of several errors,
+/// one per line (a profile's), printed on a terminal.
+pub fn printable(s: &str) -> String {
+    escape_controls(s, |c| c != '\n')
+}
+
+fn escape_controls(s: &str, escape: fn(char) -> bool) -> String {
+    let esc = |c: char| c.is_control() && escape(c);
+    if !s.chars().any(esc) {
         return s.to_string();
     }
     s.chars()
         .map(|c| {
-            if c.is_control() {
+            if esc(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -210,6 +221,7 @@ mod read_tests {
             super::one_line("unknown field `a\nb\u{1b}[2J`"),
             "unknown field `a\\nb\\u{1b}[2J`"
         );
+        assert_eq!(super::printable("one\ntwo\u{1b}"), "one\ntwo\\u{1b}");
     }
 
     #[test]

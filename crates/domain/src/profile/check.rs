@@ -424,7 +424,12 @@ pub(super) fn realtime(r: &mut Report, p: &raw::Profile, domains: &mut [Domain],
     }
 }
 
-/// A domain's name: its alphabet, and only once in the profile.
+/// The longest domain name: it becomes a hostname (63 at most), part of a cgroup's and a
+/// container's name, and of the sockets' paths (108 bytes at most, the state directory's
+/// with it).
+pub const MAX_NAME: usize = 32;
+
+/// A domain's name: its alphabet, its length, and only once in the profile.
 fn name_of(r: &mut Report, d: &raw::Domain, names: &mut HashSet<String>) {
     let name = d.name.get_ref();
     if name.is_empty()
@@ -435,6 +440,15 @@ fn name_of(r: &mut Report, d: &raw::Domain, names: &mut HashSet<String>) {
         r.at(
             d.name.span(),
             format!("domain name {name:?}: use letters, digits, - and _"),
+        );
+    } else if name.len() > MAX_NAME {
+        // It names the domain's hostname, cgroup, container and socket paths.
+        r.at(
+            d.name.span(),
+            format!(
+                "domain name {:?}...: at most {MAX_NAME} characters",
+                &name[..MAX_NAME]
+            ),
         );
     }
     if !names.insert(name.clone()) {

@@ -593,6 +593,19 @@ buffer = "64K"
     }
 
     #[test]
+    fn a_domain_name_is_short() {
+        let long = "d".repeat(33);
+        let text = crate::DEFAULT_PROFILE.replace("\"modem\"", &format!("{long:?}"));
+        let e = parse(&text, "p.toml", Path::new("/x")).unwrap_err();
+        assert!(
+            e.0.iter().any(|l| l.contains("at most 32 characters")),
+            "{e:?}"
+        );
+        let ok = crate::DEFAULT_PROFILE.replace("\"modem\"", &format!("{:?}", "d".repeat(32)));
+        parse(&ok, "p.toml", Path::new("/x")).unwrap();
+    }
+
+    #[test]
     fn a_cpu_list_names_only_cpus_a_kernel_can_have() {
         assert_eq!(cpu_list("0-2,5"), [0, 1, 2, 5]);
         assert!(is_cpu_list("0-8191"));
