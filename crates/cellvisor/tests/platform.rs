@@ -146,8 +146,22 @@ impl Daemon {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut sink = Vec::new();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
         let _ = s.read_to_end(&mut sink);
-        let st = self.child.take().unwrap().wait().unwrap();
+        // Bounded: a daemon that does not reach its point must not hang the test.
+        let mut child = self.child.take().unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{method} {path}: the daemon did not reach its crash point in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(
             st.signal(),
