@@ -75,6 +75,21 @@ fn connect(path: &Path) -> io::Result<OwnedFd> {
     let (a, len) = sockaddr(path)?;
     // SAFETY: connect with an address of the length given.
     os(unsafe { libc::connect(s.as_raw_fd(), (&raw const a).cast(), len) })?;
+    // A keeper that hangs must not hang the daemon: its answers come within 10 s or not at all.
+    let tv = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a timeval of the size given.
+    os(unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
     Ok(s)
 }
 
