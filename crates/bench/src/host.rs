@@ -85,6 +85,24 @@ pub fn fd_count(pid: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// A process's descriptors at rest: the fewest seen over 100 ms — or, with `goal`, as soon
+/// as no more than it, within 2 s (a connection just answered can still be closing).
+pub fn steady_fds(pid: u32, goal: Option<usize>) -> usize {
+    let (n, wait) = match goal {
+        None => (20, std::time::Duration::from_millis(5)),
+        Some(_) => (200, std::time::Duration::from_millis(10)),
+    };
+    let mut least = usize::MAX;
+    for _ in 0..n {
+        least = least.min(fd_count(&pid.to_string()));
+        if goal.is_some_and(|g| least <= g) {
+            break;
+        }
+        std::thread::sleep(wait);
+    }
+    least
+}
+
 /// The proportional set size of process `pid`, KiB.
 pub fn pss_kib(pid: u32) -> f64 {
     read(Path::new(&format!("/proc/{pid}/smaps_rollup")))

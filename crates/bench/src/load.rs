@@ -166,7 +166,7 @@ fn load(dev: &Device, plan: Plan) -> Result<Report> {
     let idle_probes: Vec<f64> = (0..plan.probes)
         .map(|_| probe(&dev.sock))
         .collect::<Result<_>>()?;
-    r.daemon_fds_before = crate::soak::steady_fds(pid, None);
+    r.daemon_fds_before = crate::host::steady_fds(pid, None);
     r.daemon_rss_kib_before = crate::host::rss_kib(pid);
     // The idle connections: half say nothing, half stop in the middle of a request's head.
     let mut idle = Vec::new();
@@ -251,7 +251,7 @@ fn load(dev: &Device, plan: Plan) -> Result<Report> {
     for c in chans.as_array().into_iter().flatten() {
         dev.api("DELETE", &format!("/v1/channels/{}", c["id"]), None)?;
     }
-    r.daemon_fds_after = crate::soak::steady_fds(pid, Some(r.daemon_fds_before));
+    r.daemon_fds_after = crate::host::steady_fds(pid, Some(r.daemon_fds_before));
     r.daemon_rss_kib_after = crate::host::rss_kib(pid);
     let doms = dev.api("GET", "/v1/domains", None)?;
     let doms = doms.as_array().cloned().unwrap_or_default();

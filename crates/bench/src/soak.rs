@@ -75,24 +75,6 @@ struct Snapshot {
     fds: usize,
 }
 
-/// A process's descriptors at rest: the fewest seen over 100 ms — or, with `goal`, as soon
-/// as no more than it, within 2 s (a connection just answered can still be closing).
-pub(crate) fn steady_fds(pid: u32, goal: Option<usize>) -> usize {
-    let (n, wait) = match goal {
-        None => (20, Duration::from_millis(5)),
-        Some(_) => (200, Duration::from_millis(10)),
-    };
-    let mut least = usize::MAX;
-    for _ in 0..n {
-        least = least.min(crate::host::fd_count(&pid.to_string()));
-        if goal.is_some_and(|g| least <= g) {
-            break;
-        }
-        std::thread::sleep(wait);
-    }
-    least
-}
-
 /// The run's traces: mounts under `work`, cgroups and tap devices named with `prefix`,
 /// processes whose command line names either (or our zombie children), files under the
 /// state directories in `states`, and this process's descriptors.
@@ -130,21 +112,19 @@ fn snapshot(work: &Path, prefix: &str, states: &[PathBuf]) -> Snapshot {
             items.insert(format!("link {n}"));
         }
     }
-    let me = std::process::id().to_string();
+    let me = std::process::id() as i32;
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
             continue;
         }
         let cmd = std::fs::read(e.path().join("cmdline"))
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
             .unwrap_or_default();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid ...
-        let after = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
-        let mut f = after.split_whitespace();
-        let (state, ppid) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-        if cmd.contains(&w) || cmd.contains(prefix) || (ppid == me && state == "Z") {
+        let zombie_child = container::util::proc_parent(pid) == Some(('Z', me));
+        if cmd.contains(&w) || cmd.contains(prefix) || zombie_child {
             items.insert(format!("process {pid}: {}", cmd.trim()));
         }
     }
@@ -280,8 +260,52 @@ fn keeper_pid(state: &Path) -> Option<u32> {
     })
 }
 
-/// `cycles` of the platform on one daemon: up, foreground to common, a channel opened and
-/// closed, foreground back to trusted, down.
+/// `cycles` times on `dev`: up, foreground to common, a channel opened and closed, foreground
+/// back to trusted, down; the daemon's and its keeper's figures.
+fn cycle(dev: &Device, cycles: usize, tick: &mut dyn FnMut(usize)) -> Result<DaemonFigures> {
+    use crate::host::{rss_kib, steady_fds};
+    let pid = dev
+        .pid()
+        .ok_or_else(|| Error::Msg("the daemon is gone".into()))?;
+    let chan = json!({"from": "common", "to": "trusted", "channel": "messages"});
+    let mut figs = DaemonFigures::default();
+    let mut keeper: Option<u32> = None;
+    for i in 0..cycles {
+        dev.api("POST", "/v1/up", None)?;
+        dev.api("PUT", "/v1/foreground", Some(&json!({"name": "common"})))?;
+        let c = dev.api("POST", "/v1/channels", Some(&chan))?;
+        dev.api("DELETE", &format!("/v1/channels/{}", c["id"]), None)?;
+        dev.api("PUT", "/v1/foreground", Some(&json!({"name": "trusted"})))?;
+        dev.api("POST", "/v1/down", None)?;
+        // Looked for again only when the one found is gone.
+        if keeper.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            keeper = keeper_pid(&dev.dir.join("state"));
+        }
+        // The first cycle made what stays (the keeper, its connection): the mark.
+        let first = i == 0;
+        let fds = steady_fds(pid, (!first).then_some(figs.fds_first));
+        let rss = rss_kib(pid);
+        let (kfds, krss) = keeper
+            .map(|k| {
+                let goal = (!first).then_some(figs.keeper_fds_first);
+                (steady_fds(k, goal), rss_kib(k))
+            })
+            .unwrap_or_default();
+        if first {
+            (figs.fds_first, figs.rss_kib_first) = (fds, rss);
+            (figs.keeper_fds_first, figs.keeper_rss_kib_first) = (kfds, krss);
+        }
+        (figs.fds_last, figs.rss_kib_last) = (fds, rss);
+        (figs.keeper_fds_last, figs.keeper_rss_kib_last) = (kfds, krss);
+        if (i + 1) % cycles.div_ceil(10) == 0 || i + 1 == cycles {
+            figs.rss_kib_by_tenth.push(rss);
+        }
+        tick(i + 1);
+    }
+    Ok(figs)
+}
+
+/// `cycles` of the platform on one daemon ([`cycle`]), and what they left.
 fn platform(
     work: &Path,
     agent: &Path,
@@ -291,57 +315,16 @@ fn platform(
     let base = work.join("base");
     crate::rootfs::busybox(&base)?;
     let profile = crate::load::quiet(&crate::fg::profile(&base, "throttle")?)?;
-    let devdir = work.join("soak");
+    // Device::start's directory and prefix for the device "soak".
     let prefix = format!("benchsoak-{}", std::process::id());
-    let states = [devdir.clone()];
+    let states = [work.join("soak")];
     let before = snapshot(work, &prefix, &states);
     let t = Instant::now();
-    let mut figs = DaemonFigures::default();
-    let r = (|| -> Result<()> {
-        let mut dev = Device::start("soak", work, &profile, agent)?;
-        let r = (|| -> Result<()> {
-            let pid = dev
-                .pid()
-                .ok_or_else(|| Error::Msg("the daemon is gone".into()))?;
-            let chan = json!({"from": "common", "to": "trusted", "channel": "messages"});
-            for i in 0..cycles {
-                dev.api("POST", "/v1/up", None)?;
-                dev.api("PUT", "/v1/foreground", Some(&json!({"name": "common"})))?;
-                let c = dev.api("POST", "/v1/channels", Some(&chan))?;
-                dev.api("DELETE", &format!("/v1/channels/{}", c["id"]), None)?;
-                dev.api("PUT", "/v1/foreground", Some(&json!({"name": "trusted"})))?;
-                dev.api("POST", "/v1/down", None)?;
-                let keeper = keeper_pid(&dev.dir.join("state"));
-                let k = |f: fn(u32) -> (usize, u64)| keeper.map(f).unwrap_or_default();
-                // The first cycle made what stays (the keeper, its connection): the mark.
-                let goal = (i > 0).then_some(figs.fds_first);
-                let kgoal = (i > 0).then_some(figs.keeper_fds_first);
-                let kf = k(|p| {
-                    (
-                        crate::host::fd_count(&p.to_string()),
-                        crate::host::rss_kib(p),
-                    )
-                });
-                let kf = (keeper.map_or(kf.0, |p| steady_fds(p, kgoal)), kf.1);
-                let (fds, rss) = (steady_fds(pid, goal), crate::host::rss_kib(pid));
-                if i == 0 {
-                    (figs.fds_first, figs.rss_kib_first) = (fds, rss);
-                    (figs.keeper_fds_first, figs.keeper_rss_kib_first) = kf;
-                }
-                (figs.fds_last, figs.rss_kib_last) = (fds, rss);
-                if (i + 1) % cycles.div_ceil(10) == 0 || i + 1 == cycles {
-                    figs.rss_kib_by_tenth.push(rss);
-                }
-                (figs.keeper_fds_last, figs.keeper_rss_kib_last) = kf;
-                tick(i + 1);
-            }
-            Ok(())
-        })();
-        dev.stop();
-        r
-    })();
+    let mut dev = Device::start("soak", work, &profile, agent)?;
+    let figs = cycle(&dev, cycles, tick);
+    dev.stop();
     let seconds = t.elapsed().as_secs_f64();
-    r?;
+    let figs = figs?;
     let after = settled(work, &prefix, &states, &before);
     Ok((
         Phase {

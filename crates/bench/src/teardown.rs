@@ -12,18 +12,13 @@ use crate::backend::Backend;
 /// directories (the suite's and the scalability's, detached domains and microVMs included),
 /// the cgroups of this run's domains and the scalability's parents, and `work` itself.
 pub fn teardown(work: &Path, backends: &[Backend]) {
-    let me = std::process::id().to_string();
+    let me = std::process::id() as i32;
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for pid in rd
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The parent pid is the second field after the command's closing parenthesis.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1));
-            if ppid == Some(me.as_str()) {
+            if container::util::proc_parent(pid).is_some_and(|(_, ppid)| ppid == me) {
                 // SAFETY: kill(2) on a child of ours.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }

@@ -83,16 +83,11 @@ fn bench_fg_smoke() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(common::BIN)
-        .args(["bench", "fg", "-n", "6", "--out"])
-        .arg(out.path())
-        .arg("--agent")
-        .arg(common::agent())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("fg.json")).unwrap()).unwrap();
+    let doc = bench_report(
+        Command::new(common::BIN).args(["bench", "fg", "-n", "6"]),
+        out.path(),
+        "fg.json",
+    );
     let modes = doc["modes"].as_array().unwrap();
     assert_eq!(modes.len(), 2);
     for m in modes {

@@ -178,16 +178,8 @@ impl ContainerBackend {
     /// The domain's directory, locked (flock) for a start: the lock goes with the starting
     /// process and its container's init until that execs the domain's command.
     fn start_lock(&self, name: &str) -> Result<std::fs::File, BackendError> {
-        use std::os::fd::AsRawFd;
-        let dd = self.domain_dir(name);
-        let f = std::fs::File::open(&dd)
-            .map_err(|e| BackendError::failed(name, format!("opening {}", dd.display()), e))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(BackendError::failed(name, "locking its directory", e));
-        }
-        Ok(f)
+        crate::util::flock(&self.domain_dir(name), true)
+            .map_err(|e| BackendError::failed(name, "locking its directory", e))
     }
 
     /// Every device rule of a domain with `change` applied: its config's rules, then the
@@ -502,17 +494,21 @@ impl Backend for ContainerBackend {
     /// then undo a container whose start can no longer come: one still `creating` or
     /// `created` once nobody starts it.
     fn settle(&self, name: &str) {
-        use std::os::fd::AsRawFd;
-        let Ok(dir) = std::fs::File::open(self.domain_dir(name)) else {
-            return;
-        };
+        let dd = self.domain_dir(name);
         let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        // SAFETY: flock on a descriptor we own; released when it is closed.
-        while unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0
-            && std::time::Instant::now() < end
-        {
+        // Held while the state is judged (and a half-made container removed).
+        let _held = loop {
+            match crate::util::flock(&dd, false) {
+                Ok(f) => break Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // No directory: no domain, nothing to wait for.
+                Err(_) => return,
+            }
+            if std::time::Instant::now() >= end {
+                break None;
+            }
             std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        };
         self.states().remove(name);
         if let Ok(Some(st)) = self.state(name) {
             if matches!(st.status(&self.root()), Status::Creating | Status::Created) {

@@ -165,13 +165,42 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// The fields of /proc/PID/stat after the command's closing parenthesis (state first).
+fn stat_fields(pid: i32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 2..].to_string())
+}
+
 /// State letter (field 3: 'Z' for a zombie) and start time (field 22, to tell a pid from a
 /// reused one) of a process, from one read of /proc/PID/stat.
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
+    let after = stat_fields(pid)?;
     let state = after.chars().next()?;
     Some((state, after.split_whitespace().nth(19)?.parse().ok()?))
+}
+
+/// State letter and parent (field 4) of a process, from one read of /proc/PID/stat.
+pub fn proc_parent(pid: i32) -> Option<(char, i32)> {
+    let after = stat_fields(pid)?;
+    let mut f = after.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.next()?.parse().ok()?))
+}
+
+/// `path` (a directory or a file) opened and locked with flock, exclusively, until the file
+/// is closed; with `wait` false, EWOULDBLOCK while another holds it.
+pub fn flock(path: &Path, wait: bool) -> std::io::Result<fs::File> {
+    let f = fs::File::open(path)?;
+    let how = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), how) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 /// Start time of a process, see [`proc_stat`].

@@ -17,6 +17,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use channel::handoff;
+use nix::sys::socket::{
+    accept4, bind, getsockopt, listen, setsockopt, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, UnixAddr,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
 
 /// The keeper's socket in a state directory.
 pub fn socket(dir: &Path) -> PathBuf {
@@ -34,63 +39,28 @@ pub trait EndStore: Send {
 }
 
 fn seqpacket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
-    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let b = path.as_os_str().as_bytes();
-    if b.len() >= a.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: path too long for a socket", path.display()),
-        ));
-    }
-    for (d, s) in a.sun_path.iter_mut().zip(b) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + b.len() + 1;
-    Ok((a, len as libc::socklen_t))
-}
-
-fn os(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    Ok(nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
 }
 
 fn connect(path: &Path) -> io::Result<OwnedFd> {
     let s = seqpacket()?;
-    let (a, len) = sockaddr(path)?;
-    // SAFETY: connect with an address of the length given.
-    os(unsafe { libc::connect(s.as_raw_fd(), (&raw const a).cast(), len) })?;
+    nix::sys::socket::connect(s.as_raw_fd(), &UnixAddr::new(path)?)?;
     // A keeper that hangs must not hang the daemon: its answers come within 10 s or not at all.
-    let tv = libc::timeval {
-        tv_sec: 10,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a timeval of the size given.
-    os(unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
+    setsockopt(&s, sockopt::ReceiveTimeout, &TimeVal::seconds(10))?;
     Ok(s)
+}
+
+/// A socket listening on `path`.
+fn listening(path: &Path) -> io::Result<OwnedFd> {
+    let l = seqpacket()?;
+    bind(l.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&l, Backlog::new(8)?)?;
+    Ok(l)
 }
 
 fn send(s: &OwnedFd, msg: &str, fds: &[RawFd]) -> io::Result<()> {
@@ -154,12 +124,7 @@ impl Keeper {
         use std::os::unix::process::CommandExt;
         let path = socket(&self.dir);
         let _ = std::fs::remove_file(&path);
-        let l = seqpacket()?;
-        let (a, len) = sockaddr(&path)?;
-        // SAFETY: bind and listen on our new socket with an address of the length given.
-        os(unsafe { libc::bind(l.as_raw_fd(), (&raw const a).cast(), len) })?;
-        // SAFETY: as above.
-        os(unsafe { libc::listen(l.as_raw_fd(), 8) })?;
+        let l = listening(&path)?;
         let fd = l.as_raw_fd();
         let mut c = std::process::Command::new(&self.exe);
         // From /: a keeper that outlives its daemon pins no directory it was started in.
@@ -269,48 +234,20 @@ pub fn run(dir: &Path) -> ! {
     std::process::exit(0)
 }
 
-/// The uid on the other end of a Unix socket.
-fn peer_uid(s: &OwnedFd) -> Option<u32> {
-    // SAFETY: ucred is plain data; all-zero is a valid value.
-    let mut c: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt into a buffer of the length given.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut c).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(c.uid)
-}
-
 /// Answer daemons, one after the other, until one says `exit` (then `path` is removed).
 pub fn serve(listener: &OwnedFd, path: &Path) {
     let mut held: BTreeMap<u64, [OwnedFd; 5]> = BTreeMap::new();
-    // SAFETY: getuid has no failure.
-    let me = unsafe { libc::getuid() };
+    let me = nix::unistd::getuid().as_raw();
     loop {
-        // SAFETY: accept4 on our listening socket; the result is checked.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
+        let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
         };
-        if fd < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        // SAFETY: a new descriptor from accept4.
+        // SAFETY: a new descriptor from accept4, owned here only.
         let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-        if peer_uid(&conn) != Some(me) {
+        let peer = getsockopt(&conn, sockopt::PeerCredentials).map(|c| c.uid());
+        if peer != Ok(me) {
             continue;
         }
         if answer(&conn, &mut held) {
@@ -361,12 +298,7 @@ mod tests {
     /// A keeper on a thread of this process, served as the process would be.
     fn keeper(dir: &Path) -> std::thread::JoinHandle<()> {
         let path = socket(dir);
-        let l = seqpacket().unwrap();
-        let (a, len) = sockaddr(&path).unwrap();
-        // SAFETY: bind and listen on a new socket.
-        os(unsafe { libc::bind(l.as_raw_fd(), (&raw const a).cast(), len) }).unwrap();
-        // SAFETY: as above.
-        os(unsafe { libc::listen(l.as_raw_fd(), 8) }).unwrap();
+        let l = listening(&path).unwrap();
         std::thread::spawn(move || serve(&l, &path))
     }
 

@@ -1,5 +1,6 @@
 //! OCI resources → cgroup file writes, for v1 and v2. Pure: no file is touched here.
 
+use domain::profile::is_cpu_list;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use crate::config_err;
@@ -140,11 +141,6 @@ pub fn validate(r: &LinuxResources) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// "0-3,5,7-8", every number a CPU (or memory node) the kernel can have.
-fn is_cpu_list(s: &str) -> bool {
-    domain::profile::is_cpu_list(s)
 }
 
 /// Device access bits, as the kernel's cgroup device filter numbers them.

@@ -105,13 +105,7 @@ fn children(dir: &Path, skip: Option<&Path>) -> Result<Vec<(i64, u64)>> {
 /// held from the grant until the container's own budget is written, and while one is given
 /// back.
 pub fn lock(mount: &Path) -> Result<fs::File> {
-    use std::os::fd::AsRawFd;
-    let f = fs::File::open(mount).ctx(|| format!("opening {}", mount.display()))?;
-    // SAFETY: flock on a descriptor we own; it is released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
-        return Err(nix::Error::last()).ctx(|| format!("locking {}", mount.display()));
-    }
-    Ok(f)
+    crate::util::flock(mount, true).ctx(|| format!("locking {}", mount.display()))
 }
 
 /// The groups from just below `mount` down to `dir`'s parent, top first.
