@@ -9,7 +9,7 @@ rounds=5
 [ "${1:-}" = "-n" ] && { rounds=$2; shift 2; }
 out=${1:-docs/benchmarks}
 cv=${CELLVISOR:-target/release/cellvisor}
-kernel=$(ls /boot/vmlinuz-*-amd64 | sort -V | tail -n 1)
+kernel=$(ls /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -n 1)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 scripts/mkinitramfs.sh "$tmp/initramfs.cpio.gz"
 fw=()

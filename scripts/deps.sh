@@ -7,7 +7,7 @@
 # (mke2fs: the benchmark suite's microVM root image), and rt-tests (cyclictest: the real-time
 # benchmark's cross-check).
 set -euo pipefail
-pkgs=(busybox-static podman containerd systemd dbus linux-image-cloud-amd64 qemu-system-x86 cpio file xz-utils zstd binutils e2fsprogs rt-tests)
+pkgs=(busybox-static podman containerd systemd dbus linux-image-cloud-amd64 linux-image-amd64 qemu-system-x86 cpio file xz-utils zstd binutils e2fsprogs rt-tests)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -4,29 +4,42 @@
 # emulated). QEMU (TCG) emulates an AMD CPU with SVM; a Debian kernel booted on it loads
 # kvm-amd; the command runs there, in /host, with the files given by -f.
 #
-# usage: kvm-test-host.sh [-m MB] [-c CPUS] [-f FILE]... -- 'COMMAND'
-#   -c CPUS  emulated CPUs (default 1)
-#   -f FILE  is copied into /host (with the shared libraries of a dynamic program, at their paths)
+# usage: kvm-test-host.sh [-m MB] [-c CPUS] [-k cloud|generic] [-M MODULE]... [-f FILE]... -- 'COMMAND'
+#   -c CPUS    emulated CPUs (default 1)
+#   -k KIND    the host's kernel: Debian's cloud kernel (default) or its generic one, which has
+#              the device drivers the cloud one lacks (uinput, evdev, DRM cards, V4L2 cameras)
+#   -M MODULE  a module of that kernel loaded at boot, after the modules it depends on
+#   -f FILE    is copied into /host (with the shared libraries of a dynamic program, at their paths)
 # Prints the command's output; exits 0 only if the command succeeded, 3 if the emulator
 # stalled (its timer interrupts stop for good now and then while a nested guest runs: the
 # host's heartbeat on a second serial port stops, and it is ended within a minute).
-# Needs: qemu-system-x86, linux-image-cloud-amd64, busybox-static, cpio, file (scripts/deps.sh).
+# Needs: qemu-system-x86, linux-image-cloud-amd64 (linux-image-amd64 for -k generic), kmod,
+# busybox-static, cpio, file (scripts/deps.sh).
 set -euo pipefail
 mem=2048
 cpus=1
 files=()
+kind=cloud
+modules=(kvm-amd tun overlay)
+usage="usage: $0 [-m MB] [-c CPUS] [-k cloud|generic] [-M MODULE]... [-f FILE]... -- 'COMMAND'"
 while [ $# -gt 0 ]; do
   case "$1" in
     -m) mem=$2; shift 2 ;;
     -c) cpus=$2; shift 2 ;;
     -f) files+=("$2"); shift 2 ;;
+    -k) kind=$2; shift 2 ;;
+    -M) modules+=("$2"); shift 2 ;;
     --) shift; break ;;
-    *) echo "usage: $0 [-m MB] [-c CPUS] [-f FILE]... -- 'COMMAND'" >&2; exit 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
 done
-command=${1:?usage: $0 [-m MB] [-c CPUS] [-f FILE]... -- 'COMMAND'}
-kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)
-[ -n "$kernel" ] || { echo "kvm-test-host: no /boot/vmlinuz-*-amd64 (linux-image-cloud-amd64)" >&2; exit 2; }
+command=${1:?$usage}
+case "$kind" in
+  cloud) kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1) ;;
+  generic) kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | grep -v -- -cloud- | sort -V | tail -n 1) ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
+[ -n "$kernel" ] || { echo "kvm-test-host: no $kind kernel in /boot (linux-image-$([ "$kind" = cloud ] && echo cloud-)amd64)" >&2; exit 2; }
 release=${kernel#/boot/vmlinuz-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -34,13 +47,22 @@ root=$tmp/root
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,host,modules}
 cp /bin/busybox "$root/bin/"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun fs/overlayfs/overlay; do
-  ko=$(ls /lib/modules/"$release"/kernel/$m.ko* | head -n 1)
-  case "$ko" in
-    *.xz) xz -dc "$ko" ;;
-    *.zst) zstd -qdc "$ko" ;;
-    *) cat "$ko" ;;
-  esac > "$root/modules/$(basename "$m").ko"
+# The modules (KVM, tun, overlay, and those asked for), each after those it depends on
+# (modprobe reads the kernel's modules.dep here; nothing is loaded on this machine), numbered
+# in load order.
+n=0
+for m in ${modules[@]+"${modules[@]}"}; do
+  deps=$(modprobe -S "$release" --show-depends "$m") || { echo "kvm-test-host: no module $m in $release" >&2; exit 2; }
+  for ko in $(echo "$deps" | awk '$1 == "insmod" { print $2 }'); do
+    name=$(basename "${ko%%.ko*}")
+    ls "$root"/modules/[0-9][0-9][0-9]-"$name".ko >/dev/null 2>&1 && continue
+    n=$((n + 1))
+    case "$ko" in
+      *.xz) xz -dc "$ko" ;;
+      *.zst) zstd -qdc "$ko" ;;
+      *) cat "$ko" ;;
+    esac > "$root/modules/$(printf %03d $n)-$name.ko"
+  done
 done
 for f in "${files[@]}"; do
   cp "$f" "$root/host/"
@@ -63,7 +85,7 @@ if [ ! -e /.moved ]; then
   exec switch_root /newroot /init
 fi
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
-for m in irqbypass kvm kvm-amd tun overlay; do insmod /modules/$m.ko; done
+for ko in /modules/*.ko; do insmod "$ko"; done
 ip link set lo up
 # A heartbeat on the second serial port: the emulator sometimes stops this host's timer
 # interrupts for good while a nested guest runs; the script outside then sees it stop.

@@ -3,7 +3,7 @@
 # pseudo file systems, prints "GUEST-UP <uptime>" (the first line from guest userspace), runs
 # the command given on the kernel command line as cellvisor.run="..." if any, and reboots
 # (which ends a microVM booted with reboot=k). With a kernel's modules at hand (KVER, default:
-# the newest /lib/modules/*-amd64), it also carries the virtio drivers the Debian kernel
+# the newest /lib/modules/*-cloud-amd64), it also carries the virtio drivers the Debian kernel
 # builds as modules (mmio, block, net, vsock) and /init loads them, giving virtio_mmio the
 # devices the VMM put on the command line (virtio_mmio.device=...). With cellvisor.root=DEV
 # the command runs chrooted into the ext4 file system on DEV (proc, sys, dev, tmp mounted there).
@@ -12,7 +12,7 @@ set -euo pipefail
 add=()
 while [ "${1:-}" = -a ]; do add+=("$2"); shift 2; done
 out=${1:?usage: mkinitramfs.sh [-a FILE]... OUT.cpio.gz [KVER]}
-kver=${2:-$(ls -d /lib/modules/*-amd64 2>/dev/null | sort -V | tail -n1 | xargs -r basename)}
+kver=${2:-$(ls -d /lib/modules/*-cloud-amd64 2>/dev/null | sort -V | tail -n1 | xargs -r basename)}
 bb=/bin/busybox
 [ -x "$bb" ] || { echo "no $bb: apt-get install busybox-static" >&2; exit 1; }
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT

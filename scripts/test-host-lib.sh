@@ -1,9 +1,9 @@
 # Shared by the scripts that run a benchmark inside scripts/kvm-test-host.sh (sourced).
 # The binaries come from $CELLVISOR_BIN (default target/release), the static agent from
-# $CELLVISOR_AGENT; the guest kernel is the newest /boot/vmlinuz-*-amd64.
+# $CELLVISOR_AGENT; the guest kernel is the newest /boot/vmlinuz-*-cloud-amd64.
 bin=${CELLVISOR_BIN:-target/release}
 agent=${CELLVISOR_AGENT:-$bin/cellvisor-agent}   # the static agent (make agent)
-kernel=$(ls /boot/vmlinuz-*-amd64 | sort -V | tail -n 1)
+kernel=$(ls /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -n 1)
 mke2fs=$(command -v mke2fs || echo /usr/sbin/mke2fs)
 
 # test_host_run OUT ARGS... -- CMD: kvm-test-host.sh ARGS -- CMD, its output in OUT. The

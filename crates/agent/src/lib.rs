@@ -3,8 +3,10 @@
 //! loops the channel benchmarks run, between two processes or two domains; [`vsock`] holds
 //! both ends of a microVM's vsock; [`micro`] the LMbench-style microbenchmarks `cellvisor bench`
 //! runs in every backend, [`workload`] its macrobenchmarks; [`rt`] the real-time benchmark's
-//! wake-up probe and loads; [`duty`] the scheduler benchmark's load.
+//! wake-up probe and loads; [`duty`] the scheduler benchmark's load; [`device`] devices held,
+//! probed and (on a test host) made, for the revocation tests.
 
+pub mod device;
 pub mod duty;
 pub mod micro;
 pub mod pingpong;

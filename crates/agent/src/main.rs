@@ -13,6 +13,12 @@
 //!                                        --macro adds the macrobenchmarks (workload.rs: the
 //!                                        application /app/cellvisor-app, files in /data)
 //!   hello                                print "Hello world" (what micro's fork+exec runs)
+//!   hold DEVICE                          keep a device open; say when it stops working
+//!                                        (revoked input, a DRM card's master lost)
+//!   probe DEVICE [--count N]             open a device, say what it gives (DRM master, a
+//!                                        camera's driver), read N input events
+//!   uinput NAME                          (test host) a keyboard made through /dev/uinput:
+//!                                        prints its event node, types until killed
 //!   rt-probe [--interval-us 1000] [--samples N] [--fifo PRIO] [--cpu N]
 //!                                        periodic wake-ups (cyclictest's method): their
 //!                                        latency histogram as JSON (see rt.rs)
@@ -446,6 +452,14 @@ fn run() -> Result<(), String> {
             say(&agent::micro::json(&figs));
         }
         "hello" => say("Hello world"),
+        "hold" | "probe" | "uinput" => {
+            let arg = o.args.first().ok_or(format!("{cmd}: which device?"))?;
+            match cmd.as_str() {
+                "hold" => agent::device::hold(arg)?,
+                "probe" => agent::device::probe(arg, o.count.unwrap_or(0))?,
+                _ => agent::device::uinput(arg)?,
+            }
+        }
         "spin" => {
             let ms = |i: usize| -> Result<u64, String> {
                 o.args

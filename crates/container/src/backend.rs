@@ -431,8 +431,16 @@ impl Backend for ContainerBackend {
         })?;
         if !present {
             // It can no longer open it; what it opened before is taken back too.
-            crate::revoke::revoke(node, typ, major)
+            let pids = || {
+                st.cgroup()
+                    .and_then(|c| c.pids_within())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            let done = crate::revoke::revoke(node, (typ, major, minor), pids)
                 .map_err(|e| BackendError::failed(name, what("revoking"), e))?;
+            if done.descriptors > 0 || !done.killed.is_empty() {
+                eprintln!("cellvisord: {} taken from {name}: {done}", node.display());
+            }
         }
         if present {
             st.cgroup()

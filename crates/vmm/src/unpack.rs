@@ -224,7 +224,10 @@ mod tests {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().contains("vmlinuz-"))
+            .filter(|p| {
+                let name = p.to_string_lossy();
+                name.contains("vmlinuz-") && name.ends_with("-cloud-amd64")
+            })
             .max()
         else {
             return;

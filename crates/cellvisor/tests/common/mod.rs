@@ -223,7 +223,7 @@ pub fn test_guest(dir: &Path, name: &str) -> PathBuf {
     elf
 }
 
-/// The newest stock guest kernel (/boot/vmlinuz-*-amd64), when it and QEMU (for the
+/// The newest stock guest kernel (/boot/vmlinuz-*-cloud-amd64), when it and QEMU (for the
 /// emulated KVM test host) are installed; otherwise the test says why and is skipped.
 pub fn stock_kernel() -> Option<PathBuf> {
     let kernel = std::fs::read_dir("/boot")
@@ -233,11 +233,11 @@ pub fn stock_kernel() -> Option<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("vmlinuz-") && name.ends_with("-amd64")
+            name.starts_with("vmlinuz-") && name.ends_with("-cloud-amd64")
         })
         .max();
     if kernel.is_none() || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        eprintln!("skipped: no /boot/vmlinuz-*-amd64 or qemu-system-x86_64 (scripts/deps.sh installs them)");
+        eprintln!("skipped: no /boot/vmlinuz-*-cloud-amd64 or qemu-system-x86_64 (scripts/deps.sh installs them)");
         return None;
     }
     kernel

@@ -528,6 +528,31 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
+    /// Processes in the cgroup and every cgroup below it (made inside the container, by
+    /// systemd or a nested runtime), in the first hierarchy; a group removed meanwhile is
+    /// skipped.
+    pub fn pids_within(&self) -> Result<Vec<i32>> {
+        let (_, top) = self
+            .dirs()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Msg("no cgroup hierarchy".into()))?;
+        let text = fs::read_to_string(top.join("cgroup.procs"))
+            .ctx(|| format!("reading {}/cgroup.procs", top.display()))?;
+        let mut pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let mut dirs = vec![top];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let procs = fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                    pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                    dirs.push(e.path());
+                }
+            }
+        }
+        Ok(pids)
+    }
+
     /// Freeze (`true`) or thaw every process of the container, and wait until it is done.
     pub fn freeze(&self, frozen: bool) -> Result<()> {
         match self.version() {
