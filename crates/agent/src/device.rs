@@ -181,10 +181,13 @@ pub fn uinput(name: &str) -> Result<(), String> {
     }
     // SAFETY: UI_DEV_CREATE takes no argument.
     if unsafe { libc::ioctl(fd, UI_DEV_CREATE) } < 0 {
-        return Err(format!("UI_DEV_CREATE: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "UI_DEV_CREATE: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-    let sys = ioctl_buf::<64>(fd, UI_GET_SYSNAME_64)
-        .map_err(|e| format!("UI_GET_SYSNAME: errno {e}"))?;
+    let sys =
+        ioctl_buf::<64>(fd, UI_GET_SYSNAME_64).map_err(|e| format!("UI_GET_SYSNAME: errno {e}"))?;
     let end = sys.iter().position(|&b| b == 0).unwrap_or(64);
     let input = String::from_utf8_lossy(&sys[..end]).into_owned();
     // Its event node, once evdev has made it (devtmpfs).
@@ -203,7 +206,9 @@ pub fn uinput(name: &str) -> Result<(), String> {
             }
         }
         if Instant::now() > deadline {
-            return Err(format!("{input}: no event node within 10 s (is evdev loaded?)"));
+            return Err(format!(
+                "{input}: no event node within 10 s (is evdev loaded?)"
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -485,6 +485,56 @@ fn a_switch_revokes_the_terminal_the_old_foreground_held_open() {
     d.teardown_and_check(&pids);
 }
 
+/// Real devices of every exclusive kind, taken back from the old foreground's open
+/// descriptors (scripts/revoke-test-host.sh, in the KVM test host booted with Debian's generic
+/// kernel: a uinput keyboard, the bochs DRM card, a vivid camera): after `fg common` trusted's
+/// input descriptor fails with ENODEV, its DRM file is no longer master, its camera holder is
+/// killed, and common opens all three (master, the keyboard's events, the camera); back again,
+/// then nothing left. About 35 s a try.
+#[test]
+fn a_switch_revokes_real_input_drm_and_camera_devices_in_the_test_host() {
+    need_root!();
+    let generic = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("vmlinuz-") && n.ends_with("-amd64") && !n.contains("-cloud-")
+        });
+    if !generic || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!(
+            "skipped: no generic kernel (linux-image-amd64) or QEMU: scripts/deps.sh installs them"
+        );
+        return;
+    }
+    let bin = Path::new(common::BIN).parent().unwrap();
+    let o = common::in_test_host(
+        "devices were not revoked in the test host",
+        || {
+            let mut c = Command::new("bash");
+            c.arg(Path::new(WORKSPACE).join("scripts/revoke-test-host.sh"))
+                .env("CELLVISOR_BIN", bin)
+                .env("CELLVISOR_AGENT", agent())
+                .env("KVM_TEST_HOST_TIMEOUT", "300");
+            c
+        },
+        |o| o.status.success() && common::stdout(o).contains("REVOKE-OK"),
+    );
+    let out = common::stdout(&o);
+    for want in [
+        "trusted holds: held: input open | held: drm master | held: camera vivid",
+        "after fg common, trusted's: lost: input: No such device (os error 19) | lost: drm: not master | camera holder killed",
+        "common opens: input open events: 4 (2 keys) drm master camera vivid",
+        "taken from trusted: revoked (EVIOCREVOKE): 1 descriptor(s)",
+        "taken from trusted: DRM master dropped: 1 descriptor(s)",
+        "/dev/video0 taken from trusted: holders killed: pid [",
+        "REVOKE-OK: nothing left behind",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+}
+
 /// Background domains can be frozen instead: no CPU, memory kept, thawed when they come back.
 #[test]
 fn background_domains_can_be_frozen() {

@@ -332,8 +332,14 @@ mod tests {
         let r = revoke(tun, (kind, major, minor), || Ok(pids.clone())).unwrap();
         assert_eq!(r.killed, [pids[0]], "{r}");
         let status = holder.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
-        assert!(other.try_wait().unwrap().is_none(), "the other was killed too");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the other was killed too"
+        );
         other.kill().unwrap();
         other.wait().unwrap();
     }

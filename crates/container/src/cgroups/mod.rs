@@ -544,7 +544,8 @@ impl Cgroup {
         while let Some(d) = dirs.pop() {
             for e in fs::read_dir(&d).into_iter().flatten().flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let procs = fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                    let procs =
+                        fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
                     pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
                     dirs.push(e.path());
                 }
