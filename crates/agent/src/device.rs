@@ -1,4 +1,6 @@
-//! Devices as a domain's application uses them, for the revocation tests: `hold` keeps a
+//! Devices as a domain's application uses them: `device CLASS -- PROGRAM` runs a program
+//! with the descriptor of the domain's device of that class (from its port) as descriptor 3;
+//! and for the revocation tests, `hold` keeps a
 //! device open and says when it stops working (an input device revoked, a DRM card's master
 //! lost), `probe` opens one and says what it gives (a DRM card's master, a camera's driver, an
 //! input device's events); and, on a test host, `uinput` makes a real input device (a
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 // linux/input.h, linux/uinput.h, drm/drm.h, linux/videodev2.h.
 const EVIOCGVERSION: libc::c_ulong = 0x8004_4501; // _IOR('E', 0x01, int)
 const DRM_IOCTL_AUTH_MAGIC: libc::c_ulong = 0x4004_6411; // _IOW('d', 0x11, struct drm_auth)
+const DRM_IOCTL_SET_MASTER: libc::c_ulong = 0x641e; // _IO('d', 0x1e)
 const VIDIOC_QUERYCAP: libc::c_ulong = 0x8068_5600; // _IOR('V', 0, struct v4l2_capability)
 const UI_SET_EVBIT: libc::c_ulong = 0x4004_5564; // _IOW('U', 100, int)
 const UI_SET_KEYBIT: libc::c_ulong = 0x4004_5565; // _IOW('U', 101, int)
@@ -33,13 +36,22 @@ enum Class {
     Other,
 }
 
+/// A device path (opened here), or a device class (no `/`): taken from the domain's port.
 fn open(path: &str) -> Result<(std::fs::File, Class), String> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| format!("{path}: {e}"))?;
+    let f = if path.contains('/') {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| format!("{path}: {e}"))?
+    } else {
+        let (_, fd) = crate::port::device(&crate::port::Port::here(), path)?;
+        let f = std::fs::File::from(fd);
+        // SAFETY: F_SETFL with flags on an open descriptor.
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        f
+    };
     let m = f.metadata().map_err(|e| format!("{path}: {e}"))?;
     if !m.file_type().is_char_device() {
         return Err(format!("{path}: not a character device"));
@@ -95,17 +107,66 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// `hold PATH`: open it, say what it gives ("held: ..."), and keep it open, checking every 20
-/// ms, until it stops working ("lost: ..."; then exit 0). A process killed for holding it says
-/// nothing more.
+/// `device CLASS -- PROGRAM [ARGS]`: the domain's device of `class`, taken from its port,
+/// as descriptor 3 of PROGRAM (with `CELLVISOR_DEVICE_FD=3` and `CELLVISOR_DEVICE_NODE` set).
+pub fn run_with(class: &str, program: &[String]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let (prog, args) = program
+        .split_first()
+        .ok_or("device CLASS -- PROGRAM [ARGS]: which program?")?;
+    let (node, fd) = crate::port::device(&crate::port::Port::here(), class)?;
+    let raw = fd.as_raw_fd();
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args)
+        .env("CELLVISOR_DEVICE_FD", "3")
+        .env("CELLVISOR_DEVICE_NODE", node);
+    // SAFETY: dup2 and fcntl are async-signal-safe; between fork and exec they put the
+    // descriptor at 3 without close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == 3 {
+                let fl = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+            } else if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Err(format!("{prog}: {}", cmd.exec()))
+}
+
+/// `hold DEVICE`: open it (a path, or a class from the port), say what it gives ("held:
+/// ..."), and keep it open until killed, checking every 20 ms and saying each change: "lost:
+/// ..." when it stops working (for a DRM card, with what taking master back by itself gave),
+/// "back: ..." when it works again (a DRM card's master given back).
 pub fn hold(path: &str) -> Result<(), String> {
     let (f, class) = open(path)?;
     say(&format!("held: {}", state(&f, class)?));
+    let mut working = true;
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        if let Err(why) = state(&f, class) {
-            say(&format!("lost: {why}"));
-            return Ok(());
+        match state(&f, class) {
+            Err(why) if working => {
+                working = false;
+                if class == Class::Drm {
+                    // SAFETY: DRM_IOCTL_SET_MASTER takes no argument.
+                    let r = unsafe { libc::ioctl(f.as_raw_fd(), DRM_IOCTL_SET_MASTER, 0) };
+                    let took = if r == 0 {
+                        "taken back by itself".to_string()
+                    } else {
+                        format!("SET_MASTER: {}", std::io::Error::last_os_error())
+                    };
+                    say(&format!("lost: {why} ({took})"));
+                } else {
+                    say(&format!("lost: {why}"));
+                }
+            }
+            Ok(now) if !working => {
+                working = true;
+                say(&format!("back: {now}"));
+            }
+            _ => {}
         }
     }
 }

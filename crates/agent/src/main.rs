@@ -13,10 +13,13 @@
 //!                                        --macro adds the macrobenchmarks (workload.rs: the
 //!                                        application /app/cellvisor-app, files in /data)
 //!   hello                                print "Hello world" (what micro's fork+exec runs)
-//!   hold DEVICE                          keep a device open; say when it stops working
-//!                                        (revoked input, a DRM card's master lost)
+//!   device CLASS -- PROGRAM [ARGS]       run PROGRAM with the domain's device of CLASS
+//!                                        (from its port: a DRM card only comes so) as fd 3
+//!   hold DEVICE                          keep a device open; say when it stops working and
+//!                                        when it works again (a DRM card's master)
 //!   probe DEVICE [--count N]             open a device, say what it gives (DRM master, a
-//!                                        camera's driver), read N input events
+//!                                        camera's driver), read N input events; DEVICE is
+//!                                        a path, or a class taken from the port
 //!   uinput NAME                          (test host) a keyboard made through /dev/uinput:
 //!                                        prints its event node, types until killed
 //!   rt-probe [--interval-us 1000] [--samples N] [--fifo PRIO] [--cpu N]
@@ -354,6 +357,19 @@ fn vsock_cmd(cmd: &str, o: &Opts) -> Result<(), String> {
 }
 
 fn run() -> Result<(), String> {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.first().is_some_and(|c| c == "device") {
+        // Everything after `--` is the program's, flags included.
+        let class = all
+            .get(1)
+            .filter(|c| *c != "--")
+            .ok_or("device: which class?")?;
+        let dash = all
+            .iter()
+            .position(|a| a == "--")
+            .ok_or("usage: device CLASS -- PROGRAM [ARGS]")?;
+        return agent::device::run_with(class, &all[dash + 1..]);
+    }
     let (cmd, o) = parse()?;
     match cmd.as_str() {
         "ls" => say(&port::list(&o.port)?),

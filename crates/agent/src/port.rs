@@ -134,6 +134,22 @@ pub fn list(port: &Port) -> Result<String, String> {
     exchange(port, r#"{"op":"ls"}"#).map(|(t, ..)| t)
 }
 
+/// A descriptor of this domain's device of `class` (display, input, camera, ...), opened by
+/// the daemon: exclusive ones only while the domain is in front. Its host node and the
+/// descriptor.
+pub fn device(port: &Port, class: &str) -> Result<(String, OwnedFd), String> {
+    let (text, fds, ..) = exchange(
+        port,
+        &format!(r#"{{"op":"device","class":{}}}"#, quote(class)),
+    )?;
+    let node = field(&text, "node").unwrap_or_default();
+    let fd = fds
+        .into_iter()
+        .next()
+        .ok_or("the daemon sent no descriptor")?;
+    Ok((node, fd))
+}
+
 /// A domain's side of a channel: the shared-memory end itself (a container domain), or a
 /// stream the daemon carries it over (a microVM).
 pub enum Link {

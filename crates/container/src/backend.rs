@@ -6,6 +6,7 @@
 //! [`ContainerBackend::up_with`]; nothing here knows of VMs.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -129,7 +130,11 @@ pub fn oci_config(
     res["devices"] = json!([{"allow": false, "access": "rwm"}]);
     c["linux"]["resources"] = res;
     c["linux"]["devices"] = json!([]);
-    for p in d.passthrough.iter().chain(&o.devices) {
+    // A device given from the port only is never a node in the domain's /dev.
+    let granted = o.devices.iter().filter(|p| {
+        !device_node(p).is_ok_and(|(k, major, minor, _)| crate::revoke::port_only(k, major, minor))
+    });
+    for p in d.passthrough.iter().chain(granted) {
         allow_device(&mut c, p)
             .map_err(|e| BackendError::failed(&d.name, format!("device {}", p.display()), e))?;
     }
@@ -419,6 +424,18 @@ impl Backend for ContainerBackend {
             access: crate::cgroups::plan::RWM,
         };
         let v2_rules = || self.rules_with(name, &rule);
+        let pids = || {
+            st.cgroup()
+                .and_then(|c| c.pids_within())
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        if present && crate::revoke::port_only(typ, major, minor) {
+            // Never a node: the domain takes it from its port; its files get back what a
+            // switch took (a DRM card's master).
+            crate::revoke::restore((typ, major, minor), pids)
+                .map_err(|e| BackendError::failed(name, what("giving back"), e))?;
+            return Ok(());
+        }
         // Taking away: first the right to open it, then the node. Giving: the other way round.
         if !present {
             st.cgroup()
@@ -431,11 +448,6 @@ impl Backend for ContainerBackend {
         })?;
         if !present {
             // It can no longer open it; what it opened before is taken back too.
-            let pids = || {
-                st.cgroup()
-                    .and_then(|c| c.pids_within())
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-            };
             let done = crate::revoke::revoke(node, (typ, major, minor), pids)
                 .map_err(|e| BackendError::failed(name, what("revoking"), e))?;
             if done.descriptors > 0 || !done.killed.is_empty() {
@@ -448,6 +460,30 @@ impl Backend for ContainerBackend {
                 .map_err(|e| BackendError::failed(name, what("allowing"), e))?;
         }
         Ok(())
+    }
+
+    fn open_device(&self, name: &str, node: &Path) -> Result<OwnedFd, BackendError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let st = self.load(name)?;
+        if !st.init_alive() {
+            return Err(BackendError::NotRunning(name.to_string()));
+        }
+        let failed = |e| BackendError::failed(name, format!("opening {}", node.display()), e);
+        device_node(node).map_err(failed)?;
+        // Opened without waiting (a serial line's carrier), then blocking as an open(2) is.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(node)
+            .map_err(failed)?;
+        let fd = OwnedFd::from(f);
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| failed(e.into()))?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(|e| failed(e.into()))?;
+        Ok(fd)
     }
 
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {

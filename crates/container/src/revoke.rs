@@ -15,6 +15,11 @@
 //!   domain's processes that hold it open: the only way to close another process's
 //!   descriptor that is just as final.
 //!
+//! A DRM card reaches a domain only through its port ([`port_only`]): the daemon opens it,
+//! so no process of a domain is ever a file's opener, the one who may take master back
+//! alone; the foreground's files get master back from the daemon ([`restore`]), as logind's
+//! sessions do.
+//!
 //! The holders are found by scanning the descriptors of the domain's processes (every cgroup
 //! below its own): a descriptor in flight in a Unix socket at that moment is not seen
 //! (docs/platform.md, Known limits).
@@ -95,6 +100,7 @@ impl std::fmt::Display for Revoked {
 
 // The ioctls, from linux/input.h and drm/drm.h.
 const EVIOCREVOKE: libc::c_ulong = 0x4004_4591; // _IOW('E', 0x91, int)
+const DRM_IOCTL_SET_MASTER: libc::c_ulong = 0x641e; // _IO('d', 0x1e)
 const DRM_IOCTL_DROP_MASTER: libc::c_ulong = 0x641f; // _IO('d', 0x1f)
 
 /// How long killed holders may take to be gone before the revocation fails.
@@ -125,8 +131,16 @@ pub fn revoke(
                 DRM_IOCTL_DROP_MASTER
             };
             for (pid, fd) in holders(&pids()?, kind, rdev) {
-                if on_their_descriptor(pid, fd, request)? {
-                    done.descriptors += 1;
+                let Some(copy) = their_copy(pid, fd)? else {
+                    continue;
+                };
+                match ioctl0(&copy, request) {
+                    Ok(()) => done.descriptors += 1,
+                    // DROP_MASTER on a file that is not master: nothing to take.
+                    Err(e)
+                        if how == Revocation::DropMaster
+                            && e.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -160,6 +174,38 @@ pub fn revoke(
         }
     }
     Ok(done)
+}
+
+/// A device a domain gets only from its port (the daemon opens it), never as a node in its
+/// /dev: a DRM card's primary node. A file's opener may take master back by itself whenever
+/// nobody holds it, so every file open on the card must be the daemon's for a dropped master
+/// to stay dropped.
+pub fn port_only(kind: char, major: u32, minor: u32) -> bool {
+    revocation(kind, major, minor) == Revocation::DropMaster
+}
+
+/// Give back to a domain coming to the foreground what [`revoke`] took and can be given back:
+/// a DRM card's master, to the first of its files open on the card that takes it (none while
+/// another file is master). Whether one took it.
+pub fn restore(
+    (kind, major, minor): (char, u32, u32),
+    pids: impl Fn() -> io::Result<Vec<i32>>,
+) -> io::Result<bool> {
+    if revocation(kind, major, minor) != Revocation::DropMaster {
+        return Ok(false);
+    }
+    for (pid, fd) in holders(&pids()?, kind, libc::makedev(major, minor)) {
+        let Some(copy) = their_copy(pid, fd)? else {
+            continue;
+        };
+        match ioctl0(&copy, DRM_IOCTL_SET_MASTER) {
+            Ok(()) => return Ok(true),
+            // Another file is master: it stays so.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
+            Err(_) => {}
+        }
+    }
+    Ok(false)
 }
 
 fn hang_up(node: &Path) -> io::Result<()> {
@@ -207,10 +253,9 @@ pub fn holders(pids: &[i32], kind: char, rdev: libc::dev_t) -> Vec<(i32, i32)> {
     found
 }
 
-/// Call the argument-less ioctl `request` on a copy of descriptor `fd` of process `pid` (the
-/// same open file, so it acts on every copy). Whether it acted: a process or descriptor gone
-/// meanwhile, or a DRM file that was not master, did not need it.
-fn on_their_descriptor(pid: i32, fd: i32, request: libc::c_ulong) -> io::Result<bool> {
+/// A copy of descriptor `fd` of process `pid`: the same open file, so what is done to it is
+/// done to every copy. `None`: the process exited or closed it meanwhile.
+fn their_copy(pid: i32, fd: i32) -> io::Result<Option<OwnedFd>> {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
@@ -224,24 +269,22 @@ fn on_their_descriptor(pid: i32, fd: i32, request: libc::c_ulong) -> io::Result<
         return gone(io::Error::last_os_error());
     }
     // SAFETY: as above; the copy is closed when dropped.
-    let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
-    // SAFETY: both requests take no argument pointer (EVIOCREVOKE's int is ignored but
-    // passed as 0); `copy` is an open descriptor.
-    if unsafe { libc::ioctl(copy.as_raw_fd(), request, 0) } < 0 {
-        let e = io::Error::last_os_error();
-        // DROP_MASTER on a file that is not master: nothing to take.
-        if request == DRM_IOCTL_DROP_MASTER && e.raw_os_error() == Some(libc::EINVAL) {
-            return Ok(false);
-        }
-        return Err(e);
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(copy as i32) }))
+}
+
+/// An ioctl that takes no argument (EVIOCREVOKE's int is ignored; 0 is passed).
+fn ioctl0(f: &OwnedFd, request: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the requests used here read no argument pointer; `f` is open.
+    if unsafe { libc::ioctl(f.as_raw_fd(), request, 0) } < 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A process that exited (ESRCH) or closed the descriptor (EBADF) holds nothing any more.
-fn gone(e: io::Error) -> io::Result<bool> {
+fn gone<T>(e: io::Error) -> io::Result<Option<T>> {
     match e.raw_os_error() {
-        Some(libc::ESRCH | libc::EBADF) => Ok(false),
+        Some(libc::ESRCH | libc::EBADF) => Ok(None),
         _ => Err(e),
     }
 }

@@ -64,6 +64,9 @@ impl<C: Backend, M: Backend> Backend for Backends<C, M> {
     fn set_device(&self, name: &str, node: &Path, present: bool) -> Result<(), BackendError> {
         self.of(name).set_device(name, node, present)
     }
+    fn open_device(&self, name: &str, node: &Path) -> Result<std::os::fd::OwnedFd, BackendError> {
+        self.of(name).open_device(name, node)
+    }
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
         self.of(name).stats(name)
     }

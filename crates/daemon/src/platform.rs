@@ -5,7 +5,7 @@
 //! killed half-way finishes (or undoes) the job when it comes back ([`Platform::open`]).
 
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -602,6 +602,35 @@ impl<B: Backend> Platform<B> {
         Ok(())
     }
 
+    /// Hand domain `who` a descriptor of its device of `class`, opened by the daemon (as
+    /// logind's TakeDevice): a shared device while it runs, an exclusive one while it is in
+    /// front. Its node and the descriptor. The way a DRM card reaches a domain at all (it is
+    /// never a node in its /dev); a switch takes it back as it takes back what the domain
+    /// opened itself.
+    pub fn take_device(&self, who: &str, class: &str) -> Result<(PathBuf, OwnedFd)> {
+        let d = self.domain(who)?;
+        let exclusive = d.exclusive_devices.iter().any(|c| c == class);
+        if !exclusive && !d.shared_devices.iter().any(|c| c == class) {
+            return Err(ApiError::Forbidden(format!(
+                "domain {who} has no device {class:?}"
+            )));
+        }
+        if exclusive && self.foreground() != Some(who) {
+            return Err(ApiError::Forbidden(format!(
+                "domain {who} is not in front: {class} is the foreground's"
+            )));
+        }
+        let node = self
+            .profile
+            .device_nodes
+            .get(class)
+            .filter(|n| n.exists())
+            .ok_or_else(|| ApiError::NotFound(format!("no {class} device on this host")))?
+            .clone();
+        let fd = self.backend.open_device(who, &node).map_err(backend_err)?;
+        Ok((node, fd))
+    }
+
     /// Hand domain `who` its side of channel `name` (with `peer`, if it has several of that
     /// name): the side number and the descriptors to send it. Only the two domains a channel
     /// joins can get it, and each only its own side.
@@ -737,6 +766,76 @@ mod tests {
         fn log_path(&self, _: &str) -> Option<PathBuf> {
             None
         }
+        fn open_device(
+            &self,
+            name: &str,
+            node: &Path,
+        ) -> std::result::Result<OwnedFd, BackendError> {
+            std::fs::File::open(node)
+                .map(OwnedFd::from)
+                .map_err(|e| BackendError::failed(name, "opening", e))
+        }
+    }
+
+    /// The port's `device`: an exclusive device to the foreground only, a shared one to any
+    /// domain that lists it, nothing of another domain's classes or of a class with no node.
+    #[test]
+    fn devices_are_handed_to_the_foreground_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = domain::DEFAULT_PROFILE
+            .replace("display = \"/dev/vcs1\"", "display = \"/dev/null\"")
+            .replace("input = \"/dev/tty1\"", "input = \"/dev/zero\"")
+            .replace(
+                "camera = \"/dev/vcsa1\"",
+                "camera = \"/dev/cellvisor-no-camera\"",
+            )
+            .replace("[device_nodes]", "[device_nodes]\naudio = \"/dev/full\"");
+        let profile = domain::profile::parse(&text, "phone.toml", Path::new("/")).unwrap();
+        let mut p = Platform {
+            profile,
+            backend: Unreadable,
+            dir: dir.path().to_path_buf(),
+            agent: None,
+            saved: Saved::default(),
+            sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
+            ends: BTreeMap::new(),
+            store: None,
+        };
+        p.saved.foreground = Some("trusted".into());
+        let (node, _) = p.take_device("trusted", "display").unwrap();
+        assert_eq!(node, Path::new("/dev/null"));
+        assert_eq!(
+            p.take_device("common", "audio").unwrap().0,
+            Path::new("/dev/full")
+        );
+        for (who, class, says) in [
+            (
+                "common",
+                "display",
+                "domain common is not in front: display is the foreground's",
+            ),
+            (
+                "trusted",
+                "camera",
+                "domain trusted has no device \"camera\"",
+            ),
+            (
+                "common",
+                "camera",
+                "domain common is not in front: camera is the foreground's",
+            ),
+            ("modem", "audio", "domain modem has no device \"audio\""),
+            ("ghost", "audio", "no domain \"ghost\" in profile \"phone\""),
+        ] {
+            let e = p.take_device(who, class).err().unwrap();
+            assert_eq!(e.to_string(), says);
+        }
+        p.saved.foreground = Some("common".into());
+        let e = p.take_device("common", "camera").err().unwrap();
+        assert_eq!(
+            e,
+            ApiError::NotFound("no camera device on this host".into())
+        );
     }
 
     #[test]

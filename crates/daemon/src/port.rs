@@ -1,6 +1,6 @@
 //! The port protocol a domain speaks (its `/run/cellvisor/port`, or a microVM's vsock port):
-//! one JSON line, `{"op":"ls"}` or `{"op":"get","channel":NAME,"peer":DOMAIN,"wait_ms":N}`,
-//! at most [`MAX_LINE`] bytes. Parsed here, with no I/O, into what the server does, or the
+//! one JSON line, `{"op":"ls"}`, `{"op":"get","channel":NAME,"peer":DOMAIN,"wait_ms":N}` or
+//! `{"op":"device","class":CLASS}`, at most [`MAX_LINE`] bytes. Parsed here, with no I/O, into what the server does, or the
 //! one-line error it answers with; fuzzed by `fuzz/fuzz_targets/port_request.rs` and a
 //! proptest.
 
@@ -23,6 +23,8 @@ struct Request {
     peer: Option<String>,
     /// For `get`: how long to wait for the channel to be opened (at most ten minutes).
     wait_ms: Option<u64>,
+    /// For `device`: which of its device classes.
+    class: Option<String>,
 }
 
 /// What a domain asked.
@@ -37,6 +39,8 @@ pub enum PortOp {
         peer: Option<String>,
         wait: Duration,
     },
+    /// A descriptor of its device of `class`, opened by the daemon.
+    Device { class: String },
 }
 
 /// Parse the bytes a domain sent up to its newline (or [`MAX_LINE`] of them, or all it sent
@@ -52,6 +56,10 @@ pub fn parse(line: &[u8]) -> Result<PortOp, String> {
         .map_err(|e| domain::one_line(&format!("bad request: {e}")))?;
     match (req.op.as_str(), req.channel) {
         ("ls", _) => Ok(PortOp::Ls),
+        ("device", _) => match req.class {
+            Some(class) => Ok(PortOp::Device { class }),
+            None => Err("device needs a class".into()),
+        },
         ("get", Some(channel)) => Ok(PortOp::Get {
             channel,
             peer: req.peer,
@@ -66,7 +74,7 @@ pub fn parse(line: &[u8]) -> Result<PortOp, String> {
 pub fn fuzz(data: &[u8]) {
     match parse(data) {
         Ok(PortOp::Get { wait, .. }) => assert!(wait <= MAX_WAIT),
-        Ok(PortOp::Ls) => {}
+        Ok(PortOp::Ls | PortOp::Device { .. }) => {}
         Err(e) => assert!(!e.contains('\n'), "a refusal of more than one line: {e}"),
     }
 }
@@ -80,6 +88,12 @@ mod tests {
     fn requests_parse_and_garbage_is_refused_in_one_line() {
         assert_eq!(parse(b"{\"op\":\"ls\"}\n"), Ok(PortOp::Ls));
         assert_eq!(
+            parse(br#"{"op":"device","class":"display"}"#),
+            Ok(PortOp::Device {
+                class: "display".into()
+            })
+        );
+        assert_eq!(
             parse(br#"{"op":"get","channel":"m","wait_ms":99999999999}"#),
             Ok(PortOp::Get {
                 channel: "m".into(),
@@ -90,6 +104,7 @@ mod tests {
         for (bad, says) in [
             (&b"\xff\xfe"[..], "bad request: invalid utf-8"),
             (b"{\"op\":\"get\"}", "get needs a channel"),
+            (b"{\"op\":\"device\"}", "device needs a class"),
             (b"{\"op\":\"rm\"}", "unknown op \"rm\""),
             (b"{\"op\":\"ls\",\"x\":1}", "bad request: unknown field `x`"),
             // Found by the fuzzer: a key with a newline escaped in it.
@@ -114,10 +129,10 @@ mod tests {
         }
 
         #[test]
-        fn nor_a_json_one(op in "(ls|get|x)", ch in proptest::option::of("[a-z\\x00-\\x1f\"]{0,8}"),
+        fn nor_a_json_one(op in "(ls|get|device|x)", ch in proptest::option::of("[a-z\\x00-\\x1f\"]{0,8}"),
                           wait in proptest::option::of(any::<u64>())) {
             let mut v = serde_json::json!({"op": op});
-            if let Some(c) = ch { v["channel"] = c.into(); }
+            if let Some(c) = ch { v["channel"] = c.clone().into(); v["class"] = c.into(); }
             if let Some(w) = wait { v["wait_ms"] = w.into(); }
             fuzz(v.to_string().as_bytes());
         }

@@ -419,6 +419,14 @@ async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) 
                 .collect();
             reply(json!({"domain": who, "channels": mine}), &[]);
         }
+        PortOp::Device { class } => {
+            let taken = lock(&s).take_device(&who, &class);
+            match taken {
+                // The descriptor is sent, then closed here: the domain holds the only copy.
+                Ok((node, fd)) => reply(json!({"device": class, "node": node}), &[fd.as_raw_fd()]),
+                Err(e) => reply(json!({"error": e.to_string()}), &[]),
+            }
+        }
         PortOp::Get {
             channel: ch,
             peer,

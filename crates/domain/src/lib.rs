@@ -195,6 +195,19 @@ pub trait Backend {
         node: &std::path::Path,
         present: bool,
     ) -> Result<(), BackendError>;
+    /// Open the host device `node` for the running domain `name`, as the daemon: the
+    /// descriptor its port hands over (logind's TakeDevice). A backend whose domains cannot
+    /// take a host descriptor (a microVM's guest) refuses.
+    fn open_device(
+        &self,
+        name: &str,
+        _node: &std::path::Path,
+    ) -> Result<std::os::fd::OwnedFd, BackendError> {
+        Err(BackendError::invalid(
+            name,
+            "its backend cannot take a host device's descriptor",
+        ))
+    }
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError>;
     /// Put the running domain on `cpus` (its cpuset; a microVM's VMM with it), within what
     /// its profile allows: the scheduler's actuator.
