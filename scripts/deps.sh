@@ -3,7 +3,8 @@
 # busybox-static (the rootfs of demo and tests), podman and containerd (real clients in tests),
 # systemd and dbus (booted in a container: the systemd cgroup driver's tests),
 # and for microVM tests a stock guest kernel (linux-image-cloud-amd64) and the emulated KVM
-# test host (qemu-system-x86, cpio, file, xz-utils; scripts/kvm-test-host.sh), e2fsprogs
+# test host (qemu-system-x86, cpio, file, xz-utils; scripts/kvm-test-host.sh), Debian's generic
+# kernel (linux-image-amd64: the test host with real input, DRM and camera devices), e2fsprogs
 # (mke2fs: the benchmark suite's microVM root image), and rt-tests (cyclictest: the real-time
 # benchmark's cross-check).
 set -euo pipefail

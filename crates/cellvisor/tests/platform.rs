@@ -482,6 +482,19 @@ fn a_switch_revokes_the_terminal_the_old_foreground_held_open() {
     // The new foreground's own open works.
     let o = d.exec("common", "printf . > /dev/tty1 && echo wrote");
     assert_eq!(common::stdout(&o).trim(), "wrote", "{}", common::stderr(&o));
+    // The same device from the port, opened by the daemon, as a program's descriptor 3; the
+    // background domain is refused it in one line.
+    let o = d.exec(
+        "common",
+        "/run/cellvisor/agent device input -- sh -c '[ -c /proc/self/fd/3 ] && printf \"x\" >&3 && echo $CELLVISOR_DEVICE_FD $CELLVISOR_DEVICE_NODE'",
+    );
+    assert_eq!(common::stdout(&o).trim(), "3 /dev/tty1", "{}", common::stderr(&o));
+    let o = d.exec("trusted", "/run/cellvisor/agent device input -- true");
+    assert!(!o.status.success());
+    assert_eq!(
+        common::stderr(&o).trim(),
+        "cellvisor-agent: domain trusted is not in front: input is the foreground's"
+    );
     d.teardown_and_check(&pids);
 }
 
