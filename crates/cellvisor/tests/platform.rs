@@ -488,7 +488,12 @@ fn a_switch_revokes_the_terminal_the_old_foreground_held_open() {
         "common",
         "/run/cellvisor/agent device input -- sh -c '[ -c /proc/self/fd/3 ] && printf \"x\" >&3 && echo $CELLVISOR_DEVICE_FD $CELLVISOR_DEVICE_NODE'",
     );
-    assert_eq!(common::stdout(&o).trim(), "3 /dev/tty1", "{}", common::stderr(&o));
+    assert_eq!(
+        common::stdout(&o).trim(),
+        "3 /dev/tty1",
+        "{}",
+        common::stderr(&o)
+    );
     let o = d.exec("trusted", "/run/cellvisor/agent device input -- true");
     assert!(!o.status.success());
     assert_eq!(

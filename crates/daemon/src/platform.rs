@@ -777,6 +777,20 @@ mod tests {
         }
     }
 
+    /// A running platform on [`Unreadable`], nothing saved, state in `dir`.
+    fn on_unreadable(profile: Profile, dir: &Path) -> Platform<Unreadable> {
+        Platform {
+            profile,
+            backend: Unreadable,
+            dir: dir.to_path_buf(),
+            agent: None,
+            saved: Saved::default(),
+            sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
+            ends: BTreeMap::new(),
+            store: None,
+        }
+    }
+
     /// The port's `device`: an exclusive device to the foreground only, a shared one to any
     /// domain that lists it, nothing of another domain's classes or of a class with no node.
     #[test]
@@ -791,16 +805,7 @@ mod tests {
             )
             .replace("[device_nodes]", "[device_nodes]\naudio = \"/dev/full\"");
         let profile = domain::profile::parse(&text, "phone.toml", Path::new("/")).unwrap();
-        let mut p = Platform {
-            profile,
-            backend: Unreadable,
-            dir: dir.path().to_path_buf(),
-            agent: None,
-            saved: Saved::default(),
-            sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
-            ends: BTreeMap::new(),
-            store: None,
-        };
+        let mut p = on_unreadable(profile, dir.path());
         p.saved.foreground = Some("trusted".into());
         let (node, _) = p.take_device("trusted", "display").unwrap();
         assert_eq!(node, Path::new("/dev/null"));
@@ -861,16 +866,7 @@ mod tests {
             )
         );
         // Once running, `ps` says which domain and why; `up` of it refuses.
-        let mut p = Platform {
-            profile,
-            backend: Unreadable,
-            dir: dir.path().to_path_buf(),
-            agent: None,
-            saved: Saved::default(),
-            sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
-            ends: BTreeMap::new(),
-            store: None,
-        };
+        let mut p = on_unreadable(profile, dir.path());
         let info = p.info("common").unwrap();
         assert_eq!(info.status, "unknown");
         assert!(info.error.unwrap().contains("Permission denied"));
