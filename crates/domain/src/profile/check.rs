@@ -429,6 +429,84 @@ pub(super) fn realtime(r: &mut Report, p: &raw::Profile, domains: &mut [Domain],
 /// with it).
 pub const MAX_NAME: usize = 32;
 
+/// The most domains one `[[domain]]` may stand for.
+pub const MAX_REPLICAS: i64 = 4096;
+
+/// Each replicated template's name and the names of its replicas.
+pub(super) type Replicas = BTreeMap<String, Vec<String>>;
+
+/// `replicas = N`: an entry stands for N alike domains NAME-1 ... NAME-N (a common domain
+/// only: a trusted or a realtime one is one of a kind), each with the entry's settings. The
+/// domains with the replicas in place of their entries, and which entry became which names.
+/// `names` loses the templates' names and gains the replicas'.
+pub(super) fn replicas(
+    r: &mut Report,
+    raw: &[raw::Domain],
+    domains: Vec<Domain>,
+    names: &mut HashSet<String>,
+) -> (Vec<Domain>, Replicas) {
+    let mut out = Vec::with_capacity(domains.len());
+    let mut templates = Replicas::new();
+    for (rd, d) in raw.iter().zip(domains) {
+        let Some(n) = &rd.replicas else {
+            out.push(d);
+            continue;
+        };
+        let name = &d.name;
+        let count = *n.get_ref();
+        if !(1..=MAX_REPLICAS).contains(&count) {
+            r.at(
+                n.span(),
+                format!("domain {name:?}: replicas {count} is outside 1..{MAX_REPLICAS}"),
+            );
+            // Kept as one domain, so that nothing else is refused for its sake.
+            out.push(d);
+            continue;
+        }
+        if d.role != Role::Common {
+            r.at(
+                n.span(),
+                format!(
+                    "domain {name:?}: only a common domain can have replicas (a {} one is one of a kind)",
+                    d.role.name()
+                ),
+            );
+            // Kept as one domain, so that nothing else is refused for its sake.
+            out.push(d);
+            continue;
+        }
+        let longest = name.len() + 1 + count.to_string().len();
+        if longest > MAX_NAME {
+            r.at(
+                rd.name.span(),
+                format!("domain {name:?}: its replicas' names ({name}-{count}) would be longer than {MAX_NAME} characters"),
+            );
+            // Kept as one domain, so that nothing else is refused for its sake.
+            out.push(d);
+            continue;
+        }
+        names.remove(name);
+        let mut made = Vec::with_capacity(count as usize);
+        for i in 1..=count {
+            let mut one = d.clone();
+            one.name = format!("{name}-{i}");
+            if !names.insert(one.name.clone()) {
+                r.at(
+                    rd.name.span(),
+                    format!(
+                        "domain {:?} (a replica of {name:?}) is defined twice",
+                        one.name
+                    ),
+                );
+            }
+            made.push(one.name.clone());
+            out.push(one);
+        }
+        templates.insert(name.clone(), made);
+    }
+    (out, templates)
+}
+
 /// A domain's name: its alphabet, its length, and only once in the profile.
 fn name_of(r: &mut Report, d: &raw::Domain, names: &mut HashSet<String>) {
     let name = d.name.get_ref();
@@ -662,7 +740,12 @@ pub(super) struct Foreground {
 
 /// `[foreground]`: an initial domain that may hold the foreground; without the section, no
 /// domain may own exclusive devices.
-pub(super) fn foreground(r: &mut Report, p: &raw::Profile, domains: &[Domain]) -> Foreground {
+pub(super) fn foreground(
+    r: &mut Report,
+    p: &raw::Profile,
+    domains: &[Domain],
+    replicas: &Replicas,
+) -> Foreground {
     let mut out = Foreground {
         initial: None,
         background: BackgroundMode::default(),
@@ -680,7 +763,15 @@ pub(super) fn foreground(r: &mut Report, p: &raw::Profile, domains: &[Domain]) -
     match domains.iter().find(|d| d.name == *f.initial.get_ref()) {
         None => r.at(
             f.initial.span(),
-            format!("foreground.initial: no domain {:?}", f.initial.get_ref()),
+            match replicas.get(f.initial.get_ref()) {
+                Some(names) => format!(
+                    "foreground.initial: {:?} stands for {} domains: name one ({}, ...)",
+                    f.initial.get_ref(),
+                    names.len(),
+                    names[0]
+                ),
+                None => format!("foreground.initial: no domain {:?}", f.initial.get_ref()),
+            },
         ),
         Some(d) if d.role == Role::Realtime => r.at(
             f.initial.span(),
@@ -766,14 +857,31 @@ pub(super) fn scheduler(r: &mut Report, s: Option<&Spanned<raw::Scheduler>>) -> 
 
 /// `[[allow]]`: rules between two known, different domains, each once, with a channel name
 /// and a buffer size a channel can have.
-pub(super) fn policy(r: &mut Report, allow: &[raw::Allow], names: &HashSet<String>) -> Policy {
+/// A rule naming a replicated entry holds for each of its replicas (one end only: between
+/// two replicated entries, name a replica on one side).
+pub(super) fn policy(
+    r: &mut Report,
+    allow: &[raw::Allow],
+    names: &HashSet<String>,
+    replicas: &Replicas,
+) -> Policy {
     let mut rules = Vec::new();
     let mut seen = HashSet::new();
     for a in allow {
         for end in [&a.from, &a.to] {
-            if !names.contains(end.get_ref()) {
+            if !names.contains(end.get_ref()) && !replicas.contains_key(end.get_ref()) {
                 r.at(end.span(), format!("allow: no domain {:?}", end.get_ref()));
             }
+        }
+        if replicas.contains_key(a.from.get_ref()) && replicas.contains_key(a.to.get_ref()) {
+            r.at(
+                a.to.span(),
+                format!(
+                    "allow: {:?} and {:?} both stand for replicas: name one replica on one side",
+                    a.from.get_ref(),
+                    a.to.get_ref()
+                ),
+            );
         }
         if a.from.get_ref() == a.to.get_ref() {
             r.at(
@@ -815,12 +923,17 @@ pub(super) fn policy(r: &mut Report, allow: &[raw::Allow], names: &HashSet<Strin
                 ),
             );
         }
-        rules.push(Rule {
-            from: a.from.get_ref().clone(),
-            to: a.to.get_ref().clone(),
-            channel: ch.clone(),
-            buffer,
-        });
+        let each = |end: &String| replicas.get(end).cloned().unwrap_or_else(|| vec![end.clone()]);
+        for from in each(a.from.get_ref()) {
+            for to in each(a.to.get_ref()) {
+                rules.push(Rule {
+                    from: from.clone(),
+                    to,
+                    channel: ch.clone(),
+                    buffer,
+                });
+            }
+        }
     }
     Policy::new(rules)
 }

@@ -502,9 +502,10 @@ pub fn parse_on(text: &str, file: &str, dir: &Path, host: &Host) -> Result<Profi
         .collect();
     let mut domains = domains;
     check::realtime(&mut r, &raw, &mut domains, host);
+    let (domains, replicas) = check::replicas(&mut r, &raw.domains, domains, &mut names);
     check::base(&mut r, &raw);
-    let fg = check::foreground(&mut r, &raw, &domains);
-    let policy = check::policy(&mut r, &raw.allow, &names);
+    let fg = check::foreground(&mut r, &raw, &domains, &replicas);
+    let policy = check::policy(&mut r, &raw.allow, &names, &replicas);
     let device_nodes = check::device_nodes(&mut r, &raw.device_nodes);
     let scheduler = check::scheduler(&mut r, raw.scheduler.as_ref());
     if !r.errors.is_empty() {
@@ -590,6 +591,62 @@ buffer = "64K"
             }
             fuzz(&b);
         }
+    }
+
+    /// `replicas = N`: N alike domains NAME-1..NAME-N, each with the entry's settings; a rule
+    /// naming the entry holds for each replica; the foreground names one replica.
+    #[test]
+    fn an_entry_with_replicas_stands_for_that_many_domains() {
+        let text = format!(
+            "{OK}[[domain]]\nname = \"app\"\nrole = \"common\"\ncommand = [\"/bin/sleep\", \"9\"]\nmemory = \"16M\"\nreplicas = 1000\ndevices.exclusive = [\"display\"]\n\
+             [[allow]]\nfrom = \"app\"\nto = \"a\"\nchannel = \"req\"\nbuffer = \"4K\"\n"
+        );
+        let p = parse(&text, "p.toml", Path::new("/x")).unwrap();
+        assert_eq!(p.domains.len(), 1002);
+        let names: Vec<&str> = p.domains.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(&names[..4], ["a", "b", "app-1", "app-2"]);
+        assert_eq!(names[1001], "app-1000");
+        assert!(p.domains[2..]
+            .iter()
+            .all(|d| d.memory_bytes == Some(16 << 20) && d.command() == ["/bin/sleep", "9"]));
+        assert_eq!(p.policy.len(), 1001);
+        assert!(matches!(p.policy.check("app-777", "a", "req", None), crate::Decision::Allow { .. }));
+        assert!(matches!(p.policy.check("app", "a", "req", None), crate::Decision::Deny(_)));
+        let fg = text.replace("initial = \"a\"", "initial = \"app-3\"");
+        assert_eq!(parse(&fg, "p.toml", Path::new("/x")).unwrap().foreground.as_deref(), Some("app-3"));
+    }
+
+    #[test]
+    fn replicas_are_refused_in_one_line_each() {
+        let app = |extra: &str| {
+            format!("{OK}[[domain]]\nname = \"app\"\nrole = \"common\"\ncommand = [\"x\"]\n{extra}\n")
+        };
+        let one = |text: String, says: &str| {
+            let e = errs(&text);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].contains(says), "{e:?}");
+            assert!(e[0].starts_with("p.toml:"), "{e:?}");
+        };
+        one(app("replicas = 0"), "domain \"app\": replicas 0 is outside 1..4096");
+        one(app("replicas = 5000"), "replicas 5000 is outside 1..4096");
+        one(
+            OK.replace("role = \"trusted\"", "role = \"trusted\"\nreplicas = 2"),
+            "domain \"a\": only a common domain can have replicas (a trusted one is one of a kind)",
+        );
+        let long = format!("{OK}[[domain]]\nname = \"{}\"\nrole = \"common\"\ncommand = [\"x\"]\nreplicas = 100\n", "n".repeat(29));
+        one(long, "would be longer than 32 characters");
+        one(
+            format!("{}[[domain]]\nname = \"app-2\"\nrole = \"common\"\ncommand = [\"x\"]\n", app("replicas = 3")),
+            "domain \"app-2\" (a replica of \"app\") is defined twice",
+        );
+        one(
+            app("replicas = 3").replace("initial = \"a\"", "initial = \"app\""),
+            "foreground.initial: \"app\" stands for 3 domains: name one (app-1, ...)",
+        );
+        one(
+            format!("{}[[domain]]\nname = \"web\"\nrole = \"common\"\ncommand = [\"x\"]\nreplicas = 2\n[[allow]]\nfrom = \"app\"\nto = \"web\"\nchannel = \"c\"\nbuffer = \"4K\"\n", app("replicas = 3")),
+            "allow: \"app\" and \"web\" both stand for replicas: name one replica on one side",
+        );
     }
 
     #[test]

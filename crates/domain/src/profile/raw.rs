@@ -78,6 +78,8 @@ pub(super) struct Domain {
     #[serde(default)]
     pub devices: Devices,
     pub realtime: Option<Spanned<Realtime>>,
+    /// The entry stands for this many alike domains, NAME-1 ... NAME-N.
+    pub replicas: Option<Spanned<i64>>,
 }
 
 /// A realtime domain's scheduling: `{ policy = "fifo", priority = 50, budget = "100ms/1s" }`
