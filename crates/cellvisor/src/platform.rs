@@ -165,7 +165,8 @@ fn table(domains: &Value) -> String {
 
 fn pct(v: &Value) -> String {
     v.as_f64()
-        .map(|x| format!("{:.0}%", x * 100.0))
+        // A smoothed load a hair below zero reads 0%, not -0%.
+        .map(|x| format!("{:.0}%", (x * 100.0).max(0.0)))
         .unwrap_or("-".into())
 }
 
@@ -182,7 +183,9 @@ fn cores(s: &Value) -> String {
         let who = match c["realtime"].as_str() {
             Some(rt) => format!("{rt} (realtime, its own)"),
             None if names.is_empty() => "-".into(),
-            None => names.join(","),
+            None if names.len() <= 8 => names.join(","),
+            // A device of many domains: the first few and how many more.
+            None => format!("{} and {} more", names[..6].join(","), names.len() - 6),
         };
         out += &format!(
             "cpu {:<3} {:>5}  {who}\n",

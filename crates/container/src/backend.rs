@@ -514,8 +514,15 @@ impl Backend for ContainerBackend {
     }
 
     fn cpu_time(&self, name: &str) -> Result<domain::CpuTime, BackendError> {
-        self.load(name)?
-            .cgroup()
+        // Read every period for every domain: the kept state without asking whether its
+        // process lives (a file more each time); a domain that went down has no cgroup left
+        // to read.
+        let kept = self.states().get(name).cloned();
+        let st = match kept {
+            Some(st) => st,
+            None => self.load(name)?,
+        };
+        st.cgroup()
             .and_then(|c| c.cpu_time())
             .map_err(|e| BackendError::failed(name, "reading its CPU time", e))
     }

@@ -466,6 +466,8 @@ impl<B: Backend> Platform<B> {
             self.close_channel(id)?;
         }
         container::crash::point("down:channels");
+        // Its loads go with it.
+        self.sched_forget(name)?;
         if self.foreground() == Some(name) {
             self.saved.foreground = None;
             self.save()?;

@@ -30,6 +30,27 @@ pub struct Sched {
     moved_at: BTreeMap<String, u64>,
     moves: VecDeque<MoveInfo>,
     cost: Cost,
+    /// Where the next period's sampling starts among the domains (round-robin).
+    cursor: usize,
+    /// Whether sampling has gone round every domain once since the daemon started.
+    swept: bool,
+}
+
+/// The most domains whose CPU time one period reads (each is a file: about 30 µs here): past
+/// that, the domains take turns, each read every ⌈n / 128⌉ periods, so the scheduler's cost
+/// stays bounded however many domains a device runs.
+pub const SAMPLE_BUDGET: usize = 128;
+
+/// Which of `n` domains a period samples, starting at `cursor`: at most [`SAMPLE_BUDGET`], in
+/// turn; where the next period starts, and whether this one reached the end of the list.
+pub fn sample_turn(n: usize, cursor: usize) -> (Vec<usize>, usize, bool) {
+    if n == 0 {
+        return (Vec::new(), 0, true);
+    }
+    let start = cursor % n;
+    let take = SAMPLE_BUDGET.min(n);
+    let picked = (0..take).map(|i| (start + i) % n).collect();
+    (picked, (start + take) % n, start + take >= n)
 }
 
 impl Sched {
@@ -41,6 +62,8 @@ impl Sched {
             moved_at: BTreeMap::new(),
             moves: VecDeque::new(),
             cost: Cost::default(),
+            cursor: 0,
+            swept: false,
         }
     }
 }
@@ -127,15 +150,21 @@ impl<B: Backend> Platform<B> {
 
     /// The cores `name`'s profile lets it use (online ones).
     pub fn allowed(&self, name: &str) -> Vec<u32> {
-        let Some(d) = self.profile.domain(name) else {
-            return Vec::new();
-        };
+        match self.profile.domain(name) {
+            Some(d) => self.allowed_in(d, &self.sched_cores()),
+            None => Vec::new(),
+        }
+    }
+
+    /// The cores domain `d`'s profile lets it use, `cores` being the scheduler's (what a
+    /// period computes once for all its domains).
+    fn allowed_in(&self, d: &domain::Domain, cores: &[u32]) -> Vec<u32> {
         match &d.cpus {
             Some(c) => cpu_list(c)
                 .into_iter()
                 .filter(|c| self.sched.online.contains(c))
                 .collect(),
-            None => self.sched_cores(),
+            None => cores.to_vec(),
         }
     }
 
@@ -322,18 +351,40 @@ impl<B: Backend> Platform<B> {
             .filter(|d| d.role != Role::Realtime)
             .cloned()
             .collect();
+        let (turn, next, wrapped) = sample_turn(domains.len(), self.sched.cursor);
+        self.sched.cursor = next;
+        let sched_cores = self.sched_cores();
+        let mut in_turn = vec![false; domains.len()];
+        for i in turn {
+            in_turn[i] = true;
+        }
         let mut views = Vec::new();
-        let mut ready = !self.sched.sampler.core_load.is_empty();
-        for d in &domains {
+        // Moves wait until every domain has been read once and has a load.
+        let mut ready = !self.sched.sampler.core_load.is_empty() && self.sched.swept;
+        self.sched.swept |= wrapped;
+        for (i, d) in domains.iter().enumerate() {
             let n = &d.name;
-            let cpus = self.cpus_of(n);
-            match self.backend.cpu_time(n) {
-                Ok(c) => self.sched.sampler.domain(n, t_ms, c, &cpus),
-                Err(_) => {
-                    // Not up (or gone mid-tick): not placed this period.
-                    self.sched.sampler.forget(n);
-                    continue;
+            // Looked up once per domain: a name lookup per domain would make a period's cost
+            // grow with the square of their number.
+            let allowed = self.allowed_in(d, &sched_cores);
+            let cpus = self
+                .saved
+                .placement
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| allowed.clone());
+            if in_turn[i] {
+                match self.backend.cpu_time(n) {
+                    Ok(c) => self.sched.sampler.domain(n, t_ms, c, &cpus),
+                    Err(_) => {
+                        // Not up (or gone mid-tick): not placed this period.
+                        self.sched.sampler.forget(n);
+                        continue;
+                    }
                 }
+            } else if !self.sched.sampler.knows(n) {
+                // Not read since it came up (or not up): not placed this period.
+                continue;
             }
             let Some(usage) = self.sched.sampler.usage.get(n).cloned() else {
                 ready = false;
@@ -342,7 +393,7 @@ impl<B: Backend> Platform<B> {
             let weight = self.weight_now(d, true);
             views.push(DomainView {
                 name: n.clone(),
-                allowed: self.allowed(n),
+                allowed,
                 cpus,
                 usage,
                 weight,
@@ -353,8 +404,7 @@ impl<B: Backend> Platform<B> {
         if !ready {
             return;
         }
-        let cores: Vec<Core> = self
-            .sched_cores()
+        let cores: Vec<Core> = sched_cores
             .into_iter()
             .map(|c| Core {
                 cpu: c,
@@ -436,5 +486,35 @@ impl<B: Backend> Platform<B> {
             cpu_us_per_tick: per_tick,
             cpu_share: per_tick / (p.period_ms as f64 * 1e3),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Few domains: all of them every period. Many: 128 a period, in turn, each once per
+    /// sweep, the sweep's end said.
+    #[test]
+    fn domains_take_turns_past_the_budget() {
+        assert_eq!(sample_turn(0, 5), (vec![], 0, true));
+        let (all, next, wrapped) = sample_turn(3, 0);
+        assert_eq!((all, next, wrapped), (vec![0, 1, 2], 0, true));
+        let mut seen = vec![0; 1000];
+        let mut cursor = 0;
+        let mut ends = 0;
+        for _ in 0..8 {
+            let (turn, next, wrapped) = sample_turn(1000, cursor);
+            assert_eq!(turn.len(), SAMPLE_BUDGET);
+            for i in turn {
+                seen[i] += 1;
+            }
+            cursor = next;
+            ends += usize::from(wrapped);
+        }
+        // 8 periods of 128 = 1024: every domain once, the first 24 twice, one sweep ended.
+        assert!(seen.iter().all(|&s| s == 1 || s == 2));
+        assert_eq!(seen.iter().filter(|&&s| s == 2).count(), 24);
+        assert_eq!(ends, 1);
     }
 }

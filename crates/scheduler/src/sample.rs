@@ -153,6 +153,11 @@ impl Sampler {
     }
 
     /// A domain that went down: its readings are dropped.
+    /// Has domain `name` been read since it was last forgotten?
+    pub fn knows(&self, name: &str) -> bool {
+        self.last_domain.contains_key(name)
+    }
+
     pub fn forget(&mut self, name: &str) {
         self.last_domain.remove(name);
         self.usage.remove(name);
