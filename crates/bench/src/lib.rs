@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod boot;
+pub mod density;
 pub mod device;
 pub mod domains;
 pub mod fg;

@@ -33,7 +33,7 @@ const VM_IDLE: &str = "echo DOMAIN-UP; exec sleep 1000000";
 /// The bundles on one shared read-only root: `idle` runs sleep (each domain started with its
 /// own cgroupsPath, `/cvscale-<pid>/<backend>-<i>`), `busy` the agent's spin. With a microvm
 /// backend, that root as an ext4 image too (`vm/root.img`).
-fn prepare(work: &Path, agent: &Path, guest: Option<&vm::Guest>) -> Result<()> {
+pub(crate) fn prepare(work: &Path, agent: &Path, guest: Option<&vm::Guest>) -> Result<()> {
     let rootfs = work.join("rootfs");
     crate::rootfs::busybox(&rootfs)?;
     io(
@@ -91,7 +91,7 @@ fn with_cgroup(work: &Path, bundle: &str, cg: &str) -> Result<PathBuf> {
 }
 
 /// One domain of a backend.
-struct Domain {
+pub(crate) struct Domain {
     id: String,
     cgroup: String,
     /// Native: the process itself.
@@ -219,7 +219,7 @@ fn start_vm(b: &Backend, work: &Path, kind: &str, i: usize, cmd: &str) -> Result
 }
 
 /// Start domain `i` of `b` running bundle `bundle` (detached); its start time, ms.
-fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f64)> {
+pub(crate) fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f64)> {
     if b.kind == Kind::Microvm {
         return start_vm(b, work, bundle, i, VM_IDLE);
     }
@@ -260,7 +260,7 @@ fn start(b: &Backend, work: &Path, bundle: &str, i: usize) -> Result<(Domain, f6
     Ok((d, t.elapsed().as_secs_f64() * 1e3))
 }
 
-fn stop(b: &Backend, work: &Path, d: Domain) {
+pub(crate) fn stop(b: &Backend, work: &Path, d: Domain) {
     match (&b.runtime, d.child) {
         (None, Some(mut c)) => {
             let _ = c.kill();
@@ -418,7 +418,7 @@ fn busy_round(
     }
 }
 
-fn fit_slope(xy: &[(f64, f64)]) -> f64 {
+pub(crate) fn fit_slope(xy: &[(f64, f64)]) -> f64 {
     let n = xy.len() as f64;
     if n < 2.0 {
         return f64::NAN;
@@ -432,7 +432,7 @@ fn fit_slope(xy: &[(f64, f64)]) -> f64 {
 
 /// Remove the parent cgroups the domains' cgroupsPaths made (`/cvscale-<pid>`), in every
 /// hierarchy; the runtimes remove the domains' own.
-fn remove_parent_cgroups() {
+pub(crate) fn remove_parent_cgroups() {
     let name = format!("cvscale-{}", std::process::id());
     let root = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![root.to_path_buf()];

@@ -70,7 +70,7 @@ impl Report {
 
 /// What a run can leave on the host, as names to compare.
 #[derive(Debug, Default, PartialEq)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     items: std::collections::BTreeSet<String>,
     fds: usize,
 }
@@ -78,7 +78,7 @@ struct Snapshot {
 /// The run's traces: mounts under `work`, cgroups and tap devices named with `prefix`,
 /// processes whose command line names either (or our zombie children), files under the
 /// state directories in `states`, and this process's descriptors.
-fn snapshot(work: &Path, prefix: &str, states: &[PathBuf]) -> Snapshot {
+pub(crate) fn snapshot(work: &Path, prefix: &str, states: &[PathBuf]) -> Snapshot {
     let w = work.to_string_lossy().into_owned();
     let mut items = std::collections::BTreeSet::new();
     for l in std::fs::read_to_string("/proc/self/mountinfo")
@@ -146,7 +146,7 @@ fn snapshot(work: &Path, prefix: &str, states: &[PathBuf]) -> Snapshot {
     }
 }
 
-fn leaks(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+pub(crate) fn leaks(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut v: Vec<String> = after.items.difference(&before.items).cloned().collect();
     if after.fds > before.fds {
         v.push(format!(
@@ -159,7 +159,12 @@ fn leaks(before: &Snapshot, after: &Snapshot) -> Vec<String> {
 
 /// Wait until a snapshot shows no more than `before` (processes and descriptors go away
 /// asynchronously), for 10 s at most; the last one taken.
-fn settled(work: &Path, prefix: &str, states: &[PathBuf], before: &Snapshot) -> Snapshot {
+pub(crate) fn settled(
+    work: &Path,
+    prefix: &str,
+    states: &[PathBuf],
+    before: &Snapshot,
+) -> Snapshot {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let s = snapshot(work, prefix, states);

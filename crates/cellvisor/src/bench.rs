@@ -220,6 +220,27 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Density: n idle container domains at once with each OCI runtime, one after the other
+    /// (start latency as n grows, creation rate, host memory per domain, list, teardown,
+    /// what was left), and with --daemon the same n through cellvisord from one replicated
+    /// profile entry (exits 1 if anything was left)
+    Density {
+        /// Domains at once
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        domains: usize,
+        /// The runtimes, in order: cellvisor (container), crun, runc
+        #[arg(long, value_delimiter = ',', default_value = "container,crun")]
+        backends: Vec<String>,
+        /// Also through cellvisord (a profile entry with replicas = n)
+        #[arg(long)]
+        daemon: bool,
+        /// The static in-domain agent (default: cellvisor-agent beside this binary)
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Write density.json, table.txt and the plots here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Soak: lifecycles over and over — containers through the OCI CLI, a daemon's platform,
     /// microVMs — then what they left (mounts, cgroups, processes, state files, sockets, taps,
     /// descriptors) and the daemon's descriptors and RSS, first cycle vs last (exits 1 on a
@@ -415,6 +436,46 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             print!("{}", bench::fg::table(&r));
             if let Some(dir) = out {
                 write_report(dir, "fg.json", &r)?;
+            }
+            Ok(0)
+        }
+        BenchCmd::Density {
+            domains,
+            backends,
+            daemon,
+            agent,
+            out,
+        } => {
+            let me = std::env::current_exe().context("finding this binary")?;
+            // The native backend the list always starts with is not an OCI runtime.
+            let backends: Vec<_> = bench::backend::backends(backends, &me, None)?
+                .into_iter()
+                .filter(|b| b.runtime.is_some())
+                .collect();
+            let plan = bench::density::Plan {
+                n: *domains,
+                backends,
+                daemon: *daemon,
+            };
+            let agent = agent_path(agent)?;
+            let work = tempdir()?;
+            let mut line = Ticker::default();
+            let r = bench::density::run(&plan, &agent, &work, &mut |msg| line.show(msg));
+            drop(line);
+            let r = r?;
+            let table = bench::density::table(&r);
+            print!("{table}");
+            if let Some(dir) = out {
+                write_report(dir, "density.json", &r)?;
+                std::fs::write(dir.join("table.txt"), &table)
+                    .with_context(|| format!("writing {}", dir.join("table.txt").display()))?;
+                for p in bench::density::plots(&r, dir)? {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            if r.leaked() {
+                eprintln!("cellvisor: bench density: something was left behind (above)");
+                return Ok(1);
             }
             Ok(0)
         }

@@ -185,6 +185,57 @@ fn bench_soak_short() {
     assert!(d["fds_first"].as_u64().unwrap() > 0, "{d}");
 }
 
+/// Density, scaled down: 100 idle container domains with cellvisor (and crun, or its reason
+/// for not running here), then 100 replicas through cellvisord: every tenth measured, all
+/// up, nothing left.
+#[test]
+fn bench_density_a_hundred() {
+    let _cpus = common::cpus_shared();
+    if !common::can_run() {
+        return;
+    }
+    // Its domains' parent cgroups are named like the suite's.
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let mut c = Command::new(common::BIN);
+    let crun = Command::new("crun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let backends = if crun { "container,crun" } else { "container" };
+    c.args([
+        "bench",
+        "density",
+        "-n",
+        "100",
+        "--daemon",
+        "--backends",
+        backends,
+    ]);
+    let r = bench_report(&mut c, out.path(), "density.json");
+    let ours = &r["runtimes"][0];
+    assert_eq!(ours["backend"], "container", "{r}");
+    assert_eq!(ours["steps"].as_array().unwrap().len(), 10, "{r}");
+    assert_eq!(ours["steps"][9]["n"], 100, "{r}");
+    assert!(ours["starts_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    for rt in r["runtimes"].as_array().unwrap() {
+        assert_eq!(rt["leaked"], serde_json::json!([]), "{rt}");
+    }
+    // crun runs, or says why not.
+    let crun_ran = r["runtimes"].as_array().unwrap().len() == 2;
+    let crun_said = r["failed"][0]["error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty());
+    assert!(!crun || crun_ran || crun_said, "{r}");
+    let d = &r["daemon"];
+    assert_eq!(d["n"], 100, "{d}");
+    assert_eq!(d["leaked"], serde_json::json!([]), "{d}");
+    assert!(d["fds_up"].as_u64().unwrap() > 100, "{d}");
+    for f in ["density-start.svg", "density-memory.svg", "table.txt"] {
+        assert!(out.path().join(f).is_file(), "{f}");
+    }
+}
+
 /// The suite, `--quick` as CI runs it: every backend present in results.json with a figure
 /// for every micro- and macrobenchmark, the CSV one line per run and test, the SVG plot; a bad backend is one line
 /// and leaves no work directory.

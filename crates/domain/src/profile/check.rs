@@ -923,7 +923,12 @@ pub(super) fn policy(
                 ),
             );
         }
-        let each = |end: &String| replicas.get(end).cloned().unwrap_or_else(|| vec![end.clone()]);
+        let each = |end: &String| {
+            replicas
+                .get(end)
+                .cloned()
+                .unwrap_or_else(|| vec![end.clone()])
+        };
         for from in each(a.from.get_ref()) {
             for to in each(a.to.get_ref()) {
                 rules.push(Rule {

@@ -610,16 +610,30 @@ buffer = "64K"
             .iter()
             .all(|d| d.memory_bytes == Some(16 << 20) && d.command() == ["/bin/sleep", "9"]));
         assert_eq!(p.policy.len(), 1001);
-        assert!(matches!(p.policy.check("app-777", "a", "req", None), crate::Decision::Allow { .. }));
-        assert!(matches!(p.policy.check("app", "a", "req", None), crate::Decision::Deny(_)));
+        assert!(matches!(
+            p.policy.check("app-777", "a", "req", None),
+            crate::Decision::Allow { .. }
+        ));
+        assert!(matches!(
+            p.policy.check("app", "a", "req", None),
+            crate::Decision::Deny(_)
+        ));
         let fg = text.replace("initial = \"a\"", "initial = \"app-3\"");
-        assert_eq!(parse(&fg, "p.toml", Path::new("/x")).unwrap().foreground.as_deref(), Some("app-3"));
+        assert_eq!(
+            parse(&fg, "p.toml", Path::new("/x"))
+                .unwrap()
+                .foreground
+                .as_deref(),
+            Some("app-3")
+        );
     }
 
     #[test]
     fn replicas_are_refused_in_one_line_each() {
         let app = |extra: &str| {
-            format!("{OK}[[domain]]\nname = \"app\"\nrole = \"common\"\ncommand = [\"x\"]\n{extra}\n")
+            format!(
+                "{OK}[[domain]]\nname = \"app\"\nrole = \"common\"\ncommand = [\"x\"]\n{extra}\n"
+            )
         };
         let one = |text: String, says: &str| {
             let e = errs(&text);
@@ -627,16 +641,25 @@ buffer = "64K"
             assert!(e[0].contains(says), "{e:?}");
             assert!(e[0].starts_with("p.toml:"), "{e:?}");
         };
-        one(app("replicas = 0"), "domain \"app\": replicas 0 is outside 1..4096");
+        one(
+            app("replicas = 0"),
+            "domain \"app\": replicas 0 is outside 1..4096",
+        );
         one(app("replicas = 5000"), "replicas 5000 is outside 1..4096");
         one(
             OK.replace("role = \"trusted\"", "role = \"trusted\"\nreplicas = 2"),
             "domain \"a\": only a common domain can have replicas (a trusted one is one of a kind)",
         );
-        let long = format!("{OK}[[domain]]\nname = \"{}\"\nrole = \"common\"\ncommand = [\"x\"]\nreplicas = 100\n", "n".repeat(29));
+        let long = format!(
+            "{OK}[[domain]]\nname = \"{}\"\nrole = \"common\"\ncommand = [\"x\"]\nreplicas = 100\n",
+            "n".repeat(29)
+        );
         one(long, "would be longer than 32 characters");
         one(
-            format!("{}[[domain]]\nname = \"app-2\"\nrole = \"common\"\ncommand = [\"x\"]\n", app("replicas = 3")),
+            format!(
+                "{}[[domain]]\nname = \"app-2\"\nrole = \"common\"\ncommand = [\"x\"]\n",
+                app("replicas = 3")
+            ),
             "domain \"app-2\" (a replica of \"app\") is defined twice",
         );
         one(
