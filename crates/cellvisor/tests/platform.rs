@@ -557,6 +557,64 @@ fn a_switch_revokes_real_input_drm_and_camera_devices_in_the_test_host() {
     }
 }
 
+/// A profile of many domains (a port each): the daemon raises its soft descriptor limit as
+/// far as they need, and refuses in one line, leaving nothing, when the hard limit is too low.
+#[test]
+fn many_domains_get_the_descriptors_they_need() {
+    need_root!();
+    let t = tempfile::tempdir().unwrap();
+    let profile = t.path().join("many.toml");
+    std::fs::write(
+        &profile,
+        "name = \"many\"\nbase = \"rootfs\"\n[[domain]]\nname = \"app\"\nrole = \"common\"\n\
+         command = [\"/bin/sleep\", \"9\"]\nreplicas = 1100\n",
+    )
+    .unwrap();
+    let state = t.path().join("state");
+    let sock = t.path().join("api.sock");
+    let run = |limits: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{limits}; exec \"$0\" --profile \"$1\" --state \"$2\" --socket \"$3\" --prefix mfd"
+            ))
+            .arg(daemon_bin())
+            .arg(&profile)
+            .arg(&state)
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Soft 1024: raised to what 1100 ports need.
+    let mut d = run("ulimit -Sn 1024");
+    let end = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < end, "cellvisord did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.id())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap();
+    assert!(soft >= 1100 + 256, "{limits}");
+    // SAFETY: SIGTERM to our own child.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    d.wait().unwrap();
+    // Hard 512: one line, nothing made.
+    let o = run("ulimit -n 512").wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert_eq!(
+        common::stderr(&o).trim(),
+        "cellvisord: the profile's 1100 domains need about 1356 descriptors; this process may open 512 (ulimit -Hn)"
+    );
+    assert!(!state.exists() && !sock.exists());
+}
+
 /// Background domains can be frozen instead: no CPU, memory kept, thawed when they come back.
 #[test]
 fn background_domains_can_be_frozen() {

@@ -51,6 +51,27 @@ fn group_id(g: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("no group {g:?}"))
 }
 
+/// Descriptors the daemon holds besides one port per domain: its API listener and clients,
+/// the keeper's connection, a start's pipes and lock, channel ends in passing.
+const SPARE_FDS: u64 = 256;
+
+/// The descriptors a profile of `domains` needs: the soft limit raised as far as that (never
+/// lowered, never past the hard limit); one line if the hard limit is too low.
+fn enough_descriptors(domains: usize) -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let need = domains as u64 + SPARE_FDS;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit: {e}"))?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        return Err(format!(
+            "the profile's {domains} domains need about {need} descriptors; this process may open {hard} (ulimit -Hn)"
+        ));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard).map_err(|e| format!("setrlimit: {e}"))
+}
+
 fn main() {
     let a = Args::parse();
     if let Some(dir) = &a.keeper {
@@ -72,6 +93,7 @@ fn main() {
             ),
         }
         .map_err(|e| e.to_string())?;
+        enough_descriptors(profile.domains.len())?;
         let group = a.group.as_deref().map(group_id).transpose()?;
         let agent = a.agent.clone().or_else(|| {
             let p = std::env::current_exe()
