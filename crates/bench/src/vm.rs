@@ -130,6 +130,7 @@ pub fn bundle(
             )),
             vcpus,
             disks: vec![(image.to_path_buf(), DiskMode::CopyOnWrite)],
+            merge: false,
         }),
     };
     let o = domain::UpOpts {

@@ -146,3 +146,238 @@ pub fn table(r: &Report) -> String {
         r.mem_available_drop_mib
     )
 }
+
+/// One half of [`merge`]: the VMs with or without their memory offered to KSM.
+#[derive(Debug, Serialize)]
+pub struct MergeSide {
+    pub mergeable: bool,
+    /// Host memory per VM: the VMMs' summed PSS over n with one VM, then with all of them.
+    pub pss_kib_one: f64,
+    pub pss_kib_all: f64,
+    /// PSS added per VM past the first: (all − one) / (n − 1).
+    pub pss_kib_per_added: f64,
+    /// MemAvailable's drop with all of them up.
+    pub mem_available_drop_mib: f64,
+    /// KSM's pages_sharing with all of them up (pages kept once that others map).
+    pub ksm_pages_sharing: u64,
+    /// Seconds from the last VM up until KSM's figures settled.
+    pub settle_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MergeReport {
+    pub benchmark: &'static str,
+    pub vms: usize,
+    pub guest_mem_mib: u64,
+    pub host: serde_json::Value,
+    pub sides: Vec<MergeSide>,
+    /// Memory per added VM, merged over unmerged.
+    pub per_added_ratio: f64,
+}
+
+const KSM: &str = "/sys/kernel/mm/ksm";
+
+fn ksm_read(f: &str) -> u64 {
+    std::fs::read_to_string(format!("{KSM}/{f}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn ksm_write(f: &str, v: u64) -> Result<()> {
+    io(std::fs::write(format!("{KSM}/{f}"), v.to_string()), || {
+        format!("writing {KSM}/{f}")
+    })
+}
+
+/// KSM running fast for the benchmark; put back as it was when dropped.
+struct KsmOn {
+    saved: Vec<(&'static str, u64)>,
+}
+
+impl KsmOn {
+    fn start() -> Result<KsmOn> {
+        if !Path::new(KSM).join("run").exists() {
+            return Err(Error::Msg(format!(
+                "{KSM}: this kernel has no page merging (KSM)"
+            )));
+        }
+        let fields = ["run", "pages_to_scan", "sleep_millisecs"];
+        let on = KsmOn {
+            saved: fields.iter().map(|f| (*f, ksm_read(f))).collect(),
+        };
+        ksm_write("pages_to_scan", 4096)?;
+        ksm_write("sleep_millisecs", 10)?;
+        ksm_write("run", 1)?;
+        Ok(on)
+    }
+}
+
+impl Drop for KsmOn {
+    fn drop(&mut self) {
+        // Unmerge what the run merged, then the settings as they were (run last).
+        let _ = ksm_write("run", 2);
+        for (f, v) in self.saved.iter().rev() {
+            let _ = ksm_write(f, *v);
+        }
+    }
+}
+
+/// Wait until KSM has scanned everything `scans` more times (two scans merge a page), 120 s
+/// at most; the seconds it took.
+fn ksm_settle(scans: u64) -> f64 {
+    let t = Instant::now();
+    let goal = ksm_read("full_scans") + scans;
+    while ksm_read("full_scans") < goal && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn start_vm(
+    vmm: &Path,
+    kernel: &Path,
+    work: &Path,
+    i: usize,
+    mem: u64,
+    mergeable: bool,
+) -> Result<Child> {
+    let mut c = Command::new(vmm);
+    c.args([
+        "vm",
+        "run",
+        "--mem",
+        &format!("{}M", mem >> 20),
+        "--console",
+    ])
+    .arg(work.join(format!("vm{i}.log")))
+    .arg("--kernel")
+    .arg(kernel)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if mergeable {
+        c.arg("--mergeable");
+    }
+    io(c.spawn(), || "starting a VMM".into())
+}
+
+fn wait_up(work: &Path, vms: std::ops::Range<usize>) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(60);
+    for i in vms {
+        while !std::fs::read_to_string(work.join(format!("vm{i}.log")))
+            .unwrap_or_default()
+            .contains(" up")
+        {
+            if Instant::now() > end {
+                return Err(Error::Msg(format!("VM {i} did not come up")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+fn pss_sum(children: &[Child]) -> f64 {
+    children.iter().map(|c| crate::host::pss_kib(c.id())).sum()
+}
+
+/// One side of [`merge`]: one VM, then n, measured once KSM has settled; all stopped after.
+fn merge_side(
+    vmm: &Path,
+    kernel: &Path,
+    work: &Path,
+    n: usize,
+    mem: u64,
+    mergeable: bool,
+) -> Result<MergeSide> {
+    let before = mem_available_kib();
+    let mut children = Vec::new();
+    let r = (|| -> Result<MergeSide> {
+        children.push(start_vm(vmm, kernel, work, 0, mem, mergeable)?);
+        wait_up(work, 0..1)?;
+        // KSM scans only memory offered to it: without, there is nothing to wait for.
+        let settle = |mergeable: bool| if mergeable { ksm_settle(3) } else { 0.0 };
+        settle(mergeable);
+        let one = pss_sum(&children);
+        for i in 1..n {
+            children.push(start_vm(vmm, kernel, work, i, mem, mergeable)?);
+        }
+        wait_up(work, 0..n)?;
+        let settle_s = settle(mergeable);
+        let all = pss_sum(&children);
+        Ok(MergeSide {
+            mergeable,
+            pss_kib_one: one,
+            pss_kib_all: all,
+            pss_kib_per_added: (all - one) / (n.max(2) - 1) as f64,
+            mem_available_drop_mib: (before - mem_available_kib()).max(0.0) / 1024.0,
+            ksm_pages_sharing: ksm_read("pages_sharing"),
+            settle_s,
+        })
+    })();
+    for c in &children {
+        // SAFETY: SIGTERM to our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    for i in 0..n {
+        let _ = std::fs::remove_file(work.join(format!("vm{i}.log")));
+    }
+    r
+}
+
+/// Page merging: `n` alike VMs (the fill guest: 32 MiB of pages the same in every VM) with
+/// their memory not offered to KSM, then offered, KSM running fast for the run (its
+/// settings put back after): host memory per added VM on each side.
+pub fn merge(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<MergeReport> {
+    if n < 2 {
+        return Err(Error::Msg("--merge: at least two VMs".into()));
+    }
+    let work = std::env::temp_dir().join(format!("cellvisor-bench-merge-{}", std::process::id()));
+    io(std::fs::create_dir_all(&work), || {
+        format!("creating {}", work.display())
+    })?;
+    let r = (|| -> Result<MergeReport> {
+        let _ksm = KsmOn::start()?;
+        let sides = vec![
+            merge_side(vmm, kernel, &work, n, mem, false)?,
+            merge_side(vmm, kernel, &work, n, mem, true)?,
+        ];
+        Ok(MergeReport {
+            benchmark: "alike microVMs with and without page merging (KSM)",
+            vms: n,
+            guest_mem_mib: mem >> 20,
+            host: crate::host::facts(),
+            per_added_ratio: sides[1].pss_kib_per_added / sides[0].pss_kib_per_added,
+            sides,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+pub fn merge_table(r: &MergeReport) -> String {
+    let mut s = format!(
+        "{} alike microVMs of {} MiB (the fill guest: 32 MiB the same in each), KSM running\n\
+         {:<10} {:>12} {:>12} {:>16} {:>14}\n",
+        r.vms, r.guest_mem_mib, "merging", "PSS 1 VM", "PSS all", "per added VM", "pages_sharing"
+    );
+    for side in &r.sides {
+        s += &format!(
+            "{:<10} {:>8.1} MiB {:>8.1} MiB {:>12.1} MiB {:>14}\n",
+            if side.mergeable { "on" } else { "off" },
+            side.pss_kib_one / 1024.0,
+            side.pss_kib_all / 1024.0,
+            side.pss_kib_per_added / 1024.0,
+            side.ksm_pages_sharing
+        );
+    }
+    s += &format!(
+        "memory per added VM, merging on / off: {:.3}\n",
+        r.per_added_ratio
+    );
+    s
+}

@@ -348,7 +348,12 @@ pub enum BenchCmd {
         /// Guest memory per VM
         #[arg(long, default_value = "128M")]
         mem: String,
-        /// Write vms.json here
+        /// Page merging instead: the VMs without and with their memory offered to KSM
+        /// (the fill guest, scripts/mktiny.sh OUT.elf fill, with --mem 64M), KSM running for
+        /// the run; writes merge.json
+        #[arg(long)]
+        merge: bool,
+        /// Write vms.json (merge.json) here
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -407,11 +412,20 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             kernel,
             vms,
             mem,
+            merge,
             out,
         } => {
             let mem = domain::profile::parse_size(mem)
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
             let me = std::env::current_exe().context("finding this binary")?;
+            if *merge {
+                let r = bench::vms::merge(&me, kernel, *vms, mem)?;
+                print!("{}", bench::vms::merge_table(&r));
+                if let Some(dir) = out {
+                    write_report(dir, "merge.json", &r)?;
+                }
+                return Ok(0);
+            }
             let r = bench::vms::run(&me, kernel, *vms, mem)?;
             print!("{}", bench::vms::table(&r));
             if let Some(dir) = out {

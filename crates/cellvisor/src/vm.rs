@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Give the vCPU threads a real-time policy: fifo:PRIORITY or rr:PRIORITY (1..99)
     #[arg(long, value_name = "POLICY:PRIORITY")]
     vcpu_sched: Option<vmm::VcpuSched>,
+    /// Offer guest memory to the kernel's page merging (KSM, when it runs): identical pages
+    /// of such VMs are kept once. A merged page is a side channel between the VMs sharing it
+    #[arg(long)]
+    mergeable: bool,
 }
 
 impl RunArgs {
@@ -82,6 +86,7 @@ impl RunArgs {
             vcpu_cpus: self.vcpu_cpus.clone().map(|c| c.0).unwrap_or_default(),
             vmm_cpus: self.vmm_cpus.clone().map(|c| c.0).unwrap_or_default(),
             vcpu_sched: self.vcpu_sched,
+            mergeable: self.mergeable,
         })
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::WORKSPACE;
 
@@ -551,6 +552,88 @@ fn many_idle_vms_and_their_memory() {
         );
         assert!(s["overhead_kib"].as_u64().unwrap() < 5 * 1024, "{s}");
     }
+}
+
+/// Page merging: `--mergeable` marks the guest memory for KSM (VmFlags `mg`), nothing else
+/// does; `bench vms --merge` with the fill guest keeps the pages alike VMs share once (each
+/// added VM costs a fraction of what it costs unmerged) and puts KSM's settings back.
+#[test]
+fn alike_vms_share_their_pages_when_merging() {
+    if !can_run_vms() || !Path::new("/sys/kernel/mm/ksm/run").exists() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let k = common::test_guest(t.path(), "fill");
+    // The guest's mapping is the one of 64 MiB; its VmFlags say whether KSM may merge it.
+    let guest_flags = |mergeable: bool| {
+        let log = t.path().join(format!("fill-{mergeable}.log"));
+        let mut c = Command::new(common::BIN);
+        c.args(["vm", "run", "--mem", "64M", "--kernel"])
+            .arg(&k)
+            .arg("--console")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if mergeable {
+            c.arg("--mergeable");
+        }
+        let mut vm = c.spawn().unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" up")
+        {
+            assert!(Instant::now() < end, "the fill guest did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", vm.id())).unwrap();
+        let mut flags = String::new();
+        let mut size = 0;
+        for l in smaps.lines() {
+            if l.starts_with("Size:") {
+                size = l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+            } else if l.starts_with("VmFlags:") && size == 64 * 1024 {
+                flags = l.to_string();
+            }
+        }
+        vm.kill().unwrap();
+        vm.wait().unwrap();
+        flags
+    };
+    assert!(guest_flags(true).contains(" mg"), "{}", guest_flags(true));
+    let plain = guest_flags(false);
+    assert!(
+        plain.starts_with("VmFlags:") && !plain.contains(" mg"),
+        "{plain}"
+    );
+    let ksm = || {
+        ["run", "pages_to_scan", "sleep_millisecs"]
+            .map(|f| std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{f}")).unwrap())
+    };
+    let before = ksm();
+    let o = Command::new(common::BIN)
+        .args([
+            "bench", "vms", "--merge", "-n", "3", "--mem", "64M", "--out",
+        ])
+        .arg(t.path())
+        .arg("--kernel")
+        .arg(&k)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(ksm(), before, "KSM's settings were not put back");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("merge.json")).unwrap()).unwrap();
+    let off = &r["sides"][0];
+    let on = &r["sides"][1];
+    // Unmerged, each added VM holds its 32 MiB; merged, a small part of it.
+    assert!(
+        off["pss_kib_per_added"].as_f64().unwrap() > 30.0 * 1024.0,
+        "{r}"
+    );
+    assert!(r["per_added_ratio"].as_f64().unwrap() < 0.5, "{r}");
+    assert!(on["ksm_pages_sharing"].as_u64().unwrap() > 8192, "{r}");
 }
 
 /// The stock Debian cloud kernel, booted by our VMM with our initramfs to guest userspace,

@@ -44,6 +44,7 @@ pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
     // Whole MiB, as a microvm domain's memory has always been given to its VMM.
     c.mem_bytes = d.memory_bytes.unwrap_or(DEFAULT_VM_MEMORY) & !((1 << 20) - 1);
     c.vcpus = vm.vcpus;
+    c.mergeable = vm.merge;
     c.disks = vm
         .disks
         .iter()
@@ -324,7 +325,20 @@ disks = ["/img/a,cow", "/img/b"]
             ["/run/cellvisor-vm/disk0,cow", "/run/cellvisor-vm/disk1"]
         );
         c.validate().unwrap();
+        assert!(!c.mergeable);
         assert_eq!(c.vsock.unwrap().to_string(), "3,uds=/run/cellvisor/vsock");
+    }
+
+    /// `merge = true` in the profile: the VMM offers the guest memory to KSM.
+    #[test]
+    fn a_merging_domain_tells_its_vmm() {
+        let mut d = guest();
+        if let domain::DomainKind::Microvm(vm) = &mut d.kind {
+            vm.merge = true;
+        }
+        let c = vmm_config(&d, d.vm().unwrap(), false);
+        assert!(c.mergeable);
+        assert!(c.args().contains(&"--mergeable".to_string()));
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct Config {
     pub vmm_cpus: Vec<u32>,
     /// The vCPU threads' real-time policy (a realtime domain's).
     pub vcpu_sched: Option<VcpuSched>,
+    /// Guest memory offered to the kernel's page merging (KSM): identical pages of VMs
+    /// marked so are kept once. Off by default: a merged page is a side channel between the
+    /// VMs that share it (docs/microvm.md).
+    pub mergeable: bool,
 }
 
 impl Config {
@@ -64,6 +68,7 @@ impl Config {
             vcpu_cpus: Vec::new(),
             vmm_cpus: Vec::new(),
             vcpu_sched: None,
+            mergeable: false,
         }
     }
 
@@ -168,6 +173,9 @@ impl Config {
         if let Some(s) = self.vcpu_sched {
             a.extend(["--vcpu-sched".into(), s.to_string()]);
         }
+        if self.mergeable {
+            a.push("--mergeable".into());
+        }
         a
     }
 }
@@ -245,10 +253,11 @@ mod tests {
         c.vcpu_cpus = vec![1];
         c.vmm_cpus = vec![0, 2];
         c.vcpu_sched = Some(VcpuSched::Fifo(50));
+        c.mergeable = true;
         let a = c.args().join(" ");
         assert_eq!(
             a,
-            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v --vcpu-cpus 1 --vmm-cpus 0,2 --vcpu-sched fifo:50")
+            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v --vcpu-cpus 1 --vmm-cpus 0,2 --vcpu-sched fifo:50 --mergeable")
         );
     }
 }

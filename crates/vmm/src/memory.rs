@@ -1,13 +1,19 @@
 //! Guest memory: anonymous, private, MAP_NORESERVE (a page costs host memory only once the
-//! guest touches it), never inherited by a child the VMM forks, and registered with KVM.
+//! guest touches it), never inherited by a child the VMM forks, registered with KVM, and
+//! offered to page merging (KSM) when the VM asks.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::{arch, io, Error, Result};
 
-/// `bytes` of guest RAM in the arch's layout, mapped here and given to `vm`.
-pub(crate) fn guest_memory(vm: &kvm_ioctls::VmFd, bytes: u64) -> Result<GuestMemoryMmap> {
+/// `bytes` of guest RAM in the arch's layout, mapped here and given to `vm`; offered to the
+/// kernel's page merging (KSM) when `mergeable`.
+pub(crate) fn guest_memory(
+    vm: &kvm_ioctls::VmFd,
+    bytes: u64,
+    mergeable: bool,
+) -> Result<GuestMemoryMmap> {
     let ranges = arch::ram_ranges(bytes)?;
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::boot("guest memory", e))?;
@@ -18,6 +24,19 @@ pub(crate) fn guest_memory(vm: &kvm_ioctls::VmFd, bytes: u64) -> Result<GuestMem
         // SAFETY: madvise on a mapping `mem` owns; it changes only what fork(2) inherits.
         if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
             return Err(io("guest memory: madvise")(std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above; it only lets KSM scan and merge the mapping's pages.
+        if mergeable
+            && unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_MERGEABLE) }
+                < 0
+        {
+            let e = std::io::Error::last_os_error();
+            let what = if e.raw_os_error() == Some(libc::EINVAL) {
+                "guest memory: page merging (KSM) is not in this kernel"
+            } else {
+                "guest memory: madvise MADV_MERGEABLE"
+            };
+            return Err(io(what)(e));
         }
         let region = kvm_userspace_memory_region {
             slot: slot as u32,

@@ -583,6 +583,7 @@ fn microvm(r: &mut Report, d: &raw::Domain, dir: &Path) -> DomainKind {
         cmdline: d.cmdline.as_ref().map(|c| c.get_ref().clone()),
         vcpus: d.vcpus.as_ref().map_or(1, |v| *v.get_ref()),
         disks,
+        merge: d.merge.as_ref().is_some_and(|m| *m.get_ref()),
     })
 }
 
@@ -606,6 +607,7 @@ fn container(r: &mut Report, d: &raw::Domain) -> DomainKind {
         ("cmdline", d.cmdline.as_ref().map(|x| x.span())),
         ("vcpus", d.vcpus.as_ref().map(|x| x.span())),
         ("disks", d.disks.as_ref().map(|x| x.span())),
+        ("merge", d.merge.as_ref().map(|x| x.span())),
     ] {
         if let Some(sp) = span {
             r.at(
@@ -1011,6 +1013,21 @@ mod tests {
         assert!(e[0].starts_with("p.toml:5:") && e[0].contains("kernel is for microvm"));
         assert!(e[1].contains("vcpus is for microvm"), "{e:?}");
         assert!(e[2].contains("command is missing"), "{e:?}");
+    }
+
+    #[test]
+    fn merging_is_a_microvm_domains_choice() {
+        let (e, d) =
+            domain_errors("role = \"common\"\nbackend = \"microvm\"\nkernel = \"k\"\nmerge = true");
+        assert!(e.is_empty(), "{e:?}");
+        assert!(d.vm().unwrap().merge);
+        let (e, d) = domain_errors("role = \"common\"\nbackend = \"microvm\"\nkernel = \"k\"");
+        assert!(e.is_empty() && !d.vm().unwrap().merge, "{e:?}");
+        let (e, _) = domain_errors("role = \"common\"\ncommand = [\"x\"]\nmerge = true");
+        assert_eq!(
+            e,
+            ["p.toml:6:9: domain \"a\": merge is for microvm domains"]
+        );
     }
 
     #[test]

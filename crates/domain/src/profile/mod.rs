@@ -374,6 +374,8 @@ pub struct VmSpec {
     /// Raw disk images, in order: read-write, `,ro`, or `,cow` (read-only, shared by every VM
     /// that names it, under a private copy-on-write layer).
     pub disks: Vec<(PathBuf, DiskMode)>,
+    /// Its guest memory offered to the kernel's page merging (KSM).
+    pub merge: bool,
 }
 
 /// How a microvm domain sees one of its disks.
