@@ -7,6 +7,13 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion}
 
 use crate::{arch, io, Error, Result};
 
+/// Offer `len` bytes at `addr` (a guest memory mapping) to KSM; false on failure (errno set).
+fn merge(addr: *mut u8, len: usize) -> bool {
+    // SAFETY: madvise on a live mapping of guest memory; MADV_MERGEABLE only lets KSM scan
+    // and merge its pages (copy-on-write, so the guest sees no change).
+    unsafe { libc::madvise(addr.cast(), len, libc::MADV_MERGEABLE) == 0 }
+}
+
 /// `bytes` of guest RAM in the arch's layout, mapped here and given to `vm`; offered to the
 /// kernel's page merging (KSM) when `mergeable`.
 pub(crate) fn guest_memory(
@@ -25,11 +32,7 @@ pub(crate) fn guest_memory(
         if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
             return Err(io("guest memory: madvise")(std::io::Error::last_os_error()));
         }
-        // SAFETY: as above; it only lets KSM scan and merge the mapping's pages.
-        if mergeable
-            && unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_MERGEABLE) }
-                < 0
-        {
+        if mergeable && !merge(r.as_ptr(), r.len() as usize) {
             let e = std::io::Error::last_os_error();
             let what = if e.raw_os_error() == Some(libc::EINVAL) {
                 "guest memory: page merging (KSM) is not in this kernel"
