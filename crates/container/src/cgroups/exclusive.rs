@@ -97,6 +97,14 @@ fn exclusive_siblings(dir: &Path) -> Vec<(PathBuf, Vec<u32>)> {
     let Some(parent) = dir.parent() else {
         return Vec::new();
     };
+    // v1 lets a cpuset be exclusive only under an exclusive parent: under an ordinary one
+    // (cellvisor's own while no core is held) there is nothing to look for, and no reason to
+    // read every sibling's flag, which made a container's start grow with their number.
+    if parent.join("cpuset.cpu_exclusive").exists()
+        && !read_flag(&parent.join("cpuset.cpu_exclusive"))
+    {
+        return Vec::new();
+    }
     children(parent)
         .into_iter()
         .filter(|c| c != dir && read_flag(&c.join("cpuset.cpu_exclusive")))
@@ -319,6 +327,12 @@ mod tests {
         );
         let e = inheritable(&cv.join("new")).unwrap_err().to_string();
         assert!(e.contains("no CPU is left"), "{e}");
+        // Under an ordinary parent no sibling can be exclusive (the kernel's rule): the
+        // siblings are not read at all.
+        set(&cv, &[("cpuset.cpu_exclusive", "0\n")]);
+        assert_eq!(inheritable(&cv.join("new")).unwrap(), "0-3");
+        set(&cv, &[("cpuset.cpu_exclusive", "1\n")]);
+        assert!(inheritable(&cv.join("new")).is_err());
     }
 
     #[test]
