@@ -125,6 +125,13 @@ pub fn run(cmd: &ProfileCmd) -> Result<i32> {
                     p.background, p.background_cpu_weight
                 );
             }
+            if let Some(m) = &p.memory {
+                println!(
+                    "  memory: at {}% pressure, each background container domain capped to {:.0}% of its use",
+                    m.pressure_pct,
+                    m.background_share * 100.0
+                );
+            }
             Ok(0)
         }
         ProfileCmd::Allows {

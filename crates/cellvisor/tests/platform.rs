@@ -615,6 +615,61 @@ fn many_domains_get_the_descriptors_they_need() {
     assert!(!state.exists() && !sock.exists());
 }
 
+/// The profile's `[memory]`: with the device short (a pressure of 0% is always reached),
+/// the background domain gets a soft memory limit of half what it uses, the foreground none;
+/// a switch moves the cap with the background, and down forgets it.
+#[test]
+fn a_short_device_caps_the_backgrounds_memory() {
+    need_root!();
+    let soft = |d: &Daemon, name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory/cellvisor/{}-{name}/memory.soft_limit_in_bytes",
+            d.prefix
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    };
+    if !Path::new("/sys/fs/cgroup/memory/cellvisor").exists()
+        && !Path::new("/sys/fs/cgroup/memory").exists()
+    {
+        eprintln!("skipped: no cgroup v1 memory hierarchy");
+        return;
+    }
+    let profile = format!(
+        "{}\n[memory]\npressure = 0\nbackground_share = 0.5\n",
+        domain::DEFAULT_PROFILE
+    );
+    let d = Daemon::with_profile("mem", &profile, &[]);
+    d.ok(&["up"]);
+    let pids: Vec<i32> = ["trusted", "common", "modem"].map(|n| d.pid(n)).to_vec();
+    let unlimited = |v: Option<u64>| v.is_some_and(|v| v > 1 << 60);
+    let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < end, "{what}: {}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_until("common capped", &|| {
+        soft(&d, "common").is_some_and(|v| v < 1 << 40)
+    });
+    let cap = soft(&d, "common").unwrap();
+    assert!(cap >= 1 << 20 && cap % 4096 == 0, "{cap}");
+    assert!(unlimited(soft(&d, "trusted")), "{:?}", soft(&d, "trusted"));
+    // The realtime domain is never capped.
+    assert!(unlimited(soft(&d, "modem")), "{:?}", soft(&d, "modem"));
+    assert!(
+        d.log()
+            .contains("cellvisord: memory: pressure 0.0% (at least 0%): background capped: common"),
+        "{}",
+        d.log()
+    );
+    d.ok(&["fg", "common"]);
+    assert!(unlimited(soft(&d, "common")), "{:?}", soft(&d, "common"));
+    assert!(soft(&d, "trusted").is_some_and(|v| v < 1 << 40));
+    d.teardown_and_check(&pids);
+}
+
 /// Background domains can be frozen instead: no CPU, memory kept, thawed when they come back.
 #[test]
 fn background_domains_can_be_frozen() {

@@ -499,6 +499,13 @@ impl Backend for ContainerBackend {
         })
     }
 
+    fn set_memory_cap(&self, name: &str, cap: Option<u64>) -> Result<(), BackendError> {
+        let st = self.load(name)?;
+        st.cgroup()
+            .and_then(|c| c.set_memory_cap(cap))
+            .map_err(|e| BackendError::failed(name, "capping its memory", e))
+    }
+
     fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError> {
         let list = domain::profile::cpu_list_string(cpus);
         if cpus.is_empty() {

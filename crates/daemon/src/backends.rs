@@ -67,6 +67,9 @@ impl<C: Backend, M: Backend> Backend for Backends<C, M> {
     fn open_device(&self, name: &str, node: &Path) -> Result<std::os::fd::OwnedFd, BackendError> {
         self.of(name).open_device(name, node)
     }
+    fn set_memory_cap(&self, name: &str, cap: Option<u64>) -> Result<(), BackendError> {
+        self.of(name).set_memory_cap(name, cap)
+    }
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
         self.of(name).stats(name)
     }

@@ -116,6 +116,12 @@ pub(crate) struct Saved {
     /// The policy switched to live, kept over a restart.
     #[serde(default)]
     pub(crate) policy: Option<domain::profile::SchedPolicy>,
+    /// The device is short of memory: the background is capped (the profile's `[memory]`).
+    #[serde(default)]
+    pub(crate) memory_shrunk: bool,
+    /// The memory caps put on background domains, bytes.
+    #[serde(default)]
+    pub(crate) memory_caps: BTreeMap<String, u64>,
 }
 
 /// The platform: a profile, a backend, and the state of both.
@@ -426,6 +432,7 @@ impl<B: Backend> Platform<B> {
             for n in self.exclusive_nodes(&d) {
                 self.backend.set_device(name, &n, true).map_err(be)?;
             }
+            self.memory_place(name)?;
         } else {
             if frozen {
                 // Devices can only be taken from a thawed domain's view; a frozen one holds none.
@@ -434,6 +441,7 @@ impl<B: Backend> Platform<B> {
             for n in self.exclusive_nodes(&d) {
                 self.backend.set_device(name, &n, false).map_err(be)?;
             }
+            self.memory_place(name)?;
             match self.profile.background {
                 BackgroundMode::Throttle => self
                     .backend
@@ -466,7 +474,8 @@ impl<B: Backend> Platform<B> {
             self.close_channel(id)?;
         }
         container::crash::point("down:channels");
-        // Its loads go with it.
+        // Its loads and its memory cap go with it.
+        self.memory_forget(name);
         self.sched_forget(name)?;
         if self.foreground() == Some(name) {
             self.saved.foreground = None;

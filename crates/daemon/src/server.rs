@@ -374,9 +374,13 @@ async fn sched_loop(s: Shared) {
         tokio::time::sleep(Duration::from_millis(period)).await;
         let c0 = thread_cpu_ns();
         let cpus = scheduler::sample::read_proc_stat().unwrap_or_default();
+        let pressure = scheduler::sample::memory_pressure();
         let mut p = lock(&s);
         p.tick(start.elapsed().as_millis() as u64, cpus);
         p.tick_cost(thread_cpu_ns().saturating_sub(c0));
+        if let Some(pct) = pressure {
+            p.memory_tick(pct);
+        }
     }
 }
 

@@ -209,6 +209,14 @@ pub trait Backend {
         ))
     }
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError>;
+    /// Cap the memory of the running domain `name` that the host's reclaim should leave it
+    /// (`None`: no cap), when the device runs short. A backend that cannot says so.
+    fn set_memory_cap(&self, name: &str, _cap: Option<u64>) -> Result<(), BackendError> {
+        Err(BackendError::invalid(
+            name,
+            "its backend cannot cap its memory yet",
+        ))
+    }
     /// Put the running domain on `cpus` (its cpuset; a microVM's VMM with it), within what
     /// its profile allows: the scheduler's actuator.
     fn set_cpus(&self, name: &str, cpus: &[u32]) -> Result<(), BackendError>;

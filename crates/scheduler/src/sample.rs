@@ -164,8 +164,32 @@ impl Sampler {
     }
 }
 
+/// The host's memory pressure: the share of the last 10 s in which some task waited for
+/// memory (PSI, /proc/pressure/memory's `some avg10`), percent; `None` without PSI.
+pub fn memory_pressure() -> Option<f64> {
+    parse_pressure(&std::fs::read_to_string("/proc/pressure/memory").ok()?)
+}
+
+/// `some avg10=1.23 avg60=... total=...` (then a `full` line): the `some avg10`.
+pub fn parse_pressure(text: &str) -> Option<f64> {
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn memory_pressure_is_some_avg10() {
+        let psi = "some avg10=12.34 avg60=1.00 avg300=0.10 total=123\nfull avg10=3.00 avg60=0.00 avg300=0.00 total=9\n";
+        assert_eq!(parse_pressure(psi), Some(12.34));
+        assert_eq!(parse_pressure("full avg10=3.00\n"), None);
+        assert_eq!(parse_pressure(""), None);
+    }
+
     use super::*;
 
     #[test]

@@ -395,6 +395,24 @@ impl Cgroup {
         }
     }
 
+    /// Cap the memory reclaim should leave it (`None`: no cap): v1 its soft limit (global
+    /// reclaim takes from groups over it first), v2 memory.high (reclaimed down to it).
+    pub fn set_memory_cap(&self, cap: Option<u64>) -> Result<()> {
+        match self.version() {
+            Version::V1 => {
+                let d = self.dir_of("memory").ok_or_else(|| {
+                    Error::Msg("the memory cgroup controller is not mounted".into())
+                })?;
+                let v = cap.map_or("-1".to_string(), |c| c.to_string());
+                write_file(&d.join("memory.soft_limit_in_bytes"), &v)
+            }
+            Version::V2 => {
+                let v = cap.map_or("max".to_string(), |c| c.to_string());
+                write_file(&self.dir_of("").unwrap_or_default().join("memory.high"), &v)
+            }
+        }
+    }
+
     /// Change a live cgroup's limits to what `res` sets, as planned for a new one but for the
     /// device rules (an update leaves them as they are): each file written in the plan's
     /// order (a quota after its period, a memory limit before its swap — but for a limit

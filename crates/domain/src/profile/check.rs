@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::raw;
 use super::{
     cpu_list, cpu_list_string, is_cpu_list, parse_duration, parse_size, BackendKind,
-    BackgroundMode, Budget, DiskMode, Domain, DomainKind, Host, Role, RtPolicy, SchedParams,
-    SchedPolicy, VmSpec, DEFAULT_DEVICE_NODES, EXCLUSIVE_DEVICES, SHARED_DEVICES,
+    BackgroundMode, Budget, DiskMode, Domain, DomainKind, Host, MemoryPolicy, Role, RtPolicy,
+    SchedParams, SchedPolicy, VmSpec, DEFAULT_DEVICE_NODES, EXCLUSIVE_DEVICES, SHARED_DEVICES,
 };
 use crate::policy::{Policy, Rule};
 
@@ -793,6 +793,37 @@ pub(super) fn foreground(
 }
 
 /// `[scheduler]`: a known policy, a period and residency as durations, shares within range.
+/// `[memory]`: a pressure in 0..=100 percent (0: the background is always shrunk) and a
+/// share in (0, 1].
+pub(super) fn memory_policy(
+    r: &mut Report,
+    m: Option<&Spanned<raw::Memory>>,
+) -> Option<MemoryPolicy> {
+    let m = m?.get_ref();
+    let pressure = *m.pressure.get_ref();
+    let share = m.background_share.as_ref().map_or(0.5, |s| *s.get_ref());
+    let mut ok = true;
+    if !(0.0..=100.0).contains(&pressure) {
+        r.at(
+            m.pressure.span(),
+            format!("memory.pressure: {pressure} is not a percentage (0 to 100)"),
+        );
+        ok = false;
+    }
+    if !(share > 0.0 && share <= 1.0) {
+        let span = m.background_share.as_ref().map_or(0..0, |s| s.span());
+        r.at(
+            span,
+            format!("memory.background_share: {share} is not a share (more than 0, at most 1)"),
+        );
+        ok = false;
+    }
+    ok.then_some(MemoryPolicy {
+        pressure_pct: pressure,
+        background_share: share,
+    })
+}
+
 pub(super) fn scheduler(r: &mut Report, s: Option<&Spanned<raw::Scheduler>>) -> SchedParams {
     let mut out = SchedParams::default();
     let Some(s) = s else {

@@ -404,6 +404,41 @@ pub struct Profile {
     /// without a node is owned on paper only.
     pub device_nodes: BTreeMap<String, PathBuf>,
     pub scheduler: SchedParams,
+    /// `[memory]`: background domains shrunk when the device runs short.
+    pub memory: Option<MemoryPolicy>,
+}
+
+/// The profile's `[memory]`: when the host's memory pressure (PSI: the share of time some
+/// task waited for memory, over 10 s) reaches `pressure_pct`, each background container
+/// domain is capped to `background_share` of what it uses then (v1: its soft limit, which
+/// reclaim goes after first; v2: memory.high); below half of it, and for the domain that
+/// comes to the front, the caps go.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct MemoryPolicy {
+    pub pressure_pct: f64,
+    pub background_share: f64,
+}
+
+impl MemoryPolicy {
+    /// With the background shrunk (`shrunk`) or not and the pressure now: `Some(true)` to
+    /// shrink it, `Some(false)` to give it back, `None` to leave it (between the two
+    /// thresholds nothing changes, so a pressure near one does not flap).
+    pub fn next(&self, pressure_pct: f64, shrunk: bool) -> Option<bool> {
+        if !shrunk && pressure_pct >= self.pressure_pct {
+            Some(true)
+        } else if shrunk && pressure_pct < self.pressure_pct / 2.0 {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// The cap of a background domain that uses `bytes`: its share, in whole pages, at
+    /// least one MiB.
+    pub fn cap(&self, bytes: u64) -> u64 {
+        let c = (bytes as f64 * self.background_share) as u64;
+        c.div_ceil(4096).saturating_mul(4096).max(1 << 20)
+    }
 }
 
 impl Profile {
@@ -510,6 +545,7 @@ pub fn parse_on(text: &str, file: &str, dir: &Path, host: &Host) -> Result<Profi
     let policy = check::policy(&mut r, &raw.allow, &names, &replicas);
     let device_nodes = check::device_nodes(&mut r, &raw.device_nodes);
     let scheduler = check::scheduler(&mut r, raw.scheduler.as_ref());
+    let memory = check::memory_policy(&mut r, raw.memory.as_ref());
     if !r.errors.is_empty() {
         return Err(Errors(r.errors));
     }
@@ -523,6 +559,7 @@ pub fn parse_on(text: &str, file: &str, dir: &Path, host: &Host) -> Result<Profi
         policy,
         device_nodes,
         scheduler,
+        memory,
     })
 }
 
@@ -593,6 +630,42 @@ buffer = "64K"
             }
             fuzz(&b);
         }
+    }
+
+    /// `[memory]`: shrink at the pressure, give back under half of it (nothing between), caps
+    /// in whole pages of at least 1 MiB; out-of-range values one line each at their place.
+    #[test]
+    fn the_memory_policy_shrinks_and_gives_back_with_a_gap_between() {
+        let p = parse(
+            &format!("{OK}[memory]\npressure = 10\n"),
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap()
+        .memory
+        .unwrap();
+        assert_eq!(p.background_share, 0.5);
+        assert_eq!(p.next(10.0, false), Some(true));
+        assert_eq!(p.next(9.9, false), None);
+        assert_eq!(p.next(6.0, true), None);
+        assert_eq!(p.next(4.9, true), Some(false));
+        assert_eq!(p.next(50.0, true), None);
+        assert_eq!(p.cap(100 << 20), 50 << 20);
+        assert_eq!(p.cap(10_000_001), 5_001_216);
+        assert_eq!(p.cap(0), 1 << 20);
+        let e = errs(&format!(
+            "{OK}[memory]\npressure = 120\nbackground_share = 0\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("memory.pressure: 120 is not a percentage"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].contains("memory.background_share: 0 is not a share"),
+            "{e:?}"
+        );
+        assert!(errs(&format!("{OK}[memory]\nshare = 1\n"))[0].contains("unknown field"));
     }
 
     /// `replicas = N`: N alike domains NAME-1..NAME-N, each with the entry's settings; a rule

@@ -22,6 +22,15 @@ pub(super) struct Profile {
     #[serde(default)]
     pub device_nodes: BTreeMap<Spanned<String>, Spanned<String>>,
     pub scheduler: Option<Spanned<Scheduler>>,
+    pub memory: Option<Spanned<Memory>>,
+}
+
+/// `[memory]`: `pressure = 10` (percent), `background_share = 0.5`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Memory {
+    pub pressure: Spanned<f64>,
+    pub background_share: Option<Spanned<f64>>,
 }
 
 /// `[scheduler]`: `policy = "balance"`, `period = "1s"`, `spread = 0.25`, `threshold = 0.8`,

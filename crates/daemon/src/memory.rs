@@ -1,0 +1,121 @@
+//! Memory when the device runs short (the profile's `[memory]`): every period the host's
+//! memory pressure (PSI, the share of time some task waited for memory over the last 10 s)
+//! is held against the profile's; at or over it, each background container domain is capped
+//! to its share of what it uses then (reclaim takes from it first), and below half of it the
+//! caps go. The domain that comes to the front loses its cap at once, the one that leaves it
+//! gets one while the device is short. What is capped is saved, so a restarted daemon gives
+//! the memory back as well. A microVM domain's memory is its guest's: not capped here.
+
+use domain::{Backend, Role};
+
+use crate::platform::{ApiError, Platform};
+
+impl<B: Backend> Platform<B> {
+    /// Is domain `name` one whose memory the policy caps while it is in the background?
+    fn cappable(&self, name: &str) -> bool {
+        self.profile
+            .domain(name)
+            .is_some_and(|d| d.role != Role::Realtime && d.vm().is_none())
+            && self.foreground() != Some(name)
+    }
+
+    /// Cap `name` to its share of what it uses now; its cap, or why not.
+    fn cap(&mut self, name: &str) -> Result<u64, String> {
+        let Some(policy) = self.profile.memory else {
+            return Err("no memory policy".into());
+        };
+        let used = self
+            .backend
+            .stats(name)
+            .map_err(|e| domain::chain(&e))?
+            .memory_bytes;
+        let cap = policy.cap(used);
+        self.backend
+            .set_memory_cap(name, Some(cap))
+            .map_err(|e| domain::chain(&e))?;
+        self.saved.memory_caps.insert(name.to_string(), cap);
+        Ok(cap)
+    }
+
+    fn uncap(&mut self, name: &str) -> Result<(), String> {
+        if self.saved.memory_caps.remove(name).is_some() {
+            self.backend
+                .set_memory_cap(name, None)
+                .map_err(|e| domain::chain(&e))?;
+        }
+        Ok(())
+    }
+
+    /// One period, the host's memory pressure now (percent). Changes are logged on stderr.
+    pub fn memory_tick(&mut self, pressure_pct: f64) {
+        let Some(policy) = self.profile.memory else {
+            return;
+        };
+        let Some(shrink) = policy.next(pressure_pct, self.saved.memory_shrunk) else {
+            return;
+        };
+        let mut said = Vec::new();
+        if shrink {
+            let up: Vec<String> = self
+                .running()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| self.cappable(n))
+                .collect();
+            for name in &up {
+                match self.cap(name) {
+                    Ok(c) => said.push(format!("{name} {:.1} MiB", c as f64 / 1048576.0)),
+                    Err(e) => said.push(format!("{name} not capped: {e}")),
+                }
+            }
+            eprintln!(
+                "cellvisord: memory: pressure {pressure_pct:.1}% (at least {}%): background capped: {}",
+                policy.pressure_pct,
+                if said.is_empty() { "none".to_string() } else { said.join(", ") }
+            );
+        } else {
+            let capped: Vec<String> = self.saved.memory_caps.keys().cloned().collect();
+            for name in capped {
+                if let Err(e) = self.uncap(&name) {
+                    said.push(format!("{name}: {e}"));
+                }
+            }
+            eprintln!(
+                "cellvisord: memory: pressure {pressure_pct:.1}% (under {}%): caps removed{}",
+                policy.pressure_pct / 2.0,
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(" but {}", said.join(", "))
+                }
+            );
+        }
+        self.saved.memory_shrunk = shrink;
+        if let Err(e) = self.save() {
+            eprintln!("cellvisord: memory: saving the state: {e}");
+        }
+    }
+
+    /// Domain `name` was just placed in the front or the background: its cap as the state
+    /// says (none in the front; one in the background while the device is short).
+    pub(crate) fn memory_place(&mut self, name: &str) -> Result<(), ApiError> {
+        if self.profile.memory.is_none() {
+            return Ok(());
+        }
+        let r = if self.cappable(name) {
+            if self.saved.memory_shrunk && !self.saved.memory_caps.contains_key(name) {
+                self.cap(name).map(|_| ())
+            } else {
+                Ok(())
+            }
+        } else {
+            self.uncap(name)
+        };
+        r.map_err(|e| ApiError::Internal(format!("domain {name}: its memory: {e}")))
+    }
+
+    /// Domain `name` went down: nothing of it to give back.
+    pub(crate) fn memory_forget(&mut self, name: &str) {
+        self.saved.memory_caps.remove(name);
+    }
+}
