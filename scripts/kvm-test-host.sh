@@ -36,7 +36,7 @@ done
 command=${1:?$usage}
 case "$kind" in
   cloud) kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1) ;;
-  generic) kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | grep -v -- -cloud- | sort -V | tail -n 1) ;;
+  generic) kernel=$(ls /boot/vmlinuz-*[0-9]-amd64 2>/dev/null | sort -V | tail -n 1) ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
 [ -n "$kernel" ] || { echo "kvm-test-host: no $kind kernel in /boot (linux-image-$([ "$kind" = cloud ] && echo cloud-)amd64)" >&2; exit 2; }

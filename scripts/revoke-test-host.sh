@@ -76,8 +76,9 @@ echo "common in the background opens: $(ex common "/run/cellvisor/agent probe $i
 wait_for "trusted's input revoked" grep -q lost: $t/$ev.log
 wait_for "trusted's display master dropped" grep -q lost: $t/display.log
 # The camera's holder is dead: gone, or a zombie its parent (the domain's sleep) never reaps.
-camera=$(ex trusted "s=\$(cut -d' ' -f3 /proc/$(cat $t/video0.pid)/stat 2>/dev/null); [ -z \"\$s\" ] || [ \"\$s\" = Z ] && echo killed || echo alive")
-[ "$camera" = killed ] || fail "trusted's camera holder is $camera"
+camera_dead() { ex trusted "s=\$(cut -d' ' -f3 /proc/$(cat $t/video0.pid)/stat 2>/dev/null); [ -z \"\$s\" ] || [ \"\$s\" = Z ]"; }
+wait_for "trusted's camera holder killed" camera_dead
+camera=killed
 echo "after fg common, trusted's: $(grep lost: $t/$ev.log) | $(grep lost: $t/display.log) | camera holder $camera"
 grep -q "lost: input: No such device" $t/$ev.log || fail "the input descriptor still works"
 grep -q "lost: drm: not master (SET_MASTER: Permission denied" $t/display.log || fail "the display is still trusted's"
@@ -88,6 +89,13 @@ echo "the daemon said: $(grep 'taken from' daemon.log | tr '\n' ' ')"
 wait_for "trusted's display master given back" grep -q "back: drm master" $t/display.log
 echo "back to trusted: its held display $(grep back: $t/display.log); it opens: $(ex trusted "/run/cellvisor/agent probe $input --count 2" | tr '\n' ' ')" | tee trusted.out
 grep -q "events: 2" trusted.out || fail "trusted's input back"
+# Once more, the holders still there: what was revoked stays so (its second revocation is
+# nothing), the display's master goes and comes back again.
+/host/cellvisor fg common > /dev/null
+wait_for "trusted's display master dropped again" test "$(grep -c lost: $t/display.log)" = 2
+/host/cellvisor fg trusted > /dev/null
+wait_for "trusted's display master given back again" test "$(grep -c back: $t/display.log)" = 2
+echo "a second round: $(grep -c lost: $t/display.log) losses and $(grep -c back: $t/display.log) returns of trusted's display master"
 /host/cellvisor down --purge
 kill $daemon; wait $daemon || true
 kill $kbd; wait $kbd || true

@@ -171,7 +171,7 @@ pub fn hold(path: &str) -> Result<(), String> {
     }
 }
 
-/// `probe PATH [--events N]`: open it, say what it gives; for an input device, read N events
+/// `probe PATH [--count N]`: open it, say what it gives; for an input device, read N events
 /// (within 10 s) and say how many of them were key events.
 pub fn probe(path: &str, events: usize) -> Result<(), String> {
     let (mut f, class) = open(path)?;

@@ -215,8 +215,11 @@ impl KsmOn {
 
 impl Drop for KsmOn {
     fn drop(&mut self) {
-        // Unmerge what the run merged, then the settings as they were (run last).
-        let _ = ksm_write("run", 2);
+        // KSM off before the run: what the run merged is unmerged (only the run's VMs were
+        // merging, and they are gone), then stopped. On before: left merging as it was.
+        if self.saved.iter().any(|(f, v)| *f == "run" && *v == 0) {
+            let _ = ksm_write("run", 2);
+        }
         for (f, v) in self.saved.iter().rev() {
             let _ = ksm_write(f, *v);
         }

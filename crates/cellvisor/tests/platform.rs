@@ -519,7 +519,10 @@ fn a_switch_revokes_real_input_drm_and_camera_devices_in_the_test_host() {
         .flatten()
         .any(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("vmlinuz-") && n.ends_with("-amd64") && !n.contains("-cloud-")
+            n.starts_with("vmlinuz-")
+                && n.ends_with("-amd64")
+                && !n.contains("-cloud-")
+                && !n.contains("-rt-")
         });
     if !generic || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
         eprintln!(
@@ -551,6 +554,7 @@ fn a_switch_revokes_real_input_drm_and_camera_devices_in_the_test_host() {
         "taken from trusted: DRM master dropped: 1 descriptor(s)",
         "/dev/video0 taken from trusted: holders killed: pid [",
         "back to trusted: its held display back: drm master; it opens: input open events: 2",
+        "a second round: 2 losses and 2 returns of trusted's display master",
         "REVOKE-OK: nothing left behind",
     ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}");
@@ -610,7 +614,7 @@ fn many_domains_get_the_descriptors_they_need() {
     assert!(!o.status.success());
     assert_eq!(
         common::stderr(&o).trim(),
-        "cellvisord: the profile's 1100 domains need about 1356 descriptors; this process may open 512 (ulimit -Hn)"
+        "cellvisord: the profile's 1100 domains and 0 channel rules need about 1356 descriptors; this process may open 512 (ulimit -Hn)"
     );
     assert!(!state.exists() && !sock.exists());
 }
@@ -629,10 +633,10 @@ fn a_short_device_caps_the_backgrounds_memory() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
     };
-    if !Path::new("/sys/fs/cgroup/memory/cellvisor").exists()
-        && !Path::new("/sys/fs/cgroup/memory").exists()
+    if !Path::new("/sys/fs/cgroup/memory").exists()
+        || std::fs::read_to_string("/proc/pressure/memory").is_err()
     {
-        eprintln!("skipped: no cgroup v1 memory hierarchy");
+        eprintln!("skipped: no cgroup v1 memory hierarchy, or no PSI");
         return;
     }
     let profile = format!(

@@ -430,10 +430,8 @@ impl Backend for ContainerBackend {
                 .map_err(|e| std::io::Error::other(e.to_string()))
         };
         if present && crate::revoke::port_only(typ, major, minor) {
-            // Never a node: the domain takes it from its port; its files get back what a
-            // switch took (a DRM card's master).
-            crate::revoke::restore((typ, major, minor), pids)
-                .map_err(|e| BackendError::failed(name, what("giving back"), e))?;
+            // Never a node: the domain takes it from its port (the daemon gives its files
+            // back what a switch took).
             return Ok(());
         }
         // Taking away: first the right to open it, then the node. Giving: the other way round.

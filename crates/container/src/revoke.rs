@@ -101,6 +101,7 @@ impl std::fmt::Display for Revoked {
 // The ioctls, from linux/input.h and drm/drm.h.
 const EVIOCREVOKE: libc::c_ulong = 0x4004_4591; // _IOW('E', 0x91, int)
 const DRM_IOCTL_SET_MASTER: libc::c_ulong = 0x641e; // _IO('d', 0x1e)
+const DRM_IOCTL_AUTH_MAGIC: libc::c_ulong = 0x4004_6411; // _IOW('d', 0x11, struct drm_auth)
 const DRM_IOCTL_DROP_MASTER: libc::c_ulong = 0x641f; // _IO('d', 0x1f)
 
 /// How long killed holders may take to be gone before the revocation fails.
@@ -108,7 +109,10 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Revoke every descriptor open on the host device `node` (of `kind`, `major`, `minor`), as
 /// [`revocation`] says: a terminal on its node; otherwise in the processes `pids` lists (the
-/// domain's), asked again after holders were killed, until none holds it.
+/// domain's), asked again after holders were killed, until none holds it. A descriptor
+/// revoked before (the same file seen twice, or kept from an earlier switch) is left as it
+/// is; an input device that turns out to have no EVIOCREVOKE (a joystick or mouse past the
+/// fixed minors) is taken by killing its holder.
 pub fn revoke(
     node: &Path,
     (kind, major, minor): (char, u32, u32),
@@ -121,59 +125,89 @@ pub fn revoke(
         killed: Vec::new(),
     };
     let rdev = libc::makedev(major, minor);
+    let mut to_kill = Vec::new();
     match how {
         Revocation::Unsupported => {}
         Revocation::Hangup => hang_up(node)?,
         Revocation::Revoke | Revocation::DropMaster => {
-            let request = if how == Revocation::Revoke {
-                EVIOCREVOKE
-            } else {
-                DRM_IOCTL_DROP_MASTER
-            };
             for (pid, fd) in holders(&pids()?, kind, rdev) {
-                let Some(copy) = their_copy(pid, fd)? else {
+                let Some(copy) = their_copy(pid, fd, kind, rdev)? else {
                     continue;
                 };
-                match ioctl0(&copy, request) {
-                    Ok(()) => done.descriptors += 1,
-                    // DROP_MASTER on a file that is not master: nothing to take.
-                    Err(e)
-                        if how == Revocation::DropMaster
-                            && e.raw_os_error() == Some(libc::EINVAL) => {}
+                match revoke_copy(&copy, how) {
+                    Ok(true) => done.descriptors += 1,
+                    Ok(false) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
+                        to_kill.push(pid)
+                    }
                     Err(e) => return Err(e),
                 }
             }
         }
-        Revocation::KillHolders => {
-            // A holder may fork between the scan and the kill: its child holds the same
-            // descriptor and is found on the next pass.
-            let end = Instant::now() + KILL_WAIT;
-            loop {
-                let mut held: Vec<i32> = holders(&pids()?, kind, rdev)
-                    .into_iter()
-                    .map(|h| h.0)
-                    .collect();
-                held.dedup();
-                if held.is_empty() {
-                    break;
-                }
-                if Instant::now() > end {
-                    return Err(io::Error::other(format!(
-                        "processes {held:?} still hold it after SIGKILL"
-                    )));
-                }
-                for &pid in &held {
-                    // SAFETY: kill has no memory arguments.
-                    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 && !done.killed.contains(&pid)
-                    {
-                        done.killed.push(pid);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        Revocation::KillHolders => to_kill.push(0),
+    }
+    if !to_kill.is_empty() {
+        kill_holders(kind, rdev, &pids, &mut done.killed)?;
     }
     Ok(done)
+}
+
+/// Kill every process of `pids` holding the device `rdev` of `kind`, again until none does
+/// (a holder may fork between a scan and its kill: its child holds the same descriptor and
+/// is found on the next pass), for [`KILL_WAIT`] at most.
+fn kill_holders(
+    kind: char,
+    rdev: libc::dev_t,
+    pids: &impl Fn() -> io::Result<Vec<i32>>,
+    killed: &mut Vec<i32>,
+) -> io::Result<()> {
+    let end = Instant::now() + KILL_WAIT;
+    loop {
+        let mut held: Vec<i32> = holders(&pids()?, kind, rdev)
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        held.dedup();
+        if held.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(io::Error::other(format!(
+                "processes {held:?} still hold it after SIGKILL"
+            )));
+        }
+        for &pid in &held {
+            if kill_holder(pid, kind, rdev)? && !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILL process `pid` if it (still) holds the device: through a pidfd taken before the
+/// second look, so a pid reused meanwhile is never the one signalled.
+fn kill_holder(pid: i32, kind: char, rdev: libc::dev_t) -> io::Result<bool> {
+    let Some(pidfd) = pidfd(pid)? else {
+        return Ok(false);
+    };
+    if holders(&[pid], kind, rdev).is_empty() {
+        return Ok(false);
+    }
+    // SAFETY: pidfd_send_signal takes a pidfd, a signal, no siginfo and no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return gone(io::Error::last_os_error()).map(|_: Option<()>| false);
+    }
+    Ok(true)
 }
 
 /// A device a domain gets only from its port (the daemon opens it), never as a node in its
@@ -184,28 +218,40 @@ pub fn port_only(kind: char, major: u32, minor: u32) -> bool {
     revocation(kind, major, minor) == Revocation::DropMaster
 }
 
-/// Give back to a domain coming to the foreground what [`revoke`] took and can be given back:
-/// a DRM card's master, to the first of its files open on the card that takes it (none while
-/// another file is master). Whether one took it.
-pub fn restore(
-    (kind, major, minor): (char, u32, u32),
-    pids: impl Fn() -> io::Result<Vec<i32>>,
-) -> io::Result<bool> {
-    if revocation(kind, major, minor) != Revocation::DropMaster {
-        return Ok(false);
+/// Revoke through `copy`, a descriptor of the same open file the domain holds (one the
+/// daemon handed out and kept, or one taken from the domain), as `how` says: EVIOCREVOKE or
+/// DROP_MASTER. Whether it took something: an input file revoked before, a DRM file that is
+/// not master, or a class revoked otherwise took nothing.
+pub fn revoke_copy(copy: &OwnedFd, how: Revocation) -> io::Result<bool> {
+    let (request, nothing) = match how {
+        Revocation::Revoke => (EVIOCREVOKE, libc::ENODEV),
+        Revocation::DropMaster => (DRM_IOCTL_DROP_MASTER, libc::EINVAL),
+        _ => return Ok(false),
+    };
+    match ioctl0(copy, request) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(nothing) => Ok(false),
+        Err(e) => Err(e),
     }
-    for (pid, fd) in holders(&pids()?, kind, libc::makedev(major, minor)) {
-        let Some(copy) = their_copy(pid, fd)? else {
-            continue;
-        };
-        match ioctl0(&copy, DRM_IOCTL_SET_MASTER) {
-            Ok(()) => return Ok(true),
-            // Another file is master: it stays so.
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
-            Err(_) => {}
-        }
+}
+
+/// Make the DRM file behind `copy` master again (the daemon's, as logind does when a session
+/// comes back); false while another file is master.
+pub fn restore_master(copy: &OwnedFd) -> io::Result<bool> {
+    match ioctl0(copy, DRM_IOCTL_SET_MASTER) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(false)
+}
+
+/// Is the DRM file behind `f` master? (AUTH_MAGIC is the master's only: with a magic of 0 it
+/// answers EINVAL to the master and EACCES to anyone else, and changes nothing.)
+pub fn is_master(f: &OwnedFd) -> bool {
+    let mut magic = 0u32;
+    // SAFETY: DRM_IOCTL_AUTH_MAGIC reads a struct drm_auth (one u32) we own.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), DRM_IOCTL_AUTH_MAGIC, &mut magic) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
 }
 
 fn hang_up(node: &Path) -> io::Result<()> {
@@ -253,23 +299,41 @@ pub fn holders(pids: &[i32], kind: char, rdev: libc::dev_t) -> Vec<(i32, i32)> {
     found
 }
 
-/// A copy of descriptor `fd` of process `pid`: the same open file, so what is done to it is
-/// done to every copy. `None`: the process exited or closed it meanwhile.
-fn their_copy(pid: i32, fd: i32) -> io::Result<Option<OwnedFd>> {
+/// A pidfd of process `pid`; `None` if it is gone.
+fn pidfd(pid: i32) -> io::Result<Option<OwnedFd>> {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
         return gone(io::Error::last_os_error());
     }
     // SAFETY: a descriptor pidfd_open just returned, owned from here on.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+/// A copy of descriptor `fd` of process `pid` (the same open file, so what is done to it is
+/// done to every copy), if it still is the device `rdev` of `kind` (the process may have
+/// closed it and opened something else there since it was seen). `None`: it is not, or the
+/// process exited or closed it meanwhile.
+fn their_copy(pid: i32, fd: i32, kind: char, rdev: libc::dev_t) -> io::Result<Option<OwnedFd>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some(pidfd) = pidfd(pid)? else {
+        return Ok(None);
+    };
     // SAFETY: pidfd_getfd takes a pidfd, the target's descriptor number and flags.
     let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if copy < 0 {
         return gone(io::Error::last_os_error());
     }
     // SAFETY: as above; the copy is closed when dropped.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(copy as i32) }))
+    let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
+    let m = std::fs::File::from(copy.try_clone()?).metadata()?;
+    let t = m.file_type();
+    let same = if kind == 'b' {
+        t.is_block_device()
+    } else {
+        t.is_char_device()
+    };
+    Ok((same && m.rdev() == rdev).then_some(copy))
 }
 
 /// An ioctl that takes no argument (EVIOCREVOKE's int is ignored; 0 is passed).

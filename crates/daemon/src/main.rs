@@ -55,21 +55,27 @@ fn group_id(g: &str) -> Result<u32, String> {
 /// the keeper's connection, a start's pipes and lock, channel ends in passing.
 const SPARE_FDS: u64 = 256;
 
-/// The descriptors a profile of `domains` needs: the soft limit raised as far as that (never
-/// lowered, never past the hard limit); one line if the hard limit is too low.
-fn enough_descriptors(domains: usize) -> Result<(), String> {
+/// The descriptors a profile of `domains` and `rules` channel rules needs (a port per domain,
+/// five per open channel, each allowed channel open at once at most): the soft limit raised
+/// as far as that (never lowered), the hard one too where the process may; one line if it
+/// cannot be had.
+fn enough_descriptors(domains: usize, rules: usize) -> Result<(), String> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let need = domains as u64 + SPARE_FDS;
+    let need = domains as u64 + 5 * rules as u64 + SPARE_FDS;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit: {e}"))?;
     if soft >= need {
         return Ok(());
     }
-    if hard < need {
-        return Err(format!(
-            "the profile's {domains} domains need about {need} descriptors; this process may open {hard} (ulimit -Hn)"
-        ));
+    if hard >= need {
+        return setrlimit(Resource::RLIMIT_NOFILE, need, hard)
+            .map_err(|e| format!("setrlimit: {e}"));
     }
-    setrlimit(Resource::RLIMIT_NOFILE, need, hard).map_err(|e| format!("setrlimit: {e}"))
+    // Raising the hard limit needs CAP_SYS_RESOURCE (and the kernel's fs.nr_open).
+    setrlimit(Resource::RLIMIT_NOFILE, need, need).map_err(|_| {
+        format!(
+            "the profile's {domains} domains and {rules} channel rules need about {need} descriptors; this process may open {hard} (ulimit -Hn)"
+        )
+    })
 }
 
 fn main() {
@@ -93,7 +99,10 @@ fn main() {
             ),
         }
         .map_err(|e| e.to_string())?;
-        enough_descriptors(profile.domains.len())?;
+        enough_descriptors(profile.domains.len(), profile.policy.len())?;
+        if profile.memory.is_some() && scheduler::sample::memory_pressure().is_none() {
+            eprintln!("cellvisord: [memory]: this host has no memory pressure figure (/proc/pressure/memory, PSI): the background is never capped");
+        }
         let group = a.group.as_deref().map(group_id).transpose()?;
         let agent = a.agent.clone().or_else(|| {
             let p = std::env::current_exe()

@@ -3,12 +3,13 @@
 //! is held against the profile's; at or over it, each background container domain is capped
 //! to its share of what it uses then (reclaim takes from it first), and below half of it the
 //! caps go. The domain that comes to the front loses its cap at once, the one that leaves it
-//! gets one while the device is short. What is capped is saved, so a restarted daemon gives
-//! the memory back as well. A microVM domain's memory is its guest's: not capped here.
+//! gets one while the device is short; a domain started while the device is short is capped
+//! at the next shrink. What is capped is saved, so a restarted daemon gives the memory back
+//! as well. A microVM domain's memory is its guest's: not capped here.
 
 use domain::{Backend, Role};
 
-use crate::platform::{ApiError, Platform};
+use crate::platform::Platform;
 
 impl<B: Backend> Platform<B> {
     /// Is domain `name` one whose memory the policy caps while it is in the background?
@@ -56,11 +57,18 @@ impl<B: Backend> Platform<B> {
         };
         let mut said = Vec::new();
         if shrink {
+            // Each domain asked on its own: one whose status cannot be read is left out.
             let up: Vec<String> = self
-                .running()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|n| self.cappable(n))
+                .profile
+                .domains
+                .iter()
+                .map(|d| d.name.clone())
+                .filter(|n| {
+                    self.cappable(n)
+                        && self
+                            .status(n)
+                            .is_ok_and(|s| s != domain::DomainStatus::Stopped)
+                })
                 .collect();
             for name in &up {
                 match self.cap(name) {
@@ -96,22 +104,30 @@ impl<B: Backend> Platform<B> {
         }
     }
 
-    /// Domain `name` was just placed in the front or the background: its cap as the state
-    /// says (none in the front; one in the background while the device is short).
-    pub(crate) fn memory_place(&mut self, name: &str) -> Result<(), ApiError> {
+    /// A switch from `old` to `new` happened: `new` loses its cap at once, and `old` gets
+    /// one while the device is short. Best effort: a cap that cannot be set is said, and the
+    /// switch stands. Saved when something changed.
+    pub(crate) fn memory_switched(&mut self, old: Option<&str>, new: &str) {
         if self.profile.memory.is_none() {
-            return Ok(());
+            return;
         }
-        let r = if self.cappable(name) {
-            if self.saved.memory_shrunk && !self.saved.memory_caps.contains_key(name) {
-                self.cap(name).map(|_| ())
-            } else {
-                Ok(())
+        let mut changed = false;
+        // Written whatever the state says: a cap a killed daemon set and never saved goes too.
+        match self.backend.set_memory_cap(new, None) {
+            Ok(()) => changed |= self.saved.memory_caps.remove(new).is_some(),
+            Err(e) => eprintln!("cellvisord: memory: {}", domain::chain(&e)),
+        }
+        if let Some(old) = old.filter(|o| self.saved.memory_shrunk && self.cappable(o)) {
+            match self.cap(old) {
+                Ok(_) => changed = true,
+                Err(e) => eprintln!("cellvisord: memory: domain {old} not capped: {e}"),
             }
-        } else {
-            self.uncap(name)
-        };
-        r.map_err(|e| ApiError::Internal(format!("domain {name}: its memory: {e}")))
+        }
+        if changed {
+            if let Err(e) = self.save() {
+                eprintln!("cellvisord: memory: saving the state: {e}");
+            }
+        }
     }
 
     /// Domain `name` went down: nothing of it to give back.

@@ -138,6 +138,25 @@ pub struct Platform<B: Backend> {
     /// Where the ends are kept beyond this daemon's life (the keeper), so that the next one
     /// can still hand them out.
     store: Option<Box<dyn EndStore>>,
+    /// A copy of every device descriptor handed out on a port, by domain: the same open file
+    /// as the domain's, so a switch revokes through it even a descriptor the domain has not
+    /// received yet, and gives a DRM card's master back only to a file that had it.
+    handed: BTreeMap<String, Vec<Handed>>,
+}
+
+/// Is `node` a DRM card's primary node (what has a master)?
+fn is_drm_card(node: &Path) -> bool {
+    container::backend::device_node(node).is_ok_and(|(k, major, minor, _)| {
+        container::revoke::revocation(k, major, minor) == container::revoke::Revocation::DropMaster
+    })
+}
+
+/// A device descriptor handed to a domain, as the daemon keeps it.
+struct Handed {
+    node: PathBuf,
+    copy: OwnedFd,
+    /// A DRM file that was master when handed out (the only kind given master back).
+    master: bool,
 }
 
 impl<B: Backend> Drop for Platform<B> {
@@ -185,6 +204,7 @@ impl<B: Backend> Platform<B> {
             sched,
             ends: BTreeMap::new(),
             store,
+            handed: BTreeMap::new(),
         };
         // A domain an earlier daemon was bringing up when it died is up, or not, first.
         for d in &p.profile.domains {
@@ -431,8 +451,8 @@ impl<B: Backend> Platform<B> {
             }
             for n in self.exclusive_nodes(&d) {
                 self.backend.set_device(name, &n, true).map_err(be)?;
+                self.handed_devices(name, &n, true)?;
             }
-            self.memory_place(name)?;
         } else {
             if frozen {
                 // Devices can only be taken from a thawed domain's view; a frozen one holds none.
@@ -440,8 +460,8 @@ impl<B: Backend> Platform<B> {
             }
             for n in self.exclusive_nodes(&d) {
                 self.backend.set_device(name, &n, false).map_err(be)?;
+                self.handed_devices(name, &n, false)?;
             }
-            self.memory_place(name)?;
             match self.profile.background {
                 BackgroundMode::Throttle => self
                     .backend
@@ -474,8 +494,9 @@ impl<B: Backend> Platform<B> {
             self.close_channel(id)?;
         }
         container::crash::point("down:channels");
-        // Its loads and its memory cap go with it.
+        // Its loads, its memory cap and the device descriptors it was handed go with it.
         self.memory_forget(name);
+        self.handed.remove(name);
         self.sched_forget(name)?;
         if self.foreground() == Some(name) {
             self.saved.foreground = None;
@@ -520,6 +541,14 @@ impl<B: Backend> Platform<B> {
             }
             container::crash::point("fg:old-placed");
             self.place(name)?;
+            self.memory_switched(previous.as_deref(), name);
+        } else {
+            // Asked again for the one in front: a switch that failed half-way (a device that
+            // could not be taken) is finished now; every domain is placed again, as after a
+            // restart (placing is idempotent).
+            for d in self.running()? {
+                self.place(&d)?;
+            }
         }
         Ok(Switch {
             previous,
@@ -618,7 +647,7 @@ impl<B: Backend> Platform<B> {
     /// front. Its node and the descriptor. The way a DRM card reaches a domain at all (it is
     /// never a node in its /dev); a switch takes it back as it takes back what the domain
     /// opened itself.
-    pub fn take_device(&self, who: &str, class: &str) -> Result<(PathBuf, OwnedFd)> {
+    pub fn take_device(&mut self, who: &str, class: &str) -> Result<(PathBuf, OwnedFd)> {
         let d = self.domain(who)?;
         let exclusive = d.exclusive_devices.iter().any(|c| c == class);
         if !exclusive && !d.shared_devices.iter().any(|c| c == class) {
@@ -639,7 +668,60 @@ impl<B: Backend> Platform<B> {
             .ok_or_else(|| ApiError::NotFound(format!("no {class} device on this host")))?
             .clone();
         let fd = self.backend.open_device(who, &node).map_err(backend_err)?;
+        let copy = fd
+            .try_clone()
+            .map_err(|e| ApiError::Internal(format!("{}: a copy: {e}", node.display())))?;
+        let master = is_drm_card(&node) && container::revoke::is_master(&copy);
+        self.handed
+            .entry(who.to_string())
+            .or_default()
+            .push(Handed {
+                node: node.clone(),
+                copy,
+                master,
+            });
         Ok((node, fd))
+    }
+
+    /// What a switch does to the descriptors handed to `name` for `node`: taken back
+    /// (`present == false`: revoked, a DRM file's master dropped) or given back (a DRM file
+    /// that was master is master again). One line of log per change.
+    fn handed_devices(&mut self, name: &str, node: &Path, present: bool) -> Result<()> {
+        let Some(kept) = self.handed.get_mut(name) else {
+            return Ok(());
+        };
+        let how = match container::backend::device_node(node) {
+            Ok((kind, major, minor, _)) => container::revoke::revocation(kind, major, minor),
+            Err(_) => return Ok(()),
+        };
+        let fail = |e: std::io::Error| {
+            ApiError::Internal(format!("domain {name}: {}: {e}", node.display()))
+        };
+        let mut changed = 0;
+        for h in kept.iter().filter(|h| h.node == node) {
+            let done = if present {
+                h.master && container::revoke::restore_master(&h.copy).map_err(fail)?
+            } else {
+                container::revoke::revoke_copy(&h.copy, how).map_err(fail)?
+            };
+            changed += usize::from(done);
+        }
+        if !present && how == container::revoke::Revocation::Revoke {
+            // Revoked for good: nothing more to do with them.
+            kept.retain(|h| h.node != node);
+        }
+        if changed > 0 {
+            let what = if present {
+                "given back to"
+            } else {
+                "taken from"
+            };
+            eprintln!(
+                "cellvisord: {} {what} {name}: {changed} descriptor(s) handed out on its port",
+                node.display()
+            );
+        }
+        Ok(())
     }
 
     /// Hand domain `who` its side of channel `name` (with `peer`, if it has several of that
@@ -799,6 +881,7 @@ mod tests {
             sched: crate::scheduler::Sched::new(Default::default(), vec![0, 1]),
             ends: BTreeMap::new(),
             store: None,
+            handed: BTreeMap::new(),
         }
     }
 

@@ -424,9 +424,10 @@ async fn port_session(s: Shared, who: String, stream: UnixStream, framed: bool) 
             reply(json!({"domain": who, "channels": mine}), &[]);
         }
         PortOp::Device { class } => {
-            let taken = lock(&s).take_device(&who, &class);
-            match taken {
-                // The descriptor is sent, then closed here: the domain holds the only copy.
+            // Sent under the platform's lock: no switch comes between the open and the
+            // send (the daemon keeps a copy to revoke it through, even unreceived).
+            let mut p = lock(&s);
+            match p.take_device(&who, &class) {
                 Ok((node, fd)) => reply(json!({"device": class, "node": node}), &[fd.as_raw_fd()]),
                 Err(e) => reply(json!({"error": e.to_string()}), &[]),
             }

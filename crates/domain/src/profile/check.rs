@@ -475,6 +475,31 @@ pub(super) fn replicas(
             out.push(d);
             continue;
         }
+        // Alike domains may share nothing writable: each gets its own private layer on the
+        // shared base, a copy-on-write layer over a shared disk, never one root or disk.
+        if let Some(root) = &rd.rootfs {
+            r.at(
+                root.span(),
+                format!("domain {name:?}: replicas run on the shared base (each with a private layer), not on one rootfs"),
+            );
+            out.push(d);
+            continue;
+        }
+        if let Some(disk) = d
+            .vm()
+            .and_then(|vm| vm.disks.iter().find(|(_, m)| *m == DiskMode::ReadWrite))
+        {
+            let sp = rd.disks.as_ref().map_or(n.span(), |v| v.span());
+            r.at(
+                sp,
+                format!(
+                    "domain {name:?}: replicas cannot share the writable disk {} (give it as PATH,ro or PATH,cow)",
+                    disk.0.display()
+                ),
+            );
+            out.push(d);
+            continue;
+        }
         let longest = name.len() + 1 + count.to_string().len();
         if longest > MAX_NAME {
             r.at(
@@ -900,6 +925,7 @@ pub(super) fn policy(
 ) -> Policy {
     let mut rules = Vec::new();
     let mut seen = HashSet::new();
+    let mut expanded = HashSet::new();
     for a in allow {
         for end in [&a.from, &a.to] {
             if !names.contains(end.get_ref()) && !replicas.contains_key(end.get_ref()) {
@@ -946,7 +972,8 @@ pub(super) fn policy(
                 0
             }
         };
-        if !seen.insert((a.from.get_ref(), a.to.get_ref(), ch)) {
+        let twice = !seen.insert((a.from.get_ref(), a.to.get_ref(), ch));
+        if twice {
             r.at(
                 a.channel.span(),
                 format!(
@@ -964,6 +991,16 @@ pub(super) fn policy(
         };
         for from in each(a.from.get_ref()) {
             for to in each(a.to.get_ref()) {
+                // "app" to "app-2" holds for every replica but app-2 itself.
+                if from == to {
+                    continue;
+                }
+                if !expanded.insert((from.clone(), to.clone(), ch.clone())) && !twice {
+                    r.at(
+                        a.channel.span(),
+                        format!("allow: channel {ch:?} from {from:?} to {to:?} is allowed twice (once through a replicated entry)"),
+                    );
+                }
                 rules.push(Rule {
                     from: from.clone(),
                     to,

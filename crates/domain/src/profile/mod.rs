@@ -745,6 +745,37 @@ buffer = "64K"
             format!("{}[[domain]]\nname = \"web\"\nrole = \"common\"\ncommand = [\"x\"]\nreplicas = 2\n[[allow]]\nfrom = \"app\"\nto = \"web\"\nchannel = \"c\"\nbuffer = \"4K\"\n", app("replicas = 3")),
             "allow: \"app\" and \"web\" both stand for replicas: name one replica on one side",
         );
+        one(
+            app("replicas = 3\nrootfs = \"r\""),
+            "replicas run on the shared base (each with a private layer), not on one rootfs",
+        );
+        one(
+            format!("{OK}[[domain]]\nname = \"vm\"\nrole = \"common\"\nbackend = \"microvm\"\nkernel = \"k\"\ndisks = [\"d.img\"]\nreplicas = 2\n"),
+            "replicas cannot share the writable disk /x/d.img (give it as PATH,ro or PATH,cow)",
+        );
+        // A rule naming the entry and one naming a replica: the same channel twice.
+        let rule = |from: &str| {
+            format!("[[allow]]\nfrom = \"{from}\"\nto = \"a\"\nchannel = \"c\"\nbuffer = \"4K\"\n")
+        };
+        one(
+            format!("{}{}{}", app("replicas = 3"), rule("app"), rule("app-2")),
+            "allow: channel \"c\" from \"app-2\" to \"a\" is allowed twice (once through a replicated entry)",
+        );
+        // A rule from the entry to one of its replicas holds for the others.
+        let p = parse(
+            &format!(
+                "{}[[allow]]\nfrom = \"app\"\nto = \"app-2\"\nchannel = \"c\"\nbuffer = \"4K\"\n",
+                app("replicas = 3")
+            ),
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(p.policy.len(), 3);
+        assert!(matches!(
+            p.policy.check("app-2", "app-2", "c", None),
+            crate::Decision::Deny(_)
+        ));
     }
 
     #[test]
