@@ -29,6 +29,9 @@ pub struct Plan {
     pub backends: Vec<Backend>,
     /// The same n through cellvisord, from a replicated profile entry.
     pub daemon: bool,
+    /// Rounds of the runtimes, each round in the other order (the first runtime of a run
+    /// warms the kernel's caches for the next); figures are medians over the rounds.
+    pub rounds: usize,
 }
 
 /// One tenth of the starts.
@@ -47,6 +50,7 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeRun {
     pub backend: String,
+    pub round: usize,
     pub version: String,
     pub n: usize,
     /// From the first start to the last one's return.
@@ -101,19 +105,45 @@ impl Report {
     }
 
     /// (runtime, figure) pairs of each runtime against the first (cellvisor): ours / peer's.
-    pub fn ratios(&self) -> Vec<(String, f64, f64)> {
-        let Some(ours) = self.runtimes.first() else {
-            return Vec::new();
-        };
-        self.runtimes[1..]
-            .iter()
-            .map(|p| {
+    /// Each runtime's (creation rate, memory per domain): medians over its rounds, in the
+    /// order the runtimes were asked for.
+    pub fn medians(&self) -> Vec<(String, f64, f64)> {
+        let mut names: Vec<&str> = Vec::new();
+        for r in &self.runtimes {
+            if !names.contains(&r.backend.as_str()) {
+                names.push(&r.backend);
+            }
+        }
+        names
+            .into_iter()
+            .map(|n| {
+                let of = |f: &dyn Fn(&RuntimeRun) -> f64| {
+                    let v: Vec<f64> = self
+                        .runtimes
+                        .iter()
+                        .filter(|r| r.backend == n)
+                        .map(f)
+                        .collect();
+                    median(&v).unwrap_or(f64::NAN)
+                };
                 (
-                    p.backend.clone(),
-                    ours.starts_per_s / p.starts_per_s,
-                    ours.kib_per_domain / p.kib_per_domain,
+                    n.to_string(),
+                    of(&|r| r.starts_per_s),
+                    of(&|r| r.kib_per_domain),
                 )
             })
+            .collect()
+    }
+
+    /// Each peer against the first (cellvisor): ours / peer's, of the medians.
+    pub fn ratios(&self) -> Vec<(String, f64, f64)> {
+        let m = self.medians();
+        let Some(ours) = m.first().cloned() else {
+            return Vec::new();
+        };
+        m[1..]
+            .iter()
+            .map(|(name, rate, kib)| (name.clone(), ours.1 / rate, ours.2 / kib))
             .collect()
     }
 }
@@ -141,7 +171,15 @@ fn list_ms(b: &Backend, work: &Path) -> Result<f64> {
 }
 
 /// n domains of one runtime: started, measured by tenths, torn down, checked.
-fn runtime(b: &Backend, work: &Path, n: usize, tick: &mut dyn FnMut(&str)) -> Result<RuntimeRun> {
+fn runtime(
+    b: &Backend,
+    work: &Path,
+    n: usize,
+    round: usize,
+    tick: &mut dyn FnMut(&str),
+) -> Result<RuntimeRun> {
+    // Page cache and reclaimable slab out of the way, so the used memory is the domains'.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
     let prefix = format!("cvscale-{}", std::process::id());
     let states = [work.join(format!("state-{}", b.name()))];
     let before = snapshot(work, &prefix, &states);
@@ -182,6 +220,7 @@ fn runtime(b: &Backend, work: &Path, n: usize, tick: &mut dyn FnMut(&str)) -> Re
     let xy: Vec<(f64, f64)> = steps.iter().map(|s| (s.n as f64, s.used_kib)).collect();
     Ok(RuntimeRun {
         backend: b.name().to_string(),
+        round,
         version: b.version.clone(),
         n,
         start_all_s,
@@ -278,15 +317,24 @@ pub fn run(plan: &Plan, agent: &Path, work: &Path, tick: &mut dyn FnMut(&str)) -
         prepare(work, agent, None)?;
         let mut runtimes = Vec::new();
         let mut failed = Vec::new();
-        for b in &plan.backends {
-            match runtime(b, work, plan.n, tick) {
-                Ok(r) => runtimes.push(r),
-                // Ours must run; a peer that cannot is said and left out.
-                Err(e) if b.kind != crate::backend::Kind::Container => failed.push(Failed {
-                    backend: b.name().to_string(),
-                    error: e.to_string(),
-                }),
-                Err(e) => return Err(e),
+        for round in 0..plan.rounds.max(1) {
+            let mut order: Vec<&Backend> = plan.backends.iter().collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for b in order {
+                if failed.iter().any(|f: &Failed| f.backend == b.name()) {
+                    continue;
+                }
+                match runtime(b, work, plan.n, round, tick) {
+                    Ok(r) => runtimes.push(r),
+                    // Ours must run; a peer that cannot is said and left out.
+                    Err(e) if b.kind != crate::backend::Kind::Container => failed.push(Failed {
+                        backend: b.name().to_string(),
+                        error: e.to_string(),
+                    }),
+                    Err(e) => return Err(e),
+                }
             }
         }
         let daemon = if plan.daemon {
@@ -329,8 +377,9 @@ pub fn table(r: &Report) -> String {
             );
         }
         s += &format!(
-            "{:<10} all {} in {:.1} s: {:.1} starts/s, {:.0} KiB per domain, teardown {:.1} s, left {}\n",
+            "{:<10} round {}: all {} in {:.1} s: {:.1} starts/s, {:.0} KiB per domain, teardown {:.1} s, left {}\n",
             rt.backend,
+            rt.round + 1,
             rt.n,
             rt.start_all_s,
             rt.starts_per_s,
@@ -341,6 +390,11 @@ pub fn table(r: &Report) -> String {
     }
     for f in &r.failed {
         s += &format!("{}: could not run here: {}\n", f.backend, f.error);
+    }
+    for (name, rate, kib) in r.medians() {
+        s += &format!(
+            "{name:<10} medians over the rounds: {rate:.1} starts/s, {kib:.0} KiB per domain\n"
+        );
     }
     for (peer, rate, mem) in r.ratios() {
         s += &format!(
@@ -375,7 +429,7 @@ pub fn plots(r: &Report, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
             .iter()
             .map(|rt| {
                 (
-                    rt.backend.clone(),
+                    format!("{} (round {})", rt.backend, rt.round + 1),
                     rt.steps.iter().map(|s| (s.n as f64, f(s))).collect(),
                 )
             })

@@ -234,6 +234,9 @@ pub enum BenchCmd {
         /// Also through cellvisord (a profile entry with replicas = n)
         #[arg(long)]
         daemon: bool,
+        /// Rounds of the runtimes, each in the other order; medians over them
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
         /// The static in-domain agent (default: cellvisor-agent beside this binary)
         #[arg(long)]
         agent: Option<PathBuf>,
@@ -457,6 +460,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             domains,
             backends,
             daemon,
+            rounds,
             agent,
             out,
         } => {
@@ -470,6 +474,7 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
                 n: *domains,
                 backends,
                 daemon: *daemon,
+                rounds: *rounds,
             };
             let agent = agent_path(agent)?;
             let work = tempdir()?;

@@ -209,6 +209,8 @@ fn bench_density_a_hundred() {
         "-n",
         "100",
         "--daemon",
+        "--rounds",
+        "1",
         "--backends",
         backends,
     ]);
