@@ -43,38 +43,9 @@ pub fn run(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<Report> {
     let mut children: Vec<Child> = Vec::new();
     let r = (|| -> Result<Report> {
         for i in 0..n {
-            let c = io(
-                Command::new(vmm)
-                    .args([
-                        "vm",
-                        "run",
-                        "--mem",
-                        &format!("{}M", mem >> 20),
-                        "--console",
-                    ])
-                    .arg(work.join(format!("vm{i}.log")))
-                    .arg("--kernel")
-                    .arg(kernel)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn(),
-                || "starting a VMM".into(),
-            )?;
-            children.push(c);
+            children.push(start_vm(vmm, kernel, &work, i, mem, false)?);
         }
-        let end = Instant::now() + Duration::from_secs(30);
-        for i in 0..n {
-            while !std::fs::read_to_string(work.join(format!("vm{i}.log")))
-                .unwrap_or_default()
-                .contains(" up")
-            {
-                if Instant::now() > end {
-                    return Err(Error::Msg(format!("VM {i} did not come up")));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        wait_up(&work, 0..n)?;
         std::thread::sleep(Duration::from_millis(200));
         let during = mem_available_kib();
         let mut samples = Vec::new();
