@@ -597,6 +597,11 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
 /// Open the platform, bind the sockets (recorded in `made`, for removal), and answer
 /// requests until SIGTERM or SIGINT.
 async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> {
+    // Taken before the socket exists: a SIGTERM as soon as a client can connect still stops
+    // the daemon cleanly (its state and socket removed), not by the signal's default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
     // microvm domains run `cellvisor vm run`, the binary installed beside this one.
     let vmm = std::env::current_exe()
         .ok()
@@ -662,12 +667,10 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
         .map_err(|e| format!("{}: {e}", cfg.socket.display()))?;
     eprintln!("cellvisord: listening on {}", cfg.socket.display());
     let app = router(shared.clone(), cfg.group);
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
         }
     };
     let r = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
