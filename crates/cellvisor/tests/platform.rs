@@ -111,20 +111,38 @@ impl Daemon {
         c
     }
 
+    /// Start the daemon and wait until it listens on a socket of its own (its log says so):
+    /// after a SIGKILL, the starting process of a domain the killed daemon was bringing up
+    /// may still hold the old listener for a moment, which accepts connections that nobody
+    /// answers (they are reset when it goes), and the new daemon refuses to start while the
+    /// socket answers ("in use by another server"): it is started again once that is over.
     fn start(&mut self) {
-        let _ = std::fs::remove_file(self.dir.path().join("daemon.log"));
-        let mut c = self.command();
-        if let Some(point) = self.crash_at.take() {
-            c.env("CELLVISOR_CRASH_AT", point);
-        }
-        self.child = Some(c.spawn().unwrap());
-        let end = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(self.sock()).is_err() {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("cellvisord exited ({st}): {}", self.log());
+        let point = self.crash_at.take();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let _ = std::fs::remove_file(self.dir.path().join("daemon.log"));
+            let mut c = self.command();
+            if let Some(point) = point {
+                c.env("CELLVISOR_CRASH_AT", point);
             }
-            assert!(Instant::now() < end, "cellvisord did not listen");
-            std::thread::sleep(Duration::from_millis(10));
+            let mut child = c.spawn().unwrap();
+            loop {
+                if self.log().contains("cellvisord: listening on") {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Some(st) = child.try_wait().unwrap() {
+                    let log = self.log();
+                    assert!(
+                        log.contains("in use by another server") && Instant::now() < end,
+                        "cellvisord exited ({st}): {log}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+                assert!(Instant::now() < end, "cellvisord did not listen");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
