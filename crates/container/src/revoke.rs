@@ -271,7 +271,7 @@ fn hang_up(node: &Path) -> io::Result<()> {
 /// The descriptors (pid, fd) that the processes `pids` hold open on the device `rdev` of
 /// `kind`; a process or descriptor gone meanwhile is skipped.
 pub fn holders(pids: &[i32], kind: char, rdev: libc::dev_t) -> Vec<(i32, i32)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::MetadataExt;
     let mut found = Vec::new();
     for &pid in pids {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -285,13 +285,7 @@ pub fn holders(pids: &[i32], kind: char, rdev: libc::dev_t) -> Vec<(i32, i32)> {
             let Ok(m) = std::fs::metadata(e.path()) else {
                 continue;
             };
-            let t = m.file_type();
-            let same_kind = if kind == 'b' {
-                t.is_block_device()
-            } else {
-                t.is_char_device()
-            };
-            if same_kind && m.rdev() == rdev {
+            if is_the_device(m.mode(), m.rdev(), kind, rdev) {
                 found.push((pid, fd));
             }
         }
@@ -315,7 +309,6 @@ fn pidfd(pid: i32) -> io::Result<Option<OwnedFd>> {
 /// closed it and opened something else there since it was seen). `None`: it is not, or the
 /// process exited or closed it meanwhile.
 fn their_copy(pid: i32, fd: i32, kind: char, rdev: libc::dev_t) -> io::Result<Option<OwnedFd>> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Some(pidfd) = pidfd(pid)? else {
         return Ok(None);
     };
@@ -326,14 +319,19 @@ fn their_copy(pid: i32, fd: i32, kind: char, rdev: libc::dev_t) -> io::Result<Op
     }
     // SAFETY: as above; the copy is closed when dropped.
     let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
-    let m = std::fs::File::from(copy.try_clone()?).metadata()?;
-    let t = m.file_type();
-    let same = if kind == 'b' {
-        t.is_block_device()
+    let st = nix::sys::stat::fstat(copy.as_raw_fd())?;
+    Ok(is_the_device(st.st_mode, st.st_rdev, kind, rdev).then_some(copy))
+}
+
+/// Is a file of mode `mode` (type bits included) and device number `dev` the device `rdev`
+/// of `kind` (`c` or `b`)?
+fn is_the_device(mode: u32, dev: u64, kind: char, rdev: libc::dev_t) -> bool {
+    let want = if kind == 'b' {
+        libc::S_IFBLK
     } else {
-        t.is_char_device()
+        libc::S_IFCHR
     };
-    Ok((same && m.rdev() == rdev).then_some(copy))
+    mode & libc::S_IFMT == want && dev == rdev
 }
 
 /// An ioctl that takes no argument (EVIOCREVOKE's int is ignored; 0 is passed).

@@ -16,8 +16,12 @@ impl<B: Backend> Platform<B> {
     fn cappable(&self, name: &str) -> bool {
         self.profile
             .domain(name)
-            .is_some_and(|d| d.role != Role::Realtime && d.vm().is_none())
-            && self.foreground() != Some(name)
+            .is_some_and(|d| self.cappable_domain(d))
+    }
+
+    /// [`Self::cappable`] for a domain at hand (no lookup by name).
+    fn cappable_domain(&self, d: &domain::Domain) -> bool {
+        d.role != Role::Realtime && d.vm().is_none() && self.foreground() != Some(d.name.as_str())
     }
 
     /// Cap `name` to its share of what it uses now; its cap, or why not.
@@ -62,13 +66,13 @@ impl<B: Backend> Platform<B> {
                 .profile
                 .domains
                 .iter()
-                .map(|d| d.name.clone())
-                .filter(|n| {
-                    self.cappable(n)
+                .filter(|d| {
+                    self.cappable_domain(d)
                         && self
-                            .status(n)
+                            .status(&d.name)
                             .is_ok_and(|s| s != domain::DomainStatus::Stopped)
                 })
+                .map(|d| d.name.clone())
                 .collect();
             for name in &up {
                 match self.cap(name) {

@@ -146,9 +146,8 @@ pub struct Platform<B: Backend> {
 
 /// Is `node` a DRM card's primary node (what has a master)?
 fn is_drm_card(node: &Path) -> bool {
-    container::backend::device_node(node).is_ok_and(|(k, major, minor, _)| {
-        container::revoke::revocation(k, major, minor) == container::revoke::Revocation::DropMaster
-    })
+    container::backend::device_node(node)
+        .is_ok_and(|(k, major, minor, _)| container::revoke::port_only(k, major, minor))
 }
 
 /// A device descriptor handed to a domain, as the daemon keeps it.
@@ -687,7 +686,12 @@ impl<B: Backend> Platform<B> {
     /// (`present == false`: revoked, a DRM file's master dropped) or given back (a DRM file
     /// that was master is master again). One line of log per change.
     fn handed_devices(&mut self, name: &str, node: &Path, present: bool) -> Result<()> {
-        let Some(kept) = self.handed.get_mut(name) else {
+        // Most switches hand nothing back and forth: no stat of the node for them.
+        let Some(kept) = self
+            .handed
+            .get_mut(name)
+            .filter(|k| k.iter().any(|h| h.node == node))
+        else {
             return Ok(());
         };
         let how = match container::backend::device_node(node) {

@@ -344,12 +344,12 @@ impl<B: Backend> Platform<B> {
     /// counters now.
     pub fn tick(&mut self, t_ms: u64, cpus: BTreeMap<u32, CpuTimes>) {
         self.sched.sampler.cpus(t_ms, cpus);
-        let domains: Vec<domain::Domain> = self
+        // Borrowed, not copied: a period may go over a thousand domains.
+        let domains: Vec<&domain::Domain> = self
             .profile
             .domains
             .iter()
             .filter(|d| d.role != Role::Realtime)
-            .cloned()
             .collect();
         let (turn, next, wrapped) = sample_turn(domains.len(), self.sched.cursor);
         self.sched.cursor = next;

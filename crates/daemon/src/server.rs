@@ -640,11 +640,25 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
     }
     if std::fs::symlink_metadata(&cfg.socket).is_ok() {
         // We hold the state lock; a socket left here by a killed daemon of ours is stale.
-        if UnixStream::connect(&cfg.socket).await.is_ok() {
-            return Err(format!(
-                "{} is in use by another server",
-                cfg.socket.display()
-            ));
+        // So is one that still answers when the server that listened on it is dead: a
+        // domain's starting process forked by that daemon may hold its listener a moment
+        // (the kernel names the listener's maker as the peer of a connection to it).
+        if let Ok(c) = UnixStream::connect(&cfg.socket).await {
+            let maker_alive = c
+                .peer_cred()
+                .ok()
+                .and_then(|cred| cred.pid())
+                .is_none_or(|pid| {
+                    // SAFETY: kill with signal 0 only asks whether the process exists.
+                    let r = unsafe { libc::kill(pid, 0) };
+                    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+                });
+            if maker_alive {
+                return Err(format!(
+                    "{} is in use by another server",
+                    cfg.socket.display()
+                ));
+            }
         }
         let _ = std::fs::remove_file(&cfg.socket);
     }

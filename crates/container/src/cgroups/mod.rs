@@ -555,21 +555,19 @@ impl Cgroup {
             .into_iter()
             .next()
             .ok_or_else(|| Error::Msg("no cgroup hierarchy".into()))?;
-        let text = fs::read_to_string(top.join("cgroup.procs"))
+        // Its own group must be there; one below it removed meanwhile holds nobody.
+        fs::metadata(top.join("cgroup.procs"))
             .ctx(|| format!("reading {}/cgroup.procs", top.display()))?;
-        let mut pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        let mut dirs = vec![top];
-        while let Some(d) = dirs.pop() {
-            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let procs =
-                        fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
-                    pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-                    dirs.push(e.path());
-                }
-            }
-        }
-        Ok(pids)
+        Ok(tree_bottom_up(&top)
+            .iter()
+            .flat_map(|d| {
+                let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect())
     }
 
     /// Freeze (`true`) or thaw every process of the container, and wait until it is done.
