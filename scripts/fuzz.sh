@@ -13,7 +13,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(oci_config profile port_request channel_peer stream_frames virtio_queues)
+    targets=(oci_config profile port_request channel_peer stream_frames virtio_queues virtio_balloon)
 fi
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     echo "fuzz: skipped, no nightly toolchain (rustup toolchain list)"

@@ -4,7 +4,7 @@
 # the command given on the kernel command line as cellvisor.run="..." if any, and reboots
 # (which ends a microVM booted with reboot=k). With a kernel's modules at hand (KVER, default:
 # the newest /lib/modules/*-cloud-amd64), it also carries the virtio drivers the Debian kernel
-# builds as modules (mmio, block, net, vsock) and /init loads them, giving virtio_mmio the
+# builds as modules (mmio, block, net, vsock, balloon) and /init loads them, giving virtio_mmio the
 # devices the VMM put on the command line (virtio_mmio.device=...). With cellvisor.root=DEV
 # the command runs chrooted into the ext4 file system on DEV (proc, sys, dev, tmp mounted there).
 # usage: mkinitramfs.sh [-a FILE]... OUT.cpio.gz [KVER]   (-a: a static program put in /bin)
@@ -27,7 +27,7 @@ if [ -n "$kver" ] && [ -d "/lib/modules/$kver/kernel" ]; then
              drivers/block/virtio_blk net/core/failover drivers/net/net_failover \
              drivers/net/virtio_net net/vmw_vsock/vsock \
              net/vmw_vsock/vmw_vsock_virtio_transport_common \
-             net/vmw_vsock/vmw_vsock_virtio_transport; do
+             net/vmw_vsock/vmw_vsock_virtio_transport drivers/virtio/virtio_balloon; do
         f=/lib/modules/$kver/kernel/$m.ko
         [ -f "$f" ] || continue  # built in, or not in this kernel
         cp "$f" "$dir/lib/modules/$n-$(basename "$f")"

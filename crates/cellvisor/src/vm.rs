@@ -10,6 +10,19 @@ use clap::{Args, Subcommand};
 pub enum VmCmd {
     /// Boot a kernel in a microVM and run it until the guest resets or powers off
     Run(RunArgs),
+    /// A running VM's balloon (through its --control socket): set its target with --size,
+    /// or print its figures and the guest's memory statistics (JSON)
+    Balloon(BalloonArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BalloonArgs {
+    /// The VM's control socket (`vm run --control PATH`)
+    #[arg(long)]
+    control: PathBuf,
+    /// The balloon's new size: memory the guest is asked to give back (e.g. 64M)
+    #[arg(long)]
+    size: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +76,15 @@ pub struct RunArgs {
     /// of such VMs are kept once. A merged page is a side channel between the VMs sharing it
     #[arg(long)]
     mergeable: bool,
+    /// A virtio balloon: size=MIB asks the guest to give that much back at start (0 by
+    /// default; `vm balloon` changes it later), reporting has the guest hand back the memory it
+    /// frees (free page reporting), deflate-on-oom lets it take the balloon back before it
+    /// runs out, stats=SECS refreshes its memory statistics that often; `on` for none
+    #[arg(long, value_name = "[size=MIB][,reporting][,deflate-on-oom][,stats=SECS]")]
+    balloon: Option<vmm::virtio::balloon::BalloonSpec>,
+    /// A control socket for the running VM (`cellvisor vm balloon --control PATH`)
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -87,6 +109,8 @@ impl RunArgs {
             vmm_cpus: self.vmm_cpus.clone().map(|c| c.0).unwrap_or_default(),
             vcpu_sched: self.vcpu_sched,
             mergeable: self.mergeable,
+            balloon: self.balloon.clone(),
+            control: self.control.clone(),
         })
     }
 }
@@ -99,6 +123,19 @@ pub fn run(cmd: &VmCmd) -> Result<i32> {
             vmm::Exit::Shutdown(why) => Err(anyhow!("the guest stopped: {why}")),
             vmm::Exit::Error(why) => Err(anyhow!("the VM failed: {why}")),
         },
+        VmCmd::Balloon(a) => {
+            let req = match &a.size {
+                Some(s) => {
+                    let bytes = domain::profile::parse_size(s)
+                        .ok_or_else(|| anyhow!("--size: {s:?} is not a size like 64M"))?;
+                    serde_json::json!({"op": "balloon", "size_mib": bytes >> 20})
+                }
+                None => serde_json::json!({"op": "balloon-stats"}),
+            };
+            let v = vmm::control::request(&a.control, &req).map_err(|e| anyhow!(e))?;
+            println!("{v}");
+            Ok(0)
+        }
     }
 }
 
@@ -121,7 +158,9 @@ mod tests {
                 .chain(args.iter().cloned()),
         )
         .unwrap();
-        let VmCmd::Run(a) = cli.vm;
+        let VmCmd::Run(a) = cli.vm else {
+            panic!("not vm run")
+        };
         a.config().unwrap()
     }
 
@@ -147,6 +186,8 @@ mod tests {
         c.vcpu_cpus = vec![3, 1];
         c.vmm_cpus = vec![0];
         c.vcpu_sched = Some(vmm::VcpuSched::Rr(7));
+        c.balloon = Some("size=16,deflate-on-oom,reporting,stats=1".parse().unwrap());
+        c.control = Some("/run/c.sock".into());
         assert_eq!(parsed(&c.args()), c);
     }
 }

@@ -48,6 +48,10 @@ pub struct Config {
     /// marked so are kept once. Off by default: a merged page is a side channel between the
     /// VMs that share it (docs/microvm.md).
     pub mergeable: bool,
+    /// A virtio balloon: memory the guest gives back (a target, free page reporting).
+    pub balloon: Option<virtio::balloon::BalloonSpec>,
+    /// The control socket (control.rs): a running VM's balloon target and figures.
+    pub control: Option<PathBuf>,
 }
 
 impl Config {
@@ -69,6 +73,8 @@ impl Config {
             vmm_cpus: Vec::new(),
             vcpu_sched: None,
             mergeable: false,
+            balloon: None,
+            control: None,
         }
     }
 
@@ -119,7 +125,27 @@ impl Config {
                 )));
             }
         }
-        let devices = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
+        if let Some(b) = &self.balloon {
+            if b.size_mib.saturating_mul(1 << 20) > self.mem_bytes {
+                return Err(Error::Config(format!(
+                    "balloon: size={} MiB is more than the guest's {} MiB",
+                    b.size_mib,
+                    self.mem_bytes >> 20
+                )));
+            }
+        }
+        if let (Some(c), Some(v)) = (&self.control, &self.vsock) {
+            if *c == v.uds {
+                return Err(Error::Config(format!(
+                    "control: {} is the vsock socket too",
+                    c.display()
+                )));
+            }
+        }
+        let devices = self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.balloon.is_some());
         if devices > arch::MAX_DEVICES {
             return Err(Error::Config(format!(
                 "{devices} virtio devices: at most {}",
@@ -176,6 +202,12 @@ impl Config {
         if self.mergeable {
             a.push("--mergeable".into());
         }
+        if let Some(b) = &self.balloon {
+            a.extend(["--balloon".into(), b.to_string()]);
+        }
+        if let Some(c) = &self.control {
+            a.extend(["--control".into(), path(c)]);
+        }
         a
     }
 }
@@ -211,6 +243,17 @@ mod tests {
             "virtio devices: at most",
         );
         bad(&|c| c.vcpu_cpus = vec![1, 2], "2 CPUs for 1 vCPUs");
+        bad(
+            &|c| c.balloon = Some("size=129".parse().unwrap()),
+            "size=129 MiB is more than the guest's 128 MiB",
+        );
+        bad(
+            &|c| {
+                c.vsock = Some("3,uds=/v".parse().unwrap());
+                c.control = Some("/v".into())
+            },
+            "is the vsock socket too",
+        );
         bad(
             &|c| {
                 c.vcpus = 2;
@@ -254,10 +297,12 @@ mod tests {
         c.vmm_cpus = vec![0, 2];
         c.vcpu_sched = Some(VcpuSched::Fifo(50));
         c.mergeable = true;
+        c.balloon = Some("size=8,reporting".parse().unwrap());
+        c.control = Some("/s".into());
         let a = c.args().join(" ");
         assert_eq!(
             a,
-            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v --vcpu-cpus 1 --vmm-cpus 0,2 --vcpu-sched fifo:50 --mergeable")
+            format!("--kernel /k --keep-bzimage --initrd /i --cmdline {DEFAULT_CMDLINE} --mem 67112960 --vcpus 1 --console /c --disk /a,ro --disk /b,cow=/l --net tap0,mac=02:00:00:00:00:01,ip=10.0.0.1/24 --vsock 3,uds=/v --vcpu-cpus 1 --vmm-cpus 0,2 --vcpu-sched fifo:50 --mergeable --balloon size=8,reporting --control /s")
         );
     }
 }

@@ -10,10 +10,12 @@
 pub mod arch;
 mod boot;
 mod config;
+pub mod control;
 pub mod devices;
 mod event_loop;
 mod memory;
 pub mod pin;
+mod reaper;
 pub mod seccomp;
 pub mod unpack;
 mod vcpu;
@@ -184,14 +186,31 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
     arch::setup_vm(&kvm, &vm)?;
     let mem = memory::guest_memory(&vm, cfg.mem_bytes, cfg.mergeable)?;
     let (kernel, entry) = boot::load_kernel(&mem, cfg)?;
+    let control = cfg
+        .control
+        .as_deref()
+        .map(control::Control::bind)
+        .transpose()?;
     let devices = virtio::attach(&vm, cfg)?;
+    // The VM's sockets are removed by a reaper process if the VMM dies without doing so.
+    let sockets: Vec<PathBuf> = cfg
+        .vsock
+        .iter()
+        .map(|v| v.uds.clone())
+        .chain(control.as_ref().map(|c| c.path().to_path_buf()))
+        .collect();
+    let _reaper = if sockets.is_empty() {
+        None
+    } else {
+        Some(reaper::spawn_reaper(&sockets).map_err(io("the sockets' reaper"))?)
+    };
     boot::write_boot_data(&mem, cfg, &kernel, devices.len())?;
     let exit_evt = EventFd::new(0).map_err(io("eventfd"))?;
     let shared = Arc::new(shared(&vm, cfg, mem, devices, &exit_evt)?);
     let threads = start_vcpus(&kvm, &vm, cfg, entry, &shared, &exit_evt)?;
     // Work on the devices' queues until a vCPU or the i8042 says the VM is over.
     // Console input: the terminal's (or a pipe's) bytes on stdin go to the serial port.
-    if let Err(e) = event_loop::run(&shared, &exit_evt, Some(libc::STDIN_FILENO)) {
+    if let Err(e) = event_loop::run(&shared, &exit_evt, Some(libc::STDIN_FILENO), control) {
         shared.end(Exit::Error(chain(&e)));
     }
     Ok(stop(&shared, threads))

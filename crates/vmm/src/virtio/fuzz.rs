@@ -1,7 +1,9 @@
 //! A hostile driver for the queue handling: bytes become guest memory (descriptor tables,
 //! rings, request headers), the queues' size and addresses, and a sequence of register writes,
 //! queue notifications and host-side events against one of the devices: a copy-on-write
-//! virtio block device, virtio-net (a socket pair for its tap) or vsock (a fresh socket). Whatever the bytes,
+//! virtio block device, virtio-net (a socket pair for its tap), vsock (a fresh socket) or the
+//! balloon (frames to drop, reported ranges, statistics; the host sets targets and asks for
+//! figures). Whatever the bytes,
 //! the VMM must not panic, touch nothing outside guest memory (vm-memory checks every access)
 //! or write the shared base; a device given garbage either did its work or failed with
 //! DEVICE_NEEDS_RESET. Driven by a proptest (`cargo test -p vmm`) and by the cargo-fuzz
@@ -50,6 +52,16 @@ fn base() -> PathBuf {
 /// rewrite memory, notify queues, signal host events and make the host side act (`host`) as
 /// the rest says. Panics only when the transport broke a promise.
 fn drive(t: &mut Transport, head: &[u8], mem: &GuestMemoryMmap, host: &mut dyn FnMut(u32)) {
+    drive_with(t, head, mem, &mut |_, v| host(v));
+}
+
+/// `drive`, the host side given the transport as well.
+fn drive_with(
+    t: &mut Transport,
+    head: &[u8],
+    mem: &GuestMemoryMmap,
+    host: &mut dyn FnMut(&mut Transport, u32),
+) {
     let mut h = [0u8; 8];
     h[..head.len().min(8)].copy_from_slice(&head[..head.len().min(8)]);
     let addr = |i: usize| u32::from(u16::from_le_bytes([h[i], h[i + 1]])) % (MEM as u32 + 0x400);
@@ -92,7 +104,7 @@ fn drive(t: &mut Transport, head: &[u8], mem: &GuestMemoryMmap, host: &mut dyn F
             }
             3 => t.notify(v as usize % queues, mem),
             4 => t.event(mem),
-            _ => host(v),
+            _ => host(t, v),
         }
         check(t);
     }
@@ -115,11 +127,14 @@ fn transport(dev: Box<dyn super::Device>) -> Transport {
     Transport::new(dev, irq).expect("transport")
 }
 
-/// Any of the devices: the first byte picks block, net or vsock.
+/// Any of the devices: the first byte picks block, net, vsock or the balloon.
 pub fn devices(data: &[u8]) {
     match data.split_first() {
-        Some((k, rest)) if k % 3 == 1 => net_queues(rest),
-        Some((k, rest)) if k % 3 == 2 => vsock_queues(rest),
+        Some((k, rest)) if k % 4 == 1 => net_queues(rest),
+        Some((k, rest)) if k % 4 == 2 => vsock_queues(rest),
+        Some((k, rest)) if k % 4 == 3 => {
+            balloon_queues(rest);
+        }
         Some((_, rest)) => {
             block_queue(rest);
         }
@@ -166,6 +181,45 @@ pub fn vsock_queues(data: &[u8]) {
     });
     drop(t);
     assert!(!uds.exists(), "the vsock socket outlived its device");
+}
+
+/// The balloon with every feature, its driver hostile: frame numbers and reported ranges
+/// anywhere, lists of any length, statistics of any shape; the host side sets targets (some
+/// too large) and asks for statistics. Memory outside the dropped pages must be untouched by
+/// the device; returns whether it failed, and its figures.
+pub fn balloon_queues(data: &[u8]) -> (bool, super::balloon::Figures) {
+    use super::balloon::{Balloon, BalloonSpec};
+    let spec = BalloonSpec {
+        size_mib: 0,
+        deflate_on_oom: true,
+        reporting: true,
+        stats_secs: 0,
+    };
+    let (head, image) = data.split_at(data.len().min(HEAD));
+    let mem = memory(image);
+    let dev = Balloon::new(&spec, MEM as u64).expect("balloon");
+    let mut t = transport(Box::new(dev));
+    // The driver's features (the statistics and reporting queues exist with theirs) come
+    // from the input's second byte; the rest of the negotiation is `drive`'s.
+    let lo = u32::from(head.get(1).copied().unwrap_or(0)) & 0x26;
+    for (reg, v) in [(0x70, 3), (0x24, 0), (0x20, lo), (0x24, 1), (0x20, 1), (0x70, 0xb)] {
+        t.write(reg, &u32::to_le_bytes(v));
+    }
+    let mut host = |t: &mut Transport, v: u32| {
+        if v % 2 == 0 {
+            if let Some(b) = t.balloon() {
+                // A MiB is more than this guest's 64 KiB: refused, nothing changes.
+                let mib = u64::from(v >> 8) % 3;
+                assert!(mib == 0 || b.set_target(mib).is_err());
+            }
+            t.config_changed();
+        } else {
+            t.request_balloon_stats(&mem);
+        }
+    };
+    drive_with(&mut t, head, &mem, &mut host);
+    let figures = t.balloon().map(|b| b.figures()).unwrap_or_default();
+    (t.fault().is_some(), figures)
 }
 
 /// Run one input against the copy-on-write block device. Panics only when the VMM broke its

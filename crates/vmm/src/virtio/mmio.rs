@@ -145,7 +145,7 @@ impl Transport {
     /// not catch it: another width) signals the queue's eventfd as KVM would.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= 0x100 {
-            // No device here has writable configuration.
+            self.dev.write_config(offset - 0x100, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -213,6 +213,9 @@ impl Transport {
                 return;
             }
         }
+        if v & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
+            self.dev.ack_features(self.drv_features);
+        }
         self.status = v | (self.status & NEEDS_RESET);
     }
 
@@ -246,6 +249,31 @@ impl Transport {
             return;
         }
         let r = self.dev.process(q, &mut self.queues, mem);
+        self.done(r);
+    }
+
+    /// The balloon behind these registers, if it is one.
+    pub fn balloon(&mut self) -> Option<&mut super::balloon::Balloon> {
+        self.dev.as_balloon()
+    }
+
+    /// The device changed its configuration (a balloon's target): tell a running driver.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & DRIVER_OK != 0 {
+            self.interrupt(INT_CONFIG);
+        }
+    }
+
+    /// Ask the balloon's driver for fresh statistics (its held buffer handed back).
+    pub fn request_balloon_stats(&mut self, mem: &GuestMemoryMmap) {
+        if self.status & DRIVER_OK == 0 || self.fault.is_some() {
+            return;
+        }
+        let r = match self.dev.as_balloon() {
+            Some(b) => b.request_stats(&mut self.queues, mem),
+            None => Ok(false),
+        };
         self.done(r);
     }
 

@@ -1,5 +1,5 @@
 //! Paravirtual devices on virtio-mmio (virtio 1.x, transport version 2): the transport's
-//! registers (`mmio`) and the devices behind them (`block`, `net`, `vsock`). The guest finds each device from
+//! registers (`mmio`) and the devices behind them (`block`, `net`, `vsock`, `balloon`). The guest finds each device from
 //! `virtio_mmio.device=4K@ADDR:IRQ` on its command line.
 //!
 //! The vCPU thread that touches a device's registers only updates its state; the queues are
@@ -9,6 +9,7 @@
 //! — gets its device failed (status DEVICE_NEEDS_RESET, no more work until the driver resets
 //! it); the VMM and the other devices go on.
 
+pub mod balloon;
 pub mod block;
 pub mod fuzz;
 pub mod mmio;
@@ -31,7 +32,7 @@ pub struct Fault(pub String);
 
 /// What a device does with its queues.
 pub trait Device: Send {
-    /// The virtio device ID (2: block, 1: net, 19: vsock).
+    /// The virtio device ID (2: block, 1: net, 19: vsock, 5: balloon).
     fn device_type(&self) -> u32;
     /// The features offered (F_VERSION_1 included).
     fn features(&self) -> u64;
@@ -47,8 +48,17 @@ pub trait Device: Send {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
     ) -> Result<bool, Fault>;
+    /// The driver wrote `data` at `offset` in the configuration space (ignored unless the
+    /// device has writable fields).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver accepted `features` (FEATURES_OK stuck): which queues exist may follow.
+    fn ack_features(&mut self, _features: u64) {}
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// The balloon, for the control interface (which sets its target and asks for figures).
+    fn as_balloon(&mut self) -> Option<&mut balloon::Balloon> {
+        None
+    }
     /// The directory descriptor the device removes a file through at the end (the VMM's
     /// seccomp filter allows unlinkat on it only).
     fn unlink_dir(&self) -> Option<std::os::fd::RawFd> {
@@ -111,6 +121,10 @@ pub(crate) fn attach(vm: &kvm_ioctls::VmFd, cfg: &Config) -> crate::Result<Vec<m
     }
     if let Some(spec) = &cfg.vsock {
         out.push(Box::new(vsock::Vsock::new(spec)?));
+    }
+    if let Some(spec) = &cfg.balloon {
+        let b = balloon::Balloon::new(spec, cfg.mem_bytes).map_err(Error::Config)?;
+        out.push(Box::new(b));
     }
     let mut devices = Vec::new();
     for (i, dev) in out.into_iter().enumerate() {

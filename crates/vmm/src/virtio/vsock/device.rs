@@ -11,7 +11,6 @@ use vm_memory::GuestMemoryMmap;
 
 use super::muxer::Muxer;
 use super::packet::{Hdr, HDR};
-use super::reaper::{spawn_reaper, Reaper};
 use super::{io_err, Error, VsockSpec, MAX_PAYLOAD, RX, TX};
 use crate::virtio::{Device, Fault, F_VERSION_1};
 
@@ -25,8 +24,6 @@ pub struct Vsock {
     mux: Muxer,
     /// The payload of the packet the guest sent last (its capacity kept).
     tx_buf: Vec<u8>,
-    /// Removes the socket if the VMM dies without doing it (SIGKILL, a seccomp kill, a crash).
-    reaper: Option<Reaper>,
 }
 
 impl Vsock {
@@ -61,14 +58,12 @@ impl Vsock {
             .set_nonblocking(true)
             .map_err(|e| cleanup(io_err(p)(e)))?;
         let mux = Muxer::new(spec.cid, p, listener).map_err(cleanup)?;
-        let reaper = spawn_reaper(p).map_err(cleanup)?;
         Ok(Vsock {
             config: spec.cid.to_le_bytes(),
             uds: p.clone(),
             dir,
             mux,
             tx_buf: Vec::new(),
-            reaper: Some(reaper),
         })
     }
 
@@ -141,7 +136,6 @@ impl Drop for Vsock {
         };
         // SAFETY: unlinkat with a directory descriptor we own and a NUL-terminated name.
         unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
-        self.reaper.take();
     }
 }
 

@@ -6,18 +6,17 @@
 //!
 //! The VMM keeps an epoll set of its own for these sockets and gives the device loop that one
 //! descriptor, so connections come and go without the loop knowing. The socket is removed when
-//! the VMM ends; if it dies without doing so (SIGKILL, a seccomp kill, a crash), a reaper
-//! process forked at start removes it.
+//! the VMM ends; if it dies without doing so (SIGKILL, a seccomp kill, a crash), the VMM's
+//! reaper process (reaper.rs, forked at start) removes it.
 //!
 //! The pieces: packet.rs (the header), conn.rs (one stream and its credit), muxer.rs (the
 //! host side: the listener, the host programs' sockets, the protocol), device.rs (the
-//! virtio device: its queues), reaper.rs (the socket's removal when the VMM dies).
+//! virtio device: its queues).
 
 mod conn;
 mod device;
 mod muxer;
 mod packet;
-mod reaper;
 #[cfg(test)]
 mod tests;
 

@@ -1,35 +1,38 @@
-//! The socket's reaper: removes the VMM's vsock socket when the VMM dies without doing so.
+//! The sockets' reaper: removes the VMM's Unix sockets (vsock's, the control socket) when the
+//! VMM dies without doing so.
 
-use std::path::Path;
-
-use super::{io_err, Error};
+use std::path::PathBuf;
 
 /// A small process forked before the VMM starts its vCPUs: it waits for the end of a pipe
-/// whose other end only the VMM holds, and then removes the socket if it is still the one the
-/// VMM bound (same inode: a later VMM's socket at the same path is left alone).
-pub(super) struct Reaper {
+/// whose other end only the VMM holds, and then removes each socket that is still the one the
+/// VMM bound (same inode: a later VMM's socket at the same path is left alone). One for all of
+/// a VM's sockets.
+pub(crate) struct Reaper {
     pid: libc::pid_t,
     pipe: Option<std::os::fd::OwnedFd>,
 }
 
-pub(super) fn spawn_reaper(path: &Path) -> Result<Reaper, Error> {
+/// A reaper for the sockets at `paths` (bound already).
+pub(crate) fn spawn_reaper(paths: &[PathBuf]) -> std::io::Result<Reaper> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Invalid {
-        path: path.to_path_buf(),
-        msg: "a NUL in the path",
-    })?;
-    // SAFETY: stat(2) into a zeroed local struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a live stat buffer.
-    if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
-        return Err(io_err(path)(std::io::Error::last_os_error()));
+    // Everything the child uses is made before the fork: paths, inodes.
+    let mut socks = Vec::new();
+    for p in paths {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other(format!("{}: a NUL in the path", p.display())))?;
+        // SAFETY: stat(2) into a zeroed local struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a live stat buffer.
+        if unsafe { libc::stat(c.as_ptr(), &mut st) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        socks.push((c, st.st_ino, st.st_dev));
     }
-    let (ino, dev) = (st.st_ino, st.st_dev);
     let mut fds = [0; 2];
     // SAFETY: pipe2 into a two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io_err(path)(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the child only makes async-signal-safe calls (signal, dup2, close_range, read,
     // stat, unlink) on data prepared before the fork, then _exits.
@@ -41,7 +44,7 @@ pub(super) fn spawn_reaper(path: &Path) -> Result<Reaper, Error> {
                 libc::close(fds[0]);
                 libc::close(fds[1]);
             }
-            Err(io_err(path)(e))
+            Err(e)
         }
         // SAFETY: in the forked child: async-signal-safe calls only (see above).
         0 => unsafe {
@@ -57,9 +60,12 @@ pub(super) fn spawn_reaper(path: &Path) -> Result<Reaper, Error> {
                     break;
                 }
             }
-            let mut now: libc::stat = std::mem::zeroed();
-            if libc::stat(c.as_ptr(), &mut now) == 0 && now.st_ino == ino && now.st_dev == dev {
-                libc::unlink(c.as_ptr());
+            for (c, ino, dev) in &socks {
+                let mut now: libc::stat = std::mem::zeroed();
+                if libc::stat(c.as_ptr(), &mut now) == 0 && now.st_ino == *ino && now.st_dev == *dev
+                {
+                    libc::unlink(c.as_ptr());
+                }
             }
             libc::_exit(0)
         },
