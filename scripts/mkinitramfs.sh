@@ -48,6 +48,12 @@ for m in /lib/modules/*.ko; do
     *) insmod "$m" ;;
     esac
 done
+# The free page reporting order the VMM put on the command line: Linux 6.1 (Debian 12's)
+# replaces the parameter with its default (2 MiB blocks, which a small guest never has
+# enough of to report) when virtio_balloon registers, so it is set again here.
+order=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^page_reporting\.page_reporting_order=//p')
+p=/sys/module/page_reporting/parameters/page_reporting_order
+[ -n "$order" ] && [ -w $p ] && echo "$order" > $p
 echo "GUEST-UP $(cut -d' ' -f1 /proc/uptime)"
 cmd=$(sed -n 's/.*cellvisor\.run="\([^"]*\)".*/\1/p' /proc/cmdline)
 root=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^cellvisor\.root=//p')

@@ -3,6 +3,7 @@
 //! never from timed tests.
 
 pub mod backend;
+pub mod balloon;
 pub mod boot;
 pub mod density;
 pub mod device;

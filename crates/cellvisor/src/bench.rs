@@ -339,6 +339,32 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Memory a microVM gives back through its balloon: two idle guests side by side, with
+    /// and without free page reporting; inflate and deflate; a guest allocating with its
+    /// balloon inflated (needs a /dev/kvm that boots a stock kernel: scripts/bench-balloon-vm.sh)
+    Balloon {
+        /// The guest kernel
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Its initramfs (scripts/mkinitramfs.sh: it loads virtio_balloon)
+        #[arg(long)]
+        initrd: PathBuf,
+        /// Guest memory
+        #[arg(long, default_value = "128M")]
+        mem: String,
+        /// Seconds the guests stay idle before their memory is read
+        #[arg(long, default_value_t = 60)]
+        idle: u64,
+        /// The balloon's size when inflated, MiB
+        #[arg(long, default_value_t = 48)]
+        target: u64,
+        /// What the guest allocates with its balloon inflated, MiB
+        #[arg(long, default_value_t = 32)]
+        fill: u64,
+        /// Write balloon.json here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Many microVMs at once (the idle test guest: scripts/mktiny.sh OUT idle) and the host
     /// memory they use: per-VM VMM overhead (PSS minus guest-touched memory) and the total
     Vms {
@@ -407,6 +433,34 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             print!("{}", bench::boot::table(&r));
             match out {
                 Some(dir) => write_report(dir, "boot.json", &r)?,
+                None => println!("{}", serde_json::to_string(&r)?),
+            }
+            Ok(0)
+        }
+        BenchCmd::Balloon {
+            kernel,
+            initrd,
+            mem,
+            idle,
+            target,
+            fill,
+            out,
+        } => {
+            let mem = domain::profile::parse_size(mem)
+                .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
+            let o = bench::balloon::Options {
+                vmm: std::env::current_exe().context("finding this binary")?,
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                mem,
+                idle: std::time::Duration::from_secs(*idle),
+                target_mib: *target,
+                fill_mib: *fill,
+            };
+            let r = bench::balloon::run(&o, &mut |msg| eprintln!("{msg}"))?;
+            print!("{}", bench::balloon::table(&r));
+            match out {
+                Some(dir) => write_report(dir, "balloon.json", &r)?,
                 None => println!("{}", serde_json::to_string(&r)?),
             }
             Ok(0)

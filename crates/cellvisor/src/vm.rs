@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Boot a kernel in a microVM and run it until the guest resets or powers off
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// A running VM's balloon (through its --control socket): set its target with --size,
     /// or print its figures and the guest's memory statistics (JSON)
     Balloon(BalloonArgs),
@@ -80,7 +80,10 @@ pub struct RunArgs {
     /// default; `vm balloon` changes it later), reporting has the guest hand back the memory it
     /// frees (free page reporting), deflate-on-oom lets it take the balloon back before it
     /// runs out, stats=SECS refreshes its memory statistics that often; `on` for none
-    #[arg(long, value_name = "[size=MIB][,reporting][,deflate-on-oom][,stats=SECS]")]
+    #[arg(
+        long,
+        value_name = "[size=MIB][,reporting][,deflate-on-oom][,stats=SECS]"
+    )]
     balloon: Option<vmm::virtio::balloon::BalloonSpec>,
     /// A control socket for the running VM (`cellvisor vm balloon --control PATH`)
     #[arg(long, value_name = "PATH")]

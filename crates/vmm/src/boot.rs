@@ -107,13 +107,25 @@ pub(crate) fn device_window(i: usize) -> (u64, u32) {
     )
 }
 
-/// The command line: `cfg`'s, then where each of the `devices` virtio devices is. Written
+/// The command line: `cfg`'s, then where each of the `devices` virtio devices is (and the
+/// free page reporting order a balloon that reports wants, unless `cfg`'s sets it). Written
 /// into guest memory; its length with the NUL.
 fn cmdline(mem: &GuestMemoryMmap, cfg: &Config, devices: usize) -> Result<usize> {
     let cmd_err = |e| Error::boot("the command line", e);
     let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_MAX).map_err(cmd_err)?;
     if !cfg.cmdline.is_empty() {
         cmdline.insert_str(&cfg.cmdline).map_err(cmd_err)?;
+    }
+    if cfg.balloon.as_ref().is_some_and(|b| b.reporting)
+        && !cfg.cmdline.contains(virtio::balloon::REPORTING_ORDER_PARAM)
+    {
+        let order = virtio::balloon::reporting_order(cfg.mem_bytes);
+        cmdline
+            .insert_str(format!(
+                "{}={order}",
+                virtio::balloon::REPORTING_ORDER_PARAM
+            ))
+            .map_err(cmd_err)?;
     }
     for i in 0..devices {
         let (base, irq) = device_window(i);

@@ -6,7 +6,8 @@
 //! - `{"op":"balloon-stats"}`: the balloon's figures, with the guest's statistics refreshed
 //!   first (waited for up to a second) → `{"target_mib":..,"actual_mib":..,
 //!   "inflated_mib":..,"reported_mib":..,"reports":..,"stats":{"free_memory":..,..},
-//!   "stats_age_ms":..}`
+//!   "stats_age_ms":..,"fault":null}` (`fault`: why the device failed, if the driver broke
+//!   the rules)
 //!
 //! Anything else is answered `{"error":"one line"}`. The main thread serves it from its loop
 //! (non-blocking, under its seccomp filter); the socket goes with the VMM as vsock's does.
@@ -65,6 +66,7 @@ pub fn figures_json(f: &Figures) -> serde_json::Value {
         "reports": f.reports,
         "stats": stats,
         "stats_age_ms": f.stats_at.map(|t| t.elapsed().as_millis() as u64),
+        "fault": f.fault,
     })
 }
 

@@ -114,7 +114,11 @@ pub(crate) fn run(
     // The balloon's statistics, refreshed every so often if asked.
     let balloon_at = balloon(shared);
     let stats_every = balloon_at
-        .and_then(|d| devices::lock(&shared.virtio[d]).balloon().map(|b| b.stats_secs()))
+        .and_then(|d| {
+            devices::lock(&shared.virtio[d])
+                .balloon()
+                .map(|b| b.stats_secs())
+        })
         .filter(|&s| s > 0)
         .map(|s| Duration::from_secs(u64::from(s)));
     let mut next_stats = stats_every.map(|p| Instant::now() + p);
@@ -223,8 +227,8 @@ pub(crate) fn run(
         // long).
         waits_for = None;
         if let Some(c) = control.as_mut().filter(|c| c.any_waiting()) {
-            let figures = balloon_at
-                .and_then(|d| devices::lock(&shared.virtio[d]).balloon().map(|b| b.figures()));
+            let figures =
+                balloon_at.and_then(|d| devices::lock(&shared.virtio[d]).balloon_figures());
             waits_for = c.answer_stats(figures.as_ref());
         }
     }

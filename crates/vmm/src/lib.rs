@@ -184,7 +184,7 @@ fn boot_and_run(cfg: &Config) -> Result<Exit> {
         .create_vm()
         .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
     arch::setup_vm(&kvm, &vm)?;
-    let mem = memory::guest_memory(&vm, cfg.mem_bytes, cfg.mergeable)?;
+    let mem = memory::guest_memory(&vm, cfg.mem_bytes, cfg.mergeable, cfg.balloon.is_some())?;
     let (kernel, entry) = boot::load_kernel(&mem, cfg)?;
     let control = cfg
         .control

@@ -14,12 +14,23 @@ fn merge(addr: *mut u8, len: usize) -> bool {
     unsafe { libc::madvise(addr.cast(), len, libc::MADV_MERGEABLE) == 0 }
 }
 
+/// Keep `len` bytes at `addr` (a guest memory mapping) off transparent huge pages; false on
+/// failure (errno set).
+fn small(addr: *mut u8, len: usize) -> bool {
+    // SAFETY: madvise on a live mapping of guest memory; it only changes how the kernel backs
+    // it.
+    unsafe { libc::madvise(addr.cast(), len, libc::MADV_NOHUGEPAGE) == 0 }
+}
+
 /// `bytes` of guest RAM in the arch's layout, mapped here and given to `vm`; offered to the
-/// kernel's page merging (KSM) when `mergeable`.
+/// kernel's page merging (KSM) when `mergeable`; never backed by transparent huge pages when
+/// `small_pages` (a VM with a balloon: it gives back 4 KiB pages and small free blocks, and
+/// khugepaged would fill those holes again, collapsing any 2 MiB range with a page left in it).
 pub(crate) fn guest_memory(
     vm: &kvm_ioctls::VmFd,
     bytes: u64,
     mergeable: bool,
+    small_pages: bool,
 ) -> Result<GuestMemoryMmap> {
     let ranges = arch::ram_ranges(bytes)?;
     let mem =
@@ -31,6 +42,11 @@ pub(crate) fn guest_memory(
         // SAFETY: madvise on a mapping `mem` owns; it changes only what fork(2) inherits.
         if unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTFORK) } < 0 {
             return Err(io("guest memory: madvise")(std::io::Error::last_os_error()));
+        }
+        if small_pages && !small(r.as_ptr(), r.len() as usize) {
+            return Err(io("guest memory: madvise MADV_NOHUGEPAGE")(
+                std::io::Error::last_os_error(),
+            ));
         }
         if mergeable && !merge(r.as_ptr(), r.len() as usize) {
             let e = std::io::Error::last_os_error();

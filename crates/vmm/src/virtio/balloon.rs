@@ -12,8 +12,9 @@
 //!   the device holds it and hands it back when it wants fresh figures (on request, or every
 //!   `stats` seconds), and the driver refills it.
 //! - Free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING): the guest lists ranges of free
-//!   pages (2 MiB blocks in Linux) on the reporting queue and the VMM drops them, so an idle
-//!   guest's freed memory returns to the host without a target.
+//!   pages on the reporting queue and the VMM drops them, so an idle guest's freed memory
+//!   returns to the host without a target. The VMM gives a Linux guest a block size that
+//!   suits its memory (`reporting_order`).
 //!
 //! Frame numbers are of 4 KiB pages whatever the guest's page size; ranges are dropped in
 //! whole host pages (rounded inward). A frame or range outside guest memory, a list that is
@@ -48,6 +49,20 @@ pub const STAT_NAMES: [&str; 10] = [
     "hugetlb_allocations",
     "hugetlb_failures",
 ];
+
+/// The Linux guest's parameter for the size of the free blocks it reports (2^order pages).
+pub const REPORTING_ORDER_PARAM: &str = "page_reporting.page_reporting_order";
+
+/// The reporting order for a guest of `mem_bytes`. Linux reports a zone only while its free
+/// memory exceeds its low watermark by 32 blocks of that order, and defaults to 2 MiB blocks
+/// (order 9): 64 MiB, more than a small guest ever has free, so a 128 MiB guest would never
+/// report. Here the 32 blocks make at most a sixteenth of guest memory (order 6, 256 KiB
+/// blocks, at 128 MiB; order 9 from 2 GiB up).
+pub fn reporting_order(mem_bytes: u64) -> u32 {
+    let pages = mem_bytes >> PFN_SHIFT;
+    let blocks = (pages / 16 / 32).max(1);
+    (63 - blocks.leading_zeros()).min(9)
+}
 
 /// How a balloon is given to the VM (`--balloon`): `size=MIB` (the first target, 0 by
 /// default), `deflate-on-oom`, `reporting`, `stats=SECS` (refresh the statistics every SECS
@@ -135,6 +150,8 @@ pub struct Figures {
     pub stats_at: Option<Instant>,
     /// Increased each time statistics come.
     pub stats_generation: u64,
+    /// Why the device failed, if the driver broke the rules (it works again after a reset).
+    pub fault: Option<String>,
 }
 
 pub struct Balloon {
@@ -241,8 +258,7 @@ impl Balloon {
         // SAFETY: [host, host + last - first) lies inside the region's live mapping (checked
         // above); MADV_DONTNEED on private anonymous memory only drops the pages, which the
         // guest has given up and gets back zeroed if it touches them again.
-        if unsafe { libc::madvise(host.cast(), (last - first) as usize, libc::MADV_DONTNEED) } < 0
-        {
+        if unsafe { libc::madvise(host.cast(), (last - first) as usize, libc::MADV_DONTNEED) } < 0 {
             return Err(Fault(format!(
                 "balloon: dropping {len:#x} bytes at {addr:#x}: {}",
                 std::io::Error::last_os_error()
@@ -470,6 +486,16 @@ mod tests {
     }
 
     #[test]
+    fn small_guests_report_smaller_blocks() {
+        assert_eq!(reporting_order(128 << 20), 6);
+        assert_eq!(reporting_order(256 << 20), 7);
+        assert_eq!(reporting_order(2 << 30), 9);
+        assert_eq!(reporting_order(64 << 30), 9);
+        assert_eq!(reporting_order(4 << 20), 1);
+        assert_eq!(reporting_order(1 << 20), 0);
+    }
+
+    #[test]
     fn a_target_past_the_guest_is_refused() {
         let mut b = Balloon::new(&BalloonSpec::default(), 128 << 20).unwrap();
         assert!(b.set_target(128).is_ok());
@@ -503,7 +529,14 @@ mod driver_tests {
         let mut t = Transport::new(Box::new(b), EventFd::new(libc::EFD_NONBLOCK).unwrap()).unwrap();
         let lo = (F_STATS_VQ | F_DEFLATE_ON_OOM | F_REPORTING) as u32;
         let w = |t: &mut Transport, reg: u64, v: u32| t.write(reg, &v.to_le_bytes());
-        for (reg, v) in [(0x70, 3), (0x24, 0), (0x20, lo), (0x24, 1), (0x20, 1), (0x70, 0xb)] {
+        for (reg, v) in [
+            (0x70, 3),
+            (0x24, 0),
+            (0x20, lo),
+            (0x24, 1),
+            (0x20, 1),
+            (0x70, 0xb),
+        ] {
             w(&mut t, reg, v);
         }
         for q in 0..4u32 {
@@ -533,7 +566,8 @@ mod driver_tests {
             mem.write_obj(addr, at).unwrap();
             mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
             mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-            mem.write_obj((i + 1) as u16, GuestAddress(at.0 + 14)).unwrap();
+            mem.write_obj((i + 1) as u16, GuestAddress(at.0 + 14))
+                .unwrap();
         }
         let idx: u16 = mem.read_obj(GuestAddress(base + 0x102)).unwrap();
         mem.write_obj(0u16, GuestAddress(base + 0x104 + 2 * u64::from(idx % 8)))
@@ -557,18 +591,23 @@ mod driver_tests {
     fn inflated_and_reported_pages_are_dropped_and_counted() {
         let (mut t, mem) = device();
         for pfn in 0x10..0x40 {
-            mem.write_slice(&[0xaa; 4096], GuestAddress(pfn << 12)).unwrap();
+            mem.write_slice(&[0xaa; 4096], GuestAddress(pfn << 12))
+                .unwrap();
         }
         // Inflate frames 0x10, 0x11 (one run) and 0x20.
         for (i, pfn) in [0x10u32, 0x11, 0x20].iter().enumerate() {
-            mem.write_obj(*pfn, GuestAddress(0x8000 + 4 * i as u64)).unwrap();
+            mem.write_obj(*pfn, GuestAddress(0x8000 + 4 * i as u64))
+                .unwrap();
         }
         offer(&mem, 0, &[(0x8000, 12, false)]);
         t.notify(0, &mem);
         assert!(t.fault().is_none(), "{:?}", t.fault());
         assert_eq!(used(&mem, 0), 1);
         assert!(page_is_zero(&mem, 0x10) && page_is_zero(&mem, 0x11) && page_is_zero(&mem, 0x20));
-        assert!(!page_is_zero(&mem, 0x12), "a page not in the list was dropped");
+        assert!(
+            !page_is_zero(&mem, 0x12),
+            "a page not in the list was dropped"
+        );
         // Deflate one: counted, the page stays as it is (zero until the guest writes it).
         mem.write_obj(0x20u32, GuestAddress(0x9000)).unwrap();
         offer(&mem, 1, &[(0x9000, 4, false)]);
@@ -582,7 +621,10 @@ mod driver_tests {
         // The driver says it holds 2 pages.
         t.write(0x104, &2u32.to_le_bytes());
         let f = t.balloon().unwrap().figures();
-        assert_eq!((f.inflated_pages, f.reported_bytes, f.reports), (2, 0x8000, 1));
+        assert_eq!(
+            (f.inflated_pages, f.reported_bytes, f.reports),
+            (2, 0x8000, 1)
+        );
         assert_eq!(f.actual_mib, 0);
     }
 
@@ -613,15 +655,31 @@ mod driver_tests {
     #[test]
     fn a_hostile_driver_fails_the_device_only() {
         for (q, bufs, frames, why) in [
-            (0, vec![(0x8000, 4, false)], vec![(MEM >> 12) as u32], "not guest memory"),
+            (
+                0,
+                vec![(0x8000, 4, false)],
+                vec![(MEM >> 12) as u32],
+                "not guest memory",
+            ),
             (0, vec![(0x8000, 6, false)], vec![1, 2], "not whole 32-bit"),
-            (1, vec![(0x8000, 4, false)], vec![u32::MAX], "not guest memory"),
+            (
+                1,
+                vec![(0x8000, 4, false)],
+                vec![u32::MAX],
+                "not guest memory",
+            ),
             (3, vec![(0x3000, 0x800, true)], vec![], "not whole pages"),
-            (3, vec![(MEM - 0x1000, 0x2000, true)], vec![], "not guest memory"),
+            (
+                3,
+                vec![(MEM - 0x1000, 0x2000, true)],
+                vec![],
+                "not guest memory",
+            ),
         ] {
             let (mut t, mem) = device();
             for (i, f) in frames.iter().enumerate() {
-                mem.write_obj(*f, GuestAddress(0x8000 + 4 * i as u64)).unwrap();
+                mem.write_obj(*f, GuestAddress(0x8000 + 4 * i as u64))
+                    .unwrap();
             }
             offer(&mem, q, &bufs);
             t.notify(q as usize, &mem);

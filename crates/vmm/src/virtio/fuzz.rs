@@ -202,11 +202,18 @@ pub fn balloon_queues(data: &[u8]) -> (bool, super::balloon::Figures) {
     // The driver's features (the statistics and reporting queues exist with theirs) come
     // from the input's second byte; the rest of the negotiation is `drive`'s.
     let lo = u32::from(head.get(1).copied().unwrap_or(0)) & 0x26;
-    for (reg, v) in [(0x70, 3), (0x24, 0), (0x20, lo), (0x24, 1), (0x20, 1), (0x70, 0xb)] {
+    for (reg, v) in [
+        (0x70, 3),
+        (0x24, 0),
+        (0x20, lo),
+        (0x24, 1),
+        (0x20, 1),
+        (0x70, 0xb),
+    ] {
         t.write(reg, &u32::to_le_bytes(v));
     }
     let mut host = |t: &mut Transport, v: u32| {
-        if v % 2 == 0 {
+        if v.is_multiple_of(2) {
             if let Some(b) = t.balloon() {
                 // A MiB is more than this guest's 64 KiB: refused, nothing changes.
                 let mib = u64::from(v >> 8) % 3;

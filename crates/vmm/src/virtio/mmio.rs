@@ -216,6 +216,14 @@ impl Transport {
         if v & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
             self.dev.ack_features(self.drv_features);
         }
+        if v & DRIVER_OK != 0 && self.status & DRIVER_OK == 0 {
+            // A driver may make buffers available before DRIVER_OK (Linux's balloon primes
+            // its statistics queue in probe), whose notifications were not acted on: look at
+            // every queue once now.
+            for e in &self.notify {
+                let _ = e.write(1);
+            }
+        }
         self.status = v | (self.status & NEEDS_RESET);
     }
 
@@ -255,6 +263,14 @@ impl Transport {
     /// The balloon behind these registers, if it is one.
     pub fn balloon(&mut self) -> Option<&mut super::balloon::Balloon> {
         self.dev.as_balloon()
+    }
+
+    /// The balloon's figures, with the device's failure if it failed.
+    pub fn balloon_figures(&mut self) -> Option<super::balloon::Figures> {
+        let fault = self.fault.as_ref().map(|f| f.0.clone());
+        let mut f = self.dev.as_balloon()?.figures();
+        f.fault = fault;
+        Some(f)
     }
 
     /// The device changed its configuration (a balloon's target): tell a running driver.
