@@ -131,6 +131,7 @@ pub fn bundle(
             vcpus,
             disks: vec![(image.to_path_buf(), DiskMode::CopyOnWrite)],
             merge: false,
+            balloon: false,
         }),
     };
     let o = domain::UpOpts {

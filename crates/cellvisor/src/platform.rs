@@ -1,5 +1,5 @@
-//! The device platform's verbs (`up`, `down`, `ps`, `fg`, `channel`, `logs`, `top`, `sched`):
-//! each is a request to cellvisord's REST API on its Unix socket.
+//! The device platform's verbs (`up`, `down`, `ps`, `fg`, `channel`, `logs`, `top`, `sched`,
+//! `balloon`): each is a request to cellvisord's REST API on its Unix socket.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,6 +63,19 @@ pub enum PlatformCmd {
         #[command(flatten)]
         d: Daemon,
     },
+    /// A microvm domain's balloon (`balloon = true` in its profile entry): its figures and
+    /// the guest's memory, or with --size, ask the guest to give that much back
+    Balloon {
+        name: String,
+        /// The balloon's new size (e.g. 64M; 0 gives it all back)
+        #[arg(long)]
+        size: Option<String>,
+        /// The daemon's answer as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        d: Daemon,
+    },
     /// Live CPU and memory use per domain, and each core's load
     Top {
         /// Refreshes before exiting (default: until interrupted)
@@ -112,8 +125,34 @@ impl PlatformCmd {
             PlatformCmd::Logs { .. } => "logs",
             PlatformCmd::Top { .. } => "top",
             PlatformCmd::Sched { .. } => "sched",
+            PlatformCmd::Balloon { .. } => "balloon",
         }
     }
+}
+
+/// A balloon's figures, for people.
+fn balloon_table(name: &str, v: &Value) -> String {
+    let mib = |k: &str| v[k].as_u64().unwrap_or(0);
+    let stat = |k: &str| {
+        v["stats"][k].as_u64().map_or("-".to_string(), |b| {
+            format!("{:.1} MiB", b as f64 / 1048576.0)
+        })
+    };
+    let mut s = format!(
+        "{name}: balloon {} MiB of the guest's {} MiB (the guest holds {} MiB in it); {} MiB of freed memory reported\n\
+         guest: free {}, available {}, caches {}\n",
+        mib("target_mib"),
+        mib("guest_mib"),
+        mib("actual_mib"),
+        mib("reported_mib"),
+        stat("free_memory"),
+        stat("available_memory"),
+        stat("disk_caches"),
+    );
+    if let Some(f) = v["fault"].as_str() {
+        s.push_str(&format!("the balloon failed: {f}\n"));
+    }
+    s
 }
 
 /// A request that must succeed: its body, or the daemon's one-line error.
@@ -417,6 +456,25 @@ pub fn run(cmd: &PlatformCmd) -> Result<i32> {
         PlatformCmd::Channel(ChannelCmd::Close { id, d }) => {
             call(d, "DELETE", &format!("/v1/channels/{id}"), None)?;
             println!("channel {id} closed");
+        }
+        PlatformCmd::Balloon {
+            name,
+            size,
+            json,
+            d,
+        } => {
+            let path = format!("/v1/domains/{name}/balloon");
+            if let Some(s) = size {
+                let bytes = domain::profile::parse_size(s)
+                    .ok_or_else(|| anyhow::anyhow!("--size: {s:?} is not a size like 64M"))?;
+                call(d, "PUT", &path, Some(&json!({"size_mib": bytes >> 20})))?;
+            }
+            let v = call(d, "GET", &path, None)?;
+            if *json {
+                println!("{v}");
+            } else {
+                print!("{}", balloon_table(name, &v));
+            }
         }
         PlatformCmd::Logs { name, follow, d } => {
             let mut offset = 0u64;

@@ -70,6 +70,9 @@ impl<C: Backend, M: Backend> Backend for Backends<C, M> {
     fn set_memory_cap(&self, name: &str, cap: Option<u64>) -> Result<(), BackendError> {
         self.of(name).set_memory_cap(name, cap)
     }
+    fn balloon(&self, name: &str, size_mib: Option<u64>) -> Result<String, BackendError> {
+        self.of(name).balloon(name, size_mib)
+    }
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
         self.of(name).stats(name)
     }

@@ -5,7 +5,9 @@
 //! caps go. The domain that comes to the front loses its cap at once, the one that leaves it
 //! gets one while the device is short; a domain started while the device is short is capped
 //! at the next shrink. What is capped is saved, so a restarted daemon gives the memory back
-//! as well. A microVM domain's memory is its guest's: not capped here.
+//! as well. A microVM domain with a balloon (`balloon = true`) is shrunk through it: its guest
+//! is asked to give back all but its cap (it keeps what it cannot give, and deflates before
+//! it runs out); one without keeps its guest's memory.
 
 use domain::{Backend, Role};
 
@@ -21,7 +23,9 @@ impl<B: Backend> Platform<B> {
 
     /// [`Self::cappable`] for a domain at hand (no lookup by name).
     fn cappable_domain(&self, d: &domain::Domain) -> bool {
-        d.role != Role::Realtime && d.vm().is_none() && self.foreground() != Some(d.name.as_str())
+        d.role != Role::Realtime
+            && d.vm().is_none_or(|v| v.balloon)
+            && self.foreground() != Some(d.name.as_str())
     }
 
     /// Cap `name` to its share of what it uses now; its cap, or why not.
@@ -67,10 +71,12 @@ impl<B: Backend> Platform<B> {
                 .domains
                 .iter()
                 .filter(|d| {
+                    // A microVM is shrunk by its guest, which must be running.
                     self.cappable_domain(d)
-                        && self
-                            .status(&d.name)
-                            .is_ok_and(|s| s != domain::DomainStatus::Stopped)
+                        && self.status(&d.name).is_ok_and(|s| match d.vm() {
+                            Some(_) => s == domain::DomainStatus::Running,
+                            None => s != domain::DomainStatus::Stopped,
+                        })
                 })
                 .map(|d| d.name.clone())
                 .collect();

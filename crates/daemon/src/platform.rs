@@ -794,6 +794,34 @@ impl<B: Backend> Platform<B> {
         ))
     }
 
+    /// Domain `name`'s balloon (a microvm domain with `balloon = true`, running): with
+    /// `size_mib`, its new size; its figures and the guest's memory statistics.
+    pub fn balloon(&self, name: &str, size_mib: Option<u64>) -> Result<serde_json::Value> {
+        let d = self.domain(name)?;
+        if !d.vm().is_some_and(|v| v.balloon) {
+            return Err(ApiError::Conflict(format!(
+                "domain {name} has no balloon (a microvm domain with balloon = true has one)"
+            )));
+        }
+        match self.status(name)? {
+            DomainStatus::Stopped => {
+                return Err(ApiError::Conflict(format!("domain {name} is not up")))
+            }
+            DomainStatus::Frozen => {
+                return Err(ApiError::Conflict(format!(
+                    "domain {name} is frozen in the background: its VMM answers once it is in front"
+                )))
+            }
+            _ => {}
+        }
+        let text = self.backend.balloon(name, size_mib).map_err(|e| match e {
+            // The VMM refused the request (a size past the guest's memory).
+            domain::BackendError::Invalid { .. } => ApiError::BadRequest(domain::chain(&e)),
+            e => backend_err(e),
+        })?;
+        serde_json::from_str(&text).map_err(|e| internal(format!("the VMM's answer: {e}")))
+    }
+
     /// Is the platform empty: nothing up, nothing kept?
     pub fn is_idle(&self) -> bool {
         self.profile

@@ -119,6 +119,10 @@ pub fn router(state: Shared, group: Option<u32>) -> Router {
         .route("/v1/domains/{name}/up", post(up_one))
         .route("/v1/domains/{name}/down", post(down_one))
         .route("/v1/domains/{name}/logs", get(logs))
+        .route(
+            "/v1/domains/{name}/balloon",
+            get(balloon_get).put(balloon_put),
+        )
         .route("/v1/up", post(up_all))
         .route("/v1/down", post(down_all))
         .route("/v1/foreground", get(fg_get).put(fg_put))
@@ -299,6 +303,25 @@ async fn logs(
     let q = query(q)?;
     let (text, next) = lock(&s).logs(&name, q.offset)?;
     ok(json!({"text": text, "offset": next}))
+}
+
+async fn balloon_get(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    ok(lock(&s).balloon(&name, None)?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonBody {
+    size_mib: u64,
+}
+
+async fn balloon_put(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<BalloonBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(b) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    ok(lock(&s).balloon(&name, Some(b.size_mib))?)
 }
 
 async fn stats(State(s): State<Shared>) -> ApiResult {
@@ -610,7 +633,8 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
     let backend = Backends::new(
         &cfg.profile,
         ContainerBackend::new(&cfg.state_dir, &cfg.prefix),
-        MicrovmBackend::new(ContainerBackend::new(&cfg.state_dir, &cfg.prefix), vmm),
+        MicrovmBackend::new(ContainerBackend::new(&cfg.state_dir, &cfg.prefix), vmm)
+            .with_run_root(&cfg.state_dir.join("run")),
     );
     let moved = crate::placement::keep_off(&cfg.profile, &cfg.state_dir)?;
     if moved.moved > 0 || moved.refused > 0 {
@@ -697,7 +721,7 @@ async fn serve(cfg: &mut Config, made: &mut Vec<PathBuf>) -> Result<(), String> 
 }
 
 /// The routes the server answers, for the OpenAPI check.
-pub const ROUTES: [(&str, &str); 17] = [
+pub const ROUTES: [(&str, &str); 19] = [
     ("get", "/v1/version"),
     ("get", "/v1/domains"),
     ("get", "/v1/domains/{name}"),
@@ -715,4 +739,6 @@ pub const ROUTES: [(&str, &str); 17] = [
     ("get", "/v1/scheduler"),
     ("put", "/v1/scheduler"),
     ("put", "/v1/domains/{name}/cpus"),
+    ("get", "/v1/domains/{name}/balloon"),
+    ("put", "/v1/domains/{name}/balloon"),
 ];

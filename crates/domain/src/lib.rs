@@ -209,6 +209,14 @@ pub trait Backend {
         ))
     }
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError>;
+    /// A microvm domain's balloon: with `size_mib`, its new size (memory the guest is asked
+    /// to give back); the balloon's figures as the VMM gives them (JSON text).
+    fn balloon(&self, name: &str, _size_mib: Option<u64>) -> Result<String, BackendError> {
+        Err(BackendError::invalid(
+            name,
+            "has no balloon (a microvm domain with balloon = true has one)",
+        ))
+    }
     /// Cap the memory of the running domain `name` that the host's reclaim should leave it
     /// (`None`: no cap), when the device runs short. A backend that cannot says so.
     fn set_memory_cap(&self, name: &str, _cap: Option<u64>) -> Result<(), BackendError> {

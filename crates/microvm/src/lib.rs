@@ -20,6 +20,8 @@ use serde_json::json;
 /// The VMM's vsock socket in the domain's run directory; the guest's host port P is
 /// `vsock_P` beside it.
 pub const VSOCK_SOCKET: &str = "vsock";
+/// The VMM's control socket in the domain's run directory (its balloon).
+pub const CONTROL_SOCKET: &str = "control";
 /// The guest's vsock context id.
 const GUEST_CID: u64 = 3;
 /// Where a jailed VMM finds its binary, kernel, initrd and disks.
@@ -45,6 +47,13 @@ pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
     c.mem_bytes = d.memory_bytes.unwrap_or(DEFAULT_VM_MEMORY) & !((1 << 20) - 1);
     c.vcpus = vm.vcpus;
     c.mergeable = vm.merge;
+    if vm.balloon {
+        c.balloon = Some(vmm::virtio::balloon::BalloonSpec {
+            reporting: true,
+            deflate_on_oom: true,
+            ..Default::default()
+        });
+    }
     c.disks = vm
         .disks
         .iter()
@@ -64,6 +73,9 @@ pub fn vmm_config(d: &Domain, vm: &VmSpec, port: bool) -> vmm::Config {
             cid: GUEST_CID,
             uds: format!("{RUN_DIR}/{VSOCK_SOCKET}").into(),
         });
+        if vm.balloon {
+            c.control = Some(format!("{RUN_DIR}/{CONTROL_SOCKET}").into());
+        }
     }
     // A realtime domain: one vCPU per core it owns, each pinned there with the policy.
     if let (Some(rt), Some(cpus)) = (d.realtime, &d.cpus) {
@@ -200,13 +212,66 @@ pub struct MicrovmBackend {
     jail: ContainerBackend,
     /// The `cellvisor` binary whose `vm run` is the VMM.
     vmm: Option<PathBuf>,
+    /// Where the domains' run directories are (`RUN_ROOT/NAME`, seen at `RUN_DIR` in the
+    /// jail): a VMM's control socket is there.
+    run_root: Option<PathBuf>,
 }
 
 impl MicrovmBackend {
     /// Jail VMMs in `jail`'s domains; `vmm` is the `cellvisor` binary (none: a microvm
     /// domain cannot come up, and says so).
     pub fn new(jail: ContainerBackend, vmm: Option<PathBuf>) -> Self {
-        MicrovmBackend { jail, vmm }
+        MicrovmBackend {
+            jail,
+            vmm,
+            run_root: None,
+        }
+    }
+
+    /// The domains' run directories are `run_root/NAME` (cellvisord's), where their VMMs'
+    /// control sockets are reached.
+    pub fn with_run_root(mut self, run_root: &Path) -> Self {
+        self.run_root = Some(run_root.to_path_buf());
+        self
+    }
+
+    /// Ask domain `name`'s VMM, through its control socket.
+    fn control(
+        &self,
+        name: &str,
+        req: &serde_json::Value,
+    ) -> Result<serde_json::Value, BackendError> {
+        let Some(root) = &self.run_root else {
+            return Err(BackendError::invalid(
+                name,
+                "its VMM has no control socket here",
+            ));
+        };
+        let sock = root.join(name).join(CONTROL_SOCKET);
+        // A frozen VMM would leave the request waiting: said at once instead.
+        if self.jail.status(name)? == DomainStatus::Frozen {
+            return Err(BackendError::invalid(
+                name,
+                "is frozen: its VMM answers once it is thawed",
+            ));
+        }
+        if !sock.exists() {
+            return Err(if self.jail.pid(name).is_none() {
+                BackendError::NotRunning(name.to_string())
+            } else {
+                BackendError::invalid(
+                    name,
+                    "has no balloon (a microvm domain with balloon = true has one)",
+                )
+            });
+        }
+        vmm::control::request(&sock, req).map_err(|e| {
+            if e.starts_with("control socket") {
+                BackendError::failed(name, "asking its VMM", e)
+            } else {
+                BackendError::invalid(name, e)
+            }
+        })
     }
 }
 
@@ -258,6 +323,30 @@ impl Backend for MicrovmBackend {
 
     fn stats(&self, name: &str) -> Result<DomainStats, BackendError> {
         self.jail.stats(name)
+    }
+
+    fn balloon(&self, name: &str, size_mib: Option<u64>) -> Result<String, BackendError> {
+        let req = match size_mib {
+            Some(n) => json!({"op": "balloon", "size_mib": n}),
+            None => json!({"op": "balloon-stats"}),
+        };
+        self.control(name, &req).map(|v| v.to_string())
+    }
+
+    /// Through the balloon: the guest is asked to give back all but `cap` of its memory
+    /// (it keeps what it cannot give, and takes the balloon back before it runs out); no cap
+    /// empties the balloon.
+    fn set_memory_cap(&self, name: &str, cap: Option<u64>) -> Result<(), BackendError> {
+        let size = match cap {
+            None => 0,
+            Some(cap) => {
+                let f = self.control(name, &json!({"op": "balloon-stats"}))?;
+                let guest = f["guest_mib"].as_u64().unwrap_or(0);
+                guest.saturating_sub(cap >> 20)
+            }
+        };
+        self.control(name, &json!({"op": "balloon", "size_mib": size}))
+            .map(drop)
     }
 
     /// The VMM's cgroup, and with it every thread of the VMM (a realtime VM's vCPU threads
@@ -327,6 +416,24 @@ disks = ["/img/a,cow", "/img/b"]
         c.validate().unwrap();
         assert!(!c.mergeable);
         assert_eq!(c.vsock.unwrap().to_string(), "3,uds=/run/cellvisor/vsock");
+    }
+
+    /// `balloon = true`: a balloon that reports free pages and deflates on OOM, and with a
+    /// port, the control socket beside the vsock socket.
+    #[test]
+    fn a_ballooned_domain_has_a_balloon_and_a_control_socket() {
+        let mut d = guest();
+        if let domain::DomainKind::Microvm(vm) = &mut d.kind {
+            vm.balloon = true;
+        }
+        let c = vmm_config(&d, d.vm().unwrap(), true);
+        let b = c.balloon.clone().unwrap();
+        assert!(b.reporting && b.deflate_on_oom && b.size_mib == 0);
+        assert_eq!(c.control, Some("/run/cellvisor/control".into()));
+        c.validate().unwrap();
+        assert!(vmm_config(&guest(), guest().vm().unwrap(), true)
+            .balloon
+            .is_none());
     }
 
     /// `merge = true` in the profile: the VMM offers the guest memory to KSM.

@@ -4,7 +4,7 @@
 //!
 //! - `{"op":"balloon","size_mib":N}`: the balloon's new target → `{"target_mib":N}`
 //! - `{"op":"balloon-stats"}`: the balloon's figures, with the guest's statistics refreshed
-//!   first (waited for up to a second) → `{"target_mib":..,"actual_mib":..,
+//!   first (waited for up to a second) → `{"guest_mib":..,"target_mib":..,"actual_mib":..,
 //!   "inflated_mib":..,"reported_mib":..,"reports":..,"stats":{"free_memory":..,..},
 //!   "stats_age_ms":..,"fault":null}` (`fault`: why the device failed, if the driver broke
 //!   the rules)
@@ -59,6 +59,7 @@ pub fn figures_json(f: &Figures) -> serde_json::Value {
         .map(|(k, v)| (k.to_string(), (*v).into()))
         .collect();
     serde_json::json!({
+        "guest_mib": f.guest_mib,
         "target_mib": f.target_mib,
         "actual_mib": f.actual_mib,
         "inflated_mib": f.inflated_pages / 256,

@@ -609,6 +609,7 @@ fn microvm(r: &mut Report, d: &raw::Domain, dir: &Path) -> DomainKind {
         vcpus: d.vcpus.as_ref().map_or(1, |v| *v.get_ref()),
         disks,
         merge: d.merge.as_ref().is_some_and(|m| *m.get_ref()),
+        balloon: d.balloon.as_ref().is_some_and(|m| *m.get_ref()),
     })
 }
 
@@ -633,6 +634,7 @@ fn container(r: &mut Report, d: &raw::Domain) -> DomainKind {
         ("vcpus", d.vcpus.as_ref().map(|x| x.span())),
         ("disks", d.disks.as_ref().map(|x| x.span())),
         ("merge", d.merge.as_ref().map(|x| x.span())),
+        ("balloon", d.balloon.as_ref().map(|x| x.span())),
     ] {
         if let Some(sp) = span {
             r.at(
@@ -1095,6 +1097,19 @@ mod tests {
         assert_eq!(
             e,
             ["p.toml:6:9: domain \"a\": merge is for microvm domains"]
+        );
+    }
+
+    #[test]
+    fn a_balloon_is_a_microvm_domains_choice() {
+        let (e, d) = domain_errors(
+            "role = \"common\"\nbackend = \"microvm\"\nkernel = \"k\"\nballoon = true",
+        );
+        assert!(e.is_empty() && d.vm().unwrap().balloon, "{e:?}");
+        let (e, _) = domain_errors("role = \"common\"\ncommand = [\"x\"]\nballoon = true");
+        assert_eq!(
+            e,
+            ["p.toml:6:11: domain \"a\": balloon is for microvm domains"]
         );
     }
 

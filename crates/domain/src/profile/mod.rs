@@ -376,6 +376,10 @@ pub struct VmSpec {
     pub disks: Vec<(PathBuf, DiskMode)>,
     /// Its guest memory offered to the kernel's page merging (KSM).
     pub merge: bool,
+    /// A virtio balloon with free page reporting and deflate on OOM: the guest hands back
+    /// what it frees, the daemon's API sets its size, and the `[memory]` policy shrinks the
+    /// domain through it in the background.
+    pub balloon: bool,
 }
 
 /// How a microvm domain sees one of its disks.

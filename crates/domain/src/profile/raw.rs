@@ -81,6 +81,7 @@ pub(super) struct Domain {
     pub vcpus: Option<Spanned<u8>>,
     pub disks: Option<Spanned<Vec<String>>>,
     pub merge: Option<Spanned<bool>>,
+    pub balloon: Option<Spanned<bool>>,
     pub cpus: Option<Spanned<String>>,
     pub cpu_weight: Option<Spanned<u32>>,
     pub memory: Option<Spanned<String>>,

@@ -135,6 +135,8 @@ enum Role {
 /// What the balloon has done and last heard, for the control interface.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
+    /// The guest's memory, in MiB.
+    pub guest_mib: u64,
     /// The target, in MiB.
     pub target_mib: u64,
     /// What the driver says it holds, in MiB.
@@ -206,6 +208,7 @@ impl Balloon {
     pub fn figures(&self) -> Figures {
         let actual = u32::from_le_bytes(self.config[4..8].try_into().unwrap_or_default());
         Figures {
+            guest_mib: self.mem_bytes >> 20,
             actual_mib: u64::from(actual) / PAGES_PER_MIB,
             ..self.figures.clone()
         }
