@@ -701,6 +701,67 @@ fn a_short_device_caps_the_backgrounds_memory() {
     d.teardown_and_check(&pids);
 }
 
+/// The `[memory]` policy and a microvm domain with a balloon: in the background while the
+/// device is short its guest is asked to give back all but its cap (the balloon's target
+/// set); in front, the balloon is emptied. (The idle test guest has no balloon driver: the
+/// target is what shows; tests/vm.rs has Debian's driver follow one.)
+#[test]
+fn a_short_device_shrinks_a_background_microvm_through_its_balloon() {
+    need_root!();
+    if !Path::new("/dev/kvm").exists() || std::fs::read_to_string("/proc/pressure/memory").is_err()
+    {
+        eprintln!("skipped: no /dev/kvm or no PSI");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let idle = common::test_guest(t.path(), "idle");
+    let profile = format!(
+        r#"name = "vmmem"
+base = "rootfs"
+
+[foreground]
+initial = "apps"
+
+[memory]
+pressure = 0
+background_share = 0.5
+
+[[domain]]
+name = "apps"
+role = "trusted"
+command = ["/bin/sleep", "600"]
+
+[[domain]]
+name = "guest"
+role = "common"
+backend = "microvm"
+kernel = {:?}
+memory = "64M"
+balloon = true
+"#,
+        idle.display().to_string()
+    );
+    let d = Daemon::with_profile("vmm", &profile, &[]);
+    d.ok(&["up"]);
+    let pids = vec![d.pid("apps"), d.pid("guest")];
+    let target = |d: &Daemon| -> u64 {
+        let (st, v) = d.api("GET", "/v1/domains/guest/balloon", None);
+        assert_eq!(st, 200, "{v}");
+        v["target_mib"].as_u64().unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while target(&d) == 0 {
+        assert!(Instant::now() < end, "never shrunk: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = target(&d);
+    assert!(t > 0 && t < 64, "{t}");
+    assert!(d.log().contains("background capped: guest"), "{}", d.log());
+    d.ok(&["fg", "guest"]);
+    assert_eq!(target(&d), 0, "in front, the balloon is emptied");
+    d.teardown_and_check(&pids);
+}
+
 /// Background domains can be frozen instead: no CPU, memory kept, thawed when they come back.
 #[test]
 fn background_domains_can_be_frozen() {

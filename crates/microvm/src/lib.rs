@@ -255,15 +255,19 @@ impl MicrovmBackend {
                 "is frozen: its VMM answers once it is thawed",
             ));
         }
-        if !sock.exists() {
-            return Err(if self.jail.pid(name).is_none() {
-                BackendError::NotRunning(name.to_string())
-            } else {
-                BackendError::invalid(
+        // A VMM just started makes its socket before its guest boots: waited for a moment.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !sock.exists() {
+            if self.jail.pid(name).is_none() {
+                return Err(BackendError::NotRunning(name.to_string()));
+            }
+            if std::time::Instant::now() > until {
+                return Err(BackendError::invalid(
                     name,
-                    "has no balloon (a microvm domain with balloon = true has one)",
-                )
-            });
+                    format!("its VMM has no control socket at {}", sock.display()),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         vmm::control::request(&sock, req).map_err(|e| {
             if e.starts_with("control socket") {
