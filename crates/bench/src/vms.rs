@@ -1,8 +1,9 @@
-//! N microVMs at once (the idle test guest: one line, then halted), and what they cost in
+//! N microVMs at once (the idle test guest: one line, then halted; or a Linux guest with its
+//! initramfs, idle, optionally with a balloon that reports free pages), and what they cost in
 //! host memory: per VMM process its proportional set size, the part of it that is guest
 //! memory the guest touched, and the rest — the VMM's own overhead.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,40 @@ pub struct VmSample {
     pub overhead_kib: u64,
 }
 
+/// The VMs: which guest, and how each VMM runs it.
+#[derive(Debug, Clone)]
+pub struct Guests {
+    /// The `cellvisor` binary (its `vm run`).
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub mem: u64,
+    /// A Linux guest's initramfs (scripts/mkinitramfs.sh; the guest idles in `sleep`): up
+    /// when it prints GUEST-UP. Without, the kernel is a test guest, up at its " up" line.
+    pub initrd: Option<PathBuf>,
+    /// `vm run --balloon`'s value for every VM.
+    pub balloon: Option<String>,
+    /// How long the VMs stay idle once all are up before they are measured.
+    pub settle: Duration,
+}
+
+impl Guests {
+    fn describe(&self) -> String {
+        match (&self.initrd, &self.balloon) {
+            (None, _) => format!(
+                "the test guest {}",
+                self.kernel.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            (Some(_), None) => "a Linux guest (initramfs), idle".into(),
+            (Some(_), Some(b)) => format!("a Linux guest (initramfs), idle, balloon {b}"),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub benchmark: &'static str,
+    pub guest: String,
+    pub settle_s: u64,
     pub vms: usize,
     pub guest_mem_mib: u64,
     pub host: serde_json::Value,
@@ -32,9 +64,10 @@ pub struct Report {
     pub mem_available_drop_mib: f64,
 }
 
-/// `n` VMMs (`vmm vm run`) booting `kernel` with `mem` bytes each, measured once all are up;
-/// each must then stop cleanly on SIGTERM.
-pub fn run(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<Report> {
+/// `n` VMMs (`vm run`) booting `g`'s guest, measured once all are up and `g.settle` has
+/// passed; each must then stop cleanly on SIGTERM.
+pub fn run(g: &Guests, n: usize) -> Result<Report> {
+    let mem = g.mem;
     let work = std::env::temp_dir().join(format!("cellvisor-bench-vms-{}", std::process::id()));
     io(std::fs::create_dir_all(&work), || {
         format!("creating {}", work.display())
@@ -43,10 +76,10 @@ pub fn run(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<Report> {
     let mut children: Vec<Child> = Vec::new();
     let r = (|| -> Result<Report> {
         for i in 0..n {
-            children.push(start_vm(vmm, kernel, &work, i, mem, false)?);
+            children.push(start_vm(g, &work, i, false)?);
         }
-        wait_up(&work, 0..n)?;
-        std::thread::sleep(Duration::from_millis(200));
+        wait_up(g, &work, 0..n)?;
+        std::thread::sleep(Duration::from_millis(200).max(g.settle));
         let during = mem_available_kib();
         let mut samples = Vec::new();
         for c in &children {
@@ -63,6 +96,8 @@ pub fn run(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<Report> {
         let over: Vec<f64> = samples.iter().map(|s| s.overhead_kib as f64).collect();
         Ok(Report {
             benchmark: "microVMs at once: host memory",
+            guest: g.describe(),
+            settle_s: g.settle.as_secs(),
             vms: n,
             guest_mem_mib: mem >> 20,
             host: crate::host::facts(),
@@ -98,12 +133,13 @@ pub fn run(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<Report> {
 
 pub fn table(r: &Report) -> String {
     format!(
-        "{} microVMs of {} MiB (idle guest) running at once\n\
+        "{} microVMs of {} MiB ({}) running at once\n\
          VMM overhead per VM (PSS minus guest-touched memory): p50 {:.0} KiB, max {} KiB\n\
          guest-touched memory per VM: p50 {:.0} KiB\n\
          total PSS of all VMM processes: {:.1} MiB; MemAvailable dropped by {:.1} MiB\n",
         r.vms,
         r.guest_mem_mib,
+        r.guest,
         r.overhead_kib_p50,
         r.overhead_kib_max,
         crate::stats::median(
@@ -138,6 +174,7 @@ pub struct MergeSide {
 #[derive(Debug, Serialize)]
 pub struct MergeReport {
     pub benchmark: &'static str,
+    pub guest: String,
     pub vms: usize,
     pub guest_mem_mib: u64,
     pub host: serde_json::Value,
@@ -208,40 +245,47 @@ fn ksm_settle(scans: u64) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn start_vm(
-    vmm: &Path,
-    kernel: &Path,
-    work: &Path,
-    i: usize,
-    mem: u64,
-    mergeable: bool,
-) -> Result<Child> {
-    let mut c = Command::new(vmm);
+fn start_vm(g: &Guests, work: &Path, i: usize, mergeable: bool) -> Result<Child> {
+    let mut c = Command::new(&g.vmm);
     c.args([
         "vm",
         "run",
         "--mem",
-        &format!("{}M", mem >> 20),
+        &format!("{}M", g.mem >> 20),
         "--console",
     ])
     .arg(work.join(format!("vm{i}.log")))
     .arg("--kernel")
-    .arg(kernel)
+    .arg(&g.kernel)
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
+    if let Some(initrd) = &g.initrd {
+        c.arg("--initrd").arg(initrd).args([
+            "--cmdline",
+            &format!("{} cellvisor.run=\"sleep 1000000\"", crate::vm::CMDLINE),
+        ]);
+    }
+    if let Some(b) = &g.balloon {
+        c.args(["--balloon", b]);
+    }
     if mergeable {
         c.arg("--mergeable");
     }
     io(c.spawn(), || "starting a VMM".into())
 }
 
-fn wait_up(work: &Path, vms: std::ops::Range<usize>) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs(60);
+/// Every VM in `vms` said it is up (a Linux guest takes longer: 60 s, and 10 s more a VM).
+fn wait_up(g: &Guests, work: &Path, vms: std::ops::Range<usize>) -> Result<()> {
+    let (marker, per_vm) = match g.initrd {
+        Some(_) => ("GUEST-UP", 10),
+        None => (" up", 0),
+    };
+    let end = Instant::now() + Duration::from_secs(60 + per_vm * vms.len() as u64);
     for i in vms {
         while !std::fs::read_to_string(work.join(format!("vm{i}.log")))
             .unwrap_or_default()
-            .contains(" up")
+            .contains(marker)
         {
             if Instant::now() > end {
                 return Err(Error::Msg(format!("VM {i} did not come up")));
@@ -257,27 +301,22 @@ fn pss_sum(children: &[Child]) -> f64 {
 }
 
 /// One side of [`merge`]: one VM, then n, measured once KSM has settled; all stopped after.
-fn merge_side(
-    vmm: &Path,
-    kernel: &Path,
-    work: &Path,
-    n: usize,
-    mem: u64,
-    mergeable: bool,
-) -> Result<MergeSide> {
+fn merge_side(g: &Guests, work: &Path, n: usize, mergeable: bool) -> Result<MergeSide> {
     let before = mem_available_kib();
     let mut children = Vec::new();
     let r = (|| -> Result<MergeSide> {
-        children.push(start_vm(vmm, kernel, work, 0, mem, mergeable)?);
-        wait_up(work, 0..1)?;
+        children.push(start_vm(g, work, 0, mergeable)?);
+        wait_up(g, work, 0..1)?;
+        std::thread::sleep(g.settle);
         // KSM scans only memory offered to it: without, there is nothing to wait for.
         let settle = |mergeable: bool| if mergeable { ksm_settle(3) } else { 0.0 };
         settle(mergeable);
         let one = pss_sum(&children);
         for i in 1..n {
-            children.push(start_vm(vmm, kernel, work, i, mem, mergeable)?);
+            children.push(start_vm(g, work, i, mergeable)?);
         }
-        wait_up(work, 0..n)?;
+        wait_up(g, work, 0..n)?;
+        std::thread::sleep(g.settle);
         let settle_s = settle(mergeable);
         let all = pss_sum(&children);
         Ok(MergeSide {
@@ -306,7 +345,7 @@ fn merge_side(
 /// Page merging: `n` alike VMs (the fill guest: 32 MiB of pages the same in every VM) with
 /// their memory not offered to KSM, then offered, KSM running fast for the run (its
 /// settings put back after): host memory per added VM on each side.
-pub fn merge(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<MergeReport> {
+pub fn merge(g: &Guests, n: usize) -> Result<MergeReport> {
     if n < 2 {
         return Err(Error::Msg("--merge: at least two VMs".into()));
     }
@@ -317,13 +356,14 @@ pub fn merge(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<MergeRepor
     let r = (|| -> Result<MergeReport> {
         let _ksm = KsmOn::start()?;
         let sides = vec![
-            merge_side(vmm, kernel, &work, n, mem, false)?,
-            merge_side(vmm, kernel, &work, n, mem, true)?,
+            merge_side(g, &work, n, false)?,
+            merge_side(g, &work, n, true)?,
         ];
         Ok(MergeReport {
             benchmark: "alike microVMs with and without page merging (KSM)",
+            guest: g.describe(),
             vms: n,
-            guest_mem_mib: mem >> 20,
+            guest_mem_mib: g.mem >> 20,
             host: crate::host::facts(),
             per_added_ratio: sides[1].pss_kib_per_added / sides[0].pss_kib_per_added,
             sides,
@@ -335,9 +375,9 @@ pub fn merge(vmm: &Path, kernel: &Path, n: usize, mem: u64) -> Result<MergeRepor
 
 pub fn merge_table(r: &MergeReport) -> String {
     let mut s = format!(
-        "{} alike microVMs of {} MiB (the fill guest: 32 MiB the same in each), KSM running\n\
+        "{} alike microVMs of {} MiB ({}), KSM running\n\
          {:<10} {:>12} {:>12} {:>16} {:>14}\n",
-        r.vms, r.guest_mem_mib, "merging", "PSS 1 VM", "PSS all", "per added VM", "pages_sharing"
+        r.vms, r.guest_mem_mib, r.guest, "merging", "PSS 1 VM", "PSS all", "per added VM", "pages_sharing"
     );
     for side in &r.sides {
         s += &format!(

@@ -382,6 +382,16 @@ pub enum BenchCmd {
         /// the run; writes merge.json
         #[arg(long)]
         merge: bool,
+        /// A Linux guest instead of a test guest: its initramfs (scripts/mkinitramfs.sh);
+        /// each VM idles in `sleep`
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Give every VM a balloon (`vm run --balloon`, e.g. reporting)
+        #[arg(long, requires = "initrd")]
+        balloon: Option<String>,
+        /// Seconds the VMs stay idle once all are up, before they are measured
+        #[arg(long, default_value_t = 0)]
+        settle: u64,
         /// Write vms.json (merge.json) here
         #[arg(long)]
         out: Option<PathBuf>,
@@ -470,20 +480,30 @@ fn run_cmd(cmd: &BenchCmd) -> Result<i32> {
             vms,
             mem,
             merge,
+            initrd,
+            balloon,
+            settle,
             out,
         } => {
             let mem = domain::profile::parse_size(mem)
                 .ok_or_else(|| anyhow!("--mem: {mem:?} is not a size like 128M"))?;
-            let me = std::env::current_exe().context("finding this binary")?;
+            let g = bench::vms::Guests {
+                vmm: std::env::current_exe().context("finding this binary")?,
+                kernel: kernel.clone(),
+                mem,
+                initrd: initrd.clone(),
+                balloon: balloon.clone(),
+                settle: std::time::Duration::from_secs(*settle),
+            };
             if *merge {
-                let r = bench::vms::merge(&me, kernel, *vms, mem)?;
+                let r = bench::vms::merge(&g, *vms)?;
                 print!("{}", bench::vms::merge_table(&r));
                 if let Some(dir) = out {
                     write_report(dir, "merge.json", &r)?;
                 }
                 return Ok(0);
             }
-            let r = bench::vms::run(&me, kernel, *vms, mem)?;
+            let r = bench::vms::run(&g, *vms)?;
             print!("{}", bench::vms::table(&r));
             if let Some(dir) = out {
                 write_report(dir, "vms.json", &r)?;
