@@ -40,7 +40,10 @@ impl Guests {
         match (&self.initrd, &self.balloon) {
             (None, _) => format!(
                 "the test guest {}",
-                self.kernel.file_name().unwrap_or_default().to_string_lossy()
+                self.kernel
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
             ),
             (Some(_), None) => "a Linux guest (initramfs), idle".into(),
             (Some(_), Some(b)) => format!("a Linux guest (initramfs), idle, balloon {b}"),
@@ -377,7 +380,14 @@ pub fn merge_table(r: &MergeReport) -> String {
     let mut s = format!(
         "{} alike microVMs of {} MiB ({}), KSM running\n\
          {:<10} {:>12} {:>12} {:>16} {:>14}\n",
-        r.vms, r.guest_mem_mib, r.guest, "merging", "PSS 1 VM", "PSS all", "per added VM", "pages_sharing"
+        r.vms,
+        r.guest_mem_mib,
+        r.guest,
+        "merging",
+        "PSS 1 VM",
+        "PSS all",
+        "per added VM",
+        "pages_sharing"
     );
     for side in &r.sides {
         s += &format!(

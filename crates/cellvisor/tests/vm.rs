@@ -907,8 +907,15 @@ fn a_balloon_gives_memory_back_in_the_test_host() {
     assert!(with["balloon"]["fault"].is_null(), "{out}");
     // Two Linux guests at once, with and without a reporting balloon; and merged.
     let (on, off) = (read("vms-reporting.json"), read("vms-plain.json"));
-    assert_eq!((on["vms"].as_u64(), off["vms"].as_u64()), (Some(2), Some(2)), "{out}");
-    assert!(on["guest"].as_str().unwrap().contains("balloon reporting"), "{out}");
+    assert_eq!(
+        (on["vms"].as_u64(), off["vms"].as_u64()),
+        (Some(2), Some(2)),
+        "{out}"
+    );
+    assert!(
+        on["guest"].as_str().unwrap().contains("balloon reporting"),
+        "{out}"
+    );
     let m = read("merge.json");
     assert_eq!(m["sides"].as_array().unwrap().len(), 2, "{out}");
 }

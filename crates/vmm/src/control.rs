@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use crate::virtio::balloon::Figures;
 
-/// Connections served at once; more wait in the listen queue.
+/// Connections served at once: past that, a new one takes the slot of the oldest that has
+/// not asked anything yet (a client that connects and says nothing holds no slot for long),
+/// or waits in the listen queue while every slot waits for statistics.
 const MAX_CONNS: usize = 16;
 /// A request longer than this is refused.
 const MAX_REQUEST: usize = 4096;
@@ -77,6 +79,7 @@ pub(crate) fn error_json(e: &str) -> String {
 
 struct Conn {
     stream: UnixStream,
+    since: Instant,
     buf: Vec<u8>,
     /// A statistics request waits for figures newer than this generation, until then.
     waiting: Option<(u64, Instant)>,
@@ -147,9 +150,21 @@ impl Control {
     pub fn accept(&mut self) -> Vec<(usize, RawFd)> {
         let mut out = Vec::new();
         loop {
-            let free = self.conns.iter().position(Option::is_none);
+            let mut free = self.conns.iter().position(Option::is_none);
             if free.is_none() && self.conns.len() >= MAX_CONNS {
-                return out;
+                // The oldest silent one goes (closed: it leaves epoll by itself).
+                free = self
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+                    .filter(|(_, c)| c.waiting.is_none())
+                    .min_by_key(|(_, c)| c.since)
+                    .map(|(i, _)| i);
+                let Some(i) = free else {
+                    return out;
+                };
+                self.conns[i] = None;
             }
             let Ok((stream, _)) = self.listener.accept() else {
                 return out;
@@ -160,6 +175,7 @@ impl Control {
             let fd = stream.as_raw_fd();
             let c = Conn {
                 stream,
+                since: Instant::now(),
                 buf: Vec::new(),
                 waiting: None,
             };
@@ -313,6 +329,32 @@ mod tests {
         ] {
             let e = Request::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    /// Silent clients filling every slot do not lock the socket: the oldest gives way.
+    #[test]
+    fn silent_clients_give_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sock");
+        let mut c = Control::bind(&p).unwrap();
+        let silent: Vec<UnixStream> = (0..MAX_CONNS + 4)
+            .map(|_| UnixStream::connect(&p).unwrap())
+            .collect();
+        let mut slots = Vec::new();
+        while slots.len() < MAX_CONNS + 4 {
+            slots.extend(c.accept());
+        }
+        assert!(c.conns.len() <= MAX_CONNS);
+        // The first four were closed for the last four.
+        let mut b = [0u8; 1];
+        for s in &silent[..4] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(
+                (&*s).read(&mut b).unwrap(),
+                0,
+                "an evicted client sees the end"
+            );
         }
     }
 
