@@ -100,6 +100,7 @@ if [ -c /dev/kvm ]; then
     echo "--- sandbox's log (the guest's console)"; "$cv" logs sandbox
     vmm=$(pid_of sandbox)
     echo "the sandbox's process: $(tr '\0' ' ' < /proc/$vmm/cmdline)"
+    run "$cv" balloon sandbox --size 8M
     run "$cv" fg apps
     run "$cv" ps
     stop_and_check "${prefix}vm" "$vmm"
