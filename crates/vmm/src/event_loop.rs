@@ -26,9 +26,16 @@ fn balloon(shared: &Shared) -> Option<usize> {
         .position(|t| devices::lock(t).balloon().is_some())
 }
 
-/// Answer (or start answering) one control request from connection `slot`.
-fn serve(shared: &Shared, control: &mut Control, slot: usize, req: Result<Request, String>) {
-    let Some(d) = balloon(shared) else {
+/// Answer (or start answering) one control request from connection `slot`; `balloon` is
+/// the balloon's transport.
+fn serve(
+    shared: &Shared,
+    balloon: Option<usize>,
+    control: &mut Control,
+    slot: usize,
+    req: Result<Request, String>,
+) {
+    let Some(d) = balloon else {
         control.answer(slot, &error_json("this VM has no balloon"));
         return;
     };
@@ -185,8 +192,9 @@ pub(crate) fn run(
                 }
                 if token >> 62 == 1 {
                     // A closed connection leaves epoll by itself.
-                    if let Some(req) = c.read((token & !CONTROL_CONN) as usize) {
-                        serve(shared, c, (token & !CONTROL_CONN) as usize, req);
+                    let slot = (token & !CONTROL_CONN) as usize;
+                    if let Some(req) = c.read(slot) {
+                        serve(shared, balloon_at, c, slot, req);
                     }
                     continue;
                 }

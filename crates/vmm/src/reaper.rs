@@ -89,3 +89,18 @@ impl Drop for Reaper {
         unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
     }
 }
+
+/// Remove the socket at `path` through `dir`, the descriptor of its directory held open from
+/// the start (the main thread's seccomp filter allows unlinkat on such descriptors only).
+pub(crate) fn unlink_in(dir: &std::fs::File, path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = path.file_name() else {
+        return;
+    };
+    let Ok(name) = std::ffi::CString::new(name.as_bytes()) else {
+        return;
+    };
+    // SAFETY: unlinkat with a directory descriptor the caller owns and a NUL-terminated name.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+}

@@ -532,14 +532,7 @@ mod driver_tests {
         let mut t = Transport::new(Box::new(b), EventFd::new(libc::EFD_NONBLOCK).unwrap()).unwrap();
         let lo = (F_STATS_VQ | F_DEFLATE_ON_OOM | F_REPORTING) as u32;
         let w = |t: &mut Transport, reg: u64, v: u32| t.write(reg, &v.to_le_bytes());
-        for (reg, v) in [
-            (0x70, 3),
-            (0x24, 0),
-            (0x20, lo),
-            (0x24, 1),
-            (0x20, 1),
-            (0x70, 0xb),
-        ] {
+        for (reg, v) in crate::virtio::mmio::negotiation(lo) {
             w(&mut t, reg, v);
         }
         for q in 0..4u32 {

@@ -202,14 +202,7 @@ pub fn balloon_queues(data: &[u8]) -> (bool, super::balloon::Figures) {
     // The driver's features (the statistics and reporting queues exist with theirs) come
     // from the input's second byte; the rest of the negotiation is `drive`'s.
     let lo = u32::from(head.get(1).copied().unwrap_or(0)) & 0x26;
-    for (reg, v) in [
-        (0x70, 3),
-        (0x24, 0),
-        (0x20, lo),
-        (0x24, 1),
-        (0x20, 1),
-        (0x70, 0xb),
-    ] {
+    for (reg, v) in super::mmio::negotiation(lo) {
         t.write(reg, &u32::to_le_bytes(v));
     }
     let mut host = |t: &mut Transport, v: u32| {

@@ -28,6 +28,19 @@ pub const NEGOTIATE_VERSION_1: [(u64, u32); 6] = [
     (0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK),
 ];
 
+/// The register writes of a driver that acknowledges the device and accepts VERSION_1 and
+/// the low feature bits `lo`, up to FEATURES_OK (for the test and fuzz drivers).
+pub fn negotiation(lo: u32) -> [(u64, u32); 6] {
+    [
+        (0x70, ACKNOWLEDGE | DRIVER),
+        (0x24, 0),
+        (0x20, lo),
+        (0x24, 1),
+        (0x20, 1),
+        (0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK),
+    ]
+}
+
 /// Device status bits.
 pub const ACKNOWLEDGE: u32 = 1;
 pub const DRIVER: u32 = 2;

@@ -127,15 +127,7 @@ impl Vsock {
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        use std::os::unix::ffi::OsStrExt;
-        let Some(name) = self.uds.file_name() else {
-            return;
-        };
-        let Ok(name) = std::ffi::CString::new(name.as_bytes()) else {
-            return;
-        };
-        // SAFETY: unlinkat with a directory descriptor we own and a NUL-terminated name.
-        unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+        crate::reaper::unlink_in(&self.dir, &self.uds);
     }
 }
 
